@@ -1,0 +1,31 @@
+/* What every entry does once its boot information is in struct probe_info. */
+#include "probe.h"
+
+const struct probe_platform *probe_platform;
+const struct probe_info *probe_current_info;
+
+/* A read of an address the probe's page tables do not map: the IDT's #PF handler takes over. */
+static void fault_pf(void)
+{
+	u64 v;
+	__asm__ volatile("movq (%1), %0" : "=r"(v) : "r"(PROBE_FAULT_ADDR) : "memory");
+	(void)v;
+}
+
+void probe_main(struct probe_info *info, const struct probe_platform *platform)
+{
+	probe_platform = platform;
+	probe_current_info = info;
+
+	options_parse(info);
+	if (info->have_rsdp)
+		acpi_discover(info);
+	if (info->have_spin)
+		probe_spin(info->spin);
+
+	report_print(info);
+
+	if (info->fault_pf)
+		fault_pf(); /* the handler prints the exception line and powers off */
+	platform->poweroff(info);
+}

@@ -1,0 +1,107 @@
+"""The Python API: inspect an image, run a kernel under an environment.
+
+    from hvsim import MachineConfig, run
+    result = run("bare_metal", "vmlinuz", MachineConfig(memory="1G", cmdline="console=ttyS0"))
+    result.stop.kind, result.console()
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+from typing import Any, Iterable
+
+import pluggy
+
+from .core.config import MachineConfig
+from .core.errors import UnsupportedImageError
+from .core.machine import Machine
+from .core.plugins import environments, get_plugin_manager, run_manager
+from .core.result import RunResult, StopReason
+from .core.runloop import RunLoop, capture_state, run_stats
+from .image import KernelImage, load_image
+
+
+def default_kernel() -> Path:
+    """The embedded probe kernel (a bzImage), run when no kernel is named."""
+    from .kernels import probe_path
+
+    return probe_path("bzImage")
+
+
+def open_image(kernel: "str | Path | bytes | KernelImage | None") -> KernelImage:
+    if isinstance(kernel, KernelImage):
+        return kernel
+    return load_image(default_kernel() if kernel is None else kernel)
+
+
+def inspect(kernel: "str | Path | bytes | KernelImage", pm: pluggy.PluginManager | None = None) -> dict:
+    """What the image offers and which installed environments accept it (JSON-able)."""
+    pm = pm or get_plugin_manager()
+    image = open_image(kernel)
+    report = image.describe()
+    verdicts = {}
+    for name, (env, _) in sorted(environments(pm).items()):
+        answer = run_manager(pm, name).hook.hvsim_accepts(env=name, image=image)
+        verdicts[name] = {
+            "accepted": bool(answer and answer.accepted),
+            "entry": answer.entry if answer else "",
+            "reason": (answer.reason if answer else "the plugin gave no answer"),
+        }
+    report["environments"] = verdicts
+    return report
+
+
+class Run:
+    """One prepared run: ``machine`` is set up and ``execute()`` runs it to a ``RunResult``."""
+
+    def __init__(self, env: str, kernel: "str | Path | bytes | KernelImage | None", config: MachineConfig,
+                 *, options: dict[str, Any] | None = None, pm: pluggy.PluginManager | None = None,
+                 observers: Iterable[object] = ()):
+        self.env = env
+        self.config = config
+        self.image = open_image(kernel)
+        self.pm = run_manager(pm or get_plugin_manager(), env)
+        for observer in observers:
+            self.pm.register(observer)
+        answer = self.pm.hook.hvsim_accepts(env=env, image=self.image)
+        if not answer or not answer.accepted:
+            reason = answer.reason if answer else "the plugin gave no answer"
+            raise UnsupportedImageError(f"{self.image.name}: environment {env!r} cannot boot it: {reason}")
+        self.machine = Machine(config, self.pm)
+        self.entry = self.pm.hook.hvsim_setup(machine=self.machine, image=self.image, config=config,
+                                              options=dict(options or {})) or answer.entry
+        self.loop = RunLoop(self.machine)
+
+    def execute(self) -> RunResult:
+        m = self.machine
+        stop, wall = self.loop.run()
+        result = RunResult(
+            environment=self.env,
+            image=str(self.image.name),
+            entry=self.entry,
+            config=self.config.to_dict(),
+            stop=stop or StopReason("host-error", detail="no stop reason recorded"),
+            state=capture_state(m),
+            events=tuple(m.events),
+            stats=run_stats(self.loop, wall),
+        )
+        if m.unclaimed_ports:
+            result.extra["unclaimed_ports"] = {f"{p:#x}": n for p, n in sorted(m.unclaimed_ports.items())}
+        if m.host_traceback:
+            result.extra["host_traceback"] = m.host_traceback
+        for impl in self.pm.hook.hvsim_finish.get_hookimpls():
+            try:
+                extra = impl.function(machine=m, result=result)
+            except Exception:  # noqa: BLE001 - one observer's failure must not lose the run
+                result.extra.setdefault("observer_errors", {})[impl.plugin_name] = traceback.format_exc()
+                continue
+            if extra is not None:
+                result.extra[impl.plugin_name] = extra
+        return result
+
+
+def run(env: str, kernel: "str | Path | bytes | KernelImage | None" = None, config: MachineConfig | None = None,
+        **kwargs: Any) -> RunResult:
+    """Run ``kernel`` (default: the embedded probe) under environment ``env`` and return the result."""
+    return Run(env, kernel, config or MachineConfig(), **kwargs).execute()

@@ -1,0 +1,87 @@
+"""The machine a run simulates, independent of any boot ABI.
+
+One ``MachineConfig`` is expressed by every environment in its own boot-info format (E820 in
+``boot_params``, ``hvm_memmap_table_entry``, EFI memory descriptors, ``XENMEM_memory_map``); that is
+what makes cross-environment comparison meaningful.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import attrs
+
+from .errors import UsageError
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": MiB, "k": 1 << 10, "m": MiB, "g": GiB, "t": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a memory size: ``512M``, ``4G``, ``6GiB``, ``1048576k``; a bare number means MiB (like QEMU's -m)."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE_RE.match(str(text))
+    if not match:
+        raise UsageError(f"memory size {text!r}: expected a number with an optional K/M/G/T suffix")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def _check_memory(instance, attribute, value: int) -> None:
+    if value < 16 * MiB:
+        raise UsageError(f"memory {value:#x}: at least 16 MiB is needed")
+    if value > 64 * GiB:
+        raise UsageError(f"memory {value:#x}: at most 64 GiB is supported")
+    if value % (1 << 12):
+        raise UsageError(f"memory {value:#x}: must be a multiple of 4 KiB")
+
+
+def _check_smp(instance, attribute, value: int) -> None:
+    if not 1 <= value <= 255:
+        raise UsageError(f"smp {value}: between 1 and 255 vCPUs are supported")
+
+
+def _check_cmdline(instance, attribute, value: str) -> None:
+    if "\0" in value:
+        raise UsageError("command line contains a NUL character")
+
+
+@attrs.frozen
+class MachineConfig:
+    """RAM, command line, modules, vCPUs and budgets of one simulated machine.
+
+    ``initrd`` is a path; its bytes are read when a run starts (``initrd_bytes``).
+    ``timeout`` is wall-clock seconds for the guest's execution; ``max_instructions`` counts guest
+    instructions exactly, at a large cost in speed (a per-instruction native counter).
+    """
+
+    memory: int = attrs.field(default=512 * MiB, converter=parse_size, validator=_check_memory)
+    cmdline: str = attrs.field(default="", validator=_check_cmdline)
+    initrd: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    smp: int = attrs.field(default=1, validator=_check_smp)
+    acpi: bool = True
+    timeout: float | None = 60.0
+    max_instructions: int | None = None
+
+    def initrd_bytes(self) -> bytes | None:
+        if self.initrd is None:
+            return None
+        try:
+            return self.initrd.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"initrd {self.initrd}: {exc.strerror or exc}") from None
+
+    def to_dict(self) -> dict:
+        return {
+            "memory": self.memory,
+            "cmdline": self.cmdline,
+            "initrd": str(self.initrd) if self.initrd else None,
+            "smp": self.smp,
+            "acpi": self.acpi,
+            "timeout": self.timeout,
+            "max_instructions": self.max_instructions,
+        }

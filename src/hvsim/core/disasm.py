@@ -1,0 +1,15 @@
+"""Disassembly of guest code for fault reports and stop states (capstone)."""
+
+from __future__ import annotations
+
+import capstone
+
+_MODES = {64: capstone.CS_MODE_64, 32: capstone.CS_MODE_32, 16: capstone.CS_MODE_16}
+
+
+def disassemble_one(code: bytes, address: int, bits: int = 64) -> tuple[str, int]:
+    """The first instruction in ``code`` as ``"mnemonic operands"`` and its length (0 if invalid)."""
+    md = capstone.Cs(capstone.CS_ARCH_X86, _MODES[bits])
+    for insn in md.disasm(code, address, 1):
+        return f"{insn.mnemonic} {insn.op_str}".strip(), insn.size
+    return f"(undecodable bytes {code[:8].hex()})", 0

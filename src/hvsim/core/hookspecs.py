@@ -1,0 +1,151 @@
+"""The plugin contract: every hook hvsim calls, who calls it, when, and what its result means.
+
+A plugin is a module (or object) with functions decorated ``@hvsim.hookimpl`` named like the specs
+below, registered through the ``hvsim`` entry-point group::
+
+    [project.entry-points.hvsim]
+    my_env = "my_package.plugin"
+
+Two kinds of plugin exist.  An **environment plugin** returns one or more ``Environment`` records
+from ``hvsim_environments``; it boots images under its ABI.  Any other plugin is an **observer**: it
+is part of every run (tracing, coverage, extra devices) and typically implements only
+``hvsim_event`` and ``hvsim_finish``.
+
+A run builds its own plugin manager holding the chosen environment's plugin and the observers, so an
+environment never sees another environment's hooks.  Hooks marked *firstresult* stop at the first
+plugin that returns something other than ``None``.
+
+Hot-path rule: trap hooks run at guest exits (I/O, CPUID, invalid opcodes), never per instruction.
+Handlers that run often (port devices) are attached to the machine's dispatch tables during
+``hvsim_setup`` (``machine.ports.attach``), so the hot path is a dict lookup, not a hook fan-out.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import argparse
+
+    from ..image import KernelImage
+    from .config import MachineConfig
+    from .events import Event
+    from .machine import Machine
+    from .plugin_types import Acceptance, Environment, PortAccess, Trap
+    from .result import RunResult
+
+hookspec = pluggy.HookspecMarker("hvsim")
+
+# ---------------------------------------------------------------------------------------------
+# Discovery: called on the manager holding every installed plugin (``hvsim envs``, ``inspect``).
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def hvsim_environments() -> "list[Environment]":
+    """Announce the environments this plugin provides.
+
+    Called once per manager, on every plugin.  Return a list of ``Environment(name, summary)``; an
+    observer plugin returns an empty list or does not implement the hook.  Names are unique across
+    installed plugins: a duplicate makes plugin loading fail with a ``PluginError``.
+    """
+
+
+@hookspec(firstresult=True)
+def hvsim_accepts(env: str, image: "KernelImage") -> "Acceptance | None":
+    """Say whether environment ``env`` can boot ``image``, and through which entry.
+
+    Called on the plugin that announced ``env`` only.  Return ``Acceptance.yes(entry, how)`` or
+    ``Acceptance.no(reason)``; the reason is shown to the user by ``hvsim inspect`` and ``hvsim run``.
+    Must not raise for a well-formed ``KernelImage``, and must be cheap: ``inspect`` asks every
+    environment.
+    """
+
+
+@hookspec
+def hvsim_add_options(parser: "argparse.ArgumentParser") -> None:
+    """Add command-line options for ``hvsim run``.
+
+    Called on every installed plugin when the CLI builds its parser.  Prefix option names with the
+    environment's name (``--xen-pvh-start-info-version``) unless the option is generic.  Parsed
+    values reach ``hvsim_setup`` in ``options`` under argparse's ``dest`` names.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup: called once per run on the run's manager, before the guest executes.
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def hvsim_setup(machine: "Machine", image: "KernelImage", config: "MachineConfig", options: "dict[str, Any]") -> str:
+    """Build the guest's initial world under the environment's ABI.
+
+    Called on the environment plugin of the run (the run's manager holds no other environment).
+    Loads the image through ``machine.memory``, writes the boot-info structures, attaches the
+    devices the environment has (``machine.attach_pc_devices``), and sets the entry CPU state
+    (``machine.start_at``).  Raise ``LoadError`` with a message naming what did not fit.
+    Return a short description of the entry used (``"linux64 at 0x100200"``).
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Traps: called from the run loop when the guest leaves emulated execution.
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def hvsim_port_io(machine: "Machine", access: "PortAccess") -> "int | bool | None":
+    """Answer an ``in``/``out`` to a port no attached device claims.
+
+    For a read return the value (``size`` bytes); for a write return ``True`` when handled.  When no
+    plugin answers, a read returns all ones (an absent ISA device) and a write is dropped; both are
+    counted in the result's ``extra["unclaimed_ports"]``.
+    """
+
+
+@hookspec(firstresult=True)
+def hvsim_cpuid(machine: "Machine", leaf: int, subleaf: int) -> "tuple[int, int, int, int] | None":
+    """Override a CPUID leaf: return ``(eax, ebx, ecx, edx)``, or ``None`` for the emulated CPU's answer.
+
+    Installed only when some plugin of the run implements it.  The engine's own answers for every
+    leaf are available without running the guest through ``machine.native_cpuid(leaf, subleaf)``.
+    """
+
+
+@hookspec(firstresult=True)
+def hvsim_trap(machine: "Machine", trap: "Trap") -> "bool | None":
+    """Handle a trapping instruction: ``syscall``, an invalid opcode (where ``vmcall``/``vmmcall``
+    arrive), or a software ``int N``.
+
+    ``trap.rip`` is the instruction's address and ``trap.length`` its length.  Return ``True`` when
+    the plugin emulated it: it must then set the guest registers, including RIP, as the instruction
+    would leave them (``machine.set_rip``).  Return ``None`` for the architectural default: #UD
+    delivered through the guest IDT for invalid opcodes and for ``syscall`` with EFER.SCE clear,
+    ``int N`` delivered through gate N.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Observation.
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def hvsim_event(machine: "Machine", event: "Event") -> None:
+    """See every event as it is recorded (console output, calls, faults, shutdown, notes).
+
+    Called on every plugin of the run, in recording order.  Must not change the machine.  Console
+    output arrives a line at a time (the CLI streams it to stdout from here).
+    """
+
+
+@hookspec
+def hvsim_finish(machine: "Machine", result: "RunResult") -> "dict[str, Any] | None":
+    """Add to the result after the run stopped.
+
+    Return a JSON-able dict; it is stored in ``result.extra`` under the plugin's registered name.
+    The machine can still be read (memory, registers) but no longer runs.
+    """

@@ -1,0 +1,167 @@
+"""The Machine: one Unicorn engine, its guest memory, devices, events, and the API plugins use.
+
+Plugins never touch the engine for memory: they go through ``machine.memory`` (physical) and
+``machine.vmem`` (virtual), which are bounds-checked.  Registers go through ``reg``/``set_reg``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc
+from unicorn import x86_const
+
+from . import acpi
+from .cpu import MSR_EFER
+from .cpuid import CpuidTable
+from .devices import AcpiPm, DebugCon, ExitPort, ResetControl, Uart16550
+from .engine_state import EngineState, calibrate
+from .events import ConsoleOutput, Event, Note, Shutdown
+from .exceptions import ExceptionDelivery
+from .layout import BIOS_AREA, PhysicalLayout
+from .memory import GuestMemory, VirtualMemory
+from .native import NativeHooks
+from .result import StopReason
+from .traps import TrapDispatcher
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from .config import MachineConfig
+
+NS_PER_BLOCK = 10   # guest time: executed translation blocks x 10 ns (deterministic, see linux-to-userspace.md)
+
+_REGISTERS = {
+    name[len("UC_X86_REG_"):].lower(): value
+    for name, value in vars(x86_const).items()
+    if name.startswith("UC_X86_REG_")
+}
+STATE_REGISTERS = (
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15", "rip", "rflags", "cs", "ds", "es", "fs", "gs", "ss", "cr0", "cr2", "cr3", "cr4",
+    "efer", "fs_base", "gs_base",
+)
+
+
+class PortTable:
+    """Port number -> device; ``attach`` refuses overlaps so two devices never fight over a port."""
+
+    def __init__(self) -> None:
+        self.devices: dict[int, Any] = {}
+
+    def attach(self, device: Any, ports=None) -> None:
+        for port in (device.ports if ports is None else ports):
+            if port in self.devices:
+                raise ValueError(f"port {port:#x} already belongs to {type(self.devices[port]).__name__}")
+            self.devices[port] = device
+
+    def detach(self, device: Any) -> None:
+        self.devices = {p: d for p, d in self.devices.items() if d is not device}
+
+
+class Machine:
+    def __init__(self, config: "MachineConfig", pm: "pluggy.PluginManager"):
+        self.config = config
+        self.pm = pm
+        self.layout = PhysicalLayout.for_config(config)
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        for start, size in self.layout.backed:
+            self.uc.mem_map(start, size, UC_PROT_ALL)
+        self.memory = GuestMemory(self.uc, list(self.layout.backed))
+        self.vmem = VirtualMemory(self.uc, self.memory)
+        self.ports = PortTable()
+        self.events: list[Event] = []
+        self.acpi_tables: acpi.AcpiTables | None = None
+        self.entry_rip: int | None = None
+        self.stop_reason: StopReason | None = None
+        self.host_traceback: str | None = None
+        self.unclaimed_ports: dict[int, int] = {}
+        self.faults_delivered = 0
+        self._sinks: list[Any] = []
+        self.cpuid = CpuidTable.probe() if pm.hook.hvsim_cpuid.get_hookimpls() else None
+        self.native = NativeHooks(self.uc, insn_limit=config.max_instructions)
+        self.engine = EngineState(self.uc, calibrate())
+        self.delivery = ExceptionDelivery(self)
+        self.traps = TrapDispatcher(self)
+
+    # -- registers -------------------------------------------------------------------------
+    def reg(self, name: str) -> int:
+        if name == "efer":      # unicorn 2.1.4 has no EFER register id; it is an MSR
+            return self.uc.msr_read(MSR_EFER)
+        return self.uc.reg_read(_REGISTERS[name])
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.uc.reg_write(_REGISTERS[name], value)
+
+    def set_rip(self, value: int) -> None:
+        self.uc.reg_write(x86_const.UC_X86_REG_RIP, value)
+
+    def registers(self) -> dict[str, int]:
+        out = {}
+        for name in STATE_REGISTERS:
+            try:
+                out[name] = self.reg(name)
+            except Exception:   # noqa: BLE001 - a register the engine cannot read now is left out
+                continue
+        return out
+
+    def start_at(self, rip: int) -> None:
+        """Where the guest starts executing (set by the environment in ``hvsim_setup``)."""
+        self.entry_rip = rip
+
+    def native_cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+        if self.cpuid is None:
+            self.cpuid = CpuidTable.probe()
+        return self.cpuid.lookup(leaf, subleaf)
+
+    # -- devices ---------------------------------------------------------------------------
+    def attach_pc_devices(self, *, acpi_tables: bool | None = None) -> None:
+        """The devices of a PC: COM1, the 0xE9 debug console, the exit port, reset control, and,
+        when ACPI is on, the ACPI tables in the BIOS area plus the PM1a block they describe."""
+        self.ports.attach(Uart16550(self))
+        self.ports.attach(DebugCon(self))
+        self.ports.attach(ExitPort(self))
+        self.ports.attach(ResetControl(self))
+        if self.config.acpi if acpi_tables is None else acpi_tables:
+            platform = acpi.AcpiPlatform(cpus=self.config.smp)
+            self.acpi_tables = acpi.build_acpi_tables(platform, BIOS_AREA)
+            self.memory.write(BIOS_AREA, self.acpi_tables.blob)
+            self.ports.attach(AcpiPm(self, evt_port=platform.pm1a_evt_port, cnt_port=platform.pm1a_cnt_port,
+                                     tmr_port=platform.pm_tmr_port, s5_sleep_type=platform.s5_sleep_type))
+
+    def add_sink(self, sink: Any) -> None:
+        self._sinks.append(sink)
+
+    def flush_consoles(self) -> None:
+        for sink in self._sinks:
+            sink.flush()
+
+    # -- events and stopping ---------------------------------------------------------------
+    def emit(self, event: Event) -> Event:
+        event = attrs.evolve(event, seq=len(self.events))
+        self.events.append(event)
+        self.pm.hook.hvsim_event(machine=self, event=event)
+        return event
+
+    def console_text(self, channel: str, text: str) -> None:
+        self.emit(ConsoleOutput(channel=channel, text=text))
+
+    def note(self, text: str) -> None:
+        self.emit(Note(text=text))
+
+    def shutdown(self, event: Shutdown) -> None:
+        """The guest asked to stop (poweroff, reboot, crash, exit): record it and stop the run."""
+        self.flush_consoles()
+        self.emit(event)
+        kind = event.reason if event.reason in ("poweroff", "exit", "reboot", "crash") else "exit"
+        self.stop(StopReason(kind, detail=f"{event.reason} via {event.source}", code=event.code))
+
+    def stop(self, reason: StopReason) -> None:
+        """End the run with ``reason`` (the first reason given wins); safe inside any hook."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.uc.emu_stop()
+
+    def guest_ns(self) -> int:
+        return self.native.control.blocks * NS_PER_BLOCK

@@ -1,0 +1,190 @@
+"""Guest memory: the one bounds-checked accessor for guest-physical memory, and guest-virtual reads.
+
+Every read or write a plugin makes on guest memory goes through ``GuestMemory`` (physical) or
+``VirtualMemory`` (through the guest's live page tables).  An access that leaves host-backed memory
+raises ``GuestMemoryError``, which plugins turn into a guest-visible error (``-EFAULT``,
+``EFI_INVALID_PARAMETER``) and the core into a recorded fault: never a host crash.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from typing import TYPE_CHECKING
+
+from unicorn import UcError
+from unicorn.x86_const import (
+    UC_X86_REG_CR0,
+    UC_X86_REG_CR3,
+    UC_X86_REG_CR4,
+)
+
+from .cpu import MSR_EFER
+from .errors import GuestMemoryError
+
+if TYPE_CHECKING:
+    from unicorn import Uc
+
+PAGE_SIZE = 0x1000
+_ADDR_MASK = 0x000F_FFFF_FFFF_F000
+
+
+class GuestMemory:
+    """Bounds-checked guest-physical memory over the engine's mapped regions."""
+
+    def __init__(self, uc: "Uc", regions: list[tuple[int, int]]):
+        self._uc = uc
+        self._regions = sorted(regions)
+        self._starts = [start for start, _ in self._regions]
+
+    @property
+    def regions(self) -> tuple[tuple[int, int], ...]:
+        return tuple(self._regions)
+
+    def contains(self, address: int, size: int = 1) -> bool:
+        if address < 0 or size < 0:
+            return False
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i < 0:
+            return False
+        start, length = self._regions[i]
+        return address + size <= start + length
+
+    def check(self, address: int, size: int) -> None:
+        if not self.contains(address, size):
+            raise GuestMemoryError(address, size)
+
+    def read(self, address: int, size: int) -> bytes:
+        self.check(address, size)
+        if size == 0:
+            return b""
+        return bytes(self._uc.mem_read(address, size))
+
+    def write(self, address: int, data: bytes) -> None:
+        self.check(address, len(data))
+        if data:
+            self._uc.mem_write(address, bytes(data))
+
+    def fill(self, address: int, size: int, byte: int = 0) -> None:
+        self.check(address, size)
+        chunk = bytes([byte]) * min(size, 1 << 20)
+        done = 0
+        while done < size:
+            n = min(len(chunk), size - done)
+            self._uc.mem_write(address + done, chunk[:n])
+            done += n
+
+    def read_u8(self, address: int) -> int:
+        return self.read(address, 1)[0]
+
+    def read_u16(self, address: int) -> int:
+        return struct.unpack("<H", self.read(address, 2))[0]
+
+    def read_u32(self, address: int) -> int:
+        return struct.unpack("<I", self.read(address, 4))[0]
+
+    def read_u64(self, address: int) -> int:
+        return struct.unpack("<Q", self.read(address, 8))[0]
+
+    def write_u8(self, address: int, value: int) -> None:
+        self.write(address, struct.pack("<B", value & 0xFF))
+
+    def write_u16(self, address: int, value: int) -> None:
+        self.write(address, struct.pack("<H", value & 0xFFFF))
+
+    def write_u32(self, address: int, value: int) -> None:
+        self.write(address, struct.pack("<I", value & 0xFFFF_FFFF))
+
+    def write_u64(self, address: int, value: int) -> None:
+        self.write(address, struct.pack("<Q", value & 0xFFFF_FFFF_FFFF_FFFF))
+
+    def read_cstring(self, address: int, limit: int = 4096) -> bytes:
+        """Bytes up to (not including) the first NUL, reading at most ``limit`` bytes."""
+        out = bytearray()
+        while len(out) < limit:
+            n = min(256, limit - len(out), PAGE_SIZE - (address + len(out)) % PAGE_SIZE)
+            chunk = self.read(address + len(out), n)
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                return bytes(out + chunk[:nul])
+            out += chunk
+        return bytes(out)
+
+    def read_struct(self, record_type, address: int):
+        return record_type.unpack(self.read(address, record_type.SIZE))
+
+    def write_struct(self, address: int, record) -> None:
+        self.write(address, record.pack())
+
+
+class VirtualMemory:
+    """Guest-virtual access through the page tables the guest has live now (CR0/CR3/CR4/EFER).
+
+    Handles paging off, 2-level 32-bit (4 MiB pages with PSE), 3-level PAE and 4-level long mode with
+    2 MiB and 1 GiB pages.  A non-present entry raises ``GuestMemoryError`` naming the virtual address.
+    """
+
+    def __init__(self, uc: "Uc", physical: GuestMemory):
+        self._uc = uc
+        self._phys = physical
+
+    def translate(self, vaddr: int) -> int:
+        try:
+            cr0 = self._uc.reg_read(UC_X86_REG_CR0)
+            cr3 = self._uc.reg_read(UC_X86_REG_CR3)
+            cr4 = self._uc.reg_read(UC_X86_REG_CR4)
+            efer = self._uc.msr_read(MSR_EFER)
+        except UcError as exc:  # pragma: no cover - engine refuses register reads only when closed
+            raise GuestMemoryError(vaddr, 1, f"cannot read paging registers: {exc}") from None
+        if not cr0 & (1 << 31):
+            return vaddr & 0xFFFF_FFFF if not efer & (1 << 10) else vaddr
+        if efer & (1 << 10):                      # long mode: 4-level
+            return self._walk(vaddr, cr3 & _ADDR_MASK, ((39, 8), (30, 8), (21, 8), (12, 8)), (30, 21))
+        if cr4 & (1 << 5):                        # PAE: PDPT of 4 entries
+            vaddr &= 0xFFFF_FFFF
+            pdpte = self._read_entry((cr3 & 0xFFFF_FFE0) + ((vaddr >> 30) & 3) * 8, vaddr, 8)
+            return self._walk(vaddr, pdpte & _ADDR_MASK, ((21, 8), (12, 8)), (21,))
+        vaddr &= 0xFFFF_FFFF                      # 2-level, 4-byte entries
+        pde = self._read_entry((cr3 & 0xFFFF_F000) + (vaddr >> 22) * 4, vaddr, 4)
+        if pde & 0x80 and cr4 & 0x10:
+            return (pde & 0xFFC0_0000) | (vaddr & 0x3F_FFFF)
+        pte = self._read_entry((pde & 0xFFFF_F000) + ((vaddr >> 12) & 0x3FF) * 4, vaddr, 4)
+        return (pte & 0xFFFF_F000) | (vaddr & 0xFFF)
+
+    def _read_entry(self, paddr: int, vaddr: int, size: int) -> int:
+        try:
+            entry = self._phys.read_u64(paddr) if size == 8 else self._phys.read_u32(paddr)
+        except GuestMemoryError:
+            raise GuestMemoryError(vaddr, 1, f"page-table entry at {paddr:#x} is outside guest RAM") from None
+        if not entry & 1:
+            raise GuestMemoryError(vaddr, 1, "not mapped in the guest page tables")
+        return entry
+
+    def _walk(self, vaddr: int, table: int, levels, large_shifts) -> int:
+        for shift, _ in levels:
+            entry = self._read_entry(table + ((vaddr >> shift) & 0x1FF) * 8, vaddr, 8)
+            if shift in large_shifts and entry & 0x80:
+                mask = (1 << shift) - 1
+                return (entry & _ADDR_MASK & ~mask) | (vaddr & mask)
+            table = entry & _ADDR_MASK
+        return table | (vaddr & 0xFFF)
+
+    def read(self, vaddr: int, size: int) -> bytes:
+        out = bytearray()
+        while len(out) < size:
+            va = (vaddr + len(out)) & 0xFFFF_FFFF_FFFF_FFFF
+            n = min(size - len(out), PAGE_SIZE - va % PAGE_SIZE)
+            out += self._phys.read(self.translate(va), n)
+        return bytes(out)
+
+    def write(self, vaddr: int, data: bytes) -> None:
+        done = 0
+        # translate every page first so a fault leaves memory untouched
+        pieces = []
+        while done < len(data):
+            va = (vaddr + done) & 0xFFFF_FFFF_FFFF_FFFF
+            n = min(len(data) - done, PAGE_SIZE - va % PAGE_SIZE)
+            pieces.append((self.translate(va), data[done:done + n]))
+            done += n
+        for paddr, piece in pieces:
+            self._phys.write(paddr, piece)

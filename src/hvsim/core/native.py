@@ -1,0 +1,64 @@
+"""Python side of the native helper (``_native.c``): the control block and hook installation."""
+
+from __future__ import annotations
+
+import ctypes
+
+from unicorn.unicorn_const import UC_ERR_OK, UC_HOOK_BLOCK, UC_HOOK_CODE
+from unicorn.unicorn_py3.unicorn import UcError, uclib
+
+from . import _native
+
+STOPPED_BY_REQUEST = _native.STOPPED_BY_REQUEST
+STOPPED_BY_INSN_LIMIT = _native.STOPPED_BY_INSN_LIMIT
+
+
+class NativeControl(ctypes.Structure):
+    """Mirror of ``struct hvsim_control`` in _native.c (the layout is checked at import)."""
+
+    _fields_ = [
+        ("stop_request", ctypes.c_int32),
+        ("stopped_by", ctypes.c_int32),
+        ("blocks", ctypes.c_uint64),
+        ("insns", ctypes.c_uint64),
+        ("insn_limit", ctypes.c_uint64),
+        ("emu_stop", ctypes.c_void_p),
+    ]
+
+
+if ctypes.sizeof(NativeControl) != _native.control_size:  # pragma: no cover - build mismatch
+    raise ImportError("hvsim native helper: control block layout differs from _native.c; rebuild")
+
+_EMU_STOP = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
+
+
+class NativeHooks:
+    """Installs the native hooks on one engine and owns their control block."""
+
+    def __init__(self, uc, *, insn_limit: int | None = None):
+        self.control = NativeControl()
+        self.control.emu_stop = _EMU_STOP
+        self._uc = uc
+        self._add(UC_HOOK_BLOCK, _native.block_hook)
+        if insn_limit is not None:
+            self.control.insn_limit = insn_limit
+            self._add(UC_HOOK_CODE, _native.insn_hook)
+
+    def _add(self, hook_type: int, function_address: int) -> None:
+        handle = ctypes.c_size_t()
+        status = uclib.uc_hook_add(
+            self._uc._uch, ctypes.byref(handle), hook_type,
+            ctypes.c_void_p(function_address),
+            ctypes.cast(ctypes.byref(self.control), ctypes.c_void_p),
+            ctypes.c_uint64(1), ctypes.c_uint64(0),
+        )
+        if status != UC_ERR_OK:
+            raise UcError(status)
+
+    def request_stop(self) -> None:
+        """Thread- and signal-safe: the run stops at the next block start."""
+        self.control.stop_request = 1
+
+    def rearm(self) -> None:
+        self.control.stop_request = 0
+        self.control.stopped_by = 0

@@ -1,0 +1,47 @@
+"""Records that cross the plugin contract (hookspecs.py)."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class Environment:
+    """An environment a plugin provides: ``name`` for ``--env``, ``summary`` for ``hvsim envs``."""
+
+    name: str
+    summary: str
+
+
+@attrs.frozen
+class Acceptance:
+    """An environment's answer to "can you boot this image?"."""
+
+    accepted: bool
+    entry: str = ""        # the boot entry it would use, e.g. "linux64 at +0x200"
+    reason: str = ""       # why not, when not accepted
+
+    @classmethod
+    def yes(cls, entry: str) -> "Acceptance":
+        return cls(True, entry=entry)
+
+    @classmethod
+    def no(cls, reason: str) -> "Acceptance":
+        return cls(False, reason=reason)
+
+
+@attrs.frozen
+class PortAccess:
+    port: int
+    size: int                  # 1, 2 or 4 bytes
+    write: bool
+    value: int = 0             # the value written (writes only)
+
+
+@attrs.frozen
+class Trap:
+    kind: str                  # "syscall", "invalid-opcode", "int"
+    rip: int
+    length: int                # instruction length (0 when it could not be decoded)
+    code: bytes = b""          # the instruction's bytes as read at rip (up to 15)
+    vector: int | None = None  # for "int"

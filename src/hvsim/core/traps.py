@@ -1,0 +1,207 @@
+"""Trap dispatch: the engine hooks that turn guest exits into device accesses, plugin hook calls and
+exception deliveries.  No hook here runs per instruction.
+
+| guest does                | engine reports             | goes to                                      |
+|---------------------------|----------------------------|----------------------------------------------|
+| ``in``/``out``            | UC_HOOK_INSN IN/OUT        | attached device, else ``hvsim_port_io``      |
+| ``cpuid``                 | UC_HOOK_INSN CPUID         | ``hvsim_cpuid`` (installed only if answered) |
+| ``syscall``               | UC_HOOK_INSN SYSCALL       | ``hvsim_trap``, else #UD / architectural     |
+| invalid opcode (vmcall..) | UC_HOOK_INSN_INVALID       | ``hvsim_trap``, else #UD through the IDT     |
+| CPU exception, ``int N``  | UC_HOOK_INTR               | ``hvsim_trap`` for ``int N``; IDT delivery   |
+| access outside RAM        | UC_HOOK_MEM_*_UNMAPPED     | stop ``bad-access`` with the address         |
+
+The unmapped-memory hooks are bounded to the ranges that hold no RAM: a memory hook covering RAM
+would put every store to an executable page on the engine's slow path (guest-store-speed.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import traceback
+from typing import TYPE_CHECKING
+
+from unicorn import (
+    UC_HOOK_INSN,
+    UC_HOOK_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_FETCH_UNMAPPED,
+    UC_HOOK_MEM_READ_UNMAPPED,
+    UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_WRITE_UNMAPPED,
+)
+from unicorn.x86_const import (
+    UC_X86_INS_CPUID,
+    UC_X86_INS_IN,
+    UC_X86_INS_OUT,
+    UC_X86_INS_SYSCALL,
+    UC_X86_REG_RAX,
+    UC_X86_REG_RBX,
+    UC_X86_REG_RCX,
+    UC_X86_REG_RDX,
+    UC_X86_REG_RIP,
+)
+
+from .disasm import disassemble_one
+from .cpu import MSR_EFER
+from .errors import GuestMemoryError
+from .events import Fault
+from .exceptions import HAS_ERROR_CODE, DeliveryError, vector_name
+from .plugin_types import PortAccess, Trap
+from .result import StopReason
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+UD = 6
+EFER_SCE = 1 << 0
+MAX_INSN = 15
+
+
+def _guarded(method):
+    """Run a hook body; a Python exception becomes a ``host-error`` stop that keeps the trace."""
+
+    @functools.wraps(method)
+    def wrapper(self, uc, *args):
+        try:
+            return method(self, *args)
+        except Exception as exc:  # noqa: BLE001 - the run must end with a result, not a traceback
+            self.m.host_traceback = traceback.format_exc()
+            self.m.stop(StopReason("host-error", detail=f"{type(exc).__name__} in {method.__name__}: {exc}"))
+            return self._failure_value.get(method.__name__, None)
+
+    return wrapper
+
+
+class TrapDispatcher:
+    _failure_value = {"on_in": 0, "on_cpuid": 0, "on_invalid": True, "on_unmapped": False}
+
+    def __init__(self, machine: "Machine"):
+        self.m = machine
+        uc = machine.uc
+        uc.hook_add(UC_HOOK_INSN, self.on_in, None, 1, 0, UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self.on_out, None, 1, 0, UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self.on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
+        if machine.pm.hook.hvsim_cpuid.get_hookimpls():
+            uc.hook_add(UC_HOOK_INSN, self.on_cpuid, None, 1, 0, UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self.on_invalid)
+        uc.hook_add(UC_HOOK_INTR, self.on_interrupt)
+        unmapped = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
+        for start, end in self._holes():
+            uc.hook_add(unmapped, self.on_unmapped, None, start, end)
+        self.bad_access: str | None = None
+
+    def _holes(self) -> list[tuple[int, int]]:
+        holes, cursor = [], 0
+        for start, size in sorted(self.m.layout.backed):
+            if start > cursor:
+                holes.append((cursor, start - 1))
+            cursor = start + size
+        holes.append((cursor, 0xFFFF_FFFF_FFFF_FFFF))
+        return holes
+
+    # -- port I/O ------------------------------------------------------------------------------
+    @_guarded
+    def on_in(self, port: int, size: int, _ud=None) -> int:
+        device = self.m.ports.devices.get(port)
+        if device is not None:
+            return device.read(port, size) & ((1 << (8 * size)) - 1)
+        answer = self.m.pm.hook.hvsim_port_io(machine=self.m, access=PortAccess(port, size, False))
+        if answer is None or answer is True:
+            self.m.unclaimed_ports[port] = self.m.unclaimed_ports.get(port, 0) + 1
+            return (1 << (8 * size)) - 1
+        return int(answer) & ((1 << (8 * size)) - 1)
+
+    @_guarded
+    def on_out(self, port: int, size: int, value: int, _ud=None) -> None:
+        device = self.m.ports.devices.get(port)
+        if device is not None:
+            device.write(port, size, value)
+            return
+        if self.m.pm.hook.hvsim_port_io(machine=self.m, access=PortAccess(port, size, True, value)) is None:
+            self.m.unclaimed_ports[port] = self.m.unclaimed_ports.get(port, 0) + 1
+
+    # -- CPUID ---------------------------------------------------------------------------------
+    @_guarded
+    def on_cpuid(self, _ud=None) -> int:
+        uc = self.m.uc
+        leaf = uc.reg_read(UC_X86_REG_RAX) & 0xFFFF_FFFF
+        subleaf = uc.reg_read(UC_X86_REG_RCX) & 0xFFFF_FFFF
+        answer = self.m.pm.hook.hvsim_cpuid(machine=self.m, leaf=leaf, subleaf=subleaf)
+        if answer is None:
+            return 0
+        for reg, value in zip((UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX), answer):
+            uc.reg_write(reg, value & 0xFFFF_FFFF)     # 64-bit write: CPUID zero-extends
+        return 1
+
+    # -- trapping instructions -----------------------------------------------------------------
+    def _trap(self, kind: str, rip: int, vector: int | None = None) -> Trap:
+        try:
+            code = self.m.vmem.read(rip, MAX_INSN)
+        except GuestMemoryError:
+            code = b""
+        length = disassemble_one(code, rip, self.m_bits())[1] if code else 0
+        return Trap(kind=kind, rip=rip, length=length, code=code, vector=vector)
+
+    def m_bits(self) -> int:
+        return 64 if self.m.uc.msr_read(MSR_EFER) & (1 << 10) else 32
+
+    @_guarded
+    def on_syscall(self, _ud=None) -> None:
+        # The engine adds the instruction length (2) to RIP after this hook returns.
+        rip = self.m.uc.reg_read(UC_X86_REG_RIP)
+        if self.m.pm.hook.hvsim_trap(machine=self.m, trap=self._trap("syscall", rip)):
+            self.m.set_rip(self.m.uc.reg_read(UC_X86_REG_RIP) - 2)
+            return
+        if self.m.uc.msr_read(MSR_EFER) & EFER_SCE:
+            self.m.stop(StopReason("unhandled-trap", detail=f"syscall at {rip:#x}: ring transitions are not modelled"))
+            return
+        self.exception(UD, None, rip, rip_bias=-2)
+
+    @_guarded
+    def on_invalid(self, _ud=None) -> bool:
+        rip = self.m.uc.reg_read(UC_X86_REG_RIP)
+        if self.m.pm.hook.hvsim_trap(machine=self.m, trap=self._trap("invalid-opcode", rip)):
+            return True
+        self.exception(UD, None, rip)
+        return True
+
+    @_guarded
+    def on_interrupt(self, intno: int, _ud=None) -> None:
+        error_code, software = self.m.engine.pending_exception()
+        rip = self.m.uc.reg_read(UC_X86_REG_RIP)
+        if software:
+            # RIP is already past ``int N``/``int3``; a plugin may answer it (a hypercall gate).
+            self.m.engine.clear_exception()
+            if self.m.pm.hook.hvsim_trap(machine=self.m, trap=self._trap("int", rip, vector=intno)):
+                return
+            self.exception(intno, None, rip)
+            return
+        self.exception(intno, error_code if intno in HAS_ERROR_CODE else None, rip)
+
+    def exception(self, vector: int, error_code: int | None, return_rip: int, rip_bias: int = 0) -> None:
+        """Deliver ``vector`` through the guest IDT, recording a Fault; stop on a triple fault."""
+        m = self.m
+        m.engine.clear_exception()
+        cr2 = m.reg("cr2") if vector == 14 else None
+        try:
+            delivered = m.delivery.deliver(vector, error_code, return_rip)
+        except DeliveryError as exc:
+            m.emit(Fault(vector=vector, name=vector_name(vector), rip=return_rip, error_code=error_code,
+                         cr2=cr2, delivered=False, detail=str(exc)))
+            m.stop(StopReason("triple-fault", detail=f"{vector_name(vector)} at {return_rip:#x}: {exc}"))
+            return
+        m.faults_delivered += 1
+        m.emit(Fault(vector=vector, name=vector_name(vector), rip=return_rip, error_code=error_code, cr2=cr2,
+                     detail="" if delivered.escalated_from is None else "escalated to #DF"))
+        if rip_bias:
+            m.set_rip(delivered.handler + rip_bias)
+
+    # -- memory outside RAM --------------------------------------------------------------------
+    @_guarded
+    def on_unmapped(self, access: int, address: int, size: int, value: int, _ud=None) -> bool:
+        what = {UC_MEM_WRITE_UNMAPPED: "write", UC_MEM_FETCH_UNMAPPED: "instruction fetch"}.get(access, "read")
+        rip = self.m.uc.reg_read(UC_X86_REG_RIP)
+        self.m.stop(StopReason("bad-access", detail=f"{what} of {size} byte(s) at guest-physical {address:#x} "
+                                                    f"(no RAM or device there), rip {rip:#x}"))
+        return False

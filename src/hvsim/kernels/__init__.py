@@ -1,0 +1,28 @@
+"""Prebuilt guest kernels shipped with hvsim.
+
+``probe.elf`` and ``probe.bzImage`` are the hvsim probe kernel (sources and build script in the
+repository's ``probe/`` folder; rebuild with ``python probe/build.py``). They are committed so that
+running hvsim needs no compiler. The probe prints a canonical report that
+:func:`hvsim.probe_report.parse_probe_report` reads back.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from importlib import resources
+
+_PROBE_FILES = {"bzImage": "probe.bzImage", "elf": "probe.elf"}
+
+
+def probe_path(kind: str = "bzImage") -> pathlib.Path:
+    """The file system path of the prebuilt probe kernel: ``"bzImage"`` (default) or ``"elf"``."""
+    try:
+        name = _PROBE_FILES[kind]
+    except KeyError:
+        raise ValueError(f"unknown probe kind {kind!r}; choose one of {', '.join(_PROBE_FILES)}") from None
+    resource = resources.files(__name__).joinpath(name)
+    if not isinstance(resource, pathlib.Path):
+        raise FileNotFoundError(f"hvsim.kernels/{name} is not a plain file (is hvsim installed from a zip?)")
+    if not resource.is_file():
+        raise FileNotFoundError(f"{resource} is missing; build it with: python probe/build.py")
+    return resource
