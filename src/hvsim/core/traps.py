@@ -201,7 +201,6 @@ class TrapDispatcher:
     @_guarded
     def on_unmapped(self, access: int, address: int, size: int, value: int, _ud=None) -> bool:
         what = {UC_MEM_WRITE_UNMAPPED: "write", UC_MEM_FETCH_UNMAPPED: "instruction fetch"}.get(access, "read")
-        rip = self.m.uc.reg_read(UC_X86_REG_RIP)
         self.m.stop(StopReason("bad-access", detail=f"{what} of {size} byte(s) at guest-physical {address:#x} "
-                                                    f"(no RAM or device there), rip {rip:#x}"))
+                                                    "(no RAM or device there)"))
         return False

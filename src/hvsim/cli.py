@@ -1,0 +1,188 @@
+"""The ``hvsim`` command line.
+
+    hvsim envs                          installed environments
+    hvsim inspect KERNEL [--json]       boot entries found, and which environments accept the image
+    hvsim run --env ENV [KERNEL] ...    run (the embedded probe kernel when KERNEL is omitted)
+    hvsim extract KERNEL -o VMLINUX     write the ELF vmlinux inside a bzImage's payload
+
+Guest console output streams to stdout; hvsim's own messages go to stderr.  The exit status of
+``run`` says how the guest stopped (table in hvsim.core.result: clean poweroff is 0); errors are one
+line on stderr and a status from 2 to 5, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .core.config import MachineConfig
+from .core.errors import HvsimError, UsageError
+from .core.events import ConsoleOutput
+from .core.plugins import environments, get_plugin_manager, hookimpl
+
+INTERNAL_ERROR = 70
+
+
+class _ConsoleStreamer:
+    """Observer for one CLI run: guest console to stdout, other events to stderr with --trace."""
+
+    def __init__(self, trace: bool):
+        self.trace = trace
+
+    @hookimpl
+    def hvsim_event(self, machine, event):
+        if isinstance(event, ConsoleOutput):
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        elif self.trace:
+            print(f"hvsim: trace: {json.dumps(event.to_dict())}", file=sys.stderr, flush=True)
+
+
+def _parser(pm) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hvsim", description="Run a kernel under simulated boot environments.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    envs = sub.add_parser("envs", help="list installed environments")
+    envs.add_argument("--json", action="store_true", help="print JSON")
+
+    inspect = sub.add_parser("inspect", help="show a kernel image's boot entries and which environments accept it")
+    inspect.add_argument("kernel")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+
+    extract = sub.add_parser("extract", help="write the ELF vmlinux decompressed from a bzImage payload")
+    extract.add_argument("kernel")
+    extract.add_argument("-o", "--output", required=True)
+
+    run = sub.add_parser("run", help="run a kernel under an environment")
+    run.add_argument("kernel", nargs="?", help="kernel image (default: the embedded probe kernel)")
+    run.add_argument("--env", required=True, help="environment (see `hvsim envs`)")
+    run.add_argument("--cmdline", default="", help="kernel command line")
+    run.add_argument("--memory", default="512M", help="RAM size, e.g. 512M, 6G (default 512M)")
+    run.add_argument("--initrd", help="initial ramdisk file")
+    run.add_argument("--smp", type=int, default=1, help="number of vCPUs described to the guest (default 1)")
+    run.add_argument("--no-acpi", action="store_true", help="no ACPI tables")
+    run.add_argument("--timeout", type=float, default=60.0, help="wall-clock budget in seconds (default 60; 0 = none)")
+    run.add_argument("--max-instructions", type=int, help="exact instruction budget (slows emulation ~15x)")
+    run.add_argument("--json", metavar="FILE", help="write the run result as JSON to FILE")
+    run.add_argument("--trace", action="store_true", help="print every event (faults, calls, shutdown) to stderr")
+    pm.hook.hvsim_add_options(parser=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except HvsimError as exc:
+        print(f"hvsim: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("hvsim: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the user gets one line; HVSIM_DEBUG=1 re-raises
+        if os.environ.get("HVSIM_DEBUG"):
+            raise
+        print(f"hvsim: internal error: {type(exc).__name__}: {exc} (set HVSIM_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+def _main(argv: list[str] | None) -> int:
+    pm = get_plugin_manager()
+    args = _parser(pm).parse_args(argv)
+    if args.command == "envs":
+        return _envs(pm, args)
+    if args.command == "inspect":
+        return _inspect(pm, args)
+    if args.command == "extract":
+        return _extract(args)
+    return _run(pm, args)
+
+
+def _envs(pm, args) -> int:
+    envs = environments(pm)
+    if args.json:
+        print(json.dumps({name: {"summary": env.summary, "plugin": pm.get_name(plugin)}
+                          for name, (env, plugin) in sorted(envs.items())}, indent=2))
+    else:
+        for name, (env, _) in sorted(envs.items()):
+            print(f"{name:14} {env.summary}")
+    return 0
+
+
+def _inspect(pm, args) -> int:
+    from .api import inspect
+
+    report = inspect(args.kernel, pm)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(f"{report.get('name', args.kernel)}: {report['format']}, {report['size']} bytes")
+    bz = report.get("bzimage") or {}
+    if bz:
+        print(f"  boot protocol {bz['protocol']}, xloadflags {' '.join(bz.get('xloadflags') or []) or '-'}")
+        if bz.get("kernel_version"):
+            print(f"  version: {bz['kernel_version']}")
+        payload = bz.get("payload") or {}
+        if payload.get("compression"):
+            print(f"  payload: {payload['compression']}, {payload['length']} bytes")
+    if report.get("payload_error"):
+        print(f"  payload: {report['payload_error']}")
+    print("boot entries:")
+    for entry in report.get("entries", []):
+        print(f"  {entry['kind']:15} {entry['address']:#x}  {entry['source']}")
+    print("environments:")
+    for name, verdict in report["environments"].items():
+        text = f"accepts ({verdict['entry']})" if verdict["accepted"] else f"refuses: {verdict['reason']}"
+        print(f"  {name:14} {text}")
+    return 0
+
+
+def _extract(args) -> int:
+    from .image import load_image
+
+    image = load_image(args.kernel)
+    if image.bzimage is None:
+        raise UsageError(f"{args.kernel}: not a bzImage, there is no payload to extract")
+    elf = image.payload_elf()
+    try:
+        Path(args.output).write_bytes(elf.data)
+    except OSError as exc:
+        raise UsageError(f"{args.output}: {exc.strerror or exc}") from None
+    print(f"hvsim: wrote {len(elf.data)} bytes of ELF vmlinux to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _run(pm, args) -> int:
+    from .api import Run
+
+    config = MachineConfig(
+        memory=args.memory, cmdline=args.cmdline, initrd=args.initrd, smp=args.smp, acpi=not args.no_acpi,
+        timeout=args.timeout or None, max_instructions=args.max_instructions,
+    )
+    if args.max_instructions is not None and args.max_instructions < 0:
+        raise UsageError("--max-instructions must be positive")
+    prepared = Run(args.env, args.kernel, config, options=vars(args), pm=pm,
+                   observers=[_ConsoleStreamer(args.trace)])
+    previous = signal.signal(signal.SIGINT, lambda *_: prepared.loop.interrupt())
+    try:
+        result = prepared.execute()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.json:
+        try:
+            Path(args.json).write_text(result.to_json(indent=2))
+        except OSError as exc:
+            raise UsageError(f"--json {args.json}: {exc.strerror or exc}") from None
+    state = result.state
+    where = f" at {state.registers.get('rip', 0):#x}: {state.instruction}" if state and result.exit_status else ""
+    print(f"hvsim: {args.env}: {result.stop.describe()}{where} "
+          f"[{result.stats.wall_seconds:.2f} s, exit {result.exit_status}]", file=sys.stderr)
+    return result.exit_status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
