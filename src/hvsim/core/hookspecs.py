@@ -100,6 +100,8 @@ def hvsim_setup(machine: "Machine", image: "KernelImage", config: "MachineConfig
 def hvsim_port_io(machine: "Machine", access: "PortAccess") -> "int | bool | None":
     """Answer an ``in``/``out`` to a port no attached device claims.
 
+    Called by the run loop's port-I/O trap on the run's plugins, in the middle of the guest
+    instruction; attached devices (``machine.ports``) are asked first and never reach this hook.
     For a read return the value (``size`` bytes); for a write return ``True`` when handled.  When no
     plugin answers, a read returns all ones (an absent ISA device) and a write is dropped; both are
     counted in the result's ``extra["unclaimed_ports"]``.
@@ -110,7 +112,8 @@ def hvsim_port_io(machine: "Machine", access: "PortAccess") -> "int | bool | Non
 def hvsim_cpuid(machine: "Machine", leaf: int, subleaf: int) -> "tuple[int, int, int, int] | None":
     """Override a CPUID leaf: return ``(eax, ebx, ecx, edx)``, or ``None`` for the emulated CPU's answer.
 
-    Installed only when some plugin of the run implements it.  The engine's own answers for every
+    Called on the run's plugins each time the guest executes ``cpuid``; the trap is installed only
+    when some plugin of the run implements this hook.  The engine's own answers for every
     leaf are available without running the guest through ``machine.native_cpuid(leaf, subleaf)``.
     """
 
@@ -120,7 +123,8 @@ def hvsim_trap(machine: "Machine", trap: "Trap") -> "bool | None":
     """Handle a trapping instruction: ``syscall``, an invalid opcode (where ``vmcall``/``vmmcall``
     arrive), or a software ``int N``.
 
-    ``trap.rip`` is the instruction's address and ``trap.length`` its length.  Return ``True`` when
+    Called on the run's plugins when the guest executes one of them.  ``trap.rip`` is the
+    instruction's address and ``trap.length`` its length.  Return ``True`` when
     the plugin emulated it: it must then set the guest registers, including RIP, as the instruction
     would leave them (``machine.set_rip``).  Return ``None`` for the architectural default: #UD
     delivered through the guest IDT for invalid opcodes and for ``syscall`` with EFER.SCE clear,
@@ -145,6 +149,8 @@ def hvsim_event(machine: "Machine", event: "Event") -> None:
 @hookspec
 def hvsim_finish(machine: "Machine", result: "RunResult") -> "dict[str, Any] | None":
     """Add to the result after the run stopped.
+
+    Called once per run on every plugin of the run, after the stop reason and state are recorded.
 
     Return a JSON-able dict; it is stored in ``result.extra`` under the plugin's registered name.
     The machine can still be read (memory, registers) but no longer runs.
