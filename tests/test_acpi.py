@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hvsim.core import acpi, acpi_aml
-from hvsim.core.acpi import AcpiPlatform, build_acpi_tables, find_rsdp, read_acpi
+from hvsim.core import acpi, acpi_aml, acpi_read
+from hvsim.core.acpi import AcpiPlatform, build_acpi_tables
+from hvsim.core.acpi_read import find_rsdp, read_acpi
 from hvsim.core.errors import GuestMemoryError, UsageError
 
 BIOS_AREA = acpi.BIOS_AREA_START
@@ -361,7 +362,7 @@ def test_random_byte_flips_never_make_the_reader_raise(data, cpus):
     memory.write(tables.base, blob)
 
     info = read_acpi(memory.read, tables.rsdp_address)
-    assert isinstance(info, acpi.AcpiInfo)
+    assert isinstance(info, acpi_read.AcpiInfo)
     assert all(isinstance(error, str) for error in info.errors)
     assert find_rsdp(memory.read) in (None, tables.rsdp_address)
 

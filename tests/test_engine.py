@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import struct
 
-import pytest
 
 from hvsim import hookimpl
 from hvsim.core.engine_state import calibrate
