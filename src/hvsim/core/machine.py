@@ -56,9 +56,6 @@ class PortTable:
                 raise ValueError(f"port {port:#x} already belongs to {type(self.devices[port]).__name__}")
             self.devices[port] = device
 
-    def detach(self, device: Any) -> None:
-        self.devices = {p: d for p, d in self.devices.items() if d is not device}
-
 
 class Machine:
     def __init__(self, config: "MachineConfig", pm: "pluggy.PluginManager"):

@@ -1,0 +1,64 @@
+"""Guest memory as plugins see it: one bounds-checked accessor, and reads through live page tables."""
+
+from __future__ import annotations
+
+import pytest
+from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+
+from hvsim import MachineConfig
+from hvsim.core.cpu import PageTableBuilder, enter_long_mode
+from hvsim.core.errors import GuestMemoryError
+from hvsim.core.layout import FOUR_GIB, PCI_HOLE_START, MemoryType, PhysicalLayout
+from hvsim.core.memory import GuestMemory, VirtualMemory
+
+
+@pytest.fixture
+def memory():
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, 16 << 20)
+    return uc, GuestMemory(uc, [(0, 16 << 20)])
+
+
+def test_accesses_outside_ram_are_refused_before_anything_is_written(memory):
+    uc, mem = memory
+    mem.write_u64(0x1000, 0x1122334455667788)
+    assert mem.read_u32(0x1004) == 0x11223344
+    with pytest.raises(GuestMemoryError, match="at 0xfffffc"):
+        mem.write((16 << 20) - 4, b"12345678")          # straddles the end of RAM
+    assert mem.read((16 << 20) - 4, 4) == b"\0" * 4     # nothing was written
+    for bad in (-1, 16 << 20, 1 << 63):
+        with pytest.raises(GuestMemoryError):
+            mem.read(bad, 1)
+
+
+def test_cstring_stops_at_nul_or_limit(memory):
+    _, mem = memory
+    mem.write(0x2000, b"console=ttyS0\0junk")
+    assert mem.read_cstring(0x2000) == b"console=ttyS0"
+    assert mem.read_cstring(0x2000, limit=7) == b"console"
+
+
+def test_virtual_reads_follow_the_page_tables_including_an_offset_map(memory):
+    uc, mem = memory
+    tables = PageTableBuilder(mem, 0x100000, 0x140000)
+    tables.identity(0, 4 << 20)
+    tables.map(0xFFFFFFFF80000000, 0x200000, 0x200000)       # a kernel's high-half view, 2 MiB page
+    tables.map(0xFFFF888000003000, 0x5000, 0x1000)           # a 4 KiB page
+    enter_long_mode(uc, cr3=tables.pml4, gdt_base=0, gdt_limit=0, cs=0x08, ds=0x10)
+    vmem = VirtualMemory(uc, mem)
+    mem.write(0x200010, b"high half")
+    mem.write(0x5008, b"direct map")
+    assert vmem.read(0xFFFFFFFF80000010, 9) == b"high half"
+    assert vmem.read(0xFFFF888000003008, 10) == b"direct map"
+    with pytest.raises(GuestMemoryError, match="not mapped"):
+        vmem.read(0xFFFF888000004000, 1)
+
+
+def test_layout_splits_ram_around_the_pci_hole():
+    small = PhysicalLayout.for_config(MachineConfig(memory="512M"))
+    assert small.ram()[-1].end == 512 << 20 and small.top_of_ram() == 512 << 20
+    big = PhysicalLayout.for_config(MachineConfig(memory="6G"))
+    low, high = big.ram()[-2:]
+    assert (low.end, high.start, high.size) == (PCI_HOLE_START, FOUR_GIB, (6 << 30) - PCI_HOLE_START)
+    assert all(r.type == MemoryType.RESERVED for r in big.memory_map if r.start in (0x9FC00, 0xE0000))
+    assert not big.is_ram(0xFEE00000)
