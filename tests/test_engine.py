@@ -206,3 +206,29 @@ def test_engine_fields_calibrate_on_this_unicorn():
     # Pins the engine behaviour exception delivery depends on: a changed unicorn fails here first.
     offsets = calibrate()
     assert len({offsets.old_exception, offsets.error_code, offsets.exception_is_int}) == 3
+
+
+def test_plugin_can_wake_a_halted_guest():
+    class Waker:
+        def __init__(self):
+            self.halts = 0
+
+        @hookimpl
+        def hvsim_trap(self, machine, trap):
+            if trap.kind != "hlt" or self.halts == 2:
+                return None
+            self.halts += 1
+            machine.set_reg("rbx", machine.reg("rbx") + 10)
+            return True
+
+    import guestcode
+    from hvsim import MachineConfig, get_plugin_manager
+    from hvsim.api import Run
+
+    code, _ = guestcode.assemble("xor %rbx, %rbx\n again: hlt\n mov %rbx, 0x80000\n jmp again")
+    waker = Waker()
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[guestcode.RawEnv(), waker])
+    prepared = Run("raw", code, MachineConfig(memory="64M", timeout=10), pm=pm)
+    result = prepared.execute()
+    assert result.stop.kind == "halt" and waker.halts == 2
+    assert u64(prepared.machine, DATA) == 20

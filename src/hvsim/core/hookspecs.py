@@ -121,14 +121,16 @@ def hvsim_cpuid(machine: "Machine", leaf: int, subleaf: int) -> "tuple[int, int,
 @hookspec(firstresult=True)
 def hvsim_trap(machine: "Machine", trap: "Trap") -> "bool | None":
     """Handle a trapping instruction: ``syscall``, an invalid opcode (where ``vmcall``/``vmmcall``
-    arrive), or a software ``int N``.
+    arrive), a software ``int N``, or ``hlt``.
 
     Called on the run's plugins when the guest executes one of them.  ``trap.rip`` is the
     instruction's address and ``trap.length`` its length.  Return ``True`` when
     the plugin emulated it: it must then set the guest registers, including RIP, as the instruction
     would leave them (``machine.set_rip``).  Return ``None`` for the architectural default: #UD
     delivered through the guest IDT for invalid opcodes and for ``syscall`` with EFER.SCE clear,
-    ``int N`` delivered through gate N.
+    ``int N`` delivered through gate N, and for ``hlt`` the end of the run (``halt``, or ``idle``
+    with interrupts on).  For ``hlt``, RIP is already past the instruction; returning ``True``
+    resumes the guest there (an environment that models waking events answers it).
     """
 
 

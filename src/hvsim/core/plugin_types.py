@@ -40,7 +40,7 @@ class PortAccess:
 
 @attrs.frozen
 class Trap:
-    kind: str                  # "syscall", "invalid-opcode", "int"
+    kind: str                  # "syscall", "invalid-opcode", "int", "hlt"
     rip: int
     length: int                # instruction length (0 when it could not be decoded)
     code: bytes = b""          # the instruction's bytes as read at rip (up to 15)

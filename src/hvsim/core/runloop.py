@@ -7,9 +7,9 @@ stale).  The engine runs with its exit list enabled and empty instead of an ``un
 ``until`` the guest's page tables do not map leaves a phantom #PF behind at every stop
 (linux-on-unicorn.md O3), and the exit list avoids it.
 
-When ``emu_start`` returns and no hook asked for the stop, the guest executed ``hlt``: with
-interrupts off that ends the run (``halt``); with interrupts on and no interrupt source modelled
-it ends as ``idle``.  The loop is where interrupt injection will sit: a timer deadline raises the same
+When ``emu_start`` returns and no hook asked for the stop, the guest executed ``hlt``: plugins
+are offered it through ``hvsim_trap``; unanswered, with interrupts off it ends the run (``halt``),
+with interrupts on and no interrupt source modelled it ends as ``idle``.  The loop is where interrupt injection will sit: a timer deadline raises the same
 stop flag, and the loop delivers at the block boundary.
 """
 
@@ -25,6 +25,7 @@ from unicorn import UcError
 from .disasm import disassemble_one
 from .errors import GuestMemoryError
 from .native import STOPPED_BY_INSN_LIMIT, STOPPED_BY_REQUEST
+from .plugin_types import Trap
 from .result import GuestState, RunStats, StopReason
 
 if TYPE_CHECKING:
@@ -99,6 +100,9 @@ class RunLoop:
         elif stopped_by == STOPPED_BY_REQUEST:
             return   # a stop for the loop itself (event delivery); resume
         elif self._after_hlt(rip):
+            trap = Trap(kind="hlt", rip=rip - 1, length=1, code=bytes([HLT]))
+            if m.pm.hook.hvsim_trap(machine=m, trap=trap):
+                return   # a plugin woke the guest (it may have changed registers); resume
             if m.reg("rflags") & RFLAGS_IF:
                 m.stop(StopReason("idle", detail=f"hlt at {rip - 1:#x} with interrupts on and no interrupt source"))
             else:
