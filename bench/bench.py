@@ -10,8 +10,8 @@
    booted as the ELF vmlinux hvsim extracts and as the bzImage (in-guest decompressor).
 
 Shared machines are noisy: nothing here asserts a timing. Each figure is the median of ``--reps``
-repetitions, printed with its spread (min-max); "cpu" figures use process CPU time, which other
-tenants' load disturbs less than wall time does.
+repetitions, printed with every run; "cpu time" figures use process CPU time instead of wall time
+(for comparison only: inside a VM, steal time shows up in both).
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ def main() -> None:
               "python": sys.version.split()[0], "cpus": os.cpu_count(), "load_avg": os.getloadavg()}
     print(f"hvsim benchmark, {report['date']}, unicorn {report['unicorn']}, python {report['python']}, "
           f"{report['cpus']} cpus, load average {report['load_avg'][0]:.2f}")
-    # The budgeted N: about N/20, a power of ten so that 2N has as many digits (see check_counts).
+    # The budgeted N: N/20 rounded down to a power of ten, so that 2N has as many digits (check_counts).
     report["compute"] = bench_compute(n, 10 ** max(3, len(str(n // 20)) - 1), reps)
     report["linux"] = bench_linux(args.linux.expanduser(), reps, not args.quick)
     if args.json:
