@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
+import threading
 from pathlib import Path
 
 from .core.config import MachineConfig
@@ -28,16 +28,29 @@ INTERNAL_ERROR = 70
 
 
 class _ConsoleStreamer:
-    """Observer for one CLI run: guest console to stdout, other events to stderr with --trace."""
+    """Observer for one CLI run: guest console to stdout, other events to stderr with --trace.
+
+    The guest's bytes go out as they came (UTF-8, undecodable bytes restored), whatever the
+    terminal's encoding; a closed stdout (``| head``) stops the streaming, not the run.
+    """
 
     def __init__(self, trace: bool):
         self.trace = trace
+        self.stdout_open = True
 
     @hookimpl
     def hvsim_event(self, machine, event):
         if isinstance(event, ConsoleOutput):
-            sys.stdout.write(event.text)
-            sys.stdout.flush()
+            if self.stdout_open:
+                try:
+                    out = getattr(sys.stdout, "buffer", None)
+                    if out is not None:
+                        out.write(event.text.encode("utf-8", "surrogateescape"))
+                    else:
+                        sys.stdout.write(event.text)
+                    sys.stdout.flush()
+                except (OSError, ValueError, UnicodeError):
+                    self.stdout_open = False
         elif self.trace:
             print(f"hvsim: trace: {json.dumps(event.to_dict())}", file=sys.stderr, flush=True)
 
@@ -163,15 +176,9 @@ def _run(pm, args) -> int:
         memory=args.memory, cmdline=args.cmdline, initrd=args.initrd, smp=args.smp, acpi=not args.no_acpi,
         timeout=args.timeout or None, max_instructions=args.max_instructions,
     )
-    if args.max_instructions is not None and args.max_instructions < 0:
-        raise UsageError("--max-instructions must be positive")
     prepared = Run(args.env, args.kernel, config, options=vars(args), pm=pm,
                    observers=[_ConsoleStreamer(args.trace)])
-    previous = signal.signal(signal.SIGINT, lambda *_: prepared.loop.interrupt())
-    try:
-        result = prepared.execute()
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    result = _execute_interruptibly(prepared)
     if args.json:
         try:
             Path(args.json).write_text(result.to_json(indent=2))
@@ -182,6 +189,33 @@ def _run(pm, args) -> int:
     print(f"hvsim: {args.env}: {result.stop.describe()}{where} "
           f"[{result.stats.wall_seconds:.2f} s, exit {result.exit_status}]", file=sys.stderr)
     return result.exit_status
+
+
+def _execute_interruptibly(prepared):
+    """Run the engine in a worker thread: the main thread stays free to take Ctrl-C (a signal
+    handler cannot run while the main thread is inside the engine) and stops the run through the
+    native stop flag, so the result is still recorded."""
+    outcome: list = []
+    done = threading.Event()
+
+    def work():
+        try:
+            outcome.append(prepared.execute())
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    # Wait on an Event, not Thread.join: an interrupted join can leave is_alive() false early.
+    threading.Thread(target=work, name="hvsim-engine", daemon=True).start()
+    while not done.is_set():
+        try:
+            done.wait(0.1)
+        except KeyboardInterrupt:
+            prepared.loop.interrupt()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ what makes cross-environment comparison meaningful.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -48,6 +49,20 @@ def _check_smp(instance, attribute, value: int) -> None:
 def _check_cmdline(instance, attribute, value: str) -> None:
     if "\0" in value:
         raise UsageError("command line contains a NUL character")
+    try:
+        value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise UsageError(f"command line: character {value[exc.start]!r} cannot be encoded as bytes") from None
+
+
+def _check_timeout(instance, attribute, value: float | None) -> None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"timeout {value!r}: must be a positive number of seconds (or none)")
+
+
+def _check_budget(instance, attribute, value: int | None) -> None:
+    if value is not None and not 1 <= value < (1 << 64):
+        raise UsageError(f"max-instructions {value}: must be between 1 and 2**64-1")
 
 
 @attrs.frozen
@@ -64,8 +79,13 @@ class MachineConfig:
     initrd: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     smp: int = attrs.field(default=1, validator=_check_smp)
     acpi: bool = True
-    timeout: float | None = 60.0
-    max_instructions: int | None = None
+    timeout: float | None = attrs.field(default=60.0, validator=_check_timeout)
+    max_instructions: int | None = attrs.field(default=None, validator=_check_budget)
+
+    def cmdline_bytes(self) -> bytes:
+        """The command line as the guest gets it: UTF-8, with bytes that came undecodable from the
+        OS (``surrogateescape``, as Python decodes argv) restored as they were."""
+        return self.cmdline.encode("utf-8", "surrogateescape")
 
     def initrd_bytes(self) -> bytes | None:
         if self.initrd is None:

@@ -33,12 +33,16 @@ PM_TIMER_HZ = 3_579_545
 
 
 class ConsoleSink:
-    """Decodes a byte stream to text and hands it to the machine line by line."""
+    """Decodes a byte stream to text and hands it to the machine line by line.
+
+    Bytes that are not UTF-8 survive as surrogate escapes, so the exact guest output can be
+    recovered with ``text.encode("utf-8", "surrogateescape")``.
+    """
 
     def __init__(self, machine: "Machine", channel: str):
         self._machine = machine
         self.channel = channel
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
         self._pending = ""
 
     def put(self, data: bytes) -> None:

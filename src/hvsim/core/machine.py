@@ -73,6 +73,7 @@ class Machine:
         self.entry_rip: int | None = None
         self.stop_reason: StopReason | None = None
         self.host_traceback: str | None = None
+        self.stop_registers: dict[str, int] | None = None
         self.unclaimed_ports: dict[int, int] = {}
         self.faults_delivered = 0
         self._sinks: list[Any] = []
@@ -159,6 +160,12 @@ class Machine:
         if self.stop_reason is None:
             self.stop_reason = reason
         self.uc.emu_stop()
+
+    def freeze_state(self, rip: int) -> None:
+        """Record the registers now, with ``rip``, as the guest state of the stop (used when the
+        engine runs on briefly after a stop requested in the middle of a block)."""
+        if self.stop_registers is None:
+            self.stop_registers = {**self.registers(), "rip": rip}
 
     def guest_ns(self) -> int:
         return self.native.control.blocks * NS_PER_BLOCK

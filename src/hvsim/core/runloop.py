@@ -3,7 +3,10 @@
 Every stop is synchronous, so RIP is exact when the loop looks at it: hooks stop the engine from
 inside (``Machine.stop``), and the wall-clock budget raises the native block hook's stop flag from a
 timer thread, which stops at the next block start (the engine's own ``timeout=`` would leave RIP
-stale).  The engine runs with its exit list enabled and empty instead of an ``until`` address: an
+stale).  One engine limit remains: a stop asked for inside an instruction hook (a device write that
+powers off) takes effect at the next block start or memory access, so the instructions up to there
+still run; the result's guest state is the one frozen at the instruction that asked
+(``Machine.freeze_state``).  The engine runs with its exit list enabled and empty instead of an ``until`` address: an
 ``until`` the guest's page tables do not map leaves a phantom #PF behind at every stop
 (linux-on-unicorn.md O3), and the exit list avoids it.
 
@@ -118,7 +121,7 @@ class RunLoop:
 
 
 def capture_state(m: "Machine") -> GuestState:
-    registers = m.registers()
+    registers = m.stop_registers or m.registers()
     rip = registers.get("rip", 0)
     efer, cr0 = registers.get("efer", 0), registers.get("cr0", 0)
     if efer & (1 << 10):

@@ -101,11 +101,23 @@ class TrapDispatcher:
         return holes
 
     # -- port I/O ------------------------------------------------------------------------------
+    def _io_stop_state(self, stopped_before: bool) -> None:
+        """A device stopped the run: the engine still finishes the translation block (it honours
+        a stop only at block starts and memory accesses), so keep the state right after the
+        ``in``/``out`` as the state of the stop."""
+        if stopped_before or self.m.stop_reason is None:
+            return
+        rip = self.m.uc.reg_read(UC_X86_REG_RIP)
+        self.m.freeze_state(rip + max(self._trap("io", rip).length, 1))
+
     @_guarded
     def on_in(self, port: int, size: int, _ud=None) -> int:
         device = self.m.ports.devices.get(port)
         if device is not None:
-            return device.read(port, size) & ((1 << (8 * size)) - 1)
+            stopped = self.m.stop_reason is not None
+            value = device.read(port, size) & ((1 << (8 * size)) - 1)
+            self._io_stop_state(stopped)
+            return value
         answer = self.m.pm.hook.hvsim_port_io(machine=self.m, access=PortAccess(port, size, False))
         if answer is None or answer is True:
             self.m.unclaimed_ports[port] = self.m.unclaimed_ports.get(port, 0) + 1
@@ -116,7 +128,9 @@ class TrapDispatcher:
     def on_out(self, port: int, size: int, value: int, _ud=None) -> None:
         device = self.m.ports.devices.get(port)
         if device is not None:
+            stopped = self.m.stop_reason is not None
             device.write(port, size, value)
+            self._io_stop_state(stopped)
             return
         if self.m.pm.hook.hvsim_port_io(machine=self.m, access=PortAccess(port, size, True, value)) is None:
             self.m.unclaimed_ports[port] = self.m.unclaimed_ports.get(port, 0) + 1

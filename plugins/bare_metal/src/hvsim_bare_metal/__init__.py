@@ -135,7 +135,7 @@ def hvsim_setup(machine, image, config, options):
     plan = _plan(image)
     reserved = _boot_structures(config.cmdline)
     _place_kernel(machine, image, plan, reserved)
-    cmdline = config.cmdline.encode("utf-8")
+    cmdline = config.cmdline_bytes()
     if len(cmdline) > plan.cmdline_limit:
         raise LoadError(f"command line is {len(cmdline)} bytes; {image.name} accepts at most {plan.cmdline_limit}")
     machine.memory.write(CMDLINE, cmdline + b"\0")
