@@ -33,7 +33,7 @@ CMDLINE = 0x20000
 CMDLINE_MAX = 0x10000
 PAGE_TABLES = (0x30000, 0x9F000)
 ACPI_AREA = (0xE0000, 0x20000)
-ELF_CMDLINE_SIZE = 0xFFFF            # an ELF kernel has no header to say; Linux's COMMAND_LINE_SIZE is 2048..
+ELF_CMDLINE_SIZE = CMDLINE_MAX - 1   # an ELF kernel has no header to say: the whole area, less the NUL
 PAGE = 0x1000
 
 
@@ -133,7 +133,7 @@ def _plan_elf(image) -> Plan:
 @hookimpl
 def hvsim_setup(machine, image, config, options):
     plan = _plan(image)
-    reserved = _boot_structures(config.cmdline)
+    reserved = _boot_structures()
     _place_kernel(machine, image, plan, reserved)
     cmdline = config.cmdline_bytes()
     if len(cmdline) > plan.cmdline_limit:
@@ -149,7 +149,7 @@ def hvsim_setup(machine, image, config, options):
     return plan.entry_text
 
 
-def _boot_structures(cmdline: str) -> list[tuple[str, int, int]]:
+def _boot_structures() -> list[tuple[str, int, int]]:
     return [
         ("GDT", GDT, 0x20),
         ("zero page", ZERO_PAGE, PAGE),
