@@ -318,3 +318,26 @@ def build_pe(*, entry_rva: int = 0x1000, machine: int = 0x8664, magic: int = 0x2
     struct.pack_into("<I", dos, 0x3C, 0x40)
     head = bytes(dos) + header
     return head.ljust(0x200, b"\0") + code
+
+
+def damaged_images(bases: dict, window: int, max_changes: int, values: Sequence[int]):
+    """A hypothesis strategy: (name, bytes) of one of ``bases`` with 1..``max_changes`` bytes in its
+    first ``window`` bytes flipped by one bit or set to one of ``values``, sometimes truncated."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def damaged(draw):
+        name = draw(st.sampled_from(sorted(bases)))
+        data = bytearray(bases[name])
+        span = min(len(data), window)
+        for _ in range(draw(st.integers(1, max_changes))):
+            position = draw(st.integers(0, span - 1))
+            if draw(st.booleans()):
+                data[position] ^= 1 << draw(st.integers(0, 7))
+            else:
+                data[position] = draw(st.sampled_from(list(values)))
+        if draw(st.booleans()):
+            data = data[: draw(st.integers(0, len(data)))]
+        return name, bytes(data)
+
+    return damaged()

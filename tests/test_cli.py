@@ -104,7 +104,9 @@ def test_run_passes_initrd_and_no_acpi(tmp_path):
 def test_console_script_is_installed_and_runs(tmp_path):
     script = shutil.which("hvsim")
     if script is None:
-        pytest.skip("the hvsim console script is not on PATH")
+        if os.environ.get("CI"):
+            pytest.fail("the hvsim console script is not on PATH: the package's install is broken")
+        pytest.skip("the hvsim console script is not on PATH (hvsim not installed in this environment)")
     done = subprocess.run([script, "run", "--env", "bare_metal"], capture_output=True, cwd=tmp_path, timeout=60)
     assert done.returncode == 0, done.stderr
     assert parse_probe_report(done.stdout).entry == "linux64"

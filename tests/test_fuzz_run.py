@@ -12,7 +12,7 @@ import json
 from guests import HALT, elf_guest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from imagegen import Load, build_bzimage, build_elf, compress_payload
+from imagegen import damaged_images, Load, build_bzimage, build_elf, compress_payload
 
 from hvsim import MachineConfig
 from hvsim.api import inspect, run
@@ -33,20 +33,6 @@ WINDOW = 1024
 CONFIG = MachineConfig(timeout=2)
 
 
-@st.composite
-def damaged(draw):
-    name = draw(st.sampled_from(sorted(BASES)))
-    data = bytearray(BASES[name])
-    span = min(len(data), WINDOW)
-    for _ in range(draw(st.integers(1, 6))):
-        position = draw(st.integers(0, span - 1))
-        if draw(st.booleans()):
-            data[position] ^= 1 << draw(st.integers(0, 7))
-        else:
-            data[position] = draw(st.sampled_from([0x00, 0xFF, 0x7F, 0x80, 0x01, 0x10]))
-    if draw(st.integers(0, 4)) == 0:
-        data = data[: draw(st.integers(0, len(data)))]
-    return name, bytes(data)
 
 
 def _inspect(data: bytes) -> dict | None:
@@ -89,7 +75,7 @@ def test_unmodified_bases_run():
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(damaged())
+@given(damaged_images(BASES, WINDOW, 6, [0x00, 0xFF, 0x7F, 0x80, 0x01, 0x10]))
 def test_damaged_kernels_only_raise_hvsim_errors(case):
     _, data = case
     _run(data, _inspect(data))

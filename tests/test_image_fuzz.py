@@ -7,7 +7,7 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from imagegen import (SHT_PROGBITS, Load, build_bzimage, build_elf, build_pe, compress_payload,
+from imagegen import (SHT_PROGBITS, damaged_images, Load, build_bzimage, build_elf, build_pe, compress_payload,
                       linux_xen_notes, xen_note)
 
 from hvsim.core.errors import ImageError
@@ -32,20 +32,6 @@ BASES = {
 WINDOW = 4096  # mutations land in the first few KB: headers, notes, setup code, payload start
 
 
-@st.composite
-def damaged(draw):
-    base = draw(st.sampled_from(sorted(BASES)))
-    data = bytearray(BASES[base])
-    span = min(len(data), WINDOW)
-    for _ in range(draw(st.integers(1, 8))):
-        position = draw(st.integers(0, span - 1))
-        if draw(st.booleans()):
-            data[position] ^= 1 << draw(st.integers(0, 7))
-        else:
-            data[position] = draw(st.sampled_from([0x00, 0xFF, 0x7F, 0x80, 0x01, 0x04]))
-    if draw(st.booleans()):
-        data = data[:draw(st.integers(0, len(data)))]
-    return base, bytes(data)
 
 
 def _exercise(name: str, data: bytes) -> None:
@@ -76,7 +62,7 @@ def test_unmodified_bases_load(base):
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(damaged())
+@given(damaged_images(BASES, WINDOW, 8, [0x00, 0xFF, 0x7F, 0x80, 0x01, 0x04]))
 def test_damaged_images_only_raise_image_error(case):
     base, data = case
     _exercise(f"fuzz-{base}", data)
