@@ -9,14 +9,13 @@ from pathlib import Path
 
 from hvsim import Acceptance, Environment, hookimpl
 from hvsim.core.cpu import (
-    CODE32, CODE64, DATA32, PageTableBuilder, enter_long_mode, enter_protected_mode32, flat_descriptor,
-    gdt_bytes, idt_gate32, idt_gate64, protected_mode_trampoline,
+    CODE32, CODE64, DATA32, PageTableBuilder, flat_descriptor, gdt_bytes, idt_gate32, idt_gate64,
+    long_mode_entry, protected_mode32_entry,
 )
 
 CODE = 0x100000
 GDT = 0x1000
 IDT = 0x2000
-TRAMPOLINE = 0x3000
 TABLES = (0x10000, 0x40000)
 STACK_TOP = 0x90000
 DATA = 0x80000          # guests store results here; tests read them back
@@ -70,27 +69,22 @@ class RawEnv:
             machine.memory.write(GDT, gdt_bytes([0, flat_descriptor(CODE64), flat_descriptor(DATA32)]))
             tables = PageTableBuilder(machine.memory, *TABLES)
             tables.identity(0, 1 << 30)
-            enter_long_mode(machine.uc, cr3=tables.pml4, gdt_base=GDT, gdt_limit=23, cs=0x08, ds=0x10,
-                            idt_base=IDT if self.gates else 0, idt_limit=idt_limit)
-            machine.set_reg("rsp", STACK_TOP)
-            machine.start_at(CODE)
+            machine.start(long_mode_entry(CODE, cr3=tables.pml4, gdt=(GDT, 23), cs=0x08, ds=0x10,
+                                          idt=(IDT if self.gates else 0, idt_limit), rsp=STACK_TOP))
         else:
             machine.memory.write(GDT, gdt_bytes([0, flat_descriptor(CODE32), flat_descriptor(DATA32)]))
-            enter_protected_mode32(machine.uc, scratch_pml4=TABLES[0], gdt_base=GDT, gdt_limit=23,
-                                   idt_base=IDT if self.gates else 0, idt_limit=idt_limit)
-            machine.memory.write(TRAMPOLINE, protected_mode_trampoline(TRAMPOLINE, cs=0x08, ds=0x10, entry=CODE))
-            machine.set_reg("rsp", STACK_TOP)
-            machine.start_at(TRAMPOLINE)
+            machine.start(protected_mode32_entry(CODE, gdt=(GDT, 23), cs=0x08, ds=0x10,
+                                                 idt=(IDT if self.gates else 0, idt_limit), rsp=STACK_TOP))
         return "raw"
 
 
-def run_raw(source: str, *, bits: int = 64, gates: dict[int, str] | None = None, **config):
-    """Assemble and run ``source``; returns (result, machine, symbols)."""
+def run_raw(source: str, *, bits: int = 64, gates: dict[int, str] | None = None, plugins=(), **config):
+    """Assemble and run ``source`` (with extra ``plugins`` in the run); returns (result, machine, symbols)."""
     from hvsim import MachineConfig, get_plugin_manager
     from hvsim.api import Run
 
     code, symbols = assemble(source, bits)
     env = RawEnv(bits, {v: symbols[name] for v, name in (gates or {}).items()})
-    pm = get_plugin_manager(load_entrypoints=False, plugins=[env])
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[env, *plugins])
     prepared = Run("raw", code, MachineConfig(**{"memory": "64M", "timeout": 10, **config}), pm=pm)
     return prepared.execute(), prepared.machine, symbols

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+from unicorn.x86_const import UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_CR4
 
 from hvsim import MachineConfig
-from hvsim.core.cpu import PageTableBuilder, enter_long_mode
+from hvsim.core.cpu import CR0_ET, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, MSR_EFER, PageTableBuilder
 from hvsim.core.errors import GuestMemoryError
 from hvsim.core.layout import FOUR_GIB, PCI_HOLE_START, MemoryType, PhysicalLayout
 from hvsim.core.memory import GuestMemory, VirtualMemory
@@ -44,7 +45,10 @@ def test_virtual_reads_follow_the_page_tables_including_an_offset_map(memory):
     tables.identity(0, 4 << 20)
     tables.map(0xFFFFFFFF80000000, 0x200000, 0x200000)       # a kernel's high-half view, 2 MiB page
     tables.map(0xFFFF888000003000, 0x5000, 0x1000)           # a 4 KiB page
-    enter_long_mode(uc, cr3=tables.pml4, gdt_base=0, gdt_limit=0, cs=0x08, ds=0x10)
+    uc.reg_write(UC_X86_REG_CR3, tables.pml4)      # the order the engine needs: PAE before PG
+    uc.reg_write(UC_X86_REG_CR4, CR4_PAE)
+    uc.msr_write(MSR_EFER, EFER_LME | EFER_LMA)
+    uc.reg_write(UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_PG)
     vmem = VirtualMemory(uc, mem)
     mem.write(0x200010, b"high half")
     mem.write(0x5008, b"direct map")

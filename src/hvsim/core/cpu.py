@@ -1,13 +1,9 @@
 """CPU-state builders: descriptors, gates, page tables, and entering 32-bit or 64-bit mode.
 
-Unicorn is always opened in UC_MODE_64 (its register API follows the open mode, so a 32-bit engine
-could not read a guest that enters long mode).  The pitfalls this module encodes, measured on
-unicorn 2.1.4 (shared/design/ref/unicorn-notes.md §1):
-- set CR4.PAE before CR0.PG, or translation is wrong;
-- in UC_MODE_64 a segment-register write stores the selector only; the hidden descriptor is loaded
-  from the GDT only by guest instructions (far jump, mov to a segment register), so the 32-bit
-  entry runs a short trampoline that loads them;
-- leaving long mode from the host needs CR0.PG 1->0 before EFER can drop LME.
+An environment describes its entry state as an ``EntryState``; the machine loads it in one step
+with ``vmrun`` (svm.py).  That sidesteps the ordering pitfalls of writing control registers one by
+one from the host (unicorn-notes.md §1: CR4.PAE before CR0.PG; a segment-register write from the host
+stores the selector only, not the hidden descriptor; leaving long mode needs CR0.PG cleared first).
 """
 
 from __future__ import annotations
@@ -16,21 +12,6 @@ import struct
 from typing import TYPE_CHECKING
 
 import attrs
-from unicorn.x86_const import (
-    UC_X86_REG_CR0,
-    UC_X86_REG_CR3,
-    UC_X86_REG_CR4,
-    UC_X86_REG_CS,
-    UC_X86_REG_DS,
-    UC_X86_REG_EAX,
-    UC_X86_REG_ES,
-    UC_X86_REG_FS,
-    UC_X86_REG_GDTR,
-    UC_X86_REG_GS,
-    UC_X86_REG_IDTR,
-    UC_X86_REG_RFLAGS,
-    UC_X86_REG_SS,
-)
 
 if TYPE_CHECKING:
     from .memory import GuestMemory
@@ -149,55 +130,53 @@ class PageTableBuilder:
         self.map(start, start, size)
 
 
-def enter_long_mode(uc, *, cr3: int, gdt_base: int, gdt_limit: int, cs: int, ds: int,
-                    idt_base: int = 0, idt_limit: int = 0) -> None:
-    """Put the CPU in 64-bit long mode with paging on, in the order the engine needs."""
-    uc.reg_write(UC_X86_REG_GDTR, (0, gdt_base, gdt_limit, 0))
-    uc.reg_write(UC_X86_REG_IDTR, (0, idt_base, idt_limit, 0))
-    uc.reg_write(UC_X86_REG_CR3, cr3)
-    uc.reg_write(UC_X86_REG_CR4, CR4_PAE)
-    uc.msr_write(MSR_EFER, EFER_LME | EFER_LMA)
-    uc.reg_write(UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_PG)
-    uc.reg_write(UC_X86_REG_CS, cs)
-    for reg in (UC_X86_REG_DS, UC_X86_REG_ES, UC_X86_REG_SS):
-        uc.reg_write(reg, ds)
-    for reg in (UC_X86_REG_FS, UC_X86_REG_GS):
-        uc.reg_write(reg, 0)
-    uc.reg_write(UC_X86_REG_RFLAGS, RFLAGS_RESERVED)
+@attrs.frozen
+class EntryState:
+    """The CPU state a guest starts in, as an environment's ABI promises it.
 
-
-def protected_mode_trampoline(at: int, *, cs: int, ds: int, entry: int, eax: int = 0) -> bytes:
-    """32-bit code placed at ``at`` that loads CS/DS/ES/SS from the GDT and jumps to ``entry``.
-
-    The engine cannot load hidden segment descriptors from the host in UC_MODE_64, so a 32-bit
-    entry starts here: ``ljmp cs:next; mov ds,%ax; mov %ax,%ds/%es/%ss; xor %eax,%eax;
-    mov %ax,%fs/%gs; mov $eax,%eax; ljmp cs:entry``.  Only EAX is clobbered, and then set.
+    The machine loads it with one ``vmrun`` (svm.py), which loads each segment's hidden part from
+    the GDT entry its selector names, so ``gdt`` must be written to guest memory first.  General
+    registers other than RSP are set with ``machine.set_reg`` and are kept.  ``tr`` is
+    ``(selector, base, limit, flags)`` in the engine's descriptor-cache format, or ``None`` to leave
+    the engine's TR alone.
     """
-    nxt = at + 7
-    code = b"\xEA" + struct.pack("<IH", nxt, cs)
-    code += b"\x66\xB8" + struct.pack("<H", ds) + b"\x8E\xD8\x8E\xC0\x8E\xD0"
-    code += b"\x31\xC0\x8E\xE0\x8E\xE8"
-    code += b"\xB8" + struct.pack("<I", eax & 0xFFFF_FFFF)
-    code += b"\xEA" + struct.pack("<IH", entry, cs)
-    return code
+
+    rip: int
+    cr0: int
+    cs: int
+    ds: int
+    gdt: tuple[int, int]                   # (base, limit)
+    idt: tuple[int, int] = (0, 0)
+    cr3: int = 0
+    cr4: int = 0
+    efer: int = 0
+    ss: int | None = None                  # default: ds
+    es: int | None = None                  # default: ds
+    rsp: int = 0
+    rflags: int = RFLAGS_RESERVED
+    tr: tuple[int, int, int, int] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.ss is None:
+            object.__setattr__(self, "ss", self.ds)
+        if self.es is None:
+            object.__setattr__(self, "es", self.ds)
+
+    @property
+    def bits(self) -> int:
+        return 64 if self.efer & EFER_LMA else 32 if self.cr0 & CR0_PE else 16
 
 
-def enter_protected_mode32(uc, *, scratch_pml4: int, gdt_base: int, gdt_limit: int,
-                           idt_base: int = 0, idt_limit: int = 0) -> None:
-    """Put the CPU in flat 32-bit protected mode with paging off (CR0 = PE|ET, CR4 = 0, EFER = 0).
+def long_mode_entry(rip: int, *, cr3: int, gdt: tuple[int, int], cs: int, ds: int,
+                    idt: tuple[int, int] = (0, 0), rsp: int = 0) -> EntryState:
+    """64-bit long mode with paging on (CR0 = PE|ET|PG, CR4 = PAE, EFER = LME|LMA); ``cs`` must name
+    a 64-bit code descriptor."""
+    return EntryState(rip=rip, cr0=CR0_PE | CR0_ET | CR0_PG, cr3=cr3, cr4=CR4_PAE, efer=EFER_LME | EFER_LMA,
+                      cs=cs, ds=ds, gdt=gdt, idt=idt, rsp=rsp)
 
-    ``scratch_pml4`` is any page-aligned guest-physical address whose page is zero: long mode is
-    entered and left again (unicorn-notes.md §1c, method 3), which is the only way to clear LMA.
-    Segment registers must then be loaded by ``protected_mode_trampoline``.
-    """
-    uc.reg_write(UC_X86_REG_GDTR, (0, gdt_base, gdt_limit, 0))
-    uc.reg_write(UC_X86_REG_IDTR, (0, idt_base, idt_limit, 0))
-    uc.reg_write(UC_X86_REG_CR3, scratch_pml4)
-    uc.reg_write(UC_X86_REG_CR4, CR4_PAE)
-    uc.reg_write(UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_PG)
-    uc.reg_write(UC_X86_REG_CR0, CR0_PE | CR0_ET)
-    uc.msr_write(MSR_EFER, 0)
-    uc.reg_write(UC_X86_REG_CR4, 0)
-    uc.reg_write(UC_X86_REG_CR3, 0)
-    uc.reg_write(UC_X86_REG_EAX, 0)
-    uc.reg_write(UC_X86_REG_RFLAGS, RFLAGS_RESERVED)
+
+def protected_mode32_entry(rip: int, *, gdt: tuple[int, int], cs: int, ds: int,
+                           idt: tuple[int, int] = (0, 0), rsp: int = 0) -> EntryState:
+    """Flat 32-bit protected mode with paging off (CR0 = PE|ET, CR4 = 0, EFER = 0); ``cs`` must name a
+    32-bit code descriptor."""
+    return EntryState(rip=rip, cr0=CR0_PE | CR0_ET, cs=cs, ds=ds, gdt=gdt, idt=idt, rsp=rsp)

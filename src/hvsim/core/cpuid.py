@@ -3,6 +3,10 @@
 A CPUID hook that wants to change a bit of the native answer needs that answer; running a second
 engine from inside a hook corrupts the outer run (linux-on-unicorn.md O1), so every leaf and the
 subleaves that matter are read up front.
+
+The table is what the guest is shown when no plugin answers: the engine's answers with SVM hidden
+(hvsim itself uses SVM, svm.py).  OSXSAVE (leaf 1 ECX bit 27) mirrors the guest's CR4 at the time
+of the instruction; ``Machine.cpuid`` applies it.
 """
 
 from __future__ import annotations
@@ -10,10 +14,14 @@ from __future__ import annotations
 import struct
 
 import attrs
-from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn.x86_const import UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDI
 
+from .engine import new_engine
+
 _SUBLEAF_LEAVES = {4: 8, 7: 2, 0xB: 4, 0xD: 8, 0xF: 2, 0x10: 4, 0x12: 4, 0x14: 2, 0x17: 4, 0x18: 4}
+LEAF1_ECX_OSXSAVE = 1 << 27
+EXT1_ECX_SVM = 1 << 2          # leaf 0x80000001 ECX
+SVM_LEAF = 0x8000_000A         # SVM revision and features
 _STUB = 0x1000
 _OUT = 0x2000
 # cpuid; mov %eax,(%rdi); mov %ebx,4(%rdi); mov %ecx,8(%rdi); mov %edx,12(%rdi); hlt
@@ -26,7 +34,7 @@ class CpuidTable:
 
     @classmethod
     def probe(cls) -> "CpuidTable":
-        uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc = new_engine()
         uc.mem_map(0, 0x10000)
         uc.mem_write(_STUB, _CODE)
 
@@ -45,6 +53,11 @@ class CpuidTable:
             for leaf in range(base, top + 1):
                 for sub in range(_SUBLEAF_LEAVES.get(leaf, 1)):
                     leaves[(leaf, sub)] = ask(leaf, sub)
+        if (0x8000_0001, 0) in leaves:
+            a, b, c, d = leaves[(0x8000_0001, 0)]
+            leaves[(0x8000_0001, 0)] = (a, b, c & ~EXT1_ECX_SVM, d)
+        if (SVM_LEAF, 0) in leaves:
+            leaves[(SVM_LEAF, 0)] = (0, 0, 0, 0)
         return cls(leaves)
 
     def lookup(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:

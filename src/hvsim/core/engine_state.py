@@ -15,13 +15,15 @@ import functools
 import struct
 
 import attrs
-from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, Uc
+from unicorn import UC_HOOK_INTR, Uc
 from unicorn.x86_const import (
     UC_X86_REG_CR0,
     UC_X86_REG_CR3,
     UC_X86_REG_CR4,
     UC_X86_REG_RIP,
 )
+
+from .engine import new_engine
 
 
 @attrs.frozen
@@ -49,7 +51,7 @@ def _blob(uc: Uc) -> bytes:
 @functools.lru_cache(maxsize=1)
 def calibrate() -> ContextOffsets:
     """Find the hidden fields' offsets (cached: the layout is fixed for a loaded libunicorn)."""
-    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc = new_engine()
     uc.mem_map(0, 1 << 20)
     uc.mem_write(_ENTRY, _CODE)
     pml4, pdpt, pd = 0x10000, 0x11000, 0x12000

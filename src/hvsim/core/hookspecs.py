@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .config import MachineConfig
     from .events import Event
     from .machine import Machine
-    from .plugin_types import Acceptance, Environment, PortAccess, Trap
+    from .plugin_types import Acceptance, Environment, MsrAccess, PortAccess, Trap
     from .result import RunResult
 
 hookspec = pluggy.HookspecMarker("hvsim")
@@ -86,7 +86,7 @@ def hvsim_setup(machine: "Machine", image: "KernelImage", config: "MachineConfig
     Called on the environment plugin of the run (the run's manager holds no other environment).
     Loads the image through ``machine.memory``, writes the boot-info structures, attaches the
     devices the environment has (``machine.attach_pc_devices``), and sets the entry CPU state
-    (``machine.start_at``).  Raise ``LoadError`` with a message naming what did not fit.
+    (``machine.start`` with a ``hvsim.core.cpu.EntryState``).  Raise ``LoadError`` with a message naming what did not fit.
     Return a short description of the entry used (``"linux64 at 0x100200"``).
     """
 
@@ -112,9 +112,22 @@ def hvsim_port_io(machine: "Machine", access: "PortAccess") -> "int | bool | Non
 def hvsim_cpuid(machine: "Machine", leaf: int, subleaf: int) -> "tuple[int, int, int, int] | None":
     """Override a CPUID leaf: return ``(eax, ebx, ecx, edx)``, or ``None`` for the emulated CPU's answer.
 
-    Called on the run's plugins each time the guest executes ``cpuid``; the trap is installed only
-    when some plugin of the run implements this hook.  The engine's own answers for every
-    leaf are available without running the guest through ``machine.native_cpuid(leaf, subleaf)``.
+    Called on the run's plugins each time the guest executes ``cpuid``.  The answer the guest gets
+    when no plugin overrides (the CPU model with SVM hidden and OSXSAVE following CR4) is
+    ``machine.native_cpuid(leaf, subleaf)``; call it to change a few bits of it.
+    """
+
+
+@hookspec(firstresult=True)
+def hvsim_msr(machine: "Machine", access: "MsrAccess") -> "int | bool | None":
+    """Answer a guest ``rdmsr``/``wrmsr`` of an MSR the environment owns.
+
+    Called on the run's plugins for every access to an MSR outside the architectural ranges
+    (hypervisor MSRs such as 0x40000000 and 0x4b564d00 reach it without asking) and to the MSRs a
+    plugin registered with ``machine.intercept_msr(index)`` in ``hvsim_setup``.  For a read return
+    the 64-bit value; for a write return ``True`` when accepted.  ``None`` from every plugin means
+    the MSR does not exist: the guest gets #GP(0) through its IDT, as on hardware.  The core
+    advances RIP and records each access as a ``Call`` event (interface ``"msr"``).
     """
 
 

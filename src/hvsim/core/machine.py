@@ -9,20 +9,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc
+from unicorn import UC_PROT_ALL
 from unicorn import x86_const
 
 from . import acpi
-from .cpu import MSR_EFER
-from .cpuid import CpuidTable
+from .cpu import MSR_EFER, EntryState
+from .cpuid import LEAF1_ECX_OSXSAVE, CpuidTable
 from .devices import AcpiPm, DebugCon, ExitPort, ResetControl, Uart16550
+from .engine import new_engine
 from .engine_state import EngineState, calibrate
+from .errors import LoadError
 from .events import ConsoleOutput, Event, Note, Shutdown
 from .exceptions import ExceptionDelivery
 from .layout import BIOS_AREA, PhysicalLayout
 from .memory import GuestMemory, VirtualMemory
 from .native import NativeHooks
 from .result import StopReason
+from .svm import GuestMode, Segment
 from .traps import TrapDispatcher
 
 if TYPE_CHECKING:
@@ -30,6 +33,10 @@ if TYPE_CHECKING:
 
     from .config import MachineConfig
 
+CR4_OSXSAVE = 1 << 18
+# MSRs the host itself reads or writes while the guest runs; intercepting them would kill the
+# process (svm.py), so plugins cannot own them.
+HOST_MSRS = frozenset({MSR_EFER, 0xC000_0100, 0xC000_0101, 0xC000_0102, 0xC001_0117})
 NS_PER_BLOCK = 10   # guest time: executed translation blocks x 10 ns (deterministic, see linux-to-userspace.md)
 
 _REGISTERS = {
@@ -62,22 +69,23 @@ class Machine:
         self.config = config
         self.pm = pm
         self.layout = PhysicalLayout.for_config(config)
-        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.uc = new_engine()
         for start, size in self.layout.backed:
             self.uc.mem_map(start, size, UC_PROT_ALL)
+        self.guest_mode = GuestMode(self.uc)
         self.memory = GuestMemory(self.uc, list(self.layout.backed))
         self.vmem = VirtualMemory(self.uc, self.memory)
         self.ports = PortTable()
         self.events: list[Event] = []
         self.acpi_tables: acpi.AcpiTables | None = None
-        self.entry_rip: int | None = None
+        self.entry_state: EntryState | None = None
         self.stop_reason: StopReason | None = None
         self.host_traceback: str | None = None
         self.stop_registers: dict[str, int] | None = None
         self.unclaimed_ports: dict[int, int] = {}
         self.faults_delivered = 0
         self._sinks: list[Any] = []
-        self.cpuid = CpuidTable.probe() if pm.hook.hvsim_cpuid.get_hookimpls() else None
+        self.cpuid = CpuidTable.probe()
         self.native = NativeHooks(self.uc, insn_limit=config.max_instructions)
         self.engine = EngineState(self.uc, calibrate())
         self.delivery = ExceptionDelivery(self)
@@ -104,14 +112,57 @@ class Machine:
                 continue
         return out
 
-    def start_at(self, rip: int) -> None:
-        """Where the guest starts executing (set by the environment in ``hvsim_setup``)."""
-        self.entry_rip = rip
+    def start(self, state: EntryState) -> None:
+        """Where and how the guest starts (set by the environment in ``hvsim_setup``, after it wrote
+        the GDT that ``state``'s selectors name).  Raises ``LoadError`` if a selector names no
+        descriptor in guest RAM."""
+        for name in ("cs", "ds", "es", "ss"):
+            try:
+                Segment.from_gdt(self.memory, *state.gdt, getattr(state, name))
+            except ValueError as exc:
+                raise LoadError(f"entry state: {name.upper()}: {exc}") from None
+        self.entry_state = state
 
+    @property
+    def entry_rip(self) -> int | None:
+        return None if self.entry_state is None else self.entry_state.rip
+
+    # -- CPUID and MSRs ------------------------------------------------------------------------
     def native_cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
-        if self.cpuid is None:
-            self.cpuid = CpuidTable.probe()
-        return self.cpuid.lookup(leaf, subleaf)
+        """What the guest sees for this leaf when no plugin answers (the CPU model, SVM hidden)."""
+        eax, ebx, ecx, edx = self.cpuid.lookup(leaf, subleaf)
+        if leaf == 1:
+            ecx &= ~LEAF1_ECX_OSXSAVE
+            if self.uc.reg_read(x86_const.UC_X86_REG_CR4) & CR4_OSXSAVE:
+                ecx |= LEAF1_ECX_OSXSAVE
+        return eax, ebx, ecx, edx
+
+    def intercept_msr(self, index: int) -> None:
+        """Route guest reads and writes of MSR ``index`` to ``hvsim_msr``.  MSRs outside the three
+        architectural ranges (0-0x1fff, 0xc0000000-0xc0001fff, 0xc0010000-0xc0011fff), such as
+        the hypervisor ranges at 0x40000000, always reach it and need no call."""
+        if index in HOST_MSRS:
+            raise ValueError(f"MSR {index:#x} is used by the host itself and cannot be intercepted")
+        self.guest_mode.intercept_msr(index)
+
+    def msr_read(self, index: int) -> int:
+        """The engine's own value of an MSR that is not intercepted (e.g. EFER, FS_BASE)."""
+        self._check_host_msr(index)
+        return self.uc.msr_read(index)
+
+    def msr_write(self, index: int, value: int) -> None:
+        self._check_host_msr(index)
+        self.uc.msr_write(index, value)
+
+    def _check_host_msr(self, index: int) -> None:
+        if self.guest_mode.intercepted(index) or self.guest_mode.intercepted(index, write=True):
+            raise ValueError(f"MSR {index:#x} is intercepted: its value lives with the plugin that owns it")
+
+    def write_code(self, address: int, data: bytes) -> None:
+        """Write instructions into guest memory (a hypercall page, a patched stub).  The engine does
+        not notice host stores to code it already translated, so its translations are dropped."""
+        self.memory.write(address, data)
+        self.uc.ctl_flush_tb()
 
     # -- devices ---------------------------------------------------------------------------
     def attach_pc_devices(self, *, acpi_tables: bool | None = None) -> None:

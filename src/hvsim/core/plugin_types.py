@@ -39,6 +39,14 @@ class PortAccess:
 
 
 @attrs.frozen
+class MsrAccess:
+    index: int                 # ECX
+    write: bool
+    value: int = 0             # EDX:EAX written (writes only)
+    rip: int = 0               # address of the rdmsr/wrmsr
+
+
+@attrs.frozen
 class Trap:
     kind: str                  # "syscall", "invalid-opcode", "int", "hlt"
     rip: int

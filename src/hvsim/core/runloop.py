@@ -56,10 +56,9 @@ class RunLoop:
 
     def run(self) -> tuple[StopReason, float]:
         m = self.m
-        if m.entry_rip is None:
-            raise RuntimeError("the environment set no entry point (machine.start_at)")
-        m.uc.ctl_exits_enabled(True)
-        m.uc.ctl_set_exits([])
+        if m.entry_state is None:
+            raise RuntimeError("the environment set no entry state (machine.start)")
+        m.guest_mode.enter(m.entry_state, m.memory)
         rip = m.entry_rip
         timer = None
         if m.config.timeout is not None:

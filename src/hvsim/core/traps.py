@@ -4,11 +4,15 @@ exception deliveries.  No hook here runs per instruction.
 | guest does                | engine reports             | goes to                                      |
 |---------------------------|----------------------------|----------------------------------------------|
 | ``in``/``out``            | UC_HOOK_INSN IN/OUT        | attached device, else ``hvsim_port_io``      |
-| ``cpuid``                 | UC_HOOK_INSN CPUID         | ``hvsim_cpuid`` (installed only if answered) |
+| ``cpuid``                 | UC_HOOK_INSN CPUID         | ``hvsim_cpuid``, else ``machine.native_cpuid``|
 | ``syscall``               | UC_HOOK_INSN SYSCALL       | ``hvsim_trap``, else #UD / architectural     |
 | invalid opcode (vmcall..) | UC_HOOK_INSN_INVALID       | ``hvsim_trap``, else #UD through the IDT     |
-| CPU exception, ``int N``  | UC_HOOK_INTR               | ``hvsim_trap`` for ``int N``; IDT delivery   |
+| ``rdmsr``/``wrmsr``       | UC_HOOK_INTR, #VMEXIT MSR  | ``hvsim_msr``, else #GP(0) through the IDT   |
+| ``int N``, ``int3``       | UC_HOOK_INTR, #VMEXIT SWINT| ``hvsim_trap``, else gate N of the IDT       |
+| CPU exception             | UC_HOOK_INTR               | IDT delivery                                 |
 | access outside RAM        | UC_HOOK_MEM_*_UNMAPPED     | stop ``bad-access`` with the address         |
+
+The two #VMEXIT rows exist because the guest runs as an SVM guest of the emulated CPU (svm.py).
 
 The unmapped-memory hooks are bounded to the ranges that hold no RAM: a memory hook covering RAM
 would put every store to an executable page on the engine's slow path (guest-store-speed.md).
@@ -47,13 +51,19 @@ from .cpu import MSR_EFER
 from .errors import GuestMemoryError
 from .events import Fault
 from .exceptions import HAS_ERROR_CODE, DeliveryError, vector_name
-from .plugin_types import PortAccess, Trap
+from .events import Call
+from .plugin_types import MsrAccess, PortAccess, Trap
 from .result import StopReason
+from .svm import EXCP_VMEXIT, EXIT_MSR, EXIT_SHUTDOWN, EXIT_SWINT
 
 if TYPE_CHECKING:
     from .machine import Machine
 
 UD = 6
+GP = 13
+RDMSR, WRMSR = b"\x0f\x32", b"\x0f\x30"
+# Software-interrupt instructions: opcode -> (vector or None for "the next byte", length)
+SOFTWARE_INT = {0xCC: (3, 1), 0xCD: (None, 2), 0xCE: (4, 1)}
 EFER_SCE = 1 << 0
 MAX_INSN = 15
 
@@ -82,8 +92,7 @@ class TrapDispatcher:
         uc.hook_add(UC_HOOK_INSN, self.on_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self.on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
-        if machine.pm.hook.hvsim_cpuid.get_hookimpls():
-            uc.hook_add(UC_HOOK_INSN, self.on_cpuid, None, 1, 0, UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN, self.on_cpuid, None, 1, 0, UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN_INVALID, self.on_invalid)
         uc.hook_add(UC_HOOK_INTR, self.on_interrupt)
         unmapped = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
@@ -143,10 +152,36 @@ class TrapDispatcher:
         subleaf = uc.reg_read(UC_X86_REG_RCX) & 0xFFFF_FFFF
         answer = self.m.pm.hook.hvsim_cpuid(machine=self.m, leaf=leaf, subleaf=subleaf)
         if answer is None:
-            return 0
+            answer = self.m.native_cpuid(leaf, subleaf)
         for reg, value in zip((UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX), answer):
             uc.reg_write(reg, value & 0xFFFF_FFFF)     # 64-bit write: CPUID zero-extends
         return 1
+
+    # -- MSRs (#VMEXIT MSR) --------------------------------------------------------------------
+    def on_msr(self, rip: int) -> None:
+        m, uc = self.m, self.m.uc
+        opcode = m.vmem.read(rip, 2)
+        if opcode not in (RDMSR, WRMSR):
+            m.stop(StopReason("host-error", detail=f"MSR exit at {rip:#x} on bytes {opcode.hex()}"))
+            return
+        write = opcode == WRMSR
+        index = uc.reg_read(UC_X86_REG_RCX) & 0xFFFF_FFFF
+        value = (uc.reg_read(UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | uc.reg_read(UC_X86_REG_RAX) & 0xFFFF_FFFF
+        access = MsrAccess(index=index, write=write, value=value if write else 0, rip=rip)
+        answer = m.pm.hook.hvsim_msr(machine=m, access=access)
+        name = f"{'wrmsr' if write else 'rdmsr'} {index:#x}"
+        args = {"index": index, "value": value} if write else {"index": index}
+        if answer is None or answer is False or (not write and answer is True):
+            m.emit(Call(interface="msr", name=name, args=args, result="#GP", rip=rip))
+            self.exception(GP, 0, rip)
+            return
+        if not write:
+            value = int(answer) & 0xFFFF_FFFF_FFFF_FFFF
+            uc.reg_write(UC_X86_REG_RAX, value & 0xFFFF_FFFF)
+            uc.reg_write(UC_X86_REG_RDX, value >> 32)
+        m.emit(Call(interface="msr", name=name, args=args, result=None if write else value, rip=rip))
+        if m.reg("rip") == rip:          # a plugin may have redirected the guest; otherwise step over
+            m.set_rip(rip + 2)
 
     # -- trapping instructions -----------------------------------------------------------------
     def _trap(self, kind: str, rip: int, vector: int | None = None) -> Trap:
@@ -182,16 +217,31 @@ class TrapDispatcher:
 
     @_guarded
     def on_interrupt(self, intno: int, _ud=None) -> None:
-        error_code, software = self.m.engine.pending_exception()
         rip = self.m.uc.reg_read(UC_X86_REG_RIP)
-        if software:
-            # RIP is already past ``int N``/``int3``; a plugin may answer it (a hypercall gate).
-            self.m.engine.clear_exception()
-            if self.m.pm.hook.hvsim_trap(machine=self.m, trap=self._trap("int", rip, vector=intno)):
-                return
-            self.exception(intno, None, rip)
+        if intno == EXIT_MSR:
+            self.on_msr(rip)
+        elif intno == EXIT_SWINT:
+            self.on_software_interrupt(rip)
+        elif intno == EXIT_SHUTDOWN:
+            self.m.stop(StopReason("triple-fault", detail=f"shutdown at {rip:#x}: an exception during #DF delivery"))
+        elif intno >= EXCP_VMEXIT:
+            self.m.stop(StopReason("host-error", detail=f"unexpected #VMEXIT {intno - EXCP_VMEXIT:#x} at {rip:#x}"))
+        else:
+            error_code, _ = self.m.engine.pending_exception()
+            self.exception(intno, error_code if intno in HAS_ERROR_CODE else None, rip)
+
+    def on_software_interrupt(self, rip: int) -> None:
+        """``int N``/``int3``/``into`` (#VMEXIT SWINT: RIP at the instruction, nothing pushed yet)."""
+        code = self.m.vmem.read(rip, 2)
+        vector, length = SOFTWARE_INT.get(code[0], (None, 0))
+        if length == 0:
+            self.m.stop(StopReason("host-error", detail=f"software-interrupt exit at {rip:#x} on bytes {code.hex()}"))
             return
-        self.exception(intno, error_code if intno in HAS_ERROR_CODE else None, rip)
+        vector = code[1] if vector is None else vector
+        trap = Trap(kind="int", rip=rip, length=length, code=code[:length], vector=vector)
+        if self.m.pm.hook.hvsim_trap(machine=self.m, trap=trap):
+            return
+        self.exception(vector, None, rip + length)
 
     def exception(self, vector: int, error_code: int | None, return_rip: int, rip_bias: int = 0) -> None:
         """Deliver ``vector`` through the guest IDT, recording a Fault; stop on a triple fault."""

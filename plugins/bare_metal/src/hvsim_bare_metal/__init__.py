@@ -20,7 +20,7 @@ import attrs
 from hvsim import Acceptance, Environment, hookimpl
 from hvsim.abi import boot_params
 from hvsim.abi import linux_boot as lb
-from hvsim.core.cpu import CODE64, DATA32, PageTableBuilder, enter_long_mode, flat_descriptor, gdt_bytes
+from hvsim.core.cpu import CODE64, DATA32, PageTableBuilder, flat_descriptor, gdt_bytes, long_mode_entry
 from hvsim.core.errors import LoadError
 from hvsim.core.layout import FOUR_GIB
 
@@ -205,9 +205,8 @@ def _enter(machine, plan: Plan) -> None:
     machine.memory.write(GDT, gdt_bytes([0, 0, flat_descriptor(CODE64), flat_descriptor(DATA32)]))
     tables = PageTableBuilder(machine.memory, *PAGE_TABLES)
     tables.identity(0, max(FOUR_GIB, machine.layout.top_of_ram()))
-    enter_long_mode(machine.uc, cr3=tables.pml4, gdt_base=GDT, gdt_limit=0x1F, cs=BOOT_CS, ds=BOOT_DS)
     for name in ("rax", "rbx", "rcx", "rdx", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"):
         machine.set_reg(name, 0)
     machine.set_reg("rsi", ZERO_PAGE)
-    machine.set_reg("rsp", STACK + PAGE - 0x10)
-    machine.start_at(plan.entry)
+    machine.start(long_mode_entry(plan.entry, cr3=tables.pml4, gdt=(GDT, 0x1F), cs=BOOT_CS, ds=BOOT_DS,
+                                  rsp=STACK + PAGE - 0x10))
