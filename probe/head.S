@@ -10,6 +10,8 @@
  * an identity map covering at least [load address, +init_size), boot_params and the command line;
  * interrupts off; RSI = physical address of boot_params. The probe trusts nothing else: it clears its
  * own .bss (which init_size covers), sets its own stack and then, in C, its own page tables, GDT and IDT.
+ *
+ * The other entry, pvh (32-bit, Xen PVH), is in pvh_head.S; its address is in the ELF note it adds.
  */
 	.section .head.text, "ax"
 

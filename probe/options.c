@@ -2,7 +2,12 @@
  * Command-line options the probe honours (whitespace-separated words; other words are ignored):
  *   probe.spin=N   run probe_spin(N) before the report (N decimal or 0x-hex) and report "spin: N"
  *   probe.fault=pf after the report, read PROBE_FAULT_ADDR (unmapped) so the #PF handler runs
- * A malformed value is reported on the console before the report and otherwise ignored.
+ *   probe.hypercall=page|inline
+ *                  how the pvh entry makes Xen hypercalls: through the hypercall page (default) or
+ *                  with vmcall/vmmcall directly. Other entries accept and ignore it. The pvh entry
+ *                  reads it with options_hypercall() before it has a console.
+ * A malformed value is reported on the console before the report and otherwise ignored. When an
+ * option is given more than once, the last valid value counts.
  */
 #include "probe.h"
 
@@ -57,6 +62,16 @@ static void warn_word(const u8 *w, u32 n, const char *why)
 	con_putc('\n');
 }
 
+/* The value of a probe.hypercall= word: PROBE_HYPERCALL_*, or -1 if malformed. */
+static int hypercall_value(const u8 *v, u32 n)
+{
+	if (n == 4 && memcmp(v, "page", 4) == 0)
+		return PROBE_HYPERCALL_PAGE;
+	if (n == 6 && memcmp(v, "inline", 6) == 0)
+		return PROBE_HYPERCALL_INLINE;
+	return -1;
+}
+
 static void option_word(struct probe_info *info, const u8 *w, u32 n)
 {
 	u32 pl;
@@ -71,21 +86,46 @@ static void option_word(struct probe_info *info, const u8 *w, u32 n)
 			info->fault_pf = true;
 		else
 			warn_word(w, n, "the only fault the probe knows is pf");
+	} else if (word_has_prefix(w, n, "probe.hypercall=", &pl)) {
+		if (hypercall_value(w + pl, n - pl) < 0) /* options_hypercall() takes the value */
+			warn_word(w, n, "the hypercall methods are page and inline");
 	}
+}
+
+/* The next whitespace-separated word of s[0, len) at or after *i: its start, and its length in *n. */
+static const u8 *next_word(const u8 *s, u32 len, u32 *i, u32 *n)
+{
+	while (*i < len && is_space(s[*i]))
+		(*i)++;
+	u32 start = *i;
+	while (*i < len && !is_space(s[*i]))
+		(*i)++;
+	*n = *i - start;
+	return s + start;
 }
 
 void options_parse(struct probe_info *info)
 {
-	const u8 *s = info->cmdline;
-	u32 len = info->cmdline_len, i = 0;
+	u32 i = 0, n;
 
-	while (i < len) {
-		while (i < len && is_space(s[i]))
-			i++;
-		u32 start = i;
-		while (i < len && !is_space(s[i]))
-			i++;
-		if (i > start)
-			option_word(info, s + start, i - start);
+	while (i < info->cmdline_len) {
+		const u8 *w = next_word(info->cmdline, info->cmdline_len, &i, &n);
+		if (n)
+			option_word(info, w, n);
 	}
+}
+
+u32 options_hypercall(const struct probe_info *info)
+{
+	u32 i = 0, n, pl, method = PROBE_HYPERCALL_PAGE;
+
+	while (i < info->cmdline_len) {
+		const u8 *w = next_word(info->cmdline, info->cmdline_len, &i, &n);
+		if (n && word_has_prefix(w, n, "probe.hypercall=", &pl)) {
+			int v = hypercall_value(w + pl, n - pl);
+			if (v >= 0)
+				method = (u32)v;
+		}
+	}
+	return method;
 }

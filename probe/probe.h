@@ -1,7 +1,7 @@
 /*
  * hvsim probe kernel: the shared definitions.
  *
- * Every boot entry (today: linux64; later: PVH, Xen PV, EFI) does three environment-specific jobs:
+ * Every boot entry (today: linux64 and pvh; later: Xen PV, EFI) does three environment-specific jobs:
  *   1. bring the CPU into the probe's own state (stack, page tables, GDT, IDT),
  *   2. set up that environment's console (struct probe_console) and shutdown (struct probe_platform),
  *   3. parse that environment's boot information into the one canonical struct probe_info,
@@ -30,6 +30,10 @@ typedef uint64_t u64;
 #define PROBE_MAX_ACPI_TABLES 64
 #define PROBE_MAX_CMDLINE 4096
 
+/* probe.hypercall= (options.c): how the pvh entry makes Xen hypercalls. */
+#define PROBE_HYPERCALL_PAGE 0   /* the default: call into the hypercall page */
+#define PROBE_HYPERCALL_INLINE 1 /* vmcall / vmmcall directly */
+
 /* E820 types (Linux arch/x86/include/asm/e820/types.h); other environments convert to these. */
 #define E820_TYPE_RAM 1
 #define E820_TYPE_RESERVED 2
@@ -45,7 +49,7 @@ struct probe_mem {
 
 /* What the guest observed: filled by an entry's boot-info parser, then by ACPI discovery. */
 struct probe_info {
-	const char *entry; /* "linux64", ... */
+	const char *entry; /* "linux64", "pvh", ... */
 
 	bool have_cmdline;             /* false: the environment passed no command line at all */
 	u32 cmdline_len;               /* bytes, without the terminating NUL */
@@ -113,6 +117,21 @@ void probe_exception(u64 *frame) __attribute__((noreturn));
 
 /* options.c */
 void options_parse(struct probe_info *info);
+/* probe.hypercall: PROBE_HYPERCALL_* (the last valid value; default page). Prints nothing: the pvh entry
+ * needs it before it has a console, and options_parse() reports a malformed value later. */
+u32 options_hypercall(const struct probe_info *info);
+
+/* xen.c: Xen from an HVM/PVH guest in 64-bit mode (constants in xen.h) */
+u32 xen_cpuid_base(void); /* the Xen CPUID leaves' base, or 0 without Xen */
+/* Sets up hypercalls for method PROBE_HYPERCALL_*; NULL on success, else why not (*msr: the MSR used). */
+const char *xen_hypercall_init(u32 base, u32 method, u32 *msr);
+u64 xen_hypercall_page_addr(void);
+long xen_hypercall3(u64 nr, u64 a1, u64 a2, u64 a3); /* -ENOSYS before xen_hypercall_init */
+extern const struct probe_console xen_console; /* console_io, buffered per line */
+void xen_console_flush(void);
+long xen_memory_map(struct probe_mem *out, u32 capacity, u32 *count); /* XENMEM_memory_map */
+long xen_shutdown_poweroff(void); /* SCHEDOP_shutdown(SHUTDOWN_poweroff); returns only if it failed */
+void con_xen_rc(long rc);         /* a hypercall result, signed decimal */
 
 /* acpi.c */
 bool acpi_rsdp_valid(u64 addr);

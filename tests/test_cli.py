@@ -182,7 +182,7 @@ def test_inspect_json_parses():
     assert out.status == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["format"] == "bzimage"
-    assert [e["kind"] for e in report["entries"]] == ["linux64"]
+    assert [e["kind"] for e in report["entries"]] == ["linux64", "xen_pvh"]   # PVH: in the payload ELF
     assert report["environments"]["bare_metal"]["accepted"] is True
     assert report["environments"]["bare_metal"]["entry"].startswith("linux64")
 
