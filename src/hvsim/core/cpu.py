@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from .errors import GuestMemoryError
+
 if TYPE_CHECKING:
     from .memory import GuestMemory
 
@@ -131,11 +133,43 @@ class PageTableBuilder:
 
 
 @attrs.frozen
+class Segment:
+    """A segment register as VMRUN loads it (VMCB attribute format: access byte | flags << 8)."""
+
+    selector: int
+    attrib: int
+    limit: int
+    base: int
+
+    @classmethod
+    def from_gdt(cls, memory: "GuestMemory", gdt_base: int, gdt_limit: int, selector: int) -> "Segment":
+        if selector & ~3 == 0:
+            return cls(selector, 0, 0, 0)
+        offset = selector & ~7
+        if selector & 4 or offset + 7 > gdt_limit:
+            raise ValueError(f"selector {selector:#x} is outside the GDT (limit {gdt_limit:#x})")
+        try:
+            desc = memory.read_u64(gdt_base + offset)
+        except GuestMemoryError as exc:
+            raise ValueError(f"the GDT entry of selector {selector:#x} is not in guest RAM: {exc}") from None
+        access, flags = (desc >> 40) & 0xFF, (desc >> 52) & 0xF
+        limit = (desc & 0xFFFF) | ((desc >> 48) & 0xF) << 16
+        if flags & 0x8:                       # G: 4 KiB granularity
+            limit = limit << 12 | 0xFFF
+        base = ((desc >> 16) & 0xFF_FFFF) | ((desc >> 56) & 0xFF) << 24
+        return cls(selector, access | flags << 8, limit, base)
+
+    def pack(self) -> bytes:
+        return struct.pack("<HHIQ", self.selector, self.attrib, self.limit, self.base)
+
+
+@attrs.frozen
 class EntryState:
     """The CPU state a guest starts in, as an environment's ABI promises it.
 
-    The machine loads it with one ``vmrun`` (svm.py), which loads each segment's hidden part from
-    the GDT entry its selector names, so ``gdt`` must be written to guest memory first.  General
+    The machine loads it with one ``vmrun`` (svm.py).  A segment given as a selector gets its
+    hidden part from the GDT entry it names, so ``gdt`` must be written to guest memory first; a
+    ``Segment`` is loaded as given (an ABI such as PVH fixes the hidden state, not a GDT).  General
     registers other than RSP are set with ``machine.set_reg`` and are kept.  ``tr`` is
     ``(selector, base, limit, flags)`` in the engine's descriptor-cache format, or ``None`` to leave
     the engine's TR alone.
@@ -143,15 +177,15 @@ class EntryState:
 
     rip: int
     cr0: int
-    cs: int
-    ds: int
+    cs: "int | Segment"
+    ds: "int | Segment"
     gdt: tuple[int, int]                   # (base, limit)
     idt: tuple[int, int] = (0, 0)
     cr3: int = 0
     cr4: int = 0
     efer: int = 0
-    ss: int | None = None                  # default: ds
-    es: int | None = None                  # default: ds
+    ss: "int | Segment | None" = None      # default: ds
+    es: "int | Segment | None" = None      # default: ds
     rsp: int = 0
     rflags: int = RFLAGS_RESERVED
     tr: tuple[int, int, int, int] | None = None

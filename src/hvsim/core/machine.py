@@ -13,7 +13,7 @@ from unicorn import UC_PROT_ALL
 from unicorn import x86_const
 
 from . import acpi
-from .cpu import MSR_EFER, EntryState
+from .cpu import MSR_EFER, EntryState, Segment
 from .cpuid import LEAF1_ECX_OSXSAVE, CpuidTable
 from .devices import AcpiPm, DebugCon, ExitPort, ResetControl, Uart16550
 from .engine import new_engine
@@ -25,7 +25,7 @@ from .layout import BIOS_AREA, PhysicalLayout
 from .memory import GuestMemory, VirtualMemory
 from .native import NativeHooks
 from .result import StopReason
-from .svm import GuestMode, Segment
+from .svm import GuestMode
 from .traps import TrapDispatcher
 
 if TYPE_CHECKING:
@@ -85,6 +85,7 @@ class Machine:
         self.unclaimed_ports: dict[int, int] = {}
         self.faults_delivered = 0
         self._sinks: list[Any] = []
+        self.plugin_state: dict[str, Any] = {}     # per-run state of the run's plugins, by plugin name
         self.cpuid = CpuidTable.probe()
         self.native = NativeHooks(self.uc, insn_limit=config.max_instructions)
         self.engine = EngineState(self.uc, calibrate())
@@ -117,6 +118,8 @@ class Machine:
         the GDT that ``state``'s selectors name).  Raises ``LoadError`` if a selector names no
         descriptor in guest RAM."""
         for name in ("cs", "ds", "es", "ss"):
+            if isinstance(getattr(state, name), Segment):
+                continue
             try:
                 Segment.from_gdt(self.memory, *state.gdt, getattr(state, name))
             except ValueError as exc:
@@ -136,6 +139,11 @@ class Machine:
             if self.uc.reg_read(x86_const.UC_X86_REG_CR4) & CR4_OSXSAVE:
                 ecx |= LEAF1_ECX_OSXSAVE
         return eax, ebx, ecx, edx
+
+    def guest_cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+        """What ``cpuid`` returns to the guest now: the run's plugins first, then ``native_cpuid``."""
+        answer = self.pm.hook.hvsim_cpuid(machine=self, leaf=leaf, subleaf=subleaf)
+        return tuple(answer) if answer is not None else self.native_cpuid(leaf, subleaf)
 
     def intercept_msr(self, index: int) -> None:
         """Route guest reads and writes of MSR ``index`` to ``hvsim_msr``.  MSRs outside the three

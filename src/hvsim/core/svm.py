@@ -27,11 +27,10 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-import attrs
 from unicorn import UC_PROT_ALL
 from unicorn.x86_const import UC_X86_REG_CR4, UC_X86_REG_RAX, UC_X86_REG_TR
 
-from .errors import GuestMemoryError
+from .cpu import Segment
 
 if TYPE_CHECKING:
     from .cpu import EntryState
@@ -85,37 +84,6 @@ def msrpm_bits(index: int) -> int | None:
     return None
 
 
-@attrs.frozen
-class Segment:
-    """A segment register as VMRUN loads it (VMCB attribute format: access byte | flags << 8)."""
-
-    selector: int
-    attrib: int
-    limit: int
-    base: int
-
-    @classmethod
-    def from_gdt(cls, memory: "GuestMemory", gdt_base: int, gdt_limit: int, selector: int) -> "Segment":
-        if selector & ~3 == 0:
-            return cls(selector, 0, 0, 0)
-        offset = selector & ~7
-        if selector & 4 or offset + 7 > gdt_limit:
-            raise ValueError(f"selector {selector:#x} is outside the GDT (limit {gdt_limit:#x})")
-        try:
-            desc = memory.read_u64(gdt_base + offset)
-        except GuestMemoryError as exc:
-            raise ValueError(f"the GDT entry of selector {selector:#x} is not in guest RAM: {exc}") from None
-        access, flags = (desc >> 40) & 0xFF, (desc >> 52) & 0xF
-        limit = (desc & 0xFFFF) | ((desc >> 48) & 0xF) << 16
-        if flags & 0x8:                       # G: 4 KiB granularity
-            limit = limit << 12 | 0xFFF
-        base = ((desc >> 16) & 0xFF_FFFF) | ((desc >> 56) & 0xFF) << 24
-        return cls(selector, access | flags << 8, limit, base)
-
-    def pack(self) -> bytes:
-        return struct.pack("<HHIQ", self.selector, self.attrib, self.limit, self.base)
-
-
 class GuestMode:
     """Owns the hidden region of one engine: VMCB, host save area, MSR permission map, stub."""
 
@@ -154,9 +122,11 @@ class GuestMode:
         vmcb = bytearray(0x1000)
         struct.pack_into("<I", vmcb, VMCB_INTERCEPT_MISC1, INTERCEPT_MSR_PROT | INTERCEPT_INTN)
         struct.pack_into("<Q", vmcb, VMCB_MSRPM_BASE_PA, MSRPM)
-        for offset, selector in ((VMCB_ES, state.es), (VMCB_CS, state.cs), (VMCB_SS, state.ss),
-                                 (VMCB_DS, state.ds)):
-            vmcb[offset:offset + 16] = Segment.from_gdt(memory, gdt_base, gdt_limit, selector).pack()
+        for offset, segment in ((VMCB_ES, state.es), (VMCB_CS, state.cs), (VMCB_SS, state.ss),
+                                (VMCB_DS, state.ds)):
+            if not isinstance(segment, Segment):
+                segment = Segment.from_gdt(memory, gdt_base, gdt_limit, segment)
+            vmcb[offset:offset + 16] = segment.pack()
         struct.pack_into("<HHIQ", vmcb, VMCB_GDTR, 0, 0, gdt_limit, gdt_base)
         struct.pack_into("<HHIQ", vmcb, VMCB_IDTR, 0, 0, state.idt[1], state.idt[0])
         for offset, value in ((VMCB_EFER, state.efer), (VMCB_CR4, state.cr4), (VMCB_CR3, state.cr3),

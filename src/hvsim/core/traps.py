@@ -150,9 +150,7 @@ class TrapDispatcher:
         uc = self.m.uc
         leaf = uc.reg_read(UC_X86_REG_RAX) & 0xFFFF_FFFF
         subleaf = uc.reg_read(UC_X86_REG_RCX) & 0xFFFF_FFFF
-        answer = self.m.pm.hook.hvsim_cpuid(machine=self.m, leaf=leaf, subleaf=subleaf)
-        if answer is None:
-            answer = self.m.native_cpuid(leaf, subleaf)
+        answer = self.m.guest_cpuid(leaf, subleaf)
         for reg, value in zip((UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX), answer):
             uc.reg_write(reg, value & 0xFFFF_FFFF)     # 64-bit write: CPUID zero-extends
         return 1

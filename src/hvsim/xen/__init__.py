@@ -1,0 +1,8 @@
+"""The Xen hypervisor shared by the Xen environments (hypercalls, console ring, CPUID leaves).
+
+Environment plugins import it from here; no plugin imports another.
+"""
+
+from .hypervisor import HypercallError, XenHypervisor
+
+__all__ = ["HypercallError", "XenHypervisor"]
