@@ -296,3 +296,17 @@ def test_guest_console_that_the_terminal_cannot_encode_does_not_change_how_the_r
 
     assert out.status == 0, out.stderr
     assert "hvsim-probe: end" in out.stdout
+
+
+def test_run_under_xen_pvh_with_start_info_version_0():
+    out = hvsim("run", "--env", "xen_pvh", "--start-info-version", "0", "--cmdline", "via pvh")
+
+    assert out.status == 0, out.stderr
+    assert "entry: pvh\n" in out.stdout and "cmdline: via pvh\n" in out.stdout
+    assert out.stderr.startswith("hvsim: xen_pvh: poweroff: poweroff via SCHEDOP_shutdown")
+
+
+def test_envs_lists_the_installed_environments():
+    out = hvsim("envs")
+    assert out.status == 0
+    assert {"bare_metal", "xen_pvh"} <= {line.split()[0] for line in out.stdout.splitlines()}
