@@ -23,25 +23,11 @@
 static u8 zero_page[BP_SIZE];
 static struct probe_info info;
 
-static void parse_cmdline(u64 ptr)
-{
-	if (!ptr)
-		return;
-	const u8 *s = phys(ptr);
-	u32 n = 0;
-	while (n < PROBE_MAX_CMDLINE - 1 && phys_ok(ptr + n, 1) && s[n])
-		n++;
-	memcpy(info.cmdline, s, n);
-	info.cmdline[n] = 0;
-	info.cmdline_len = n;
-	info.have_cmdline = true;
-}
-
 static void parse_boot_params(const u8 *bp)
 {
 	info.entry = "linux64";
 
-	parse_cmdline(rd32(bp + BP_CMD_LINE_PTR) | (u64)rd32(bp + BP_EXT_CMD_LINE_PTR) << 32);
+	probe_copy_cmdline(&info, rd32(bp + BP_CMD_LINE_PTR) | (u64)rd32(bp + BP_EXT_CMD_LINE_PTR) << 32);
 
 	u32 n = bp[BP_E820_ENTRIES];
 	if (n > BP_E820_MAX) {

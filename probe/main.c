@@ -12,6 +12,20 @@ static void fault_pf(void)
 	(void)v;
 }
 
+void probe_copy_cmdline(struct probe_info *info, u64 ptr)
+{
+	if (!ptr)
+		return;
+	const u8 *s = phys(ptr);
+	u32 n = 0;
+	while (n < PROBE_MAX_CMDLINE - 1 && phys_ok(ptr + n, 1) && s[n])
+		n++;
+	memcpy(info->cmdline, s, n);
+	info->cmdline[n] = 0;
+	info->cmdline_len = n;
+	info->have_cmdline = true;
+}
+
 void probe_main(struct probe_info *info, const struct probe_platform *platform)
 {
 	probe_platform = platform;

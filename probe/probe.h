@@ -90,6 +90,8 @@ struct probe_platform {
 
 /* main.c */
 void probe_main(struct probe_info *info, const struct probe_platform *platform) __attribute__((noreturn));
+/* Copy the NUL-terminated command line at physical ptr (0: none) into info, within the identity map. */
+void probe_copy_cmdline(struct probe_info *info, u64 ptr);
 extern const struct probe_platform *probe_platform;
 extern const struct probe_info *probe_current_info; /* what is known so far, for the exception path */
 void probe_halt(void) __attribute__((noreturn)); /* cli; hlt forever (cpu.S) */

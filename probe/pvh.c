@@ -19,20 +19,6 @@ static u64 start_info_paddr;
 static struct probe_info info;
 static bool on_xen; /* Xen CPUID leaves found and hypercalls set up */
 
-static void parse_cmdline(u64 ptr)
-{
-	if (!ptr)
-		return;
-	const u8 *s = phys(ptr);
-	u32 n = 0;
-	while (n < PROBE_MAX_CMDLINE - 1 && phys_ok(ptr + n, 1) && s[n])
-		n++;
-	memcpy(info.cmdline, s, n);
-	info.cmdline[n] = 0;
-	info.cmdline_len = n;
-	info.have_cmdline = true;
-}
-
 static void memmap_from_start_info(u64 addr, u32 n)
 {
 	if (n > PROBE_MAX_MEMMAP) {
@@ -150,7 +136,7 @@ void pvh_main(u64 si_paddr)
 	 * magic means the pointers cannot be trusted: then the defaults apply. */
 	bool magic_ok = rd32(start_info + HVM_START_INFO_MAGIC) == XEN_HVM_START_MAGIC_VALUE;
 	if (magic_ok)
-		parse_cmdline(rd64(start_info + HVM_START_INFO_CMDLINE_PADDR));
+		probe_copy_cmdline(&info, rd64(start_info + HVM_START_INFO_CMDLINE_PADDR));
 
 	u32 base = xen_cpuid_base(), msr = 0;
 	const char *why_not = NULL;
