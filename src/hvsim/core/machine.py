@@ -211,7 +211,8 @@ class Machine:
         """The guest asked to stop (poweroff, reboot, crash, exit): record it and stop the run."""
         self.flush_consoles()
         self.emit(event)
-        kind = event.reason if event.reason in ("poweroff", "exit", "reboot", "crash") else "exit"
+        kind = {"watchdog": "crash"}.get(event.reason, event.reason)    # a watchdog firing is a crash
+        kind = kind if kind in ("poweroff", "exit", "reboot", "crash") else "exit"
         self.stop(StopReason(kind, detail=f"{event.reason} via {event.source}", code=event.code))
 
     def stop(self, reason: StopReason) -> None:

@@ -87,6 +87,7 @@ class XenHypervisor:
         self.upcall_vectors: dict[int, int] = {}
         self.shutdown_code: int | None = None
         self.calls = 0
+        self._after_call: Callable[[], None] | None = None   # runs once the call is recorded
         self.handlers: dict[int, Handler] = {
             18: self.console_io, 29: self.sched_op, 17: self.xen_version, 12: self.memory_op,
             34: self.hvm_op, 24: self.vcpu_op, 32: self.event_channel_op, 20: self.grant_table_op,
@@ -119,6 +120,9 @@ class XenHypervisor:
             info.setdefault("args", [hex(a) for a in args])
         self.m.emit(Call(interface="xen-hypercall", name=f"{name}.{op}" if op else name,
                          args=info, result=result, rip=rip))
+        if self._after_call is not None:
+            after, self._after_call = self._after_call, None
+            after()
         return result
 
     # -- guest memory ------------------------------------------------------------------------
@@ -176,7 +180,7 @@ class XenHypervisor:
             if name in ("suspend", "soft_reset") or reason not in x.SHUTDOWN_REASONS:
                 raise HypercallError(x.EINVAL, f"shutdown reason {name} is not supported")
             self._drain()
-            self.m.shutdown(Shutdown(reason=name, source="SCHEDOP_shutdown"))
+            self._after_call = lambda: self.m.shutdown(Shutdown(reason=name, source="SCHEDOP_shutdown"))
             return 0
         info["op"] = f"cmd_{cmd}"
         raise HypercallError(x.ENOSYS)
