@@ -6,7 +6,10 @@
 1. Guest instructions per second on the probe kernel's compute loop ``probe_spin`` (4 instructions
    per iteration): bare Unicorn with no hooks, bare Unicorn with only hvsim's native block hook,
    hvsim ``bare_metal``, and hvsim with an exact instruction budget (per-instruction native hook).
-2. Seconds from ``execute()`` to the "Linux version" banner of a Debian kernel under ``bare_metal``,
+2. The hypercall round trip: a guest under ``xen_pvh`` doing ``xen_version(XENVER_version)`` in a loop
+   (``vmcall`` -> answered in Python -> back in the guest), in microseconds per call, next to the same
+   loop in bare Unicorn whose ``vmcall`` reaches an empty Python ``UC_HOOK_INSN_INVALID`` hook.
+3. Seconds from ``execute()`` to the "Linux version" banner of a Debian kernel under ``bare_metal``,
    booted as the ELF vmlinux hvsim extracts and as the bzImage (in-guest decompressor).
 
 Shared machines are noisy: nothing here asserts a timing. Each figure is the median of ``--reps``
@@ -26,8 +29,8 @@ import time
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
-from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
-from unicorn.x86_const import UC_X86_REG_RDI, UC_X86_REG_RIP, UC_X86_REG_RSP
+from unicorn import UC_ARCH_X86, UC_HOOK_INSN_INVALID, UC_MODE_64, Uc
+from unicorn.x86_const import UC_X86_REG_RCX, UC_X86_REG_RDI, UC_X86_REG_RIP, UC_X86_REG_RSP
 
 from hvsim import MachineConfig, hookimpl
 from hvsim.api import Run
@@ -179,7 +182,96 @@ def check_counts(n: int, r0, r) -> dict:
     return check
 
 
-# -- 2. Linux banner ------------------------------------------------------------------------------
+# -- 2. hypercall round trip ----------------------------------------------------------------------
+VMCALL = b"\x0f\x01\xc1"
+NOP3 = b"\x0f\x1f\x00"                  # nopl (%eax): the loop without the hypercall, same length
+PVH_ENTRY = 0x100000
+XEN_ELFNOTE_PHYS32_ENTRY = 18
+
+
+def pvh_hypercall_loop(n: int, insn: bytes) -> bytes:
+    """A PVH guest (ELF32, one PT_LOAD at 1 MiB, a PHYS32_ENTRY note) running n times
+    ``mov $17,%eax; xor %ebx,%ebx; <insn>; dec %esi; jnz`` (xen_version(XENVER_version)), then hlt."""
+    body = b"\xb8\x11\x00\x00\x00" + b"\x31\xdb" + insn + b"\x4e"
+    code = b"\xbe" + struct.pack("<I", n) + body + b"\x75" + struct.pack("<b", -(len(body) + 2)) + b"\xf4"
+    note = struct.pack("<III", 4, 4, XEN_ELFNOTE_PHYS32_ENTRY) + b"Xen\0" + struct.pack("<I", PVH_ENTRY)
+    code_at, note_at = 0x100, 0x100 + (len(code) + 3) // 4 * 4
+    ehdr = (b"\x7fELF\x01\x01\x01" + bytes(9)
+            + struct.pack("<HHIIIIIHHHHHH", 2, 3, 1, PVH_ENTRY, 52, 0, 0, 52, 32, 2, 40, 0, 0))
+    phdrs = (struct.pack("<8I", 1, code_at, PVH_ENTRY, PVH_ENTRY, len(code), len(code), 5, 16)
+             + struct.pack("<8I", 4, note_at, 0, 0, len(note), len(note), 4, 4))
+    return (ehdr + phdrs).ljust(code_at, b"\0") + code.ljust(note_at - code_at, b"\0") + note
+
+
+def xen_hypercall_loop(n: int, insn: bytes) -> float:
+    """Emulation seconds (``result.stats.wall_seconds``) of the PVH loop under xen_pvh; checks that
+    the guest halted after exactly n answered hypercalls (0 for the NOP3 loop)."""
+    prepared = Run("xen_pvh", pvh_hypercall_loop(n, insn), MachineConfig(memory="64M", timeout=None))
+    result = prepared.execute()
+    calls = prepared.machine.plugin_state["xen_pvh"].calls
+    expected = n if insn == VMCALL else 0
+    if result.stop.kind != "halt" or calls != expected or (expected and prepared.machine.reg("rax") != 4 << 16 | 17):
+        sys.exit(f"xen_pvh hypercall loop: stop {result.stop.describe()}, {calls} hypercalls answered, "
+                 f"expected {expected}")
+    return result.stats.wall_seconds
+
+
+def bare_invalid_hook_loop(n: int, insn: bytes) -> float:
+    """Seconds of emu_start on ``mov $n,%ecx; 1: <insn>; dec %ecx; jnz 1b`` in an engine opened as hvsim
+    opens it (64-bit, paging off), a ``vmcall`` reaching an empty Python UC_HOOK_INSN_INVALID hook
+    that steps RIP over it and returns True."""
+    body = insn + b"\xff\xc9"                                     # dec %ecx
+    code = b"\xb9" + struct.pack("<I", n) + body + b"\x75" + struct.pack("<b", -(len(body) + 2))
+    uc = new_engine()
+    uc.mem_map(0, RAM)
+    uc.mem_write(CODE, code)
+
+    def skip_vmcall(uc, _user_data):
+        uc.reg_write(UC_X86_REG_RIP, uc.reg_read(UC_X86_REG_RIP) + 3)
+        return True
+
+    uc.hook_add(UC_HOOK_INSN_INVALID, skip_vmcall)
+    t = time.perf_counter()
+    uc.emu_start(CODE, CODE + len(code))
+    wall = time.perf_counter() - t
+    if uc.reg_read(UC_X86_REG_RCX) != 0 or uc.reg_read(UC_X86_REG_RIP) != CODE + len(code):
+        sys.exit("bare unicorn: the vmcall loop did not run to its end")
+    return wall
+
+
+def us_row(label: str, per_call: list[float], extra: str = "") -> dict:
+    med, lo, hi = median_spread(per_call)
+    print(f"  {label:<40}{med * 1e6:7.2f} us/call  (runs: {fmt_runs(per_call, 1e6, 2)}{extra})")
+    return {"us_per_call": med * 1e6, "min": lo * 1e6, "max": hi * 1e6, "runs": [v * 1e6 for v in per_call]}
+
+
+def bench_hypercall(n: int, reps: int) -> dict:
+    """µs per hypercall round trip under xen_pvh and per empty invalid-opcode hook in bare Unicorn;
+    each is (loop with vmcall - the same loop with a 3-byte nop) / n."""
+    print(f"hypercall round trip (xen_version(XENVER_version) in a loop; N={n}, {reps} runs)")
+    xen_hypercall_loop(100, VMCALL)          # warm-up: plugin hooks, capstone, first translations
+    bare_invalid_hook_loop(100, VMCALL)
+    times = {k: [] for k in ("xen", "xen_loop", "bare", "bare_loop")}
+    for _ in range(reps):
+        times["xen"].append(xen_hypercall_loop(n, VMCALL))
+        times["xen_loop"].append(xen_hypercall_loop(n, NOP3))
+        times["bare"].append(bare_invalid_hook_loop(n, VMCALL))
+        times["bare_loop"].append(bare_invalid_hook_loop(n, NOP3))
+    xen = [(a - b) / n for a, b in zip(times["xen"], times["xen_loop"])]
+    bare = [(a - b) / n for a, b in zip(times["bare"], times["bare_loop"])]
+    out = {"n": n, "reps": reps, "seconds": times}
+    loop_us = statistics.median(times["xen_loop"]) / n * 1e6
+    out["xen_pvh"] = us_row("hvsim xen_pvh hypercall (vmcall)", xen,
+                            f"; the loop alone: {loop_us:.3f} us/iteration")
+    out["bare_hook"] = us_row("bare unicorn, empty Python invalid hook", bare)
+    ratios = [a / b for a, b in zip(xen, bare)]
+    ratio, lo, hi = median_spread(ratios)
+    out["ratio"] = {"ratio": ratio, "min": lo, "max": hi, "runs": ratios}
+    print(f"  {'ratio (hvsim / empty hook)':<40}{ratio:7.1f}x  (per run: {fmt_runs(ratios, digits=1)})")
+    return out
+
+
+# -- 3. Linux banner ------------------------------------------------------------------------------
 class StopAtBanner:
     """Observer plugin: stops the run at the first console line holding the banner."""
 
@@ -242,12 +334,16 @@ def bench_linux(path: Path, reps: int, with_bzimage: bool) -> dict | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="N=20M instead of 200M, and skip the bzImage boot")
+    ap.add_argument("--quick", action="store_true",
+                    help="N=20M instead of 200M, 5000 hypercalls instead of 20000, and skip the bzImage boot")
     ap.add_argument("--reps", type=int, help="repetitions of each measurement (default 3)")
     ap.add_argument("--n", type=int, help="probe_spin iterations (default 200M, 20M with --quick)")
+    ap.add_argument("--hypercalls", type=int, help="hypercalls per loop (default 20000, 5000 with --quick)")
     ap.add_argument("--linux", type=Path, default=DEFAULT_LINUX, help=f"Debian vmlinuz (default {DEFAULT_LINUX})")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = ap.parse_args()
+    if args.hypercalls is not None and not 1 <= args.hypercalls < 1 << 32:
+        ap.error("--hypercalls must be between 1 and 2**32 - 1")
     reps = args.reps or 3
     n = args.n or (20_000_000 if args.quick else 200_000_000)
     import unicorn
@@ -258,6 +354,7 @@ def main() -> None:
           f"{report['cpus']} cpus, load average {report['load_avg'][0]:.2f}")
     # The budgeted N: N/20 rounded down to a power of ten, so that 2N has as many digits (check_counts).
     report["compute"] = bench_compute(n, 10 ** max(3, len(str(n // 20)) - 1), reps)
+    report["hypercall"] = bench_hypercall(args.hypercalls or (5_000 if args.quick else 20_000), reps)
     report["linux"] = bench_linux(args.linux.expanduser(), reps, not args.quick)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -64,8 +64,10 @@ XENMEM_memory_map, XENMEM_machine_memory_map, XENMEM_maximum_gpfn = 9, 10, 14
 XENMAPSPACE_shared_info, XENMAPSPACE_grant_table = 0, 1
 # struct xen_add_to_physmap {u16 domid; u16 size; u32 space; xen_ulong idx; xen_pfn gpfn}
 ADD_TO_PHYSMAP_FORMAT = "<HHIQQ"
+ADD_TO_PHYSMAP_COMPAT_FORMAT = "<HHIII"         # 32-bit caller: xen_ulong_t and xen_pfn_t are 32-bit
 # struct xen_memory_map {u32 nr_entries; XEN_GUEST_HANDLE buffer}: the buffer gets packed e820 entries
 MEMORY_MAP_FORMAT = "<I4xQ"
+MEMORY_MAP_COMPAT_FORMAT = "<II"                # 32-bit caller: a 32-bit handle (compat/memory.h)
 E820_ENTRY_FORMAT = "<QQI"                      # addr, size, type: 20 bytes
 
 # --- hvm/hvm_op.h and hvm/params.h: hvm_op -----------------------------------------------------

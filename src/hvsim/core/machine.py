@@ -18,7 +18,7 @@ from .cpuid import LEAF1_ECX_OSXSAVE, CpuidTable
 from .devices import AcpiPm, DebugCon, ExitPort, ResetControl, Uart16550
 from .engine import new_engine
 from .engine_state import EngineState, calibrate
-from .errors import LoadError
+from .errors import GuestMemoryError, LoadError
 from .events import ConsoleOutput, Event, Note, Shutdown
 from .exceptions import ExceptionDelivery
 from .layout import BIOS_AREA, PhysicalLayout
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from .config import MachineConfig
 
 CR4_OSXSAVE = 1 << 18
+EFER_LMA = 1 << 10
+RFLAGS_VM = 1 << 17
 # MSRs the host itself reads or writes while the guest runs; intercepting them would kill the
 # process (svm.py), so plugins cannot own them.
 HOST_MSRS = frozenset({MSR_EFER, 0xC000_0100, 0xC000_0101, 0xC000_0102, 0xC001_0117})
@@ -112,6 +114,50 @@ class Machine:
             except Exception:   # noqa: BLE001 - a register the engine cannot read now is left out
                 continue
         return out
+
+    def code_segment(self) -> tuple[int, int]:
+        """``(base, bits)`` of the code segment the guest executes in now.
+
+        Real and virtual-8086 mode: ``(CS << 4, 16)``.  Otherwise from the GDT descriptor CS names
+        (the engine API does not expose the hidden part): 64 with L set in long mode (base 0), else
+        32 or 16 from D, with its base.  When CS names no readable descriptor but is still the
+        selector the entry state gave as a ``Segment`` (PVH enters with selector 0 and hidden state
+        only), that segment; otherwise a flat segment of the mode's width."""
+        cs = self.reg("cs")
+        if not self.reg("cr0") & 1 or self.reg("rflags") & RFLAGS_VM:
+            return (cs & 0xFFFF) << 4, 16
+        long_mode = bool(self.reg("efer") & EFER_LMA)
+        _, gdt_base, gdt_limit, _ = self.uc.reg_read(x86_const.UC_X86_REG_GDTR)
+        index = cs & ~7
+        desc = None
+        if index and not cs & 4 and index + 7 <= gdt_limit:
+            try:
+                desc = int.from_bytes(self.vmem.read(gdt_base + index, 8), "little")
+            except GuestMemoryError:
+                desc = None
+        if desc is None:
+            entry_cs = self.entry_state.cs if self.entry_state is not None else None
+            if isinstance(entry_cs, Segment) and entry_cs.selector == cs:
+                # Still the hidden state the entry loaded (CS can change only by loading a selector).
+                desc = (entry_cs.attrib & 0xFF) << 40 | (entry_cs.attrib >> 8 & 0xF) << 52 \
+                    | (entry_cs.base & 0xFF_FFFF) << 16 | (entry_cs.base >> 24 & 0xFF) << 56
+            else:
+                return 0, 64 if long_mode else 32
+        if long_mode and desc >> 53 & 1:
+            return 0, 64
+        base = ((desc >> 16) & 0xFF_FFFF) | ((desc >> 56) & 0xFF) << 24
+        return base, 32 if desc >> 54 & 1 else 16
+
+    def code_address(self, rip: int) -> int:
+        """The linear address of ``rip`` in the current code segment."""
+        base, bits = self.code_segment()
+        return (base + rip) & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else 0xFFFF_FFFF)
+
+    def cpl(self) -> int:
+        """The current privilege level: 0 in real mode, 3 in virtual-8086 mode, else CS.RPL."""
+        if not self.reg("cr0") & 1:
+            return 0
+        return 3 if self.reg("rflags") & RFLAGS_VM else self.reg("cs") & 3
 
     def start(self, state: EntryState) -> None:
         """Where and how the guest starts (set by the environment in ``hvsim_setup``, after it wrote

@@ -114,7 +114,7 @@ class RunLoop:
 
     def _after_hlt(self, rip: int) -> bool:
         try:
-            return self.m.vmem.read(rip - 1, 1)[0] == HLT
+            return self.m.vmem.read(self.m.code_address(rip - 1), 1)[0] == HLT
         except GuestMemoryError:
             return False
 
@@ -122,15 +122,18 @@ class RunLoop:
 def capture_state(m: "Machine") -> GuestState:
     registers = m.stop_registers or m.registers()
     rip = registers.get("rip", 0)
-    efer, cr0 = registers.get("efer", 0), registers.get("cr0", 0)
-    if efer & (1 << 10):
-        mode, bits = "long64", 64
-    elif cr0 & 1:
-        mode, bits = "protected32", 32
-    else:
-        mode, bits = "real", 16
     try:
-        code = m.vmem.read(rip, 15)
+        base, bits = m.code_segment()
+    except Exception:  # noqa: BLE001 - an engine that cannot answer: describe by EFER/CR0 alone
+        base, bits = 0, 64 if registers.get("efer", 0) & (1 << 10) else 32
+    if not registers.get("cr0", 0) & 1:
+        mode = "real"
+    elif registers.get("efer", 0) & (1 << 10):
+        mode = "long64" if bits == 64 else f"compat{bits}"
+    else:
+        mode = f"protected{bits}"
+    try:
+        code = m.vmem.read(base + rip, 15)
     except GuestMemoryError as exc:
         return GuestState(registers, mode, f"(instruction unreadable: {exc})")
     text, length = disassemble_one(code, rip, bits)

@@ -158,7 +158,7 @@ class TrapDispatcher:
     # -- MSRs (#VMEXIT MSR) --------------------------------------------------------------------
     def on_msr(self, rip: int) -> None:
         m, uc = self.m, self.m.uc
-        opcode = m.vmem.read(rip, 2)
+        opcode = m.vmem.read(m.code_address(rip), 2)
         if opcode not in (RDMSR, WRMSR):
             m.stop(StopReason("host-error", detail=f"MSR exit at {rip:#x} on bytes {opcode.hex()}"))
             return
@@ -183,15 +183,13 @@ class TrapDispatcher:
 
     # -- trapping instructions -----------------------------------------------------------------
     def _trap(self, kind: str, rip: int, vector: int | None = None) -> Trap:
+        base, bits = self.m.code_segment()
         try:
-            code = self.m.vmem.read(rip, MAX_INSN)
+            code = self.m.vmem.read(base + rip, MAX_INSN)
         except GuestMemoryError:
             code = b""
-        length = disassemble_one(code, rip, self.m_bits())[1] if code else 0
+        length = disassemble_one(code, rip, bits)[1] if code else 0
         return Trap(kind=kind, rip=rip, length=length, code=code, vector=vector)
-
-    def m_bits(self) -> int:
-        return 64 if self.m.uc.msr_read(MSR_EFER) & (1 << 10) else 32
 
     @_guarded
     def on_syscall(self, _ud=None) -> None:
@@ -230,7 +228,7 @@ class TrapDispatcher:
 
     def on_software_interrupt(self, rip: int) -> None:
         """``int N``/``int3``/``into`` (#VMEXIT SWINT: RIP at the instruction, nothing pushed yet)."""
-        code = self.m.vmem.read(rip, 2)
+        code = self.m.vmem.read(self.m.code_address(rip), 2)
         vector, length = SOFTWARE_INT.get(code[0], (None, 0))
         if length == 0:
             self.m.stop(StopReason("host-error", detail=f"software-interrupt exit at {rip:#x} on bytes {code.hex()}"))

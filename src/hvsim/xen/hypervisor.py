@@ -87,6 +87,7 @@ class XenHypervisor:
         self.upcall_vectors: dict[int, int] = {}
         self.shutdown_code: int | None = None
         self.calls = 0
+        self.compat = False                           # the current call comes from 32-bit mode
         self._after_call: Callable[[], None] | None = None   # runs once the call is recorded
         self.handlers: dict[int, Handler] = {
             18: self.console_io, 29: self.sched_op, 17: self.xen_version, 12: self.memory_op,
@@ -98,18 +99,28 @@ class XenHypervisor:
         self.handlers[nr] = handler
 
     # -- dispatch ------------------------------------------------------------------------------
-    def dispatch(self, nr: int, args: tuple[int, ...], rip: int | None = None) -> int:
-        """Answer hypercall ``nr`` with ``args`` (5 register values); returns the value for RAX."""
+    def dispatch(self, nr: int, args: tuple[int, ...], rip: int | None = None, *, compat: bool = False,
+                 deny: "HypercallError | None" = None) -> int:
+        """Answer hypercall ``nr`` with ``args`` (5 register values); returns the value for RAX.
+
+        ``compat``: the caller is in 32-bit mode, so structures have their 32-bit layouts (Xen's
+        compat translation).  ``deny``: refuse the call with that error (e.g. -EPERM from CPL > 0),
+        still recording it."""
         self.calls += 1
+        self.compat = compat
         name = x.HYPERCALLS.get(nr, f"hypercall_{nr}")
         info: dict = {}
         handler = self.handlers.get(nr)
         try:
+            if deny is not None:
+                info["args"] = [hex(a) for a in args]
+                raise deny
             if handler is None:
                 raise HypercallError(x.ENOSYS, "not implemented")
             result = handler(args, info)
         except GuestMemoryError as exc:
             info["fault"] = str(exc)
+            info.setdefault("args", [hex(a) for a in args])
             result = -x.EFAULT
         except HypercallError as exc:
             if str(exc):
@@ -171,9 +182,10 @@ class XenHypervisor:
             self.m.stop(StopReason("idle", detail="SCHEDOP_block with no event source modelled"))
             return 0
         if cmd in (x.SCHEDOP_SHUTDOWN, x.SCHEDOP_SHUTDOWN_CODE):
+            info["op"] = "shutdown" if cmd == x.SCHEDOP_SHUTDOWN else "shutdown_code"
             (reason,) = self.unpack("<I", arg)
             name = x.SHUTDOWN_REASONS.get(reason, f"reason_{reason}")
-            info.update(op="shutdown" if cmd == x.SCHEDOP_SHUTDOWN else "shutdown_code", reason=name)
+            info["reason"] = name
             if cmd == x.SCHEDOP_SHUTDOWN_CODE:
                 self.shutdown_code = reason
                 return 0
@@ -211,9 +223,10 @@ class XenHypervisor:
             info["op"] = "pagesize"
             return PAGE
         if cmd == x.XENVER_GET_FEATURES:
+            info["op"] = "get_features"
             (index,) = self.unpack("<I", arg)
             submap = self.features if index == 0 else 0
-            info.update(op="get_features", submap_idx=index, submap=submap)
+            info.update(submap_idx=index, submap=submap)
             self.write(arg + 4, struct.pack("<I", submap))
             return 0
         info["op"] = f"cmd_{cmd}"
@@ -223,9 +236,10 @@ class XenHypervisor:
     def memory_op(self, a, info) -> int:
         cmd, arg = a[0] & 0xF, a[1]          # bits above 4 carry a continuation start extent
         if cmd == x.XENMEM_memory_map:
-            capacity, buffer = self.unpack(x.MEMORY_MAP_FORMAT, arg)
+            info["op"] = "memory_map"
+            capacity, buffer = self.unpack(x.MEMORY_MAP_COMPAT_FORMAT if self.compat else x.MEMORY_MAP_FORMAT, arg)
             n = min(capacity, len(self.memory_map))
-            info.update(op="memory_map", capacity=capacity, entries=n)
+            info.update(capacity=capacity, entries=n)
             entries = b"".join(struct.pack(x.E820_ENTRY_FORMAT, r.start, r.size, int(r.type))
                                for r in self.memory_map[:n])
             self.write(buffer, entries)
@@ -241,8 +255,10 @@ class XenHypervisor:
             info["op"] = "maximum_gpfn"
             return self.max_gpfn
         if cmd == x.XENMEM_add_to_physmap:
-            domid, _size, space, idx, gpfn = self.unpack(x.ADD_TO_PHYSMAP_FORMAT, arg)
-            info.update(op="add_to_physmap", space=space, idx=idx, gpfn=gpfn)
+            info["op"] = "add_to_physmap"
+            fmt = x.ADD_TO_PHYSMAP_COMPAT_FORMAT if self.compat else x.ADD_TO_PHYSMAP_FORMAT
+            domid, _size, space, idx, gpfn = self.unpack(fmt, arg)
+            info.update(space=space, idx=idx, gpfn=gpfn)
             if space != x.XENMAPSPACE_shared_info:
                 raise HypercallError(x.ENOSYS, f"map space {space}")
             if idx != 0:
@@ -266,9 +282,9 @@ class XenHypervisor:
     def hvm_op(self, a, info) -> int:
         cmd, arg = a[0], a[1]
         if cmd in (x.HVMOP_set_param, x.HVMOP_get_param):
+            info["op"] = "set_param" if cmd == x.HVMOP_set_param else "get_param"
             domid, index, value = self.unpack(x.HVM_PARAM_FORMAT, arg)
-            name = x.HVM_PARAM_NAMES.get(index, str(index))
-            info.update(op="set_param" if cmd == x.HVMOP_set_param else "get_param", param=name)
+            info["param"] = x.HVM_PARAM_NAMES.get(index, str(index))
             if domid not in (x.DOMID_SELF, self.domid):
                 raise HypercallError(x.ESRCH, f"domain {domid:#x}")
             if index >= x.HVM_NR_PARAMS:
@@ -282,8 +298,9 @@ class XenHypervisor:
             self.write(arg + 8, struct.pack("<Q", value))
             return 0
         if cmd == x.HVMOP_set_evtchn_upcall_vector:
+            info["op"] = "set_evtchn_upcall_vector"
             vcpu, vector = self.unpack("<IB", arg)
-            info.update(op="set_evtchn_upcall_vector", vcpu=vcpu, vector=vector)
+            info.update(vcpu=vcpu, vector=vector)
             if vcpu >= self.m.config.smp or vector < 0x10:
                 raise HypercallError(x.EINVAL)
             self.upcall_vectors[vcpu] = vector
@@ -307,8 +324,9 @@ class XenHypervisor:
             info.update(op="is_up", vcpu=vcpu)
             return 1 if vcpu == 0 else 0
         if cmd == x.VCPUOP_register_vcpu_info:
+            info.update(op="register_vcpu_info", vcpu=vcpu)
             frame, offset, _ = self.unpack(x.REGISTER_VCPU_INFO_FORMAT, arg)
-            info.update(op="register_vcpu_info", vcpu=vcpu, frame=frame, offset=offset)
+            info.update(frame=frame, offset=offset)
             address = frame * PAGE + offset
             if offset + x.VCPU_INFO_SIZE > PAGE or not self.m.memory.contains(address, x.VCPU_INFO_SIZE):
                 raise HypercallError(x.EINVAL, f"vcpu_info at {address:#x}")
@@ -325,28 +343,31 @@ class XenHypervisor:
     # -- event_channel_op ----------------------------------------------------------------------
     def event_channel_op(self, a, info) -> int:
         cmd, arg = a[0], a[1]
+        ops = {x.EVTCHNOP_alloc_unbound: "alloc_unbound", x.EVTCHNOP_bind_virq: "bind_virq",
+               x.EVTCHNOP_bind_ipi: "bind_ipi", x.EVTCHNOP_send: "send", x.EVTCHNOP_close: "close",
+               x.EVTCHNOP_unmask: "unmask", x.EVTCHNOP_init_control: "init_control"}
+        info["op"] = ops.get(cmd, f"cmd_{cmd}")
         if cmd == x.EVTCHNOP_alloc_unbound:
             dom, remote = self.unpack("<HH", arg)
             port = self._alloc_port(f"unbound(remote {remote:#x})")
-            info.update(op="alloc_unbound", remote_dom=remote, port=port)
+            info.update(remote_dom=remote, port=port)
             self.write(arg + 4, struct.pack("<I", port))
             return 0
         if cmd == x.EVTCHNOP_bind_virq:
             virq, vcpu = self.unpack("<II", arg)
             port = self._alloc_port(f"virq {virq}")
-            info.update(op="bind_virq", virq=virq, vcpu=vcpu, port=port)
+            info.update(virq=virq, vcpu=vcpu, port=port)
             self.write(arg + 8, struct.pack("<I", port))
             return 0
         if cmd == x.EVTCHNOP_bind_ipi:
             (vcpu,) = self.unpack("<I", arg)
             port = self._alloc_port(f"ipi vcpu {vcpu}")
-            info.update(op="bind_ipi", vcpu=vcpu, port=port)
+            info.update(vcpu=vcpu, port=port)
             self.write(arg + 4, struct.pack("<I", port))
             return 0
         if cmd in (x.EVTCHNOP_send, x.EVTCHNOP_close, x.EVTCHNOP_unmask):
             (port,) = self.unpack("<I", arg)
-            op = {x.EVTCHNOP_send: "send", x.EVTCHNOP_close: "close", x.EVTCHNOP_unmask: "unmask"}[cmd]
-            info.update(op=op, port=port, channel=self.ports.get(port, "unbound"))
+            info.update(port=port, channel=self.ports.get(port, "unbound"))
             if port not in self.ports:
                 raise HypercallError(x.EINVAL, f"port {port} is not bound")
             if cmd == x.EVTCHNOP_send and self.ports[port] == "console":
@@ -354,7 +375,6 @@ class XenHypervisor:
             if cmd == x.EVTCHNOP_close:
                 del self.ports[port]
             return 0
-        info["op"] = "init_control" if cmd == x.EVTCHNOP_init_control else f"cmd_{cmd}"
         raise HypercallError(x.ENOSYS)
 
     # -- grant_table_op ------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from hvsim.abi import xen as x
 from hvsim.core.cpu import CR0_ET, CR0_PE, EntryState, Segment
 from hvsim.core.errors import LoadError
 from hvsim.core.layout import FOUR_GIB
-from hvsim.xen import XenHypervisor
+from hvsim.xen import HypercallError, XenHypervisor
 
 ENV = "xen_pvh"
 PAGE = 0x1000
@@ -200,18 +200,16 @@ def hvsim_trap(machine, trap):
     xen = _xen(machine)
     if xen is None or trap.kind != "invalid-opcode" or trap.code[:3] not in (x.VMCALL, x.VMMCALL):
         return None
-    long_mode = machine.reg("efer") & (1 << 10)
+    long_mode = machine.code_segment()[1] == 64      # Xen picks the ABI from the caller's mode
     if long_mode:
         nr = machine.reg("rax")
         args = tuple(machine.reg(r) for r in ("rdi", "rsi", "rdx", "r10", "r8"))
     else:
         nr = machine.reg("rax") & 0xFFFF_FFFF
         args = tuple(machine.reg(r) & 0xFFFF_FFFF for r in ("rbx", "rcx", "rdx", "rsi", "rdi"))
-    if machine.reg("cs") & 3:
-        result = -x.EPERM
-        machine.note(f"xen_pvh: hypercall {nr} from CPL {machine.reg('cs') & 3}: -EPERM")
-    else:
-        result = xen.dispatch(nr, args, rip=trap.rip)
+    cpl = machine.cpl()
+    deny = HypercallError(x.EPERM, f"from CPL {cpl}") if cpl else None
+    result = xen.dispatch(nr, args, rip=trap.rip, compat=not long_mode, deny=deny)
     machine.set_reg("rax", result & (0xFFFF_FFFF_FFFF_FFFF if long_mode else 0xFFFF_FFFF))
     machine.set_rip(trap.rip + 3)
     return True
