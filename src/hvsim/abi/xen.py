@@ -45,16 +45,11 @@ XEN_EXTRAVERSION_LEN, XEN_CAPABILITIES_INFO_LEN, XEN_CHANGESET_INFO_LEN = 16, 10
 XEN_COMPILE_INFO_LEN = 64 + 16 + 32 + 32
 XEN_COMMANDLINE_LEN = 1024
 
-# --- features.h: XENFEAT_* bit numbers -----------------------------------------------------------
-XENFEAT_writable_page_tables = 0
-XENFEAT_writable_descriptor_tables = 1
-XENFEAT_auto_translated_physmap = 2
-XENFEAT_supervisor_mode_kernel = 3
-XENFEAT_pae_pgdir_above_4gb = 4
-XENFEAT_mmu_pt_update_preserve_ad = 5
-XENFEAT_hvm_callback_vector = 8
-XENFEAT_hvm_safe_pvclock = 9
-XENFEAT_dom0 = 11
+# --- features.h: the XENFEAT_* bit numbers live with the notes that also name them -------------
+from .xen_elfnote import (  # noqa: E402,F401  (re-exported: one definition of each number)
+    XENFEAT_auto_translated_physmap, XENFEAT_dom0, XENFEAT_hvm_callback_vector, XENFEAT_hvm_safe_pvclock,
+    XENFEAT_writable_page_tables,
+)
 
 # --- memory.h: memory_op -----------------------------------------------------------------------
 XENMEM_increase_reservation, XENMEM_decrease_reservation = 0, 1
