@@ -58,7 +58,10 @@ class RunLoop:
         m = self.m
         if m.entry_state is None:
             raise RuntimeError("the environment set no entry state (machine.start)")
-        m.guest_mode.enter(m.entry_state, m.memory)
+        try:
+            m.guest_mode.enter(m.entry_state, m.memory)
+        except (UcError, ValueError) as exc:
+            m.stop(StopReason("host-error", detail=f"could not load the entry state: {exc}"))
         rip = m.entry_rip
         timer = None
         if m.config.timeout is not None:
