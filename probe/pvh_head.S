@@ -105,13 +105,7 @@ pvh_entry:
 	ljmpl	$PVH_SEL_CODE64, $pvh_entry64
 
 	.code64
-pvh_entry64:
-	movl	$PVH_SEL_DATA, %eax
-	movl	%eax, %ds
-	movl	%eax, %es
-	movl	%eax, %ss
-	movl	%eax, %fs
-	movl	%eax, %gs
+pvh_entry64:					/* DS..GS still hold the flat data segment loaded above */
 	movq	$probe_stack_top, %rsp		/* the upper halves are undefined after the mode switch */
 	xorl	%ebp, %ebp
 	movl	%ebx, %edi			/* start_info, zero-extended */
