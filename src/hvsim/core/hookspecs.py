@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .config import MachineConfig
     from .events import Event
     from .machine import Machine
-    from .plugin_types import Acceptance, Environment, MsrAccess, PortAccess, Trap
+    from .plugin_types import Acceptance, Environment, GuestException, MsrAccess, PortAccess, Trap
     from .result import RunResult
 
 hookspec = pluggy.HookspecMarker("hvsim")
@@ -144,6 +144,23 @@ def hvsim_trap(machine: "Machine", trap: "Trap") -> "bool | None":
     ``int N`` delivered through gate N, and for ``hlt`` the end of the run (``halt``, or ``idle``
     with interrupts on).  For ``hlt``, RIP is already past the instruction; returning ``True``
     resumes the guest there (an environment that models waking events answers it).
+    """
+
+
+@hookspec(firstresult=True)
+def hvsim_exception(machine: "Machine", exception: "GuestException") -> "str | None":
+    """Take a CPU exception before it is delivered through the guest IDT.
+
+    Called on the run's plugins for every exception the guest raises (``#PF``, ``#GP``, ``#UD`` no
+    plugin emulated, ``#GP(0)`` of an unanswered MSR, ...), after the engine's own exception state
+    was cleared and with RIP at ``exception.rip`` (the faulting instruction for faults, the next one
+    for traps).  An environment whose ABI does not deliver through an IDT (Xen PV bounces exceptions
+    to the guest's trap table), or that absorbs some exceptions itself (Xen PV emulates stores to
+    read-only page tables), handles it here: it sets the guest state as delivery or emulation
+    leaves it and returns a short description of what it did (``"bounce frame"``,
+    ``"ptwr emulation"``), which the core records in the ``Fault`` event.  To stop the run instead
+    (an exception the ABI says crashes the guest), call ``machine.stop`` and return the reason.
+    ``None`` from every plugin: delivery through the guest IDT.
     """
 
 

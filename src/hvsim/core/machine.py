@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from unicorn import UC_PROT_ALL
+from unicorn.unicorn_const import UC_CTL_TLB_FLUSH
 from unicorn import x86_const
 
 from . import acpi
@@ -217,6 +218,20 @@ class Machine:
         not notice host stores to code it already translated, so its translations are dropped."""
         self.memory.write(address, data)
         self.uc.ctl_flush_tb()
+
+    def flush_tlb(self) -> None:
+        """Drop the engine's cached translations, as ``invlpg``/a CR3 reload would: needed after the
+        host changed guest page tables (a PV MMU hypercall), or the guest runs on stale mappings."""
+        self.uc._Uc__ctl_w(UC_CTL_TLB_FLUSH)    # the 2.1.4 binding has no wrapper for this control
+
+    def add_private_memory(self, start: int, size: int) -> None:
+        """Back ``[start, start+size)`` with host RAM that belongs to the environment, not to the
+        guest's memory map: a hypervisor's own frames (Xen's M2P table, its GDT area).  It must
+        lie outside the configured layout; ``machine.memory`` reaches it afterwards."""
+        if any(start < s + n and s < start + size for s, n in self.layout.backed):
+            raise ValueError(f"private memory {start:#x}+{size:#x} overlaps guest RAM")
+        self.uc.mem_map(start, size, UC_PROT_ALL)
+        self.memory.add_region(start, size)
 
     # -- devices ---------------------------------------------------------------------------
     def attach_pc_devices(self, *, acpi_tables: bool | None = None) -> None:

@@ -37,6 +37,11 @@ class GuestMemory:
         self._regions = sorted(regions)
         self._starts = [start for start, _ in self._regions]
 
+    def add_region(self, start: int, size: int) -> None:
+        """Make an engine-mapped range (``Machine.add_private_memory``) reachable through this accessor."""
+        self._regions = sorted(self._regions + [(start, size)])
+        self._starts = [s for s, _ in self._regions]
+
     @property
     def regions(self) -> tuple[tuple[int, int], ...]:
         return tuple(self._regions)

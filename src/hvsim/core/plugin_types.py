@@ -53,3 +53,11 @@ class Trap:
     length: int                # instruction length (0 when it could not be decoded)
     code: bytes = b""          # the instruction's bytes as read at rip (up to 15)
     vector: int | None = None  # for "int"
+
+
+@attrs.frozen
+class GuestException:
+    vector: int
+    rip: int                   # where the guest resumes after delivery (the faulting instruction for faults)
+    error_code: int | None = None
+    cr2: int | None = None     # the faulting linear address, for #PF

@@ -9,7 +9,7 @@ exception deliveries.  No hook here runs per instruction.
 | invalid opcode (vmcall..) | UC_HOOK_INSN_INVALID       | ``hvsim_trap``, else #UD through the IDT     |
 | ``rdmsr``/``wrmsr``       | UC_HOOK_INTR, #VMEXIT MSR  | ``hvsim_msr``, else #GP(0) through the IDT   |
 | ``int N``, ``int3``       | UC_HOOK_INTR, #VMEXIT SWINT| ``hvsim_trap``, else gate N of the IDT       |
-| CPU exception             | UC_HOOK_INTR               | IDT delivery                                 |
+| CPU exception             | UC_HOOK_INTR               | ``hvsim_exception``, else IDT delivery       |
 | access outside RAM        | UC_HOOK_MEM_*_UNMAPPED     | stop ``bad-access`` with the address         |
 
 The two #VMEXIT rows exist because the guest runs as an SVM guest of the emulated CPU (svm.py).
@@ -52,7 +52,7 @@ from .errors import GuestMemoryError
 from .events import Fault
 from .exceptions import HAS_ERROR_CODE, DeliveryError, vector_name
 from .events import Call
-from .plugin_types import MsrAccess, PortAccess, Trap
+from .plugin_types import GuestException, MsrAccess, PortAccess, Trap
 from .result import StopReason
 from .svm import EXCP_VMEXIT, EXIT_MSR, EXIT_SHUTDOWN, EXIT_SWINT
 
@@ -244,6 +244,14 @@ class TrapDispatcher:
         m = self.m
         m.engine.clear_exception()
         cr2 = m.reg("cr2") if vector == 14 else None
+        handled = m.pm.hook.hvsim_exception(
+            machine=m, exception=GuestException(vector, return_rip, error_code, cr2))
+        if handled is not None:
+            m.emit(Fault(vector=vector, name=vector_name(vector), rip=return_rip, error_code=error_code,
+                         cr2=cr2, delivered=m.stop_reason is None, detail=str(handled)))
+            if rip_bias:
+                m.set_rip(m.reg("rip") + rip_bias)
+            return
         try:
             delivered = m.delivery.deliver(vector, error_code, return_rip)
         except DeliveryError as exc:
