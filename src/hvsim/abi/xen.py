@@ -77,7 +77,7 @@ HVM_PARAM_NAMES = {0: "CALLBACK_IRQ", 1: "STORE_PFN", 2: "STORE_EVTCHN", 17: "CO
 
 # --- vcpu.h: vcpu_op ---------------------------------------------------------------------------
 VCPUOP_initialise, VCPUOP_up, VCPUOP_down, VCPUOP_is_up = 0, 1, 2, 3
-VCPUOP_register_vcpu_info = 10
+VCPUOP_register_runstate_memory_area, VCPUOP_register_vcpu_info = 5, 10
 REGISTER_VCPU_INFO_FORMAT = "<QII"              # {u64 mfn; u32 offset; u32 rsvd}
 
 # --- event_channel.h: event_channel_op ----------------------------------------------------------
@@ -117,3 +117,15 @@ HVM_MEMMAP_ENTRY_FORMAT = "<QQII"               # addr, size, type (E820 numberi
 VMCALL = b"\x0f\x01\xc1"
 VMMCALL = b"\x0f\x01\xd9"
 HYPERCALL_IRET = 23
+
+# --- io/xs_wire.h: the xenstore ring and its messages ------------------------------------------------
+XS_RING_REQ, XS_RING_RSP, XS_RING_SIZE = 0, 1024, 1024
+XS_REQ_CONS, XS_REQ_PROD, XS_RSP_CONS, XS_RSP_PROD = 2048, 2052, 2056, 2060
+XS_MSG_HEADER_FORMAT = "<IIII"                  # struct xsd_sockmsg {type; req_id; tx_id; len}
+XENSTORE_PAYLOAD_MAX = 4096
+XS_DIRECTORY, XS_READ, XS_WATCH, XS_UNWATCH = 1, 2, 4, 5
+XS_TRANSACTION_START, XS_TRANSACTION_END, XS_GET_DOMAIN_PATH, XS_WRITE = 6, 7, 10, 11
+XS_MKDIR, XS_RM, XS_ERROR, XS_RESET_WATCHES = 12, 13, 16, 21
+XS_NAMES = {1: "directory", 2: "read", 3: "get_perms", 4: "watch", 5: "unwatch", 6: "transaction_start",
+            7: "transaction_end", 10: "get_domain_path", 11: "write", 12: "mkdir", 13: "rm", 14: "set_perms",
+            21: "reset_watches"}

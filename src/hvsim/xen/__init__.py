@@ -4,5 +4,6 @@ Environment plugins import it from here; no plugin imports another.
 """
 
 from .hypervisor import HypercallError, XenHypervisor
+from .xenstore import XenStore
 
-__all__ = ["HypercallError", "XenHypervisor"]
+__all__ = ["HypercallError", "XenHypervisor", "XenStore"]

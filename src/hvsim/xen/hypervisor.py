@@ -60,8 +60,11 @@ Handler = Callable[[tuple[int, ...], dict], int]
 class XenHypervisor:
     def __init__(self, machine: "Machine", *, memory_map: "list[MemoryRange]", features: int,
                  console_page: int | None = None, store_page: int | None = None,
-                 domid: int = 1, capabilities: str = "hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64"):
+                 domid: int = 1, capabilities: str = "hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64",
+                 console_io: bool = True):
         self.m = machine
+        self.console_io_allowed = console_io      # False: not the console domain (-EPERM, as Xen's XSM)
+        self.store = None                         # a XenStore answering the store ring, if any
         self.memory_map = list(memory_map)
         self.features = features
         self.domid = domid
@@ -97,6 +100,10 @@ class XenHypervisor:
     def register(self, nr: int, handler: Handler) -> None:
         """Answer hypercall ``nr`` with ``handler(args, info) -> result`` (an environment's own calls)."""
         self.handlers[nr] = handler
+
+    def unregister(self, nr: int) -> None:
+        """Hypercall ``nr`` is not part of this environment's ABI: it gets -ENOSYS."""
+        self.handlers.pop(nr, None)
 
     # -- dispatch ------------------------------------------------------------------------------
     def dispatch(self, nr: int, args: tuple[int, ...], rip: int | None = None, *, compat: bool = False,
@@ -157,6 +164,9 @@ class XenHypervisor:
     # -- console_io ----------------------------------------------------------------------------
     def console_io(self, a, info) -> int:
         cmd, count, buf = a[0], a[1] & 0xFFFF_FFFF, a[2]
+        if not self.console_io_allowed:
+            info["op"] = {x.CONSOLEIO_WRITE: "write", x.CONSOLEIO_READ: "read"}.get(cmd, f"cmd_{cmd}")
+            raise HypercallError(x.EPERM, "the domain is not the console domain")
         if cmd == x.CONSOLEIO_WRITE:
             info.update(op="write", count=count)
             if count > MAX_CONSOLE_WRITE:
@@ -372,6 +382,8 @@ class XenHypervisor:
                 raise HypercallError(x.EINVAL, f"port {port} is not bound")
             if cmd == x.EVTCHNOP_send and self.ports[port] == "console":
                 info["drained"] = self._drain()
+            if cmd == x.EVTCHNOP_send and self.ports[port] == "xenstore" and self.store is not None:
+                info["xenstore_requests"] = self.store.process()
             if cmd == x.EVTCHNOP_close:
                 del self.ports[port]
             return 0

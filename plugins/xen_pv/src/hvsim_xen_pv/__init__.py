@@ -1,0 +1,345 @@
+"""hvsim environment ``xen_pv``: a 64-bit Xen PV guest (dom0 with ``--dom0``, else a domU), entered
+at ``XEN_ELFNOTE_ENTRY`` with ``start_info`` in RSI.
+
+Acceptance is libelf's (xen/common/libelf/libelf-dominfo.c): Xen notes from PT_NOTE, else SHT_NOTE,
+else the legacy ``__xen_guest`` section; XEN_VERSION must start with ``xen-3.0``, LOADER with
+``generic`` or GUEST_OS with ``linux``; an unknown required FEATURE refuses the image; the entry
+must lie inside the kernel.  Only 64-bit images are booted (a 32-bit PAE PV kernel is refused).
+
+Memory (memory.py): a domU owns every frame of the configured machine and sees one E820 RAM entry
+of the configured size from ``XENMEM_memory_map``, as libxl gives a PV guest (the pseudo-physical map
+is the inherent difference from the other environments); dom0 owns the configured map's RAM frames
+and reads the configured map itself with ``XENMEM_machine_memory_map``.  Pseudo-physical frames are
+the owned machine frames in order, so the p2m is not the identity past the first gap, as on Xen.
+Xen's M2P is read-only at 0xffff800000000000, its GDT area at 0xffff820000000000; both are in Xen's
+private memory, never in the domain's.
+
+The start-of-day layout (builder.py) is libxc's; the entry registers are xg_dom_x86.c's, except the
+privilege level.  **Privilege model**: Xen runs a 64-bit PV kernel in ring 3 and emulates what it
+may not execute; hvsim runs it in ring 0 on the same flat selectors with RPL 0 (CS 0xe030, SS
+0xe028, whose descriptors in Xen's GDT page are DPL 0).  What the guest observes differently:
+``mov %cs`` reads 0xe030 not 0xe033; ``rdmsr``/``wrmsr``, ``mov %cr4`` and ``in``/``out`` execute on
+the emulated CPU instead of trapping to Xen's emulator (no MSR/CR4 filtering; I/O ports are the
+machine's PC devices); ``cli``/``popf`` change the real IF, which no injected interrupt observes.
+The same things happen either way for what the kernel asks Xen to do (every hypercall), and
+exceptions are bounced to its trap table as Xen does.  User mode is not modelled: an ``iret`` to
+ring 3 stops the run.
+
+Hypercalls arrive by ``syscall`` (Linux inlines them) or through the hypercall page when the image
+has a HYPERCALL_PAGE note (Xen's 64-bit PV stubs are written there).  The shared Xen layer
+(``hvsim.xen``) answers the common calls; this plugin adds the PV MMU (mmu.py), the PV vCPU (cpu.py),
+multicall, the PV memory_op commands, vcpu_op's runstate area, physdev_op, platform_op for dom0,
+and the forced-emulation CPUID.  Consoles: dom0 writes with console_io; a domU gets -EPERM there
+(it is not the console domain) and uses the console ring, drained on each event-channel notify.
+The xenstore ring is answered by ``hvsim.xen.XenStore`` (its docstring lists the keys).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+from hvsim import Acceptance, Environment, hookimpl
+from hvsim.abi import xen as x
+from hvsim.abi import xen_pv as pv
+from hvsim.core.cpu import EntryState, Segment
+from hvsim.core.errors import LoadError
+from hvsim.core.layout import MemoryRange, MemoryType
+from hvsim.xen import HypercallError, XenHypervisor, XenStore
+from hvsim.xen.pvclock import HostTsc, host_tsc_hz, vcpu_time_info
+
+from .builder import KERNEL_CS, KERNEL_SS, build_domain, build_xen_area
+from .cpu import PvCpu
+from .memory import PAGE, DomainMemory
+from .mmu import PvMmu
+
+ENV = "xen_pv"
+DOMU_FEATURES = (1 << 5 | 1 << 6 | 1 << 7 | 1 << 13 | 1 << 17)  # preserve_ad highmem_assist gnttab_avail_bits vnode direct_mapped
+CR0 = 0x8005_0033                          # PG AM WP NE ET MP PE
+CR4 = 0x620                                # OSXMMEXCPT OSFXSR PAE
+EFER = 0xD01                               # NXE LMA LME SCE
+CODE64 = Segment(KERNEL_CS, 0xA9B, 0xFFFF_FFFF, 0)
+DATA = Segment(KERNEL_SS, 0xC93, 0xFFFF_FFFF, 0)
+NULL = Segment(0, 0, 0, 0)
+SHARED_INFO_WC_VERSION, SHARED_INFO_ARCH_MAX_PFN = 3072, 3088
+
+
+@hookimpl
+def hvsim_environments():
+    return [Environment(ENV, "Xen PV 64-bit guest (domU, or dom0 with --dom0): XEN_ELFNOTE_ENTRY, "
+                             "start_info in RSI, PV hypercalls")]
+
+
+@hookimpl
+def hvsim_add_options(parser):
+    parser.add_argument("--dom0", action="store_true", default=None,
+                        help="xen_pv: boot as the initial domain (SIF_INITDOMAIN, console_io, the "
+                             "machine memory map, ACPI) instead of a domU")
+
+
+@hookimpl
+def hvsim_accepts(env, image):
+    if env != ENV:
+        return None
+    try:
+        elf, notes, entry = pv_elf(image)
+    except LoadError as exc:
+        return Acceptance.no(str(exc))
+    where = "payload ELF" if image.elf is None else "ELF"
+    return Acceptance.yes(f"pv: {where} ({notes.source}) at VIRT_BASE {notes.effective_virt_base:#x}, "
+                          f"entered at {entry:#x}")
+
+
+def pv_elf(image):
+    """The PV kernel's ELF, its Xen notes and entry, or LoadError saying why Xen would refuse it."""
+    entry = image.entry("xen_pv")
+    if entry is None:
+        why = image.payload_error if image.bzimage is not None else None
+        raise LoadError(f"{image.name}: no Xen PV notes (ELF notes or __xen_guest)" + (f" ({why})" if why else ""))
+    elf = image.payload_elf() if entry.in_payload else image.elf
+    notes = elf.xen_notes
+    problems = notes.pv_problems()
+    if problems:
+        raise LoadError(f"{image.name}: Xen refuses it as a PV kernel: " + "; ".join(problems))
+    if elf.elf_class != 64:
+        raise LoadError(f"{image.name}: a {elf.elf_class}-bit PV kernel; hvsim boots 64-bit PV guests only")
+    loads = [s for s in elf.segments if s.memsz]
+    if not loads:
+        raise LoadError(f"{image.name}: the PV ELF has no PT_LOAD segment")
+    offset = notes.effective_virt_base - notes.effective_paddr_offset
+    kstart = min(s.paddr for s in loads) + offset
+    kend = max(s.paddr + s.memsz for s in loads) + offset
+    if not kstart <= entry.address <= kend:
+        raise LoadError(f"{image.name}: the PV entry {entry.address:#x} lies outside the kernel "
+                        f"[{kstart:#x}, {kend:#x}]")
+    if notes.init_p2m is not None and kstart <= notes.init_p2m < kend:
+        raise LoadError(f"{image.name}: INIT_P2M {notes.init_p2m:#x} overlaps the kernel")
+    return elf, notes, entry.address
+
+
+class PvDomain:
+    """One PV domain's run-time state: its memory, the hypervisor, its MMU and its vCPU."""
+
+    def __init__(self, xen: XenHypervisor, dom: DomainMemory, mmu: PvMmu, cpu: PvCpu, dom0: bool):
+        self.xen, self.dom, self.mmu, self.cpu, self.dom0 = xen, dom, mmu, cpu, dom0
+
+
+@hookimpl
+def hvsim_setup(machine, image, config, options):
+    elf, notes, entry = pv_elf(image)
+    dom0 = bool(options.get("dom0"))
+    domid = 0 if dom0 else 1
+    if dom0:
+        machine.attach_pc_devices()
+    else:
+        machine.attach_pc_devices(acpi_tables=False)       # a PV domU has no ACPI and no firmware
+    if dom0:       # the machine's RAM; firmware and I/O memory stay the machine's (identity-mapped by dom0)
+        dom = DomainMemory(machine, [(r.start, r.size) for r in machine.layout.ram()])
+        memory_map = list(machine.layout.memory_map)
+    else:          # every backed frame: pseudo-physical RAM of the configured size, one E820 entry (libxl)
+        dom = DomainMemory(machine, list(machine.layout.backed))
+        memory_map = [MemoryRange(0, dom.nr_pages * PAGE, MemoryType.RAM)]
+    area = build_xen_area(dom)
+    initrd = config.initrd.read_bytes() if config.initrd is not None else None
+    layout = build_domain(machine, dom, area, elf, notes, entry=entry, initrd=initrd,
+                          cmdline=config.cmdline_bytes(), dom0=dom0, hypercall_page=notes.hypercall_page,
+                          shared_info_ma=area.shared_info)
+    features = DOMU_FEATURES | (1 << x.XENFEAT_dom0 if dom0 else 0)
+    xen = XenHypervisor(machine, memory_map=memory_map, features=features,
+                        console_page=None if dom0 else layout.console_mfn * PAGE,
+                        store_page=None if dom0 else layout.store_mfn * PAGE, domid=domid,
+                        console_io=dom0, capabilities="xen-3.0-x86_64")
+    if not dom0 and (xen.params[x.HVM_PARAM_STORE_EVTCHN], xen.params[x.HVM_PARAM_CONSOLE_EVTCHN]) != (1, 2):
+        raise LoadError("internal: xenstore/console event channels are not 1 and 2 as start_info says")
+    if not dom0:
+        xen.store = XenStore(machine, layout.store_mfn * PAGE, domid=domid, config=config,
+                             console=(layout.console_mfn, 2))
+    xen.unregister(34)                                       # hvm_op: not for PV guests
+    _init_shared_info(machine, xen, area.shared_info, dom)
+    mmu = PvMmu(machine, dom, area, dom0=dom0, domid=domid)
+    mmu.pinned[layout.l4 // PAGE] = 4                      # libxc pins the bootstrap L4 before boot
+    mmu.adopt(layout.l4 // PAGE, 4)
+    cpu = PvCpu(machine, dom, area, xen)
+    domain = PvDomain(xen, dom, mmu, cpu, dom0)
+    machine.plugin_state[ENV] = domain
+    _register(domain)
+    if layout.hypercall_page is not None:
+        page = dom.mfn((layout.hypercall_page - layout.virt_base) // PAGE) * PAGE
+        machine.write_code(page, hypercall_page())
+
+    for name in ("rax", "rbx", "rcx", "rdx", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"):
+        machine.set_reg(name, 0)
+    machine.set_reg("rsi", layout.start_info)
+    machine.start(EntryState(rip=entry, cr0=CR0, cs=CODE64, ds=NULL, ss=DATA, es=NULL,
+                             gdt=(pv.PERDOMAIN_VIRT_START, pv.GDT_LIMIT), cr3=layout.l4, cr4=CR4, efer=EFER,
+                             rsp=layout.stack_top, rflags=0x202))
+    kind = "dom0" if dom0 else f"domU {domid}"
+    return (f"pv {kind} at {entry:#x}, start_info at {layout.start_info:#x}, {dom.nr_pages} pages, "
+            f"bootstrap [{layout.virt_base:#x}, {layout.v_end:#x})")
+
+
+def _init_shared_info(machine, xen: XenHypervisor, address: int, dom: DomainMemory) -> None:
+    """shared_info as Xen's builder leaves it: every upcall masked, a valid pvclock for vCPU 0 (the
+    guest's rdtsc reads the host TSC), the wallclock of the host now, max_pfn."""
+    xen.place_shared_info(address)
+    hz = host_tsc_hz()
+    machine.memory.write(address + 32, vcpu_time_info(HostTsc().read(), 0, hz))
+    now = time.time_ns()
+    machine.memory.write(address + SHARED_INFO_WC_VERSION, struct.pack("<IIII", 2, now // 10**9 & 0xFFFF_FFFF,
+                                                                       now % 10**9, now // 10**9 >> 32))
+    machine.memory.write_u64(address + SHARED_INFO_ARCH_MAX_PFN, dom.nr_pages)
+
+
+def hypercall_page() -> bytes:
+    """Xen's 64-bit PV hypercall page (pv/hypercall.c): push rcx; push r11; mov $nr,%eax; syscall;
+    pop r11; pop rcx; ret -- and for iret: push rcx; push r11; push rax; mov $23,%eax; syscall."""
+    page = bytearray(b"\xcc" * PAGE)
+    for nr in range(PAGE // 32):
+        if nr == pv.HYPERCALL_IRET:
+            stub = b"\x51\x41\x53\x50\xb8" + struct.pack("<I", nr) + b"\x0f\x05"
+        else:
+            stub = b"\x51\x41\x53\xb8" + struct.pack("<I", nr) + b"\x0f\x05\x41\x5b\x59\xc3"
+        page[nr * 32:nr * 32 + len(stub)] = stub
+    return bytes(page)
+
+
+def _register(d: PvDomain) -> None:
+    xen, mmu, cpu = d.xen, d.mmu, d.cpu
+    for nr, handler in {
+        0: cpu.set_trap_table, 1: mmu.mmu_update, 2: cpu.set_gdt, 3: cpu.stack_switch,
+        4: cpu.set_callbacks, 5: cpu.fpu_taskswitch, 8: cpu.set_debugreg, 9: cpu.get_debugreg,
+        10: cpu.update_descriptor, 13: lambda a, info: _multicall(d, a, info), 14: mmu.update_va_mapping,
+        15: cpu.set_timer_op, 21: cpu.vm_assist, 25: cpu.set_segment_base, 26: mmu.mmuext_op,
+        30: cpu.callback_op, 33: cpu.physdev_op,
+        12: lambda a, info: _memory_op(d, a, info), 24: lambda a, info: _vcpu_op(d, a, info),
+        7: lambda a, info: _platform_op(d, a, info),
+    }.items():
+        xen.register(nr, handler)
+
+
+def _multicall(d: PvDomain, a, info) -> int:
+    entries, count = a[0], a[1] & 0xFFFF_FFFF
+    info["count"] = count
+    mem = d.xen.m.vmem
+    for i in range(count):
+        at = entries + 64 * i
+        op, _result, *args = struct.unpack(pv.MULTICALL_ENTRY_FORMAT, mem.read(at, 64))
+        if op in (pv.HYPERCALL_IRET, x.HYPERCALL_NUMBERS["multicall"]):
+            result = -x.EINVAL
+        else:
+            result = d.xen.dispatch(op, tuple(args[:5]))
+        mem.write(at + 8, struct.pack("<q", result))
+    return 0
+
+
+def _memory_op(d: PvDomain, a, info) -> int:
+    cmd, arg = a[0] & 0xF, a[1]
+    mem = d.xen.m.vmem
+    if cmd == pv.XENMEM_machphys_mapping:
+        info["op"] = "machphys_mapping"
+        mem.write(arg, struct.pack(pv.MACHPHYS_MAPPING_FORMAT, pv.MACH2PHYS_VIRT_START, d.dom.m2p_virt_end(),
+                                   d.dom.max_mfn))
+        return 0
+    if cmd == pv.XENMEM_machphys_mfn_list:
+        info["op"] = "machphys_mfn_list"
+        max_extents, handle, _ = struct.unpack(pv.MACHPHYS_MFN_LIST_FORMAT, mem.read(arg, 20))
+        chunks = [(d.dom.m2p_base + i * (2 << 20)) // PAGE for i in range(d.dom.m2p_size // (2 << 20))]
+        chunks = chunks[:max_extents]
+        mem.write(handle, struct.pack(f"<{len(chunks)}Q", *chunks))
+        mem.write(arg + 16, struct.pack("<I", len(chunks)))
+        info["extents"] = len(chunks)
+        return 0
+    if cmd == x.XENMEM_machine_memory_map:
+        if not d.dom0:
+            info["op"] = "machine_memory_map"
+            raise HypercallError(x.EPERM, "the machine memory map is for the initial domain")
+        result = d.xen.memory_op((x.XENMEM_memory_map, arg), info)
+        info["op"] = "machine_memory_map"
+        return result
+    if cmd == x.XENMEM_add_to_physmap:
+        info["op"] = "add_to_physmap"
+        raise HypercallError(x.ENOSYS, "auto-translated physmap is not a PV interface")
+    return d.xen.memory_op(a, info)
+
+
+def _vcpu_op(d: PvDomain, a, info) -> int:
+    cmd = a[0]
+    if cmd == x.VCPUOP_register_runstate_memory_area:
+        info.update(op="register_runstate_memory_area", vcpu=a[1])
+        if a[1] >= d.xen.m.config.smp:
+            raise HypercallError(x.ENOENT, f"vcpu {a[1]}")
+        return 0
+    return d.xen.vcpu_op(a, info)
+
+
+def _platform_op(d: PvDomain, a, info) -> int:
+    mem = d.xen.m.vmem
+    if not d.dom0:
+        info["op"] = "denied"
+        raise HypercallError(x.EPERM, "platform_op is for the initial domain")
+    cmd, version = struct.unpack(pv.PLATFORM_OP_HEADER_FORMAT, mem.read(a[0], 8))
+    if version != pv.XENPF_INTERFACE_VERSION:
+        info["op"] = f"cmd_{cmd}"
+        raise HypercallError(13, f"interface version {version:#x}")          # -EACCES
+    if cmd == pv.XENPF_firmware_info:
+        kind, index = struct.unpack(pv.FIRMWARE_INFO_FORMAT, mem.read(a[0] + 8, 8))
+        info.update(op="firmware_info", type=kind, index=index)
+        if kind == pv.XEN_FW_KBD_SHIFT_FLAGS:
+            mem.write(a[0] + 16, b"\0")
+            return 0
+        if kind in (pv.XEN_FW_DISK_INFO, pv.XEN_FW_DISK_MBR_SIGNATURE, pv.XEN_FW_VBEDDC_INFO):
+            raise HypercallError(x.ESRCH, "no such firmware record (no disks, no VBE)")
+        raise HypercallError(x.EINVAL, f"firmware info type {kind}")
+    info["op"] = f"cmd_{cmd}"
+    raise HypercallError(x.ENOSYS)
+
+
+# -- the run ------------------------------------------------------------------------------------------
+def _domain(machine) -> PvDomain | None:
+    return machine.plugin_state.get(ENV)
+
+
+@hookimpl
+def hvsim_cpuid(machine, leaf, subleaf):
+    d = _domain(machine)
+    return d.cpu.cpuid(leaf, subleaf) if d is not None else None
+
+
+@hookimpl
+def hvsim_trap(machine, trap):
+    d = _domain(machine)
+    if d is None:
+        return None
+    if trap.kind == "syscall":
+        nr = machine.reg("rax")
+        if nr == pv.HYPERCALL_IRET:
+            d.xen.calls += 1
+            d.cpu.iret()
+            return True
+        args = tuple(machine.reg(r) for r in ("rdi", "rsi", "rdx", "r10", "r8"))
+        result = d.xen.dispatch(nr, args, rip=trap.rip)
+        machine.set_reg("rax", result & 0xFFFF_FFFF_FFFF_FFFF)
+        if machine.reg("rip") == trap.rip:
+            machine.set_rip(trap.rip + 2)
+        return True
+    if trap.kind == "invalid-opcode" and trap.code.startswith(pv.XEN_EMULATE_PREFIX + pv.CPUID_INSN):
+        d.cpu.emulated_cpuid(trap.rip)
+        return True
+    return None
+
+
+@hookimpl
+def hvsim_exception(machine, exception):
+    d = _domain(machine)
+    if d is None:
+        return None
+    return d.mmu.emulate_pt_write(exception) or d.cpu.bounce(exception)
+
+
+@hookimpl
+def hvsim_finish(machine, result):
+    d = _domain(machine)
+    if d is None:
+        return None
+    return {"hypercalls": d.xen.calls, "pinned_tables": len(d.mmu.pinned), "tlb_flushes": d.mmu.flushes,
+            "bounced_exceptions": d.cpu.bounces, "nr_pages": d.dom.nr_pages, "dom0": d.dom0}

@@ -1,0 +1,301 @@
+"""The PV MMU: mmu_update, mmuext_op, update_va_mapping, and writable-page-table emulation.
+
+The guest's page tables hold machine frame numbers, so the engine walks them directly; the
+hypervisor's job is to check each update as Xen does (xen/arch/x86/mm.c, pv/mm.c, pv/ro-page-fault.c)
+and keep the engine's translations coherent (every update flushes its TLB).
+
+What is checked, and refused with -EINVAL as Xen refuses it:
+- a leaf entry that maps a machine frame the domain does not own: Xen's own frames (M2P, page
+  tables, GDT area) always, any frame outside the domain's RAM for a domU (dom0 may map I/O memory
+  and the BIOS area);
+- a writable mapping of a pinned page-table page;
+- a superpage (PSE) entry, and a non-leaf entry naming a frame the domain does not own;
+- an update of an L4 slot Xen reserves (256-271), and an update through a frame the domain does
+  not own (mmu_update's ``ptr``).
+Page-table frames are known by level from pinning and from the non-leaf entries written into
+known tables; a store to a read-only-mapped known table is emulated (ptwr) after the same checks.
+Pin and unpin are bookkeeping plus, for L4s, Xen's slots copied into the table.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_OP_REG
+
+from hvsim.abi import xen as x
+from hvsim.abi import xen_pv as pv
+from hvsim.core.errors import GuestMemoryError
+from hvsim.xen import HypercallError
+
+from .builder import XEN_SLOTS
+
+if TYPE_CHECKING:
+    from hvsim.core.machine import Machine
+    from hvsim.core.plugin_types import GuestException
+
+    from .builder import XenArea
+    from .memory import DomainMemory
+
+PAGE = 0x1000
+PF_PRESENT, PF_WRITE = 1, 2
+XEN_RESERVED_L4 = range(256, 272)
+PIN_LEVEL = {pv.MMUEXT_PIN_L1_TABLE: 1, pv.MMUEXT_PIN_L2_TABLE: 2, pv.MMUEXT_PIN_L3_TABLE: 3,
+             pv.MMUEXT_PIN_L4_TABLE: 4}
+_WIDE = {f"e{r}x": f"r{r}x" for r in "abcd"} | {"esi": "rsi", "edi": "rdi", "ebp": "rbp", "esp": "rsp"} \
+    | {f"r{n}d": f"r{n}" for n in range(8, 16)}
+
+
+class PvMmu:
+    def __init__(self, machine: "Machine", dom: "DomainMemory", area: "XenArea", *, dom0: bool, domid: int):
+        self.m = machine
+        self.domid = domid
+        self.dom = dom
+        self.area = area
+        self.dom0 = dom0
+        self.pinned: dict[int, int] = {}        # mfn -> level
+        self.levels: dict[int, int] = {}        # every page-table frame known, mfn -> level
+        self.user_baseptr = 0
+        self.ldt = (0, 0)
+        self.flushes = 0
+        self._cs = Cs(CS_ARCH_X86, CS_MODE_64)
+        self._cs.detail = True
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def adopt(self, mfn: int, level: int) -> None:
+        """Record ``mfn`` as a page table of ``level`` and, below it, every table it names."""
+        stack = [(mfn, level)]
+        while stack:
+            frame, lvl = stack.pop()
+            if self.levels.get(frame) == lvl:
+                continue
+            self.levels[frame] = lvl
+            if lvl == 1:
+                continue
+            entries = struct.unpack("<512Q", self.m.memory.read(frame * PAGE, PAGE))
+            for slot, entry in enumerate(entries):
+                if lvl == 4 and slot in XEN_RESERVED_L4:
+                    continue
+                if entry & pv.PTE_PRESENT and not (lvl in (2, 3) and entry & pv.PTE_PSE):
+                    child = (entry & pv.PTE_ADDR_MASK) >> 12
+                    if self.dom.owns(child):
+                        stack.append((child, lvl - 1))
+
+    def install_xen_slots(self, l4_mfn: int) -> None:
+        for slot, value in self.area.l4_entries().items():
+            self.m.memory.write_u64(l4_mfn * PAGE + slot * 8, value)
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.m.flush_tlb()
+
+    # -- validation ----------------------------------------------------------------------------------
+    def check_entry(self, level: int, slot: int, value: int) -> None:
+        """Raise HypercallError(-EINVAL) for an entry Xen would refuse in a level-``level`` table."""
+        if level == 4 and slot in XEN_RESERVED_L4:
+            raise HypercallError(x.EINVAL, f"L4 slot {slot} belongs to Xen")
+        if not value & pv.PTE_PRESENT:
+            return
+        mfn = (value & pv.PTE_ADDR_MASK) >> 12
+        if level > 1:
+            if value & pv.PTE_PSE and level in (2, 3):
+                raise HypercallError(x.EINVAL, f"L{level} superpage entry {value:#x}: PV guests have none")
+            if not self.dom.owns(mfn):
+                raise HypercallError(x.EINVAL, f"L{level} entry names frame {mfn:#x}, not the domain's")
+            return
+        if self.dom.is_private(mfn):
+            if mfn != self.area.shared_info // PAGE:
+                raise HypercallError(x.EINVAL, f"frame {mfn:#x} is Xen's own memory")
+            return
+        if not self.dom.owns(mfn):
+            if not self.dom0:
+                raise HypercallError(x.EINVAL, f"frame {mfn:#x} is not the domain's memory")
+            return
+        if value & pv.PTE_RW and mfn in self.pinned:
+            raise HypercallError(x.EINVAL, f"writable mapping of pinned L{self.pinned[mfn]} table {mfn:#x}")
+
+    def write_entry(self, entry_ma: int, value: int) -> None:
+        """Check and write one entry at machine address ``entry_ma`` (its table's level, if known)."""
+        frame = entry_ma // PAGE
+        if not self.dom.owns(frame):
+            raise HypercallError(x.EINVAL, f"update through frame {frame:#x}, not the domain's")
+        level = self.levels.get(frame)
+        if level is not None:
+            self.check_entry(level, (entry_ma % PAGE) // 8, value)
+            if level > 1 and value & pv.PTE_PRESENT:
+                self.adopt((value & pv.PTE_ADDR_MASK) >> 12, level - 1)
+        self.m.memory.write_u64(entry_ma & ~7, value)
+
+    def l1_entry_address(self, va: int) -> int:
+        """Machine address of the L1 entry mapping ``va`` in the live tables (-EINVAL if none)."""
+        table = self.m.reg("cr3") & pv.PTE_ADDR_MASK
+        for shift in (39, 30, 21):
+            entry = self.m.memory.read_u64(table + ((va >> shift) & 0x1FF) * 8)
+            if not entry & pv.PTE_PRESENT or (shift < 39 and entry & pv.PTE_PSE):
+                raise HypercallError(x.EINVAL, f"no L1 table maps {va:#x}")
+            table = entry & pv.PTE_ADDR_MASK
+        return table + ((va >> 12) & 0x1FF) * 8
+
+    # -- hypercalls ----------------------------------------------------------------------------------
+    def mmu_update(self, a, info) -> int:
+        reqs, count, done_ptr, domid = a[0], a[1] & 0xFFFF_FFFF, a[2], a[3] & 0xFFFF
+        info.update(count=count)
+        self._check_domid(domid)
+        done = 0
+        try:
+            for i in range(count):
+                ptr, val = struct.unpack(pv.MMU_UPDATE_FORMAT, self.m.vmem.read(reqs + 16 * i, 16))
+                cmd = ptr & 3
+                if cmd in (pv.MMU_NORMAL_PT_UPDATE, pv.MMU_PT_UPDATE_PRESERVE_AD):
+                    self.write_entry(ptr & ~3, val)
+                elif cmd == pv.MMU_MACHPHYS_UPDATE:
+                    mfn = ptr >> 12
+                    if not self.dom.owns(mfn):
+                        raise HypercallError(x.EINVAL, f"M2P update of frame {mfn:#x}, not the domain's")
+                    self.dom.set_m2p(mfn, val)
+                else:
+                    raise HypercallError(x.ENOSYS, f"mmu_update command {cmd}")
+                done += 1
+        finally:
+            info["done"] = done
+            if done:
+                self.flush()
+            if done_ptr:
+                self.m.vmem.write(done_ptr, struct.pack("<I", done))
+        return 0
+
+    def update_va_mapping(self, a, info) -> int:
+        va, val, flags = a[0], a[1], a[2]
+        info.update(va=hex(va), val=hex(val), flags=flags)
+        entry = self.l1_entry_address(va)
+        self.check_entry(1, (entry % PAGE) // 8, val)
+        if not self.dom.owns(entry // PAGE):
+            raise HypercallError(x.EINVAL, f"the L1 mapping {va:#x} is not the domain's")
+        self.m.memory.write_u64(entry, val)
+        self.flush()                    # UVMF_NONE too: the engine's TLB is not the guest's to manage
+        return 0
+
+    def mmuext_op(self, a, info) -> int:
+        ops, count, done_ptr, domid = a[0], a[1] & 0xFFFF_FFFF, a[2], a[3] & 0xFFFF
+        self._check_domid(domid)
+        names, done = [], 0
+        try:
+            for i in range(count):
+                cmd, arg1, arg2 = struct.unpack(pv.MMUEXT_OP_FORMAT, self.m.vmem.read(ops + 24 * i, 24))
+                names.append(pv.MMUEXT_NAMES.get(cmd, f"cmd_{cmd}"))
+                self._mmuext(cmd, arg1, arg2)
+                done += 1
+        finally:
+            info.update(op=",".join(dict.fromkeys(names)) or "none", count=count, done=done)
+            if done_ptr:
+                self.m.vmem.write(done_ptr, struct.pack("<I", done))
+        return 0
+
+    def _mmuext(self, cmd: int, arg1: int, arg2: int) -> None:
+        if cmd in PIN_LEVEL:
+            level = PIN_LEVEL[cmd]
+            if not self.dom.owns(arg1):
+                raise HypercallError(x.EINVAL, f"pin of frame {arg1:#x}, not the domain's")
+            if arg1 in self.pinned:
+                raise HypercallError(x.EINVAL, f"frame {arg1:#x} is already pinned")
+            if level == 4:
+                self.install_xen_slots(arg1)
+            self.pinned[arg1] = level
+            self.adopt(arg1, level)
+        elif cmd == pv.MMUEXT_UNPIN_TABLE:
+            if self.pinned.pop(arg1, None) is None:
+                raise HypercallError(x.EINVAL, f"frame {arg1:#x} is not pinned")
+        elif cmd == pv.MMUEXT_NEW_BASEPTR:
+            if not self.dom.owns(arg1):
+                raise HypercallError(x.EINVAL, f"new base pointer {arg1:#x} is not the domain's")
+            self.install_xen_slots(arg1)
+            self.adopt(arg1, 4)
+            self.m.set_reg("cr3", arg1 * PAGE)          # a CR3 load flushes the engine's TLB
+        elif cmd == pv.MMUEXT_NEW_USER_BASEPTR:
+            self.user_baseptr = arg1
+        elif cmd in (pv.MMUEXT_TLB_FLUSH_LOCAL, pv.MMUEXT_TLB_FLUSH_MULTI, pv.MMUEXT_TLB_FLUSH_ALL,
+                     pv.MMUEXT_INVLPG_LOCAL, pv.MMUEXT_INVLPG_MULTI, pv.MMUEXT_INVLPG_ALL):
+            self.flush()
+        elif cmd == pv.MMUEXT_SET_LDT:
+            self.ldt = (arg1, arg2)
+        elif cmd in (pv.MMUEXT_FLUSH_CACHE, pv.MMUEXT_FLUSH_CACHE_GLOBAL):
+            pass                                         # no caches are modelled
+        elif cmd == pv.MMUEXT_CLEAR_PAGE:
+            self._own(arg1)
+            self.m.memory.fill(arg1 * PAGE, PAGE)
+        elif cmd == pv.MMUEXT_COPY_PAGE:
+            self._own(arg1)
+            self._own(arg2)
+            self.m.memory.write(arg1 * PAGE, self.m.memory.read(arg2 * PAGE, PAGE))
+        else:
+            raise HypercallError(x.ENOSYS, f"mmuext command {cmd}")
+
+    def _own(self, mfn: int) -> None:
+        if not self.dom.owns(mfn):
+            raise HypercallError(x.EINVAL, f"frame {mfn:#x} is not the domain's")
+
+    def _check_domid(self, domid: int) -> None:
+        if domid not in (x.DOMID_SELF, self.domid):
+            raise HypercallError(x.ESRCH, f"domain {domid:#x}: only the caller's own tables are modelled")
+
+    # -- writable page tables (ptwr) ---------------------------------------------------------------
+    def emulate_pt_write(self, exc: "GuestException") -> str | None:
+        """A store to a read-only-mapped page table: perform it after Xen's checks (Xen never lets
+        these faults reach the guest).  ``None`` when this is not such a store."""
+        if exc.vector != 14 or exc.error_code is None or exc.error_code & 0x1F != PF_PRESENT | PF_WRITE:
+            return None
+        try:
+            target = self.m.vmem.translate(exc.cr2)
+            code = self.m.vmem.read(exc.rip, 15)
+        except GuestMemoryError:
+            return None
+        frame = target // PAGE
+        level = self.levels.get(frame)
+        if level is None:
+            return None
+        insn = next(self._cs.disasm(code, exc.rip, 1), None)
+        if insn is None or insn.mnemonic not in ("mov", "xchg", "cmpxchg") or len(insn.operands) != 2:
+            return None
+        dst, src = insn.operands
+        if dst.type != X86_OP_MEM or dst.size not in (4, 8):
+            return None
+        size, entry_ma = dst.size, target & ~7
+        old = self.m.memory.read_u64(entry_ma)
+        if src.type == X86_OP_IMM:
+            value = src.imm & ((1 << 8 * size) - 1)
+        elif src.type == X86_OP_REG:
+            value = self.m.reg(insn.reg_name(src.reg)) & ((1 << 8 * size) - 1)
+        else:
+            return None
+        if size == 4:                     # a half-entry store: merge into the 64-bit entry
+            shift = 8 * (target & 4)
+            new = (old & ~(0xFFFF_FFFF << shift)) | value << shift
+        else:
+            new = value
+        if insn.mnemonic == "cmpxchg":
+            acc = "rax" if size == 8 else "eax"
+            expected = self.m.reg(acc) & ((1 << 8 * size) - 1)
+            current = (old >> (8 * (target & 4)) if size == 4 else old) & ((1 << 8 * size) - 1)
+            flags = self.m.reg("rflags") & ~(1 << 6)
+            if current != expected:
+                self.m.set_reg("rax", current)
+                self.m.set_reg("rflags", flags)
+                self.m.set_rip(exc.rip + insn.size)
+                return "ptwr emulation (cmpxchg, no change)"
+            self.m.set_reg("rflags", flags | 1 << 6)
+        try:
+            self.check_entry(level, (entry_ma % PAGE) // 8, new)
+        except HypercallError:
+            return None                   # Xen lets the fault reach the guest
+        if level > 1 and new & pv.PTE_PRESENT:
+            self.adopt((new & pv.PTE_ADDR_MASK) >> 12, level - 1)
+        self.m.memory.write_u64(entry_ma, new)
+        if insn.mnemonic == "xchg":
+            reg = insn.reg_name(src.reg)
+            previous = (old >> (8 * (target & 4)) if size == 4 else old) & ((1 << 8 * size) - 1)
+            self.m.set_reg(_WIDE.get(reg, reg), previous)
+        self.flush()
+        self.m.set_rip(exc.rip + insn.size)
+        return f"ptwr emulation ({insn.mnemonic} into L{level} {frame:#x})"
