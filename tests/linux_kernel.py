@@ -19,7 +19,8 @@ from hvsim.core.result import StopReason
 ROOT = Path(__file__).resolve().parent.parent
 FETCH = ROOT / "scripts" / "fetch-linux"
 E820_NAMES = {"usable": 1, "reserved": 2, "ACPI data": 3, "ACPI NVS": 4, "unusable": 5, "persistent (type 7)": 7}
-_E820_LINE = re.compile(r"BIOS-e820: \[mem (0x[0-9a-f]+)-(0x[0-9a-f]+)\] (.+)$")
+# "BIOS-e820:" from a BIOS-provided map, "Xen:" from a Xen PV guest's (arch/x86/xen/setup.c names it)
+_E820_LINE = re.compile(r"(?:BIOS-e820|Xen): \[mem (0x[0-9a-f]+)-(0x[0-9a-f]+)\] (.+)$")
 
 
 def debian_vmlinuz() -> Path:
@@ -33,7 +34,7 @@ def debian_vmlinuz() -> Path:
 
 
 def e820_from_console(text: str) -> list[tuple[int, int, int]]:
-    """The ``BIOS-e820:`` lines Linux printed, as (start, size, type)."""
+    """The ``BIOS-e820:`` (or Xen PV ``Xen:``) lines Linux printed, as (start, size, type)."""
     out = []
     for line in text.splitlines():
         match = _E820_LINE.search(line)
@@ -57,7 +58,7 @@ class StopAfterMemoryMap:
     def hvsim_event(self, machine, event):
         if event.kind != "ConsoleOutput":
             return
-        if "BIOS-e820:" in event.text:
+        if _E820_LINE.search(event.text):
             self.seen_map = True
         elif self.seen_map:
             machine.stop(StopReason("poweroff", detail="test observer: memory map printed"))

@@ -108,3 +108,77 @@ def test_bzimage_payload_reaches_banner_under_xen_pvh_with_start_info_v0(vmlinuz
     config = MachineConfig(memory="512M", cmdline=PVH_CMDLINE, timeout=120)
     result = pvh_boot(vmlinuz, config, start_info_version=0)
     assert "memory_op.memory_map" in hypercalls(result)   # no map in the start info: it asked Xen
+
+
+# -- xen_pv -------------------------------------------------------------------------------------------
+
+PV_CMDLINE = "earlyprintk=xen console=hvc0 nokaslr hvsim.test=pv"
+PAGE = 0x1000
+
+
+def linux_pv_view(config: MachineConfig, dom0: bool) -> list[tuple[int, int, int]]:
+    """The map a PV Linux prints: what Xen handed it (dom0: the configured machine map; a domU: one
+    RAM range of the configured size, as libxl gives it -- the pseudo-physical map), with RAM ranges
+    shrunk to whole pages (xen_align_and_add_e820_region) and the ISA range added as reserved."""
+    if dom0:
+        ranges = [r.to_tuple() for r in PhysicalLayout.for_config(config).memory_map]
+    else:
+        ranges = [(0, config.memory, 1)]
+    aligned = []
+    for start, size, kind in ranges:
+        if kind == 1:
+            first, end = (start + PAGE - 1) // PAGE * PAGE, (start + size) // PAGE * PAGE
+            start, size = first, end - first
+        aligned.append((start, size, kind))
+    ram_cut = []
+    for start, size, kind in aligned:          # the ISA range wins over RAM (e820__range_add + sanitise)
+        if kind == 1 and start < ISA_RANGE[1] and ISA_RANGE[0] < start + size:
+            if start < ISA_RANGE[0]:
+                ram_cut.append((start, ISA_RANGE[0] - start, 1))
+            if start + size > ISA_RANGE[1]:
+                ram_cut.append((ISA_RANGE[1], start + size - ISA_RANGE[1], 1))
+        else:
+            ram_cut.append((start, size, kind))
+    merged: list[list[int]] = []
+    for start, size, kind in sorted(ram_cut + [(ISA_RANGE[0], ISA_RANGE[1] - ISA_RANGE[0], 2)]):
+        if merged and merged[-1][2] == kind and merged[-1][0] + merged[-1][1] >= start:
+            merged[-1][1] = max(merged[-1][0] + merged[-1][1], start + size) - merged[-1][0]
+        else:
+            merged.append([start, size, kind])
+    return [tuple(r) for r in merged]
+
+
+def pv_boot(kernel, config: MachineConfig, dom0: bool):
+    prepared = Run("xen_pv", kernel, config, options={"dom0": dom0}, observers=[StopAfterMemoryMap()])
+    result = prepared.execute()
+    console = result.console("xen" if dom0 else "hvc0").replace("\r\n", "\n")   # the ring driver sends CRLF
+    assert "Linux version 6.1" in console, (result.stop, console[-2000:])
+    assert f"Command line: {config.cmdline}\n" in console
+    assert e820_from_console(console) == linux_pv_view(config, dom0)
+    assert result.stop.detail == "test observer: memory map printed", result.stop
+    return result, console
+
+
+@pytest.mark.parametrize("memory", ["512M", "6G"])
+def test_vmlinux_reaches_banner_as_xen_pv_domu(vmlinuz, memory):
+    config = MachineConfig(memory=memory, cmdline=PV_CMDLINE, timeout=120)
+    result, console = pv_boot(vmlinuz.payload_elf().data, config, dom0=False)
+    calls = hypercalls(result)
+    # A domU is not the console domain: console_io is refused and the kernel writes the ring instead.
+    refused = [e for e in result.events if e.kind == "Call" and e.name == "console_io.write"]
+    assert refused and all(e.result == -1 for e in refused)
+    assert "(early) " in console and "event_channel_op.send" in calls
+    assert "memory_op.memory_map" in calls and "memory_op.machine_memory_map" not in calls
+    assert "ACPI in unprivileged domain disabled" in console
+
+
+@pytest.mark.parametrize("memory", ["512M", "6G"])
+def test_vmlinux_reaches_banner_as_xen_pv_dom0(vmlinuz, memory):
+    config = MachineConfig(memory=memory, cmdline=PV_CMDLINE, timeout=120)
+    result, console = pv_boot(vmlinuz.payload_elf().data, config, dom0=True)
+    calls = hypercalls(result)
+    assert "memory_op.machine_memory_map" in calls
+    # The PV MMU did the work: the kernel's own page tables were pinned and switched to.
+    assert {"mmuext_op.pin_l4_table", "mmuext_op.new_baseptr", "update_va_mapping", "set_trap_table"} <= {
+        c.split(",")[0] for c in calls}
+    assert result.extra["xen_pv"]["dom0"] is True
