@@ -30,13 +30,13 @@ UUID = "00000000-0000-4000-8000-000068767369"      # "hvsi" in the node field; f
 
 
 class XenStore:
-    def __init__(self, machine: "Machine", page: int, *, domid: int, config: "MachineConfig",
+    def __init__(self, machine: "Machine", page: int, *, domid: int, config: "MachineConfig", memory_kib: int,
                  console: tuple[int, int] | None = None):
         self.m = machine
         self.page = page
         self.home = f"/local/domain/{domid}"
         self.requests = 0
-        kib = str(sum(r.size for r in machine.layout.ram()) >> 10)
+        kib = str(memory_kib)
         self.tree: dict[str, str] = {"/vm/" + UUID + "/name": "hvsim"}
         for key, value in {"name": "hvsim", "domid": str(domid), "vm": "/vm/" + UUID, "memory/target": kib,
                            "memory/static-max": kib, "device": "", "control": ""}.items():

@@ -153,7 +153,7 @@ def hvsim_setup(machine, image, config, options):
         raise LoadError("internal: xenstore/console event channels are not 1 and 2 as start_info says")
     if not dom0:
         xen.store = XenStore(machine, layout.store_mfn * PAGE, domid=domid, config=config,
-                             console=(layout.console_mfn, 2))
+                             memory_kib=dom.nr_pages * PAGE >> 10, console=(layout.console_mfn, 2))
     xen.unregister(34)                                       # hvm_op: not for PV guests
     _init_shared_info(machine, xen, area.shared_info, dom)
     mmu = PvMmu(machine, dom, area, dom0=dom0, domid=domid)
