@@ -2,12 +2,12 @@
 what it observed.
 
 Public API: ``run``, ``inspect``, ``Run``, ``MachineConfig``, ``hookimpl`` (for plugins), and the
-records plugins exchange with the core (``Environment``, ``Acceptance``, ``PortAccess``, ``MsrAccess``, ``Trap``).
+records plugins exchange with the core (``Environment``, ``Acceptance``, ``InherentDifference``, ``PortAccess``, ``MsrAccess``, ``Trap``).
 """
 
 from .core.config import MachineConfig
 from .core.errors import HvsimError
-from .core.plugin_types import Acceptance, Environment, MsrAccess, PortAccess, Trap
+from .core.plugin_types import Acceptance, Environment, InherentDifference, MsrAccess, PortAccess, Trap
 from .core.plugins import get_plugin_manager, hookimpl
 
 __version__ = "0.1.0"
@@ -23,6 +23,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Acceptance", "Environment", "HvsimError", "MachineConfig", "MsrAccess", "PortAccess", "Run", "Trap",
+    "Acceptance", "Environment", "HvsimError", "InherentDifference", "MachineConfig", "MsrAccess", "PortAccess", "Run", "Trap",
     "get_plugin_manager", "hookimpl", "inspect", "run",
 ]

@@ -53,3 +53,12 @@ class Trap:
     length: int                # instruction length (0 when it could not be decoded)
     code: bytes = b""          # the instruction's bytes as read at rip (up to 15)
     vector: int | None = None  # for "int"
+
+
+@attrs.frozen
+class InherentDifference:
+    """A field of the canonical record (``hvsim.semantics``) in which an environment differs from a
+    bare-metal PC because of its ABI, with a one-line reason (``hvsim_inherent_differences``)."""
+
+    field: str
+    reason: str

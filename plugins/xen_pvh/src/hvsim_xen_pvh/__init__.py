@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import struct
 
-from hvsim import Acceptance, Environment, hookimpl
+from hvsim import Acceptance, Environment, InherentDifference, hookimpl
 from hvsim.abi import xen as x
 from hvsim.core.cpu import CR0_ET, CR0_PE, EntryState, Segment
 from hvsim.core.errors import LoadError
@@ -48,6 +48,22 @@ TSS32_BUSY = (0, 0, 0x67, 0x8B << 8)   # (selector, base, limit, engine descript
 @hookimpl
 def hvsim_environments():
     return [Environment(ENV, "Xen PVH domU: XEN_ELFNOTE_PHYS32_ENTRY, hvm_start_info in EBX, Xen hypercalls")]
+
+
+@hookimpl
+def hvsim_inherent_differences(env):
+    if env != ENV:
+        return None
+    return [
+        InherentDifference("entry", "PVH enters at XEN_ELFNOTE_PHYS32_ENTRY, not the boot protocol's entry"),
+        InherentDifference("entry_mode", "PVH enters in 32-bit protected mode with paging off"),
+        InherentDifference("module_addresses", "Xen's domain builder puts modules right after the kernel; "
+                                               "a boot loader puts the initrd high"),
+        InherentDifference("hypervisor", "Xen announces itself at CPUID 0x40000000 (XenVMMXenVMM)"),
+        InherentDifference("console_channels", "a Xen guest has the console_io hypercall console"),
+        InherentDifference("stop_detail", "a Xen guest shuts down through SCHEDOP_shutdown"),
+        InherentDifference("calls", "a Xen guest makes hypercalls (and writes the hypercall-page MSR)"),
+    ]
 
 
 @hookimpl
@@ -103,7 +119,7 @@ def hvsim_setup(machine, image, config, options):
         cursor = _page_up(cursor + len(data))
     start_info = _write_start_info(machine, cursor, version, initrd, config.cmdline_bytes())
 
-    xen = XenHypervisor(machine, memory_map=list(machine.layout.memory_map), features=FEATURES,
+    xen = XenHypervisor(machine, memory_map=guest_memory_map(machine), features=FEATURES,
                         console_page=CONSOLE_PAGE, store_page=STORE_PAGE)
     machine.plugin_state[ENV] = xen
     for name in ("rax", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"):
@@ -112,6 +128,12 @@ def hvsim_setup(machine, image, config, options):
     machine.start(EntryState(rip=entry, cr0=CR0_PE | CR0_ET, cs=CODE32, ds=DATA32, gdt=(0, 0), rsp=0,
                              tr=TSS32_BUSY))
     return f"pvh at {entry:#x}, hvm_start_info v{version} at {start_info:#x}"
+
+
+def guest_memory_map(machine) -> list:
+    """The memory map the guest is given, by the start info and by XENMEM_memory_map alike: the
+    MachineConfig's E820 layout."""
+    return list(machine.layout.memory_map)
 
 
 def _page_up(value: int) -> int:
@@ -145,7 +167,7 @@ def _write_start_info(machine, at: int, version: int, initrd, cmdline: bytes) ->
     modlist_at = (cmdline_at + len(cmdline) + 1 + 7) & ~7
     nr_modules = 1 if initrd else 0
     memmap_at = modlist_at + nr_modules * struct.calcsize(x.HVM_MODLIST_ENTRY_FORMAT)
-    ranges = machine.layout.memory_map
+    ranges = guest_memory_map(machine)
     end = memmap_at + (len(ranges) * struct.calcsize(x.HVM_MEMMAP_ENTRY_FORMAT) if version >= 1 else 0)
     _need_ram(machine, at, end - at, "the start info block")
     machine.memory.write(cmdline_at, cmdline + b"\0")
