@@ -7,20 +7,17 @@ saying why, except when ``CI`` is set: there a missing kernel is a failure.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from hvsim import hookimpl
+from hvsim.linux_console import e820_map
 from hvsim.core.result import StopReason
 
 ROOT = Path(__file__).resolve().parent.parent
 FETCH = ROOT / "scripts" / "fetch-linux"
-E820_NAMES = {"usable": 1, "reserved": 2, "ACPI data": 3, "ACPI NVS": 4, "unusable": 5, "persistent (type 7)": 7}
-# "BIOS-e820:" from a BIOS-provided map, "Xen:" from a Xen PV guest's (arch/x86/xen/setup.c names it)
-_E820_LINE = re.compile(r"(?:BIOS-e820|Xen): \[mem (0x[0-9a-f]+)-(0x[0-9a-f]+)\] (.+)$")
 
 
 def debian_vmlinuz() -> Path:
@@ -34,14 +31,8 @@ def debian_vmlinuz() -> Path:
 
 
 def e820_from_console(text: str) -> list[tuple[int, int, int]]:
-    """The ``BIOS-e820:`` (or Xen PV ``Xen:``) lines Linux printed, as (start, size, type)."""
-    out = []
-    for line in text.splitlines():
-        match = _E820_LINE.search(line)
-        if match:
-            start, last, name = int(match.group(1), 16), int(match.group(2), 16), match.group(3).strip()
-            out.append((start, last + 1 - start, E820_NAMES.get(name, -1)))
-    return out
+    """The ``BIOS-e820:`` (Xen PV: ``Xen:``) lines Linux printed, as (start, size, type) (``hvsim.linux_console``)."""
+    return e820_map(text) or []
 
 
 class StopAfterMemoryMap:
@@ -58,7 +49,7 @@ class StopAfterMemoryMap:
     def hvsim_event(self, machine, event):
         if event.kind != "ConsoleOutput":
             return
-        if _E820_LINE.search(event.text):
+        if "BIOS-e820:" in event.text or "Xen: [mem " in event.text:
             self.seen_map = True
         elif self.seen_map:
             machine.stop(StopReason("poweroff", detail="test observer: memory map printed"))

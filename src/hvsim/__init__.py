@@ -2,13 +2,15 @@
 what it observed.
 
 Public API: ``run``, ``inspect``, ``Run``, ``MachineConfig``, ``hookimpl`` (for plugins), and the
-records plugins exchange with the core (``Environment``, ``Acceptance``, ``PortAccess``, ``MsrAccess``, ``Trap``,
-``GuestException``).
+records plugins exchange with the core (``Environment``, ``Acceptance``, ``InherentDifference``, ``PortAccess``,
+``MsrAccess``, ``Trap``, ``GuestException``).
 """
 
 from .core.config import MachineConfig
 from .core.errors import HvsimError
-from .core.plugin_types import Acceptance, Environment, GuestException, MsrAccess, PortAccess, Trap
+from .core.plugin_types import (
+    Acceptance, Environment, GuestException, InherentDifference, MsrAccess, PortAccess, Trap,
+)
 from .core.plugins import get_plugin_manager, hookimpl
 
 __version__ = "0.1.0"
@@ -24,6 +26,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Acceptance", "Environment", "GuestException", "HvsimError", "MachineConfig", "MsrAccess", "PortAccess", "Run", "Trap",
+    "Acceptance", "Environment", "GuestException", "HvsimError", "InherentDifference", "MachineConfig", "MsrAccess",
+    "PortAccess", "Run", "Trap",
     "get_plugin_manager", "hookimpl", "inspect", "run",
 ]

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import struct
 import traceback
 from pathlib import Path
 from typing import Any, Iterable
@@ -20,6 +21,8 @@ from .core.plugins import environments, get_plugin_manager, run_manager
 from .core.result import RunResult, StopReason
 from .core.runloop import RunLoop, capture_state, run_stats
 from .image import KernelImage, load_image
+
+HYPERVISOR_LEAF = 0x4000_0000
 
 
 def default_kernel() -> Path:
@@ -86,6 +89,8 @@ class Run:
             events=tuple(m.events),
             stats=run_stats(self.loop, wall),
         )
+        result.extra["entry_mode"] = m.entry_state.mode if m.entry_state is not None else None
+        result.extra["hypervisor_cpuid"] = _hypervisor_leaf(m)
         if m.unclaimed_ports:
             result.extra["unclaimed_ports"] = {f"{p:#x}": n for p, n in sorted(m.unclaimed_ports.items())}
         if m.host_traceback:
@@ -99,6 +104,16 @@ class Run:
             if extra is not None:
                 result.extra[impl.plugin_name] = extra
         return result
+
+
+def _hypervisor_leaf(m: Machine) -> dict | None:
+    """CPUID leaf 0x40000000 as the environment answers it: the hypervisor signature the guest
+    would read (EBX, ECX, EDX) and the highest hypervisor leaf (EAX)."""
+    try:
+        eax, ebx, ecx, edx = m.guest_cpuid(HYPERVISOR_LEAF)
+    except Exception:  # noqa: BLE001 - a plugin failing here must not lose the run's result
+        return None
+    return {"max_leaf": eax, "signature": struct.pack("<3I", ebx, ecx, edx).hex()}
 
 
 def run(env: str, kernel: "str | Path | bytes | KernelImage | None" = None, config: MachineConfig | None = None,

@@ -4,10 +4,12 @@
     hvsim inspect KERNEL [--json]       boot entries found, and which environments accept the image
     hvsim run --env ENV [KERNEL] ...    run (the embedded probe kernel when KERNEL is omitted)
     hvsim extract KERNEL -o VMLINUX     write the ELF vmlinux inside a bzImage's payload
+    hvsim matrix [KERNEL] [--envs A,B]  run under every environment and compare what the kernel saw
 
 Guest console output streams to stdout; hvsim's own messages go to stderr.  The exit status of
-``run`` says how the guest stopped (table in hvsim.core.result: clean poweroff is 0); errors are one
-line on stderr and a status from 2 to 5, never a traceback.
+``run`` says how the guest stopped (table in hvsim.core.result: clean poweroff is 0); that of
+``matrix`` is 0 when every difference is declared inherent by the plugins and 1 otherwise.  Errors
+are one line on stderr and a status from 2 to 5, never a traceback.
 """
 
 from __future__ import annotations
@@ -73,6 +75,25 @@ def _parser(pm) -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a kernel under an environment")
     run.add_argument("kernel", nargs="?", help="kernel image (default: the embedded probe kernel)")
     run.add_argument("--env", required=True, help="environment (see `hvsim envs`)")
+    _config_options(run)
+    run.add_argument("--json", metavar="FILE", help="write the run result as JSON to FILE")
+    run.add_argument("--trace", action="store_true", help="print every event (faults, calls, shutdown) to stderr")
+    pm.hook.hvsim_add_options(parser=run)
+
+    matrix = sub.add_parser("matrix", help="run a kernel under every environment that accepts it and compare "
+                                           "what it observed")
+    matrix.add_argument("kernel", nargs="?", help="kernel image (default: the embedded probe kernel)")
+    matrix.add_argument("--envs", help="comma-separated environments (default: every installed one that "
+                                       "accepts the kernel)")
+    matrix.add_argument("--jobs", type=int, help="runs at once (default: the CPU count)")
+    _config_options(matrix)
+    matrix.add_argument("--json", metavar="FILE", help="write the matrix as JSON to FILE")
+    pm.hook.hvsim_add_options(parser=matrix)
+    return parser
+
+
+def _config_options(run: argparse.ArgumentParser) -> None:
+    """The MachineConfig options, shared by every command that runs a kernel."""
     run.add_argument("--cmdline", default="", help="kernel command line")
     run.add_argument("--memory", default="512M", help="RAM size, e.g. 512M, 6G (default 512M)")
     run.add_argument("--initrd", help="initial ramdisk file")
@@ -80,10 +101,6 @@ def _parser(pm) -> argparse.ArgumentParser:
     run.add_argument("--no-acpi", action="store_true", help="no ACPI tables")
     run.add_argument("--timeout", type=float, default=60.0, help="wall-clock budget in seconds (default 60; 0 = none)")
     run.add_argument("--max-instructions", type=int, help="exact instruction budget (slows emulation ~15x)")
-    run.add_argument("--json", metavar="FILE", help="write the run result as JSON to FILE")
-    run.add_argument("--trace", action="store_true", help="print every event (faults, calls, shutdown) to stderr")
-    pm.hook.hvsim_add_options(parser=run)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +129,8 @@ def _main(argv: list[str] | None) -> int:
         return _inspect(pm, args)
     if args.command == "extract":
         return _extract(args)
+    if args.command == "matrix":
+        return _matrix(pm, args)
     return _run(pm, args)
 
 
@@ -169,21 +188,55 @@ def _extract(args) -> int:
     return 0
 
 
-def _run(pm, args) -> int:
-    from .api import Run
-
-    config = MachineConfig(
+def _config(args) -> MachineConfig:
+    return MachineConfig(
         memory=args.memory, cmdline=args.cmdline, initrd=args.initrd, smp=args.smp, acpi=not args.no_acpi,
         timeout=args.timeout or None, max_instructions=args.max_instructions,
     )
+
+
+def _write_json(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise UsageError(f"--json {path}: {exc.strerror or exc}") from None
+
+
+def _env_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise UsageError("--envs: name at least one environment")
+    return names
+
+
+def _matrix(pm, args) -> int:
+    from .matrix import run_matrix
+    from .matrix_table import render
+
+    matrix = run_matrix(args.kernel, _config(args), _env_list(args.envs), options=vars(args), pm=pm,
+                        jobs=args.jobs)
+    if not matrix.columns:
+        raise UsageError(f"{matrix.kernel}: no environment accepts it: "
+                         + "; ".join(f"{env}: {why}" for env, why in matrix.refused.items()))
+    sys.stdout.write(render(matrix))
+    if args.json:
+        _write_json(args.json, json.dumps(matrix.to_dict(), indent=2))
+    print(f"hvsim: matrix of {len(matrix.columns)} environments: {len(matrix.undeclared)} undeclared "
+          f"difference(s) [exit {matrix.exit_status}]", file=sys.stderr)
+    return matrix.exit_status
+
+
+def _run(pm, args) -> int:
+    from .api import Run
+
+    config = _config(args)
     prepared = Run(args.env, args.kernel, config, options=vars(args), pm=pm,
                    observers=[_ConsoleStreamer(args.trace)])
     result = _execute_interruptibly(prepared)
     if args.json:
-        try:
-            Path(args.json).write_text(result.to_json(indent=2))
-        except OSError as exc:
-            raise UsageError(f"--json {args.json}: {exc.strerror or exc}") from None
+        _write_json(args.json, result.to_json(indent=2))
     state = result.state
     where = f" at {state.registers.get('rip', 0):#x}: {state.instruction}" if state and result.exit_status else ""
     print(f"hvsim: {args.env}: {result.stop.describe()}{where} "

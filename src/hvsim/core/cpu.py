@@ -200,6 +200,12 @@ class EntryState:
     def bits(self) -> int:
         return 64 if self.efer & EFER_LMA else 32 if self.cr0 & CR0_PE else 16
 
+    @property
+    def mode(self) -> str:
+        """The CPU mode in words, as the canonical record shows it (``"long64, paging on"``)."""
+        name = {64: "long64", 32: "protected32", 16: "real16"}[self.bits]
+        return f"{name}, paging {'on' if self.cr0 & CR0_PG else 'off'}"
+
 
 def long_mode_entry(rip: int, *, cr3: int, gdt: tuple[int, int], cs: int, ds: int,
                     idt: tuple[int, int] = (0, 0), rsp: int = 0) -> EntryState:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .config import MachineConfig
     from .events import Event
     from .machine import Machine
-    from .plugin_types import Acceptance, Environment, GuestException, MsrAccess, PortAccess, Trap
+    from .plugin_types import Acceptance, Environment, GuestException, InherentDifference, MsrAccess, PortAccess, Trap
     from .result import RunResult
 
 hookspec = pluggy.HookspecMarker("hvsim")
@@ -61,6 +61,26 @@ def hvsim_accepts(env: str, image: "KernelImage") -> "Acceptance | None":
     ``Acceptance.no(reason)``; the reason is shown to the user by ``hvsim inspect`` and ``hvsim run``.
     Must not raise for a well-formed ``KernelImage``, and must be cheap: ``inspect`` asks every
     environment.
+    """
+
+
+@hookspec(firstresult=True)
+def hvsim_inherent_differences(env: str) -> "list[InherentDifference] | None":
+    """Declare where what a guest observes under ``env`` differs from a bare-metal PC, by its ABI.
+
+    Called by ``hvsim matrix`` (and ``hvsim.matrix.run_matrix``) on the plugin that announced ``env``
+    only, once per matrix, before any run.  Return a list of ``InherentDifference(field, reason)``:
+    ``field`` names a field of the canonical record (``hvsim.semantics.COMPARED_FIELDS``: ``entry``,
+    ``entry_mode``, ``cmdline``, ``memmap``, ``modules``, ``module_addresses``, ``rsdp``,
+    ``acpi_tables``, ``cpus``, ``hypervisor``, ``console``, ``console_channels``, ``stop``,
+    ``stop_detail``, ``calls``) and ``reason`` says in one line why the ABI makes it differ (Xen PV:
+    ``rsdp`` "a PV domU has no ACPI"; EFI: ``memmap`` "boot-services and firmware-reserved ranges").
+    Return ``[]`` when the environment is the baseline or differs in nothing; ``None`` is taken as
+    ``[]``.  The matrix compares every environment with a reference (``bare_metal`` when present):
+    a differing field is *inherent* when the environment or the reference declared it, otherwise it
+    is an undeclared difference and ``hvsim matrix`` exits 1.  Declare only what every kernel must
+    see differ; a field the kernel's own code makes differ (what it prints) is for the matrix to show.
+    An unknown field name is a ``PluginError``.
     """
 
 

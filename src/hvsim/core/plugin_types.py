@@ -61,3 +61,12 @@ class GuestException:
     rip: int                   # where the guest resumes after delivery (the faulting instruction for faults)
     error_code: int | None = None
     cr2: int | None = None     # the faulting linear address, for #PF
+
+
+@attrs.frozen
+class InherentDifference:
+    """A field of the canonical record (``hvsim.semantics``) in which an environment differs from a
+    bare-metal PC because of its ABI, with a one-line reason (``hvsim_inherent_differences``)."""
+
+    field: str
+    reason: str

@@ -57,6 +57,12 @@ def hvsim_environments():
 
 
 @hookimpl
+def hvsim_inherent_differences(env):
+    """None: bare metal is the baseline the other environments declare their differences against."""
+    return [] if env == ENV else None
+
+
+@hookimpl
 def hvsim_accepts(env, image):
     if env != ENV:
         return None

@@ -1,0 +1,151 @@
+"""The conformance matrix on the probe: every installed environment side by side, differences marked,
+and the exit status says whether every difference was declared inherent by its plugin."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+
+import pytest
+
+import hvsim_xen_pvh
+from hvsim import Acceptance, Environment, InherentDifference, MachineConfig, get_plugin_manager, hookimpl
+from hvsim.api import inspect as inspect_image
+from hvsim.cli import main
+from hvsim.core.layout import MemoryRange, MemoryType, PhysicalLayout
+from hvsim.core.plugins import environments
+from hvsim.matrix import run_matrix
+from hvsim.semantics import COMPARED_FIELDS
+
+MiB = 1 << 20
+
+
+def matrix_json(tmp_path, capsys, *args) -> tuple[int, dict, str]:
+    out = tmp_path / "matrix.json"
+    status = main(["matrix", *args, "--json", str(out)])
+    text = capsys.readouterr().out
+    return status, json.loads(out.read_text()), text
+
+
+def test_probe_matrix_shows_every_installed_environment_and_no_undeclared_difference(tmp_path, capsys):
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(random.Random(5).randbytes(2 * MiB + 3))
+    status, data, table = matrix_json(tmp_path, capsys, "--memory", "6G", "--smp", "3", "--initrd", str(initrd),
+                                      "--cmdline", "console=ttyS0 matrix ✓")
+
+    assert status == 0, table
+    verdicts = inspect_image(None)["environments"]
+    installed = {env for env in environments(get_plugin_manager()) if verdicts[env]["accepted"]}
+    assert set(data["environments"]) == installed >= {"bare_metal", "xen_pvh"}
+    assert data["reference"] == "bare_metal" and data["undeclared"] == 0
+    config = MachineConfig(memory="6G", smp=3, initrd=initrd, cmdline="console=ttyS0 matrix ✓")
+    expected_map = [list(r.to_tuple()) for r in PhysicalLayout.for_config(config).memory_map]
+    for env, column in data["environments"].items():
+        record = column["semantics"]
+        assert column["ok"] and record["kernel"] == "probe", column
+        assert record["cmdline"] == "console=ttyS0 matrix ✓" and record["memmap"] == expected_map
+        assert record["modules"] == [{"size": 2 * MiB + 3, "crc32": __import__("zlib").crc32(initrd.read_bytes())}]
+        assert record["cpus"] == 3 and record["stop"] == "poweroff"
+        assert record["sources"]["memmap"] == "probe report" and record["sources"]["calls"] == "events"
+    pvh = data["environments"]["xen_pvh"]["semantics"]
+    assert pvh["hypervisor"] == "XenVMMXenVMM" and pvh["entry_mode"] == "protected32, paging off"
+    assert pvh["calls"]["xen-hypercall:sched_op.shutdown"] == 1
+    # every difference is shown, marked inherent, with the plugin's reason, in the table and the JSON
+    pvh_diffs = {d["field"]: d for d in data["differences"] if d["environment"] == "xen_pvh"}
+    assert {"entry", "entry_mode", "hypervisor", "calls", "module_addresses"} <= set(pvh_diffs)
+    assert all(d["inherent"] and d["reason"] for d in pvh_diffs.values())
+    assert "~ xen_pvh.entry_mode: PVH enters in 32-bit protected mode" in table
+    assert "UNDECLARED" not in table
+    header = next(line for line in table.splitlines() if line.startswith("field"))
+    assert header.split() == ["field", *sorted(installed)]
+
+
+def test_a_plugin_that_gets_the_memory_map_wrong_is_caught(tmp_path, capsys, monkeypatch):
+    def wrong_map(machine):
+        ranges = list(machine.layout.memory_map)
+        last = ranges[-1]
+        return ranges[:-1] + [MemoryRange(last.start, last.size - 0x10000, MemoryType.RAM)]
+
+    monkeypatch.setattr(hvsim_xen_pvh, "guest_memory_map", wrong_map)
+    status, data, table = matrix_json(tmp_path, capsys, "--envs", "bare_metal,xen_pvh")
+
+    assert status == 1
+    assert [(d["environment"], d["field"]) for d in data["differences"] if not d["inherent"]] == [("xen_pvh", "memmap")]
+    assert "! memmap" in table and "* xen_pvh.memmap:" in table
+    assert data["environments"]["xen_pvh"]["semantics"]["memmap"][-1][1] == 512 * MiB - 0x100000 - 0x10000
+
+
+def test_a_failed_or_dead_run_is_a_failed_column_not_a_traceback():
+    import hvsim_bare_metal
+
+    class Raises:
+        @hookimpl
+        def hvsim_environments(self):
+            return [Environment("raises", "setup raises")]
+
+        @hookimpl
+        def hvsim_accepts(self, env, image):
+            return Acceptance.yes("anything") if env == "raises" else None
+
+        @hookimpl
+        def hvsim_setup(self, machine, image, config, options):
+            raise RuntimeError("the plugin broke")
+
+    class Dies:
+        @hookimpl
+        def hvsim_environments(self):
+            return [Environment("dies", "its process dies")]
+
+        @hookimpl
+        def hvsim_accepts(self, env, image):
+            return Acceptance.yes("anything") if env == "dies" else None
+
+        @hookimpl
+        def hvsim_setup(self, machine, image, config, options):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[hvsim_bare_metal, Raises(), Dies()])
+    matrix = run_matrix(pm=pm)
+
+    assert matrix.columns["bare_metal"]["ok"]
+    assert matrix.columns["raises"]["error"] == "RuntimeError: the plugin broke"
+    assert matrix.columns["dies"]["error"] == "the run's process died (exit code -9)"
+    assert {(d.environment, d.field) for d in matrix.undeclared} == {("raises", "run"), ("dies", "run")}
+    assert matrix.exit_status == 1
+
+
+def test_a_declaration_of_an_unknown_field_is_a_plugin_error(capsys):
+    import hvsim_bare_metal
+
+    class Sloppy:
+        @hookimpl
+        def hvsim_environments(self):
+            return [Environment("sloppy", "declares a field that does not exist")]
+
+        @hookimpl
+        def hvsim_accepts(self, env, image):
+            return Acceptance.yes("anything") if env == "sloppy" else None
+
+        @hookimpl
+        def hvsim_inherent_differences(self, env):
+            return [InherentDifference("e820", "a typo")] if env == "sloppy" else None
+
+    from hvsim.core.errors import PluginError
+
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[hvsim_bare_metal, Sloppy()])
+    with pytest.raises(PluginError, match="'e820', which is not a field of the record"):
+        run_matrix(pm=pm)
+
+
+def test_every_compared_field_is_documented_in_the_hook_contract():
+    from hvsim.core import hookspecs
+
+    doc = hookspecs.hvsim_inherent_differences.__doc__
+    assert all(f"``{name}``" in doc for name in COMPARED_FIELDS)
+
+
+def test_matrix_usage_errors_are_one_line(capsys):
+    assert main(["matrix", "--envs", "bare_metal,nowhere"]) == 2
+    assert "unknown environment 'nowhere'" in capsys.readouterr().err
