@@ -39,7 +39,7 @@ from __future__ import annotations
 import struct
 import time
 
-from hvsim import Acceptance, Environment, hookimpl
+from hvsim import Acceptance, Environment, InherentDifference, hookimpl
 from hvsim.abi import xen as x
 from hvsim.abi import xen_pv as pv
 from hvsim.core.cpu import EntryState, Segment
@@ -68,6 +68,26 @@ SHARED_INFO_WC_VERSION, SHARED_INFO_ARCH_MAX_PFN = 3072, 3088
 def hvsim_environments():
     return [Environment(ENV, "Xen PV 64-bit guest (domU, or dom0 with --dom0): XEN_ELFNOTE_ENTRY, "
                              "start_info in RSI, PV hypercalls")]
+
+
+@hookimpl
+def hvsim_inherent_differences(env):
+    if env != ENV:
+        return None
+    return [
+        InherentDifference("entry", "a PV kernel is entered at XEN_ELFNOTE_ENTRY, not the boot protocol's entry"),
+        InherentDifference("memmap", "a PV domU's map is pseudo-physical: one RAM range of the configured "
+                                     "size, as libxl gives it (dom0 alone reads the machine map)"),
+        InherentDifference("module_addresses", "Xen's domain builder maps the initrd right after the kernel, "
+                                               "at a virtual address"),
+        InherentDifference("rsdp", "a PV domU has no ACPI (and dom0 finds it only by mapping machine memory)"),
+        InherentDifference("acpi_tables", "a PV domU has no ACPI tables"),
+        InherentDifference("hypervisor", "Xen announces itself at CPUID 0x40000000 (XenVMMXenVMM)"),
+        InherentDifference("console", "a PV domU's console is the Xen console ring"),
+        InherentDifference("console_channels", "dom0 writes with console_io, a domU to the console ring"),
+        InherentDifference("stop_detail", "a Xen guest shuts down through SCHEDOP_shutdown"),
+        InherentDifference("calls", "a PV guest makes hypercalls for its page tables, traps and console"),
+    ]
 
 
 @hookimpl
