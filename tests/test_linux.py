@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from hvsim import MachineConfig
+from hvsim import MachineConfig, hookimpl
+from hvsim.core.result import StopReason
 from hvsim.api import Run
 from hvsim.core.layout import PhysicalLayout
 from hvsim.image import load_image
@@ -182,3 +183,31 @@ def test_vmlinux_reaches_banner_as_xen_pv_dom0(vmlinuz, memory):
     assert {"mmuext_op.pin_l4_table", "mmuext_op.new_baseptr", "update_va_mapping", "set_trap_table"} <= {
         c.split(",")[0] for c in calls}
     assert result.extra["xen_pv"]["dom0"] is True
+
+
+class StopAt:
+    """Observer: stop the run once the console printed ``text``."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    @hookimpl
+    def hvsim_event(self, machine, event):
+        if event.kind == "ConsoleOutput" and self.text in event.text:
+            machine.stop(StopReason("poweroff", detail=f"test observer: {self.text!r} printed"))
+
+
+def test_an_initrd_reaches_a_pv_linux_unmapped_by_its_pfn(vmlinuz, tmp_path):
+    # Linux has the MOD_START_PFN note, so the builder leaves the initrd out of the bootstrap
+    # mappings and start_info names its pfn (SIF_MOD_START_PFN), as libxc does.
+    initrd = tmp_path / "initrd.img"
+    initrd.write_bytes(bytes(range(256)) * 12289)
+    config = MachineConfig(memory="512M", cmdline=PV_CMDLINE, initrd=initrd, timeout=120)
+    prepared = Run("xen_pv", vmlinuz.payload_elf().data, config, observers=[StopAt("RAMDISK:")])
+    result = prepared.execute()
+    layout = prepared.machine.plugin_state["xen_pv"].layout
+    pfn, size = layout.initrd
+    assert size == initrd.stat().st_size and pfn * PAGE == layout.v_end - layout.virt_base
+    console = result.console("hvc0").replace("\r\n", "\n")
+    end = (pfn * PAGE + size + PAGE - 1) // PAGE * PAGE - 1
+    assert f"RAMDISK: [mem {pfn * PAGE:#010x}-{end:#010x}]" in console

@@ -140,8 +140,8 @@ def pv_elf(image):
 class PvDomain:
     """One PV domain's run-time state: its memory, the hypervisor, its MMU and its vCPU."""
 
-    def __init__(self, xen: XenHypervisor, dom: DomainMemory, mmu: PvMmu, cpu: PvCpu, dom0: bool):
-        self.xen, self.dom, self.mmu, self.cpu, self.dom0 = xen, dom, mmu, cpu, dom0
+    def __init__(self, xen: XenHypervisor, dom: DomainMemory, mmu: PvMmu, cpu: PvCpu, dom0: bool, layout):
+        self.xen, self.dom, self.mmu, self.cpu, self.dom0, self.layout = xen, dom, mmu, cpu, dom0, layout
 
 
 @hookimpl
@@ -180,7 +180,7 @@ def hvsim_setup(machine, image, config, options):
     mmu.pinned[layout.l4 // PAGE] = 4                      # libxc pins the bootstrap L4 before boot
     mmu.adopt(layout.l4 // PAGE, 4)
     cpu = PvCpu(machine, dom, area, xen)
-    domain = PvDomain(xen, dom, mmu, cpu, dom0)
+    domain = PvDomain(xen, dom, mmu, cpu, dom0, layout)
     machine.plugin_state[ENV] = domain
     _register(domain)
     if layout.hypercall_page is not None:

@@ -2,7 +2,9 @@
 (xen-abi.md §3.2; tools/libs/guest/xg_dom_core.c xc_dom_build_image, xg_dom_x86.c).
 
 In pseudo-physical order from VIRT_BASE, each part page-aligned and mapped 1:1 (pfn = (va -
-VIRT_BASE) >> 12): the kernel's PT_LOADs at VIRT_BASE + p_paddr - PADDR_OFFSET; the initrd; the
+VIRT_BASE) >> 12): the kernel's PT_LOADs at VIRT_BASE + p_paddr - PADDR_OFFSET; the initrd (unless
+the kernel has the MOD_START_PFN note: then it follows the region, unmapped, and start_info names its
+pfn with SIF_MOD_START_PFN, as libxc does); the
 p2m list (pfn -> mfn, one u64 per page of the domain); start_info; for a domU the xenstore and
 console ring pages; the bootstrap page tables (L4, L3s, L2s, L1s mapping [VIRT_BASE, v_end) with
 4 KiB pages, flags 0x23 for data and 0x67 for tables, the table pages themselves read-only);
@@ -60,7 +62,7 @@ class BootLayout:
     table_frames: tuple[tuple[int, int], ...]   # (machine address, level) of every bootstrap table
     p2m: int                 # virtual
     v_end: int
-    initrd: tuple[int, int] | None   # (virtual address, length)
+    initrd: tuple[int, int] | None   # (virtual address, or pfn with SIF_MOD_START_PFN; length)
     store_mfn: int | None
     console_mfn: int | None
     hypercall_page: int | None       # virtual
@@ -143,7 +145,8 @@ def build_domain(machine: "Machine", dom: DomainMemory, area: XenArea, elf, note
 
     cursor = _page_up(kend)
     initrd_at = None
-    if initrd is not None:
+    unmapped_initrd = initrd is not None and bool(notes.mod_start_pfn)
+    if initrd is not None and not unmapped_initrd:
         _need(dom, pseudo(cursor), len(initrd), f"the initrd ({len(initrd)} bytes)")
         dom.write_pseudo(pseudo(cursor), initrd)
         initrd_at = (cursor, len(initrd))
@@ -168,6 +171,10 @@ def build_domain(machine: "Machine", dom: DomainMemory, area: XenArea, elf, note
             break
         tables = sum(counts)
     _need(dom, 0, pseudo(v_end), "the bootstrap region")
+    if unmapped_initrd:        # MOD_START_PFN: after the bootstrap region, unmapped, named by its pfn
+        _need(dom, pseudo(v_end), len(initrd), f"the initrd ({len(initrd)} bytes)")
+        dom.write_pseudo(pseudo(v_end), initrd)
+        initrd_at = (pseudo(v_end) // PAGE, len(initrd))
     dom.write_pseudo(pseudo(p2m), p2m_data)
     stack_top = pt_start + tables * PAGE + PAGE
 
@@ -202,7 +209,7 @@ def build_domain(machine: "Machine", dom: DomainMemory, area: XenArea, elf, note
         mem.write_u64(l4 + slot * 8, entry_value)
 
     # start_info
-    flags = pv.SIF_PRIVILEGED | pv.SIF_INITDOMAIN if dom0 else 0
+    flags = (pv.SIF_PRIVILEGED | pv.SIF_INITDOMAIN if dom0 else 0) | (pv.SIF_MOD_START_PFN if unmapped_initrd else 0)
     store_mfn = dom.mfn(pseudo(store) // PAGE) if store is not None else None
     console_mfn = dom.mfn(pseudo(console) // PAGE) if console is not None else None
     fields = (
