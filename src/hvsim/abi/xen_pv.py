@@ -69,7 +69,7 @@ VMASST_TYPES = {0: "4gb_segments", 1: "4gb_segments_notify", 2: "writable_pageta
 
 # --- arch-x86/xen.h: trap table, and the forced-emulation prefix ------------------------------------
 TRAP_INFO_FORMAT = "<BBH4xQ"                        # {u8 vector; u8 flags; u16 cs; unsigned long address}
-TI_FLAG_CLEAR_IF = 1 << 2                           # flags bits 0-1: DPL; bit 2: clear the upcall mask... set it
+TI_FLAG_CLEAR_IF = 1 << 2                           # flags bits 0-1: DPL; bit 2: mask events (like IF=0) on entry
 XEN_EMULATE_PREFIX = b"\x0f\x0bxen"                 # ud2; .ascii "xen" -- then the emulated instruction
 CPUID_INSN = b"\x0f\xa2"
 
