@@ -11,6 +11,11 @@
    loop in bare Unicorn whose ``vmcall`` reaches an empty Python ``UC_HOOK_INSN_INVALID`` hook.
 3. Seconds from ``execute()`` to the "Linux version" banner of a Debian kernel under ``bare_metal``,
    booted as the ELF vmlinux hvsim extracts and as the bzImage (in-guest decompressor).
+4. The wall time of the whole probe matrix (``hvsim matrix``: every installed environment, one
+   process each, at most one per CPU at once), as a user waits for it.
+5. The cost of boot-path coverage (the native block-address hash set): the same run with and
+   without it, as a ratio, on the probe's compute loop (one block per 4 instructions: the worst
+   case) and on the Linux vmlinux's boot under ``bare_metal`` up to the local-APIC stop.
 
 Shared machines are noisy: nothing here asserts a timing. Each figure is the median of ``--reps``
 repetitions, printed with every run; "cpu time" figures use process CPU time instead of wall time
@@ -332,6 +337,60 @@ def bench_linux(path: Path, reps: int, with_bzimage: bool) -> dict | None:
     return out
 
 
+# -- 4. the probe matrix ---------------------------------------------------------------------------
+def bench_matrix(reps: int) -> dict:
+    from hvsim.matrix import run_matrix
+
+    walls, matrix = [], None
+    for _ in range(reps):
+        t = time.monotonic()
+        matrix = run_matrix()
+        walls.append(time.monotonic() - t)
+        if matrix.exit_status != 0 or not all(c["ok"] for c in matrix.columns.values()):
+            sys.exit(f"probe matrix: {len(matrix.undeclared)} undeclared differences")
+    med, lo, hi = median_spread(walls)
+    envs = list(matrix.columns)
+    runs = {env: matrix.columns[env]["wall_seconds"] for env in envs}
+    print(f"probe matrix ({len(envs)} environments: {', '.join(envs)}; {os.cpu_count()} cpus)")
+    print(f"  {'wall time of run_matrix()':<40}{med:7.2f} s  (runs: {fmt_runs(walls, digits=2)}; goal < 10 s; "
+          f"emulation per column: {', '.join(f'{e} {w:.2f}' for e, w in runs.items())})")
+    return {"environments": envs, "wall_s": med, "min": lo, "max": hi, "runs": walls, "columns_s": runs}
+
+
+# -- 5. coverage overhead ---------------------------------------------------------------------------
+def timed_run(kernel, config: MachineConfig, coverage: bool, observers=()) -> tuple[float, int]:
+    """(emulation wall seconds, distinct blocks recorded or 0) of one bare_metal run."""
+    from hvsim.core.native import NativeCoverage
+
+    prepared = Run("bare_metal", kernel, config, observers=observers)
+    recorder = NativeCoverage(prepared.machine.uc) if coverage else None
+    result = prepared.execute()
+    return result.stats.wall_seconds, len(recorder.addresses()) if recorder else 0
+
+
+def bench_coverage(n: int, linux: Path, reps: int) -> dict:
+    from hvsim.image import load_image
+
+    cases = [("probe loop, probe.spin=N", probe_path("elf"), MachineConfig(cmdline=f"probe.spin={n}", timeout=None))]
+    if linux.is_file():
+        cases.append(("Linux vmlinux to the LAPIC stop", load_image(linux).payload_elf().data,
+                      MachineConfig(memory="512M", cmdline=LINUX_CMDLINE, timeout=120)))
+    print(f"coverage overhead (bare_metal, same run with / without the native block set; {reps} runs)")
+    out = {}
+    for label, kernel, config in cases:
+        plain, covered, ratios, blocks = [], [], [], 0
+        for _ in range(reps):
+            plain.append(timed_run(kernel, config, False)[0])
+            wall, blocks = timed_run(kernel, config, True)
+            covered.append(wall)
+            ratios.append(covered[-1] / plain[-1])
+        ratio = statistics.median(ratios)
+        print(f"  {label:<40}{ratio:7.2f}x  (without {statistics.median(plain):.2f} s, with "
+              f"{statistics.median(covered):.2f} s; ratios: {fmt_runs(ratios, digits=2)}; {blocks} distinct blocks)")
+        out[label] = {"ratio": ratio, "ratios": ratios, "without_s": plain, "with_s": covered, "blocks": blocks}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
@@ -356,6 +415,8 @@ def main() -> None:
     report["compute"] = bench_compute(n, 10 ** max(3, len(str(n // 20)) - 1), reps)
     report["hypercall"] = bench_hypercall(args.hypercalls or (5_000 if args.quick else 20_000), reps)
     report["linux"] = bench_linux(args.linux.expanduser(), reps, not args.quick)
+    report["matrix"] = bench_matrix(reps)
+    report["coverage"] = bench_coverage(n // 4, args.linux.expanduser(), reps)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -5,6 +5,7 @@
     hvsim run --env ENV [KERNEL] ...    run (the embedded probe kernel when KERNEL is omitted)
     hvsim extract KERNEL -o VMLINUX     write the ELF vmlinux inside a bzImage's payload
     hvsim matrix [KERNEL] [--envs A,B]  run under every environment and compare what the kernel saw
+    hvsim coverage KERNEL [--envs A,B]  which functions run under one environment only, every one, none
 
 Guest console output streams to stdout; hvsim's own messages go to stderr.  The exit status of
 ``run`` says how the guest stopped (table in hvsim.core.result: clean poweroff is 0); that of
@@ -89,6 +90,18 @@ def _parser(pm) -> argparse.ArgumentParser:
     _config_options(matrix)
     matrix.add_argument("--json", metavar="FILE", help="write the matrix as JSON to FILE")
     pm.hook.hvsim_add_options(parser=matrix)
+
+    coverage = sub.add_parser("coverage", help="record the code each environment runs and report, by symbol, "
+                                               "what runs under one environment only, every one, and none")
+    coverage.add_argument("kernel", nargs="?", help="kernel image (default: the embedded probe kernel)")
+    coverage.add_argument("--envs", help="comma-separated environments (default: every installed one that "
+                                         "accepts the kernel)")
+    coverage.add_argument("--system-map", help="System.map naming the kernel's functions (default: the "
+                                               "ELF's .symtab, if it has one)")
+    coverage.add_argument("--jobs", type=int, help="runs at once (default: the CPU count)")
+    _config_options(coverage)
+    coverage.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE")
+    pm.hook.hvsim_add_options(parser=coverage)
     return parser
 
 
@@ -131,6 +144,8 @@ def _main(argv: list[str] | None) -> int:
         return _extract(args)
     if args.command == "matrix":
         return _matrix(pm, args)
+    if args.command == "coverage":
+        return _coverage(pm, args)
     return _run(pm, args)
 
 
@@ -226,6 +241,21 @@ def _matrix(pm, args) -> int:
     print(f"hvsim: matrix of {len(matrix.columns)} environments: {len(matrix.undeclared)} undeclared "
           f"difference(s) [exit {matrix.exit_status}]", file=sys.stderr)
     return matrix.exit_status
+
+
+def _coverage(pm, args) -> int:
+    from .coverage import render, run_coverage
+
+    report = run_coverage(args.kernel, _config(args), _env_list(args.envs), system_map=args.system_map,
+                          options=vars(args), pm=pm, jobs=args.jobs)
+    if not report.columns:
+        raise UsageError(f"{report.kernel}: no environment accepts it: "
+                         + "; ".join(f"{env}: {why}" for env, why in report.refused.items()))
+    sys.stdout.write(render(report))
+    if args.json:
+        _write_json(args.json, json.dumps(report.to_dict(), indent=2))
+    failed = [env for env, column in report.columns.items() if not column["ok"]]
+    return 1 if failed else 0
 
 
 def _run(pm, args) -> int:

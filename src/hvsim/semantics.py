@@ -16,7 +16,8 @@ Memory maps are lists of ``[start, size, E820 type]``; modules are ``{"size", "c
 is ``None`` when the kernel does not report it) with their addresses apart in ``module_addresses``,
 since where a loader puts a module is its own choice.  The console field is the text the guest
 wrote, without the probe report (its content is in the other fields) and without printk
-timestamps.
+timestamps.  Coverage, when asked for, is recorded per run by ``hvsim.coverage`` (the executed
+block addresses and the functions they name) beside this record.
 """
 
 from __future__ import annotations
@@ -77,7 +78,6 @@ class Semantics:
     stop_detail: str
     calls: dict
     sources: dict = attrs.field(factory=dict)
-    coverage: dict | None = None   # added by ``hvsim.coverage`` when asked; never compared here
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self, recurse=False)

@@ -62,3 +62,52 @@ class NativeHooks:
     def rearm(self) -> None:
         self.control.stop_request = 0
         self.control.stopped_by = 0
+
+
+class CoverageSet(ctypes.Structure):
+    """Mirror of ``struct hvsim_coverage`` in _native.c: the block addresses a coverage hook saw."""
+
+    _fields_ = [
+        ("slots", ctypes.POINTER(ctypes.c_uint64)),
+        ("capacity", ctypes.c_uint64),
+        ("count", ctypes.c_uint64),
+        ("has_zero", ctypes.c_int32),
+        ("failed", ctypes.c_int32),
+    ]
+
+
+if ctypes.sizeof(CoverageSet) != _native.coverage_size:  # pragma: no cover - build mismatch
+    raise ImportError("hvsim native helper: coverage set layout differs from _native.c; rebuild")
+
+_COVERAGE_FREE = ctypes.CFUNCTYPE(None, ctypes.POINTER(CoverageSet))(_native.coverage_free)
+
+
+class NativeCoverage:
+    """A native ``UC_HOOK_BLOCK`` recording every executed block's start address (one hash-set
+    probe per block, no Python); ``addresses()`` reads the set once, after the run."""
+
+    def __init__(self, uc):
+        self.blocks = CoverageSet()
+        handle = ctypes.c_size_t()
+        status = uclib.uc_hook_add(
+            uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK, ctypes.c_void_p(_native.coverage_hook),
+            ctypes.cast(ctypes.byref(self.blocks), ctypes.c_void_p), ctypes.c_uint64(1), ctypes.c_uint64(0),
+        )
+        if status != UC_ERR_OK:
+            raise UcError(status)
+        self._uc = uc   # the hook lives as long as the engine; keep the set alive with it
+
+    @property
+    def complete(self) -> bool:
+        return not self.blocks.failed
+
+    def addresses(self) -> list[int]:
+        b = self.blocks
+        found = []
+        if b.capacity:
+            table = (ctypes.c_uint64 * b.capacity).from_address(ctypes.addressof(b.slots.contents))
+            found = [address for address in memoryview(table).cast("B").cast("Q") if address]
+        return sorted(found + ([0] if b.has_zero else []))
+
+    def __del__(self):
+        _COVERAGE_FREE(ctypes.byref(self.blocks))
