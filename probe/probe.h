@@ -119,8 +119,8 @@ void probe_exception(u64 *frame) __attribute__((noreturn));
 
 /* options.c */
 void options_parse(struct probe_info *info);
-/* probe.hypercall: PROBE_HYPERCALL_* (the last valid value; default page). Prints nothing: the pvh entry
- * needs it before it has a console, and options_parse() reports a malformed value later. */
+/* probe.hypercall: PROBE_HYPERCALL_* (the last valid value; default page). Prints nothing: the Xen entries
+ * need it before they have a console, and options_parse() reports a malformed value later. */
 u32 options_hypercall(const struct probe_info *info);
 
 /* xen.c: Xen from a 64-bit PVH or PV guest (constants in xen.h) */
