@@ -4,7 +4,10 @@ named in test_cross_env.py: a domU's pseudo-physical map, no ACPI for the probe 
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -141,3 +144,23 @@ def test_an_exception_goes_through_the_trap_table(domain):
     assert result.extra["xen_pv"]["bounced_exceptions"] == 1
     assert [e.name for e in result.events if e.kind == "Fault"] == ["#PF"]
     assert calls(result)[-1] == "sched_op.shutdown"
+
+
+# -- the command line ---------------------------------------------------------------------------------
+
+def test_the_cli_offers_and_runs_the_pv_entry():
+    """``hvsim inspect`` lists the probe ELF's PV entry and xen_pv accepts it; ``hvsim run --env xen_pv
+    --dom0`` prints the report on stdout and exits 0."""
+    cli = [sys.executable, "-m", "hvsim.cli"]
+    inspect = subprocess.run([*cli, "inspect", str(probe_path("elf")), "--json"], capture_output=True, text=True)
+    assert inspect.returncode == 0, inspect.stderr
+    report = json.loads(inspect.stdout)
+    entries = {e["kind"]: e for e in report["entries"]}
+    assert entries["xen_pv"]["address"] == probe_symbols()["pv_entry"], entries
+    assert report["environments"]["xen_pv"]["accepted"] is True
+
+    done = subprocess.run([*cli, "run", "--env", "xen_pv", "--dom0", "--smp", "3", "--cmdline", "from the cli",
+                           str(probe_path("elf"))], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    printed = parse_probe_report(done.stdout.decode("utf-8", "surrogateescape"))
+    assert (printed.entry, printed.cmdline, printed.cpus) == ("pv", "from the cli", 3)
