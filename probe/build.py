@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hvsim-probe-") as tmp:
         elf_blob = link_elf(args.cc, args.ld, Path(tmp))
     check_elf(elf_blob)
-    # The bzImage header offers linux64; the pvh entry is the payload ELF's PHYS32_ENTRY note.
-    bz_blob = bzimage.build_bzimage(elf_blob, entries="linux64, pvh in the payload ELF")
+    # The bzImage header offers linux64; the pvh and pv entries are the payload ELF's Xen notes.
+    bz_blob = bzimage.build_bzimage(elf_blob, entries="linux64; pvh and pv in the payload ELF")
 
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomically(args.out / "probe.elf", elf_blob)

@@ -11,7 +11,8 @@
  * interrupts off; RSI = physical address of boot_params. The probe trusts nothing else: it clears its
  * own .bss (which init_size covers), sets its own stack and then, in C, its own page tables, GDT and IDT.
  *
- * The other entry, pvh (32-bit, Xen PVH), is in pvh_head.S; its address is in the ELF note it adds.
+ * The other entries, pvh (32-bit, Xen PVH) and pv (64-bit, Xen PV), are in pvh_head.S and pv_head.S;
+ * their addresses are in the ELF notes they add.
  */
 	.section .head.text, "ax"
 

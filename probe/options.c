@@ -3,9 +3,10 @@
  *   probe.spin=N   run probe_spin(N) before the report (N decimal or 0x-hex) and report "spin: N"
  *   probe.fault=pf after the report, read PROBE_FAULT_ADDR (unmapped) so the #PF handler runs
  *   probe.hypercall=page|inline
- *                  how the pvh entry makes Xen hypercalls: through the hypercall page (default) or
- *                  with vmcall/vmmcall directly. Other entries accept and ignore it. The pvh entry
- *                  reads it with options_hypercall() before it has a console.
+ *                  how the pvh and pv entries make Xen hypercalls: through the hypercall page
+ *                  (default) or directly (pvh: vmcall/vmmcall; pv: syscall). linux64 accepts and
+ *                  ignores it. The Xen entries read it with options_hypercall() before they have a
+ *                  console.
  * A malformed value is reported on the console before the report and otherwise ignored. When an
  * option is given more than once, the last valid value counts.
  */

@@ -1,7 +1,7 @@
 /*
  * hvsim probe kernel: the shared definitions.
  *
- * Every boot entry (today: linux64 and pvh; later: Xen PV, EFI) does three environment-specific jobs:
+ * Every boot entry (today: linux64, pvh and pv; later: EFI) does three environment-specific jobs:
  *   1. bring the CPU into the probe's own state (stack, page tables, GDT, IDT),
  *   2. set up that environment's console (struct probe_console) and shutdown (struct probe_platform),
  *   3. parse that environment's boot information into the one canonical struct probe_info,
@@ -30,9 +30,9 @@ typedef uint64_t u64;
 #define PROBE_MAX_ACPI_TABLES 64
 #define PROBE_MAX_CMDLINE 4096
 
-/* probe.hypercall= (options.c): how the pvh entry makes Xen hypercalls. */
+/* probe.hypercall= (options.c): how the pvh and pv entries make Xen hypercalls. */
 #define PROBE_HYPERCALL_PAGE 0   /* the default: call into the hypercall page */
-#define PROBE_HYPERCALL_INLINE 1 /* vmcall / vmmcall directly */
+#define PROBE_HYPERCALL_INLINE 1 /* vmcall / vmmcall (pvh) or syscall (pv) directly */
 
 /* E820 types (Linux arch/x86/include/asm/e820/types.h); other environments convert to these. */
 #define E820_TYPE_RAM 1
@@ -49,7 +49,7 @@ struct probe_mem {
 
 /* What the guest observed: filled by an entry's boot-info parser, then by ACPI discovery. */
 struct probe_info {
-	const char *entry; /* "linux64", "pvh", ... */
+	const char *entry; /* "linux64", "pvh", "pv" */
 
 	bool have_cmdline;             /* false: the environment passed no command line at all */
 	u32 cmdline_len;               /* bytes, without the terminating NUL */
@@ -119,19 +119,24 @@ void probe_exception(u64 *frame) __attribute__((noreturn));
 
 /* options.c */
 void options_parse(struct probe_info *info);
-/* probe.hypercall: PROBE_HYPERCALL_* (the last valid value; default page). Prints nothing: the pvh entry
- * needs it before it has a console, and options_parse() reports a malformed value later. */
+/* probe.hypercall: PROBE_HYPERCALL_* (the last valid value; default page). Prints nothing: the Xen entries
+ * need it before they have a console, and options_parse() reports a malformed value later. */
 u32 options_hypercall(const struct probe_info *info);
 
-/* xen.c: Xen from an HVM/PVH guest in 64-bit mode (constants in xen.h) */
+/* xen.c: Xen from a 64-bit PVH or PV guest (constants in xen.h) */
 u32 xen_cpuid_base(void); /* the Xen CPUID leaves' base, or 0 without Xen */
 /* Sets up hypercalls for method PROBE_HYPERCALL_*; NULL on success, else why not (*msr: the MSR used). */
 const char *xen_hypercall_init(u32 base, u32 method, u32 *msr);
+/* PV: page = the builder-filled hypercall page, inline = syscall. NULL on success, else why the page
+ * cannot be used (syscall is used then). */
+const char *xen_hypercall_init_pv(u32 method);
 u64 xen_hypercall_page_addr(void);
 long xen_hypercall3(u64 nr, u64 a1, u64 a2, u64 a3); /* -ENOSYS before xen_hypercall_init */
-extern const struct probe_console xen_console; /* console_io, buffered per line */
+extern const struct probe_console xen_console; /* console_io or the ring, buffered per line */
+void xen_console_use_ring(void *page, u32 evtchn); /* a PV domU: the console ring, not console_io */
 void xen_console_flush(void);
-long xen_memory_map(struct probe_mem *out, u32 capacity, u32 *count); /* XENMEM_memory_map */
+/* XENMEM_memory_map or XENMEM_machine_memory_map, as E820 entries */
+long xen_memory_map(u32 cmd, struct probe_mem *out, u32 capacity, u32 *count);
 long xen_shutdown_poweroff(void); /* SCHEDOP_shutdown(SHUTDOWN_poweroff); returns only if it failed */
 void con_xen_rc(long rc);         /* a hypercall result, signed decimal */
 
@@ -156,7 +161,17 @@ void *memcpy(void *d, const void *s, size_t n);
 int memcmp(const void *a, const void *b, size_t n);
 size_t strlen(const char *s);
 
-/* Is [addr, addr+len) inside the probe's identity map? */
+/*
+ * phys(addr): the pointer through which the probe reads physical address addr, i.e. the identity map.
+ * Under linux64 and pvh that is cpu_setup()'s 64 GiB map. Under pv the probe keeps the domain
+ * builder's tables: virtual = pseudo-physical over the bootstrap region [0, v_end) (VIRT_BASE 0,
+ * PADDR_OFFSET 0), and the start_info pointers the pv entry passes here (mod_start, the console page
+ * found through the M2P) are such virtual addresses; nothing above v_end is mapped, so the pv entry
+ * never reads ACPI or the BIOS area. phys_ok() only checks the 64 GiB bound; under pv an address
+ * outside the bootstrap region faults and the trap table reports it.
+ *
+ * Is [addr, addr+len) inside the probe's identity map?
+ */
 static inline bool phys_ok(u64 addr, u64 len)
 {
 	return addr < PROBE_MAP_LIMIT && len <= PROBE_MAP_LIMIT - addr;

@@ -47,7 +47,7 @@ static void memmap_from_start_info(u64 addr, u32 n)
 static void memmap_from_xen(void)
 {
 	u32 n;
-	long rc = xen_memory_map(info.memmap, PROBE_MAX_MEMMAP, &n);
+	long rc = xen_memory_map(XENMEM_memory_map, info.memmap, PROBE_MAX_MEMMAP, &n);
 	if (rc < 0) {
 		con_puts("probe: XENMEM_memory_map failed: ");
 		con_xen_rc(rc);

@@ -1,8 +1,9 @@
 /*
- * Xen from inside an HVM/PVH guest in 64-bit mode: finding the Xen CPUID leaves, choosing how to make
- * hypercalls (probe.hypercall=page|inline), the console_io console, XENMEM_memory_map and
- * SCHEDOP_shutdown. The ABI constants are in xen.h; the hypercall instructions in xen_hypercall.S.
- * Every pointer handed to Xen is an identity-mapped address (guest virtual = guest physical).
+ * Xen from inside a 64-bit guest (the pvh and pv entries): finding the Xen CPUID leaves (PVH),
+ * choosing how to make hypercalls (probe.hypercall=page|inline), the console (console_io, or a PV
+ * domU's console ring), XENMEM_memory_map and SCHEDOP_shutdown. The ABI constants are in xen.h; the
+ * hypercall instructions in xen_hypercall.S. Every pointer handed to Xen is a virtual address of the
+ * probe's own (PVH: identity-mapped; PV: in the bootstrap region, where virtual = pseudo-physical).
  */
 #include "probe.h"
 #include "xen.h"
@@ -13,6 +14,7 @@ typedef long (*xen_hypercall_fn)(u64 nr, u64 a1, u64 a2, u64 a3);
 long xen_hypercall_page_call(u64 nr, u64 a1, u64 a2, u64 a3);
 long xen_hypercall_vmcall(u64 nr, u64 a1, u64 a2, u64 a3);
 long xen_hypercall_vmmcall(u64 nr, u64 a1, u64 a2, u64 a3);
+long xen_hypercall_syscall(u64 nr, u64 a1, u64 a2, u64 a3);
 extern const u8 hypercall_page[XEN_HYPERCALL_PAGE_SIZE];
 
 static xen_hypercall_fn hypercall_fn; /* NULL until xen_hypercall_init() succeeded */
@@ -48,6 +50,20 @@ static bool cpu_is_amd_like(void)
 	return memcmp(v, "AuthenticAMD", 12) == 0 || memcmp(v, "HygonGenuine", 12) == 0;
 }
 
+/* A page that still holds int3 where we would call would end in #BP, and the exception path would call
+ * the same stub again: check the stubs the probe uses. */
+static bool page_filled(void)
+{
+	static const u8 used[] = {__HYPERVISOR_set_trap_table, __HYPERVISOR_memory_op, __HYPERVISOR_console_io,
+				  __HYPERVISOR_vcpu_op, __HYPERVISOR_sched_op, __HYPERVISOR_event_channel_op};
+	for (u32 i = 0; i < sizeof(used); i++) {
+		const volatile u8 *stub = hypercall_page + used[i] * XEN_HYPERCALL_STUB_SIZE;
+		if (*stub == 0xcc)
+			return false;
+	}
+	return true;
+}
+
 const char *xen_hypercall_init(u32 base, u32 method, u32 *msr_out)
 {
 	if (method == PROBE_HYPERCALL_INLINE) {
@@ -60,14 +76,19 @@ const char *xen_hypercall_init(u32 base, u32 method, u32 *msr_out)
 	*msr_out = msr;
 	/* Page index 0 in the low 12 bits: the page's physical address is page-aligned. */
 	wrmsr(msr, (u64)(uintptr_t)hypercall_page);
-	/* A page that still holds int3 where we would call would end in #BP, and the exception path
-	 * would call the same stub again: check the stubs the probe uses. */
-	static const u8 used[] = {__HYPERVISOR_memory_op, __HYPERVISOR_console_io, __HYPERVISOR_sched_op};
-	for (u32 i = 0; i < sizeof(used); i++) {
-		const volatile u8 *stub = hypercall_page + used[i] * XEN_HYPERCALL_STUB_SIZE;
-		if (*stub == 0xcc)
-			return "the hypercall page still holds int3 after the wrmsr";
-	}
+	if (!page_filled())
+		return "the hypercall page still holds int3 after the wrmsr";
+	hypercall_fn = xen_hypercall_page_call;
+	return NULL;
+}
+
+const char *xen_hypercall_init_pv(u32 method)
+{
+	hypercall_fn = xen_hypercall_syscall;
+	if (method == PROBE_HYPERCALL_INLINE)
+		return NULL;
+	if (!page_filled())
+		return "the hypercall page still holds int3 (the domain builder did not fill it)";
 	hypercall_fn = xen_hypercall_page_call;
 	return NULL;
 }
@@ -96,17 +117,71 @@ void con_xen_rc(long rc)
 }
 
 /*
- * console_io(CONSOLEIO_write, count, buffer), about one hypercall per line: bytes collect in a buffer
- * that goes out at '\n', when full, and on xen_console_flush(). "\n" is sent as is (no "\r").
- * Xen returns 0 when it took everything; a positive count short of what was asked is taken as a
- * partial write and the rest is sent again; an error drops the buffer (there is no other console).
+ * The Xen console, about one hypercall per line: bytes collect in a buffer that goes out at '\n', when
+ * full, and on xen_console_flush(). "\n" is sent as is (no "\r"). It goes out through one of:
+ *   - console_io(CONSOLEIO_write, count, buffer) (PVH; a PV dom0). Xen returns 0 when it took
+ *     everything; a positive count short of what was asked is taken as a partial write and the rest
+ *     is sent again; an error drops the buffer (there is no other console).
+ *   - the console ring (a PV domU, after xen_console_use_ring()): struct xencons_interface's out[]
+ *     ring, then EVTCHNOP_send on the console's event channel so the backend drains it. When the ring
+ *     is full the probe notifies and looks again; if the backend took nothing, the rest is dropped.
  */
 #define XEN_CONSOLE_BUF 256
 static char con_buf[XEN_CONSOLE_BUF];
 static u32 con_len;
+static volatile u8 *ring; /* NULL: console_io */
+static u32 ring_evtchn;
+
+void xen_console_use_ring(void *page, u32 evtchn)
+{
+	ring = page;
+	ring_evtchn = evtchn;
+}
+
+static void ring_notify(void)
+{
+	static u32 port; /* struct evtchn_send */
+	port = ring_evtchn;
+	xen_hypercall3(__HYPERVISOR_event_channel_op, EVTCHNOP_send, (u64)(uintptr_t)&port, 0);
+}
+
+static void ring_write(const char *s, u32 n)
+{
+	volatile u32 *cons = (volatile u32 *)(ring + XENCONS_OUT_CONS);
+	volatile u32 *prod = (volatile u32 *)(ring + XENCONS_OUT_PROD);
+	bool notified = false; /* notified since the ring was last seen with room */
+
+	while (n) {
+		u32 p = *prod, used = p - *cons;
+		/* x86 keeps loads in order and stores in order: a compiler barrier is enough (virt_rmb and
+		 * virt_wmb in Linux's hvc_xen.c are barrier() on x86). */
+		__asm__ volatile("" : : : "memory");
+		if (used >= XENCONS_OUT_SIZE) { /* full (or a corrupt index): let the backend drain */
+			if (notified)
+				return;
+			ring_notify();
+			notified = true;
+			continue;
+		}
+		u32 k = XENCONS_OUT_SIZE - used < n ? XENCONS_OUT_SIZE - used : n;
+		for (u32 i = 0; i < k; i++)
+			ring[XENCONS_OUT + ((p + i) & (XENCONS_OUT_SIZE - 1))] = (u8)s[i];
+		__asm__ volatile("" : : : "memory"); /* the bytes before the index */
+		*prod = p + k;
+		s += k;
+		n -= k;
+		ring_notify();
+		notified = false;
+	}
+}
 
 void xen_console_flush(void)
 {
+	if (ring) {
+		ring_write(con_buf, con_len);
+		con_len = 0;
+		return;
+	}
 	u32 off = 0;
 	while (off < con_len) {
 		long rc = xen_hypercall3(__HYPERVISOR_console_io, CONSOLEIO_write, con_len - off,
@@ -127,7 +202,7 @@ static void xen_console_putc(char c)
 
 const struct probe_console xen_console = {.putc = xen_console_putc};
 
-long xen_memory_map(struct probe_mem *out, u32 capacity, u32 *count)
+long xen_memory_map(u32 cmd, struct probe_mem *out, u32 capacity, u32 *count)
 {
 	static u8 buf[PROBE_MAX_MEMMAP * XEN_E820_ENTRY_SIZE];
 	static struct xen_memory_map map;
@@ -138,7 +213,7 @@ long xen_memory_map(struct probe_mem *out, u32 capacity, u32 *count)
 	map.pad = 0;
 	map.buffer = (u64)(uintptr_t)buf;
 	*count = 0;
-	long rc = xen_hypercall3(__HYPERVISOR_memory_op, XENMEM_memory_map, (u64)(uintptr_t)&map, 0);
+	long rc = xen_hypercall3(__HYPERVISOR_memory_op, cmd, (u64)(uintptr_t)&map, 0);
 	if (rc < 0)
 		return rc;
 	u32 n = map.nr_entries < capacity ? map.nr_entries : capacity;

@@ -9,10 +9,12 @@
  * (RAX, RDI, RSI, RDX, R10, R8, R11, RCX) as clobbered.
  *
  * Two ways in (xen.c picks one; probe.hypercall=page|inline on the command line):
- *   - page: call hypercall_page + nr * 32. The page is filled by the hypervisor when its physical
- *     address is written to the MSR that CPUID leaf base+2 names (EBX). Until then it holds int3.
- *   - inline: vmcall (Intel, 0f 01 c1) or vmmcall (AMD and Hygon, 0f 01 d9) with RAX = nr, as Linux
- *     (>= 6.13) does before it has a hypercall page.
+ *   - page: call hypercall_page + nr * 32. Under PVH the page is filled by the hypervisor when its
+ *     physical address is written to the MSR that CPUID leaf base+2 names (EBX); under PV the domain
+ *     builder fills it before boot (XEN_ELFNOTE_HYPERCALL_PAGE, pv_head.S). Until then it holds int3.
+ *   - inline: under PVH vmcall (Intel, 0f 01 c1) or vmmcall (AMD and Hygon, 0f 01 d9) with RAX = nr,
+ *     as Linux (>= 6.13) does before it has a hypercall page; under PV syscall (0f 05), which is
+ *     what Xen's own PV stubs execute and what Linux inlines.
  */
 #include "xen.h"
 
@@ -61,6 +63,19 @@ xen_hypercall_vmmcall:
 	vmmcall					/* 0f 01 d9 */
 	ret
 	.size	xen_hypercall_vmmcall, . - xen_hypercall_vmmcall
+
+/* long xen_hypercall_syscall(u64 nr, u64 a1, u64 a2, u64 a3): a 64-bit PV guest. syscall clobbers
+ * RCX and R11, which the calling convention lets us clobber anyway. */
+	.globl	xen_hypercall_syscall
+	.type	xen_hypercall_syscall, @function
+xen_hypercall_syscall:
+	movq	%rdi, %rax
+	movq	%rsi, %rdi
+	movq	%rdx, %rsi
+	movq	%rcx, %rdx
+	syscall					/* 0f 05 */
+	ret
+	.size	xen_hypercall_syscall, . - xen_hypercall_syscall
 
 /*
  * The hypercall page: one page-aligned, executable page inside the text PT_LOAD (probe.ld places the

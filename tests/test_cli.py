@@ -182,8 +182,10 @@ def test_inspect_json_parses():
     assert out.status == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["format"] == "bzimage"
-    assert [e["kind"] for e in report["entries"]] == ["linux64", "xen_pvh"]   # PVH: in the payload ELF
+    # PV and PVH: the payload ELF's Xen notes
+    assert [e["kind"] for e in report["entries"]] == ["linux64", "xen_pv", "xen_pvh"]
     assert report["environments"]["bare_metal"]["accepted"] is True
+    assert report["environments"]["xen_pv"]["accepted"] is True
     assert report["environments"]["bare_metal"]["entry"].startswith("linux64")
 
 

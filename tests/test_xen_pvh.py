@@ -1,18 +1,18 @@
 """xen_pvh acceptance: the probe kernel, entered at its PHYS32_ENTRY with an hvm_start_info, observes
-exactly the MachineConfig; and what it observes under xen_pvh agrees with bare_metal field by field,
-except where the two ABIs make a difference inevitable (named below)."""
+exactly the MachineConfig. (That it agrees with bare_metal field by field, but for the differences the
+ABIs make inevitable, is test_cross_env.py.)"""
 
 from __future__ import annotations
 
 import random
 import zlib
 
-import attrs
+import probe_boot
 import pytest
+from probe_boot import calls, expected_memmap
 
 from hvsim import MachineConfig
 from hvsim.api import Run, run
-from hvsim.core.layout import PhysicalLayout
 from hvsim.kernels import probe_path
 from hvsim.probe_report import parse_probe_report
 
@@ -25,20 +25,8 @@ def probe(request):
     return probe_path(request.param)
 
 
-def boot(kernel, config: MachineConfig, env: str = "xen_pvh", **options):
-    prepared = Run(env, kernel, config, options=options)
-    result = prepared.execute()
-    assert result.stop.kind == "poweroff", (result.stop.describe(), result.console())
-    assert result.exit_status == 0
-    return result, parse_probe_report(result.console())
-
-
-def calls(result, prefix: str = "") -> list[str]:
-    return [e.name for e in result.events if e.kind == "Call" and e.name.startswith(prefix)]
-
-
-def expected_memmap(config):
-    return tuple(r.to_tuple() for r in PhysicalLayout.for_config(config).memory_map)
+def boot(kernel, config: MachineConfig, **options):
+    return probe_boot.boot(kernel, config, "xen_pvh", **options)
 
 
 # -- the probe sees the MachineConfig -------------------------------------------------------------
@@ -98,40 +86,6 @@ def test_start_info_lies_clear_of_the_image_and_the_initrd(tmp_path):
     report = parse_probe_report(result.console())
     image_end = max(s.paddr + s.memsz for s in prepared.image.elf.segments)
     assert image_end <= report.initrd[0] and report.initrd[0] + 5000 <= start_info
-
-
-# -- bare_metal and xen_pvh agree ---------------------------------------------------------------------
-
-# What the two ABIs make different, each with its reason; every other field must be equal.
-INEVITABLE = {
-    "entry": "the boot entry itself: the 64-bit boot protocol vs PVH's PHYS32_ENTRY",
-    "initrd_address": "each loader chooses where the module goes (bare_metal: high, under "
-                      "initrd_addr_max; Xen's builder: right after the kernel)",
-}
-
-
-def comparable(report) -> dict:
-    fields = attrs.asdict(report)
-    initrd = fields.pop("initrd")
-    fields["initrd_address"] = initrd[0] if initrd else None
-    fields["initrd"] = initrd[1:] if initrd else None
-    return fields
-
-
-@pytest.mark.parametrize("kernel", ["elf", "bzImage"])
-@pytest.mark.parametrize("memory,smp,with_initrd", [("512M", 1, False), ("6G", 4, True)])
-def test_bare_metal_and_xen_pvh_reports_agree_field_by_field(tmp_path, kernel, memory, smp, with_initrd):
-    initrd = None
-    if with_initrd:
-        initrd = tmp_path / "initrd"
-        initrd.write_bytes(random.Random(3).randbytes(1 * MiB + 17))
-    config = MachineConfig(memory=memory, smp=smp, initrd=initrd, cmdline="same world? ✓")
-    _, bare = boot(probe_path(kernel), config, env="bare_metal")
-    _, pvh = boot(probe_path(kernel), config, env="xen_pvh")
-    a, b = comparable(bare), comparable(pvh)
-    differing = {k for k in a if a[k] != b[k]}
-    assert differing - set(INEVITABLE) == set(), {k: (a[k], b[k]) for k in differing}
-    assert (a["entry"], b["entry"]) == ("linux64", "pvh")
 
 
 def test_an_unknown_start_info_version_is_refused():

@@ -62,7 +62,7 @@ class ProbeReport:
     initrd: tuple[int, int, int] | None  # (address, size, CRC-32 of the bytes)
     rsdp: int | None
     acpi_tables: tuple[str, ...]  # signatures listed by the XSDT/RSDT, in order
-    cpus: int | None  # usable CPUs counted in the MADT; None when there is no MADT
+    cpus: int | None  # usable CPUs counted in the MADT (pv: the vCPUs VCPUOP_is_up knows); None: unknown
     spin: int | None = None  # N of probe.spin=N when given
 
     def to_dict(self) -> dict[str, Any]:

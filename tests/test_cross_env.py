@@ -1,0 +1,83 @@
+"""The same probe kernel under every environment: what it observes agrees with bare_metal field by
+field, except where an ABI makes a difference inevitable. Those differences are named here, in one
+place, each with its reason; every other field of the report must be equal."""
+
+from __future__ import annotations
+
+import random
+
+import attrs
+import pytest
+from probe_boot import boot
+
+from hvsim import MachineConfig
+from hvsim.kernels import probe_path
+
+MiB = 1 << 20
+
+# bare_metal is the reference. Per environment (with its options), the report fields its ABI makes
+# different from bare_metal's, and why.
+INITRD_ADDRESS = ("each loader chooses where the module goes (bare_metal: high, under initrd_addr_max; "
+                  "Xen's builders: right after the kernel)")
+ENVIRONMENTS = {
+    "xen_pvh": ("xen_pvh", {}),
+    "xen_pv domU": ("xen_pv", {}),
+    "xen_pv dom0": ("xen_pv", {"dom0": True}),
+}
+INEVITABLE = {
+    "xen_pvh": {
+        "entry": "the boot entry itself: the 64-bit boot protocol vs PVH's PHYS32_ENTRY",
+        "initrd_address": INITRD_ADDRESS,
+    },
+    "xen_pv domU": {
+        "entry": "the boot entry itself: the 64-bit boot protocol vs PV's XEN_ELFNOTE_ENTRY",
+        "initrd_address": INITRD_ADDRESS,
+        "memmap": "a PV domU sees its pseudo-physical map: one RAM range [0, configured memory) from "
+                  "XENMEM_memory_map (as libxl gives it), not the machine's E820 with its holes",
+        "rsdp": "a PV domU has no firmware and no ACPI tables",
+        "acpi_tables": "a PV domU has no firmware and no ACPI tables",
+    },
+    "xen_pv dom0": {
+        "entry": "the boot entry itself: the 64-bit boot protocol vs PV's XEN_ELFNOTE_ENTRY",
+        "initrd_address": INITRD_ADDRESS,
+        "rsdp": "dom0's ACPI tables lie in machine memory outside the PV bootstrap region; the probe "
+                "keeps Xen's page tables and does not map them (it counts vCPUs with VCPUOP_is_up)",
+        "acpi_tables": "as rsdp: the tables are not mapped for a PV guest at entry",
+    },
+}
+ENTRY_NAMES = {"xen_pvh": "pvh", "xen_pv domU": "pv", "xen_pv dom0": "pv"}
+
+
+def comparable(report) -> dict:
+    fields = attrs.asdict(report)
+    initrd = fields.pop("initrd")
+    fields["initrd_address"] = initrd[0] if initrd else None
+    fields["initrd"] = initrd[1:] if initrd else None
+    return fields
+
+
+def test_every_inevitable_difference_is_a_report_field():
+    fields = set(comparable(boot(probe_path("elf"), MachineConfig(), "bare_metal")[1]))
+    assert set(INEVITABLE) == set(ENVIRONMENTS)
+    for name, differences in INEVITABLE.items():
+        assert set(differences) <= fields, name
+
+
+@pytest.mark.parametrize("variant", list(ENVIRONMENTS))
+@pytest.mark.parametrize("kernel", ["elf", "bzImage"])
+@pytest.mark.parametrize("memory,smp,with_initrd", [("512M", 1, False), ("6G", 4, True)])
+def test_reports_agree_with_bare_metal_field_by_field(tmp_path, variant, kernel, memory, smp, with_initrd):
+    initrd = None
+    if with_initrd:
+        initrd = tmp_path / "initrd"
+        initrd.write_bytes(random.Random(3).randbytes(1 * MiB + 17))
+    config = MachineConfig(memory=memory, smp=smp, initrd=initrd, cmdline="same world? ✓")
+    env, options = ENVIRONMENTS[variant]
+    _, bare = boot(probe_path(kernel), config, "bare_metal")
+    _, other = boot(probe_path(kernel), config, env, **options)
+    a, b = comparable(bare), comparable(other)
+    differing = {k for k in a if a[k] != b[k]}
+    assert differing - set(INEVITABLE[variant]) == set(), {k: (a[k], b[k]) for k in differing}
+    assert (a["entry"], b["entry"]) == ("linux64", ENTRY_NAMES[variant])
+    # what must agree, spelled out: the command line, the initrd's bytes and the CPU count
+    assert b["cmdline"] == config.cmdline and b["cpus"] == smp and b["initrd"] == a["initrd"]
