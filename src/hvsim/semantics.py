@@ -43,7 +43,7 @@ FIELD_DOCS = {
     "module_addresses": "where the modules were placed",
     "rsdp": "the ACPI RSDP address",
     "acpi_tables": "the ACPI tables found through the RSDP",
-    "cpus": "the CPUs the ACPI MADT lists",
+    "cpus": "the CPUs the guest counted (the ACPI MADT; a Xen PV guest asks VCPUOP_is_up)",
     "hypervisor": "the CPUID 0x40000000 hypervisor signature (empty: none)",
     "console": "the console text (without the probe report and printk timestamps)",
     "console_channels": "the consoles written to (serial0, xen, ...)",
