@@ -268,3 +268,21 @@ def test_iret_to_user_mode_stops_the_run_saying_why():
               "    push %r11\n    push %rcx\n    push %rax\n    mov $23, %eax\n    syscall\n    " + DONE)
     result, _, _ = run_pv(source)
     assert result.stop.kind == "unhandled-trap" and "user mode is not modelled" in result.stop.detail
+
+
+# -- the privilege model: what the guest observes ----------------------------------------------------
+def test_the_pv_kernel_runs_in_ring_0_on_xens_flat_selectors_with_rpl_0():
+    # Xen would show CS 0xe033 (ring 3); hvsim runs the kernel in ring 0 on the same descriptors
+    # with RPL 0.  An iretq to itself (Linux's sync_core) keeps it there, and instructions Xen would
+    # trap and emulate (rdmsr, mov from CR4) execute on the CPU.
+    source = ("mov %cs, %ax\n    mov %ax, results(%rip)\n    mov %ss, %ax\n    mov %ax, results+8(%rip)\n    "
+              "mov %ss, %eax\n    push %rax\n    push %rsp\n    addq $8, (%rsp)\n    pushf\n    mov %cs, %eax\n    "
+              "push %rax\n    lea 1f(%rip), %rax\n    push %rax\n    iretq\n1:\n    mov %cs, %ax\n    "
+              "mov %ax, results+16(%rip)\n    mov $0xc0000080, %ecx\n    rdmsr\n    mov %eax, results+24(%rip)\n    "
+              "mov %cr4, %rax\n    mov %rax, results+32(%rip)\n    " + DONE)
+    result, m, symbols = run_pv(source)
+    assert_finished(result, m, symbols)
+    assert [result_at(m, symbols, i) & 0xFFFF for i in range(3)] == [0xE030, 0xE028, 0xE030]
+    assert result_at(m, symbols, 3) == 0xD01                  # EFER: SCE LME LMA NXE, read natively
+    assert result_at(m, symbols, 4) == 0x620                  # CR4 as Xen's builder leaves it
+    assert not [e for e in m.events if isinstance(e, Fault)]
