@@ -18,13 +18,17 @@ PRELUDE = """
     push %rbx
     push %r12
     push %r13
-    sub $0x40, %rsp
+    push %r14
+    push %r15
+    sub $0x60, %rsp
     mov %rdx, %rbx
     mov %rcx, %r12
 """
 EPILOGUE = """
 done:
-    add $0x40, %rsp
+    add $0x60, %rsp
+    pop %r15
+    pop %r14
     pop %r13
     pop %r12
     pop %rbx
@@ -45,14 +49,14 @@ def ucs2(text: str) -> str:
     return ".word " + ", ".join(str(ord(c)) for c in text + "\0")
 
 
-def assemble_app(body: str, *, image_base: int = 0x10000000) -> tuple[bytes, dict[str, int]]:
-    """The flat image bytes from RVA 0x1000 and the symbols (absolute, for ``image_base``)."""
+def assemble_app(body: str, *, image_base: int = 0x10000000, text_rva: int = TEXT_RVA) -> tuple[bytes, dict[str, int]]:
+    """The flat image bytes from ``text_rva`` and the symbols (absolute, for ``image_base``)."""
     source = f"{EQUATES}\n.text\n.globl _start\n_start:\n{PRELUDE}\n{body}\n{EPILOGUE}\n"
     with tempfile.TemporaryDirectory() as tmp:
         src, obj, elf, flat = (Path(tmp) / n for n in ("a.S", "a.o", "a.elf", "a.bin"))
         src.write_text(source)
         subprocess.run(["as", "--64", "-o", obj, src], check=True, capture_output=True)
-        subprocess.run(["ld", "-m", "elf_x86_64", "-N", f"-Ttext={image_base + TEXT_RVA:#x}", "-o", elf, obj],
+        subprocess.run(["ld", "-m", "elf_x86_64", "-N", f"-Ttext={image_base + text_rva:#x}", "-o", elf, obj],
                        check=True, capture_output=True)
         subprocess.run(["objcopy", "-O", "binary", elf, flat], check=True, capture_output=True)
         nm = subprocess.run(["nm", elf], check=True, capture_output=True, text=True).stdout
@@ -106,12 +110,12 @@ def build_pe(sections: list[tuple[str, int, bytes, int]], *, entry_rva: int = TE
 
 
 def efi_app(body: str, *, image_base: int = 0x10000000, bss: int = 0, relocate: tuple[str, ...] = (),
-            **pe_options) -> bytes:
+            text_rva: int = TEXT_RVA, **pe_options) -> bytes:
     """An EFI application from ``body`` (runs between the prelude and the epilogue; jump to
     ``done`` with the status in RAX).  ``relocate`` names symbols holding a ``.quad`` absolute
     address that the loader must fix up; ``bss`` zero bytes follow the code."""
-    flat, symbols = assemble_app(body, image_base=image_base)
-    sections = [(".text", TEXT_RVA, flat, len(flat) + bss)]
+    flat, symbols = assemble_app(body, image_base=image_base, text_rva=text_rva)
+    sections = [(".text", text_rva, flat, len(flat) + bss)]
     reloc = None
     if relocate:
         rvas = [symbols[name] - image_base for name in relocate]
@@ -119,4 +123,126 @@ def efi_app(body: str, *, image_base: int = 0x10000000, bss: int = 0, relocate: 
         reloc_rva = -(-(TEXT_RVA + len(flat) + bss) // 0x1000) * 0x1000
         sections.append((".reloc", reloc_rva, blob, len(blob)))
         reloc = (reloc_rva, len(blob))
-    return build_pe(sections, image_base=image_base, reloc=reloc, **pe_options)
+    return build_pe(sections, image_base=image_base, reloc=reloc, entry_rva=text_rva, **pe_options)
+
+
+# -- a scripted caller of firmware services ------------------------------------------------------------
+# Table selectors: the offset of the table's pointer in the system table, or BS_AT_ENTRY (the boot
+# services pointer saved at entry, still usable after ExitBootServices cleared the system table's).
+BS, RT, CON_OUT, CON_IN, BS_AT_ENTRY = 0x60, 0x58, 0x40, 0x30, 0x1000
+SCRATCH_SIZE = 0x20000
+MAX_ARGS = 10
+
+
+def scratch(offset: int) -> int:
+    """An argument: the address of byte ``offset`` of the app's scratch area."""
+    return 0xFEED << 48 | offset
+
+
+def scratch_value(offset: int) -> int:
+    """An argument: the u64 stored at byte ``offset`` of the scratch area (a result of an earlier call)."""
+    return 0xFEEE << 48 | offset
+
+
+THIS = 0xFEEF << 48          # an argument: the table (protocol) the call goes through
+IMAGE_HANDLE = 0xFEEC << 48  # an argument: the app's ImageHandle
+SYSTEM_TABLE = 0xFEEB << 48  # an argument: the system table
+
+SCRIPT_BODY = """
+    mov ST_BS(%rbx), %rax
+    mov %rax, bs_saved(%rip)
+    lea records(%rip), %r13
+next:
+    mov (%r13), %rax
+    cmp $-1, %rax
+    je finish
+    cmp $0x1000, %rax
+    jne 1f
+    mov bs_saved(%rip), %r15
+    jmp 2f
+1:  mov (%rbx,%rax), %r15
+2:  xor %r14d, %r14d
+3:  mov 24(%r13,%r14,8), %rax
+    call resolve
+    lea argbuf(%rip), %rdx
+    mov %rax, (%rdx,%r14,8)
+    inc %r14
+    cmp $10, %r14
+    jb 3b
+    lea argbuf(%rip), %rax
+    mov 32(%rax), %rdx
+    mov %rdx, 0x20(%rsp)
+    mov 40(%rax), %rdx
+    mov %rdx, 0x28(%rsp)
+    mov 48(%rax), %rdx
+    mov %rdx, 0x30(%rsp)
+    mov 56(%rax), %rdx
+    mov %rdx, 0x38(%rsp)
+    mov 64(%rax), %rdx
+    mov %rdx, 0x40(%rsp)
+    mov 72(%rax), %rdx
+    mov %rdx, 0x48(%rsp)
+    mov 8(%r13), %r10
+    mov (%r15,%r10), %r10
+    mov (%rax), %rcx
+    mov 8(%rax), %rdx
+    mov 16(%rax), %r8
+    mov 24(%rax), %r9
+    call *%r10
+    mov count(%rip), %rdx
+    lea results(%rip), %rcx
+    mov %rax, (%rcx,%rdx,8)
+    incq count(%rip)
+    add $104, %r13
+    jmp next
+finish:
+    xor %eax, %eax
+    jmp done
+
+resolve:
+    mov %rax, %rdx
+    shr $48, %rdx
+    cmp $0xFEED, %rdx
+    jne 1f
+    movzwl %ax, %eax
+    lea scratch(%rip), %rdx
+    add %rdx, %rax
+    ret
+1:  cmp $0xFEEE, %rdx
+    jne 1f
+    movzwl %ax, %eax
+    lea scratch(%rip), %rdx
+    mov (%rdx,%rax), %rax
+    ret
+1:  cmp $0xFEEF, %rdx
+    jne 1f
+    mov %r15, %rax
+    ret
+1:  cmp $0xFEEC, %rdx
+    jne 1f
+    mov %r12, %rax
+    ret
+1:  cmp $0xFEEB, %rdx
+    jne 1f
+    mov %rbx, %rax
+1:  ret
+"""
+
+
+def call_script(calls, *, data: bytes = b"", **options) -> tuple[bytes, dict[str, int]]:
+    """An app that makes ``calls`` in order and returns EFI_SUCCESS.  Each call is
+    ``(table, slot offset, args...)`` with at most 10 arguments (see ``scratch``, ``THIS``...);
+    ``data`` is copied to the start of the scratch area.  Returns the PE and its symbols
+    (``scratch``, ``results``: one u64 status per call)."""
+    records = []
+    for table, slot, *args in calls:
+        assert len(args) <= MAX_ARGS
+        values = [table, slot, len(args), *args, *([0] * (MAX_ARGS - len(args)))]
+        records.append(".quad " + ", ".join(str(v) for v in values))
+    data_lines = ".byte " + ", ".join(str(b) for b in data) if data else ""
+    body = (SCRIPT_BODY + "\n.balign 8\nrecords:\n" + "\n".join(records) + "\n.quad -1\n"
+            + f".balign 8\nbs_saved: .quad 0\ncount: .quad 0\nargbuf: .skip 80\nresults: .skip {8 * (len(calls) + 1)}\n"
+            + f".balign 4096\nscratch:\n{data_lines}\n.skip {SCRATCH_SIZE - len(data)}\n")
+    image_base = options.pop("image_base", 0x10000000)
+    flat, symbols = assemble_app(body, image_base=image_base)
+    return build_pe([(".text", TEXT_RVA, flat, len(flat))], image_base=image_base, **options), symbols
