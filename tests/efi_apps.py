@@ -127,9 +127,14 @@ def efi_app(body: str, *, image_base: int = 0x10000000, bss: int = 0, relocate: 
 
 
 # -- a scripted caller of firmware services ------------------------------------------------------------
-# Table selectors: the offset of the table's pointer in the system table, or BS_AT_ENTRY (the boot
-# services pointer saved at entry, still usable after ExitBootServices cleared the system table's).
+# Table selectors: the offset of the table's pointer in the system table, BS_AT_ENTRY (the boot
+# services pointer saved at entry, still usable after ExitBootServices cleared the system table's),
+# or interface_at(offset): the protocol interface an earlier call stored in the scratch area.
 BS, RT, CON_OUT, CON_IN, BS_AT_ENTRY = 0x60, 0x58, 0x40, 0x30, 0x1000
+
+
+def interface_at(offset: int) -> int:
+    return 0x2000 + offset
 SCRATCH_SIZE = 0x20000
 MAX_ARGS = 10
 
@@ -160,7 +165,12 @@ next:
     jne 1f
     mov bs_saved(%rip), %r15
     jmp 2f
-1:  mov (%rbx,%rax), %r15
+1:  cmp $0x2000, %rax
+    jb 4f
+    lea scratch(%rip), %rdx
+    mov -0x2000(%rdx,%rax), %r15
+    jmp 2f
+4:  mov (%rbx,%rax), %r15
 2:  xor %r14d, %r14d
 3:  mov 24(%r13,%r14,8), %rax
     call resolve

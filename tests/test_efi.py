@@ -185,8 +185,7 @@ def test_configuration_tables_hold_the_acpi_rsdp_and_smbios3():
 
 
 def test_entry_state_is_what_uefi_promises():
-    body = ("mov %cr0, %rax\nmov %rax, 0(%rbx)\n" if False else "")
-    app = efi_app(body + "mov %rsp, %rax\nadd $0x88, %rax\nand $0xf, %rax\njmp done")
+    app = efi_app("mov %rsp, %rax\nadd $0x88, %rax\nand $0xf, %rax\njmp done")
     _, result = boot(app, MachineConfig())
     # the prelude pushed 5 registers and reserved 0x60 bytes: entry RSP = that + 0x88; 8 mod 16
     assert result.stop.code == 8
@@ -200,3 +199,29 @@ def test_the_applications_status_ends_the_run(status, kind, exit_status):
     _, result = boot(efi_app(f"mov ${status:#x}, %rax\njmp done"), MachineConfig())
     assert (result.stop.kind, result.exit_status, result.stop.code) == (kind, exit_status, status)
     assert efi.status_name(status) in result.stop.detail
+
+
+def test_cli_runs_the_probe_under_efi_with_its_options(tmp_path, capsys):
+    from hvsim.cli import main
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("y\n")
+    png, store = tmp_path / "screen.png", tmp_path / "vars.json"
+    status = main(["run", "--env", "efi", str(probe_path("efi")), "--cmdline", "from the cli ✓",
+                   "--keys", "{esc}", "--keys-file", str(keys), "--framebuffer-png", str(png),
+                   "--efi-vars", str(store), "--json", str(tmp_path / "run.json")])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "cmdline: from the cli ✓" in out
+    assert png.read_bytes().startswith(b"\x89PNG")          # GOP offered and saved, though unused
+    import json
+    extra = json.loads((tmp_path / "run.json").read_text())["extra"]["efi"]
+    assert extra["boot_services_exited"] and extra["framebuffer_png"] == str(png)
+
+
+def test_cli_rejects_an_unknown_key_name(capsys):
+    from hvsim.cli import main
+
+    status = main(["run", "--env", "efi", str(probe_path("efi")), "--keys", "{nosuchkey}"])
+    err = capsys.readouterr().err
+    assert status != 0 and "unknown key {nosuchkey}" in err and "Traceback" not in err

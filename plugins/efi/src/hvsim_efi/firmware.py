@@ -24,7 +24,7 @@ from hvsim.abi import efi
 from hvsim.core.cpu import CODE32, CODE64, DATA32, PageTableBuilder, flat_descriptor, gdt_bytes, idt_gate64
 from hvsim.core.disasm import disassemble_one
 from hvsim.core.errors import GuestMemoryError, LoadError
-from hvsim.core.events import Call, Fault, Shutdown
+from hvsim.core.events import Call, Shutdown
 from hvsim.core.exceptions import HAS_ERROR_CODE, vector_name
 from hvsim.core.layout import FOUR_GIB
 from hvsim.core.result import StopReason
@@ -331,6 +331,8 @@ class Firmware:
 
     # -- exceptions ---------------------------------------------------------------------------------------
     def _fault(self, vector: int) -> None:
+        """An exception reached the firmware's IDT (the core recorded it as a delivered Fault): stop
+        the run with the faulting instruction and the registers at the fault."""
         m = self.m
         rsp = m.reg("rsp")
         try:
@@ -345,8 +347,6 @@ class Firmware:
             text = disassemble_one(m.vmem.read(rip, 15), rip)[0]
         except GuestMemoryError:
             text = "(instruction unreadable)"
-        m.emit(Fault(vector=vector, name=vector_name(vector), rip=rip, error_code=error_code, cr2=cr2,
-                     delivered=True, detail=f"firmware exception handler: {text}"))
         m.set_reg("rsp", saved_rsp)
         m.set_reg("rax", m.reg("r11"))
         m.freeze_state(rip)

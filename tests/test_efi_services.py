@@ -1,0 +1,444 @@
+"""efi boot and runtime services driven by a scripted EFI application (efi_apps.call_script), each
+asserted through the trace the firmware records and the memory the guest sees."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import pytest
+
+from hvsim import MachineConfig
+from hvsim.abi import efi
+from hvsim.api import Run
+
+from efi_apps import (
+    BS, BS_AT_ENTRY, CON_IN, CON_OUT, IMAGE_HANDLE, RT, THIS, call_script, efi_app, interface_at, scratch,
+    scratch_value, ucs2,
+)
+
+PAGE = 0x1000
+
+
+def bs(name: str) -> int:
+    return efi.BOOT_SERVICES_FIRST_SLOT + 8 * efi.BOOT_SERVICES.index(name)
+
+
+def rt(name: str) -> int:
+    return efi.RUNTIME_SERVICES_FIRST_SLOT + 8 * efi.RUNTIME_SERVICES.index(name)
+
+
+def con_out(name: str) -> int:
+    return 8 * efi.TEXT_OUTPUT_SERVICES.index(name)
+
+
+def script(calls, *, data: bytes = b"", config: MachineConfig | None = None, path_pointer: bool = False,
+           **options):
+    """Run the calls; ``path_pointer``: scratch[0x28] is set to the address of scratch[0x38]
+    before the run (a pointer to a device path, as LocateDevicePath takes)."""
+    app, symbols = call_script(calls, data=data)
+    prepared = Run("efi", app, config or MachineConfig(), options=options)
+    if path_pointer:
+        prepared.machine.memory.write_u64(symbols["scratch"] + 0x28, symbols["scratch"] + 0x38)
+    result = prepared.execute()
+    traced = [e for e in result.events if e.kind == "Call"]
+    return prepared, result, traced, symbols
+
+
+def u64(prepared, symbols, offset: int) -> int:
+    return prepared.machine.memory.read_u64(symbols["scratch"] + offset)
+
+
+# -- memory ------------------------------------------------------------------------------------------
+
+def test_allocate_pages_any_max_address_and_address_then_free():
+    data = struct.pack("<QQQ", 0, 0x800000, 0x3000000)       # [8]: MaxAddress limit, [16]: the address wanted
+    prepared, result, traced, sym = script([
+        (BS, bs("AllocatePages"), efi.ALLOCATE_ANY_PAGES, efi.LOADER_DATA, 3, scratch(0)),
+        (BS, bs("AllocatePages"), efi.ALLOCATE_MAX_ADDRESS, efi.BOOT_SERVICES_DATA, 2, scratch(8)),
+        (BS, bs("AllocatePages"), efi.ALLOCATE_ADDRESS, efi.LOADER_CODE, 4, scratch(16)),
+        (BS, bs("AllocatePages"), efi.ALLOCATE_ADDRESS, efi.LOADER_CODE, 1, scratch(16)),   # taken now
+        (BS, bs("FreePages"), scratch_value(16), 4),
+        (BS, bs("FreePages"), scratch_value(16), 4),                                      # twice: not allocated
+    ], data=data)
+    assert [c.result for c in traced] == ["EFI_SUCCESS"] * 3 + ["EFI_NOT_FOUND", "EFI_SUCCESS", "EFI_NOT_FOUND"]
+    anywhere, below, at = (u64(prepared, sym, o) for o in (0, 8, 16))
+    assert anywhere % PAGE == 0 and anywhere + 3 * PAGE <= 1 << 32
+    assert below + 2 * PAGE <= 0x800000 + 1
+    assert at == 0x3000000
+    final = prepared.machine.plugin_state["efi"].map
+    assert final.type_at(anywhere) == efi.LOADER_DATA and final.type_at(below) == efi.BOOT_SERVICES_DATA
+    assert final.type_at(at) == efi.CONVENTIONAL_MEMORY
+
+
+def test_top_down_allocation_takes_the_highest_free_pages():
+    prepared, _, traced, sym = script([
+        (BS, bs("AllocatePages"), efi.ALLOCATE_ANY_PAGES, efi.LOADER_DATA, 1, scratch(0)),
+        (BS, bs("AllocatePages"), efi.ALLOCATE_ANY_PAGES, efi.LOADER_DATA, 1, scratch(8)),
+    ])
+    first, second = u64(prepared, sym, 0), u64(prepared, sym, 8)
+    assert second < first
+    fw = prepared.machine.plugin_state["efi"]
+    assert fw.map.find_free(1, (1 << 32) - 1) < second
+
+
+def test_get_memory_map_buffer_too_small_protocol_and_a_key_that_changes_with_every_allocation():
+    data = struct.pack("<Q", 0)
+    prepared, result, traced, sym = script([
+        (BS, bs("GetMemoryMap"), scratch(0), 0, scratch(8), scratch(16), scratch(24)),         # size 0 probe
+        (BS, bs("GetMemoryMap"), scratch(0), scratch(0x1000), scratch(8), scratch(16), scratch(24)),
+        (BS, bs("AllocatePool"), efi.ACPI_RECLAIM_MEMORY, 100, scratch(32)),
+        (BS, bs("GetMemoryMap"), scratch(40), scratch(0x2000), scratch(48), scratch(16), scratch(24)),
+    ], data=data + bytes(32) + struct.pack("<Q", 0x4000))
+    probe, first, _, second = traced
+    assert probe.result == "EFI_BUFFER_TOO_SMALL" and probe.args["needed"] > 0
+    assert first.result == "EFI_SUCCESS"
+    assert u64(prepared, sym, 16) == 48                                   # DescriptorSize, as edk2
+    assert prepared.machine.memory.read_u32(sym["scratch"] + 24) == 1     # DescriptorVersion
+    key1, key2 = u64(prepared, sym, 8), u64(prepared, sym, 48)
+    assert key2 != key1
+    # the map itself: 48-byte descriptors, sorted, and the ACPI reclaim pool shows as its own type
+    size = u64(prepared, sym, 40)
+    blob = prepared.machine.memory.read(sym["scratch"] + 0x2000, size)
+    descriptors = [struct.unpack_from(efi.MEMORY_DESCRIPTOR_FORMAT, blob, o) for o in range(0, size, 48)]
+    starts = [d[1] for d in descriptors]
+    assert starts == sorted(starts)
+    pool = u64(prepared, sym, 32)
+    assert any(d[0] == efi.ACPI_RECLAIM_MEMORY and d[1] <= pool < d[1] + d[3] * PAGE for d in descriptors)
+
+
+def test_pool_blocks_share_pages_and_are_freed():
+    prepared, _, traced, sym = script([
+        (BS, bs("AllocatePool"), efi.LOADER_DATA, 24, scratch(0)),
+        (BS, bs("AllocatePool"), efi.LOADER_DATA, 24, scratch(8)),
+        (BS, bs("FreePool"), scratch_value(0)),
+        (BS, bs("FreePool"), scratch_value(0)),
+        (BS, bs("FreePool"), scratch_value(8)),
+    ])
+    assert [c.result for c in traced] == ["EFI_SUCCESS"] * 3 + ["EFI_INVALID_PARAMETER", "EFI_SUCCESS"]
+    a, b = u64(prepared, sym, 0), u64(prepared, sym, 8)
+    assert a // PAGE == b // PAGE and abs(a - b) >= 24 and a % 8 == b % 8 == 0
+    assert prepared.machine.plugin_state["efi"].map.type_at(a) == efi.CONVENTIONAL_MEMORY
+
+
+def test_copy_set_mem_and_crc32():
+    data = b"hello, firmware!"
+    prepared, _, traced, sym = script([
+        (BS, bs("CopyMem"), scratch(0x100), scratch(0), len(data)),
+        (BS, bs("SetMem"), scratch(0x200), 5, 0x5A),
+        (BS, bs("CalculateCrc32"), scratch(0), len(data), scratch(0x300)),
+    ], data=data)
+    memory = prepared.machine.memory
+    assert memory.read(sym["scratch"] + 0x100, len(data)) == data
+    assert memory.read(sym["scratch"] + 0x200, 6) == b"ZZZZZ\0"
+    assert memory.read_u32(sym["scratch"] + 0x300) == zlib.crc32(data)
+
+
+# -- ExitBootServices ----------------------------------------------------------------------------------
+
+def test_exit_boot_services_checks_the_key_then_refuses_boot_services():
+    prepared, result, traced, sym = script([
+        (BS, bs("GetMemoryMap"), scratch(0), scratch(0x1000), scratch(8), scratch(16), scratch(24)),
+        (BS, bs("AllocatePool"), efi.LOADER_DATA, 8, scratch(32)),                 # the key moves on
+        (BS, bs("ExitBootServices"), IMAGE_HANDLE, scratch_value(8)),              # stale
+        (BS, bs("GetMemoryMap"), scratch(56), scratch(0x1000), scratch(8), scratch(16), scratch(24)),
+        (BS, bs("ExitBootServices"), IMAGE_HANDLE, scratch_value(8)),
+        (BS_AT_ENTRY, bs("AllocatePool"), efi.LOADER_DATA, 8, scratch(40)),        # after: refused
+        (RT, rt("GetTime"), scratch(0x40), 0),                                     # runtime still works
+    ], data=struct.pack("<Q", 0x4000).ljust(56, b"\0") + struct.pack("<Q", 0x4000))
+    results = [c.result for c in traced]
+    assert results == ["EFI_SUCCESS", "EFI_SUCCESS", "EFI_INVALID_PARAMETER", "EFI_SUCCESS", "EFI_SUCCESS",
+                       "EFI_UNSUPPORTED", "EFI_SUCCESS"]
+    assert "ExitBootServices" in traced[5].args["error"]
+    assert result.exit_status == 0
+    # the system table no longer offers boot services or consoles, and its CRC is still right
+    from hvsim_efi.tables import header_crc_ok
+    fw = prepared.machine.plugin_state["efi"]
+    st = prepared.machine.memory.read(fw.system_table, efi.SYSTEM_TABLE_SIZE)
+    assert header_crc_ok(st)
+    assert struct.unpack_from("<Q", st, efi.ST_BOOT_SERVICES)[0] == 0
+    assert struct.unpack_from("<Q", st, efi.ST_CON_OUT)[0] == 0
+
+
+# -- protocols -----------------------------------------------------------------------------------------
+
+def test_loaded_image_has_image_base_size_and_the_command_line():
+    data = efi.LOADED_IMAGE_PROTOCOL_GUID
+    prepared, result, traced, sym = script([
+        (BS, bs("HandleProtocol"), IMAGE_HANDLE, scratch(0), scratch(16)),
+        (BS, bs("OpenProtocol"), IMAGE_HANDLE, scratch(0), scratch(24), IMAGE_HANDLE, 0,
+         efi.OPEN_PROTOCOL_GET_PROTOCOL),
+        (BS, bs("CloseProtocol"), IMAGE_HANDLE, scratch(0), IMAGE_HANDLE, 0),
+        (BS, bs("CloseProtocol"), IMAGE_HANDLE, scratch(0), IMAGE_HANDLE, 0),
+    ], data=data, config=MachineConfig(cmdline="root=/dev/sda1 ✓"))
+    assert [c.result for c in traced] == ["EFI_SUCCESS", "EFI_SUCCESS", "EFI_SUCCESS", "EFI_NOT_FOUND"]
+    memory = prepared.machine.memory
+    loaded = u64(prepared, sym, 16)
+    assert loaded == u64(prepared, sym, 24)
+    fields = struct.unpack(efi.LOADED_IMAGE_FORMAT, memory.read(loaded, efi.LOADED_IMAGE_SIZE))
+    revision, _parent, system_table, _device, _path, _res, options_size, options, base, size, code, data_type, _ = fields
+    assert revision == 0x1000 and base == 0x10000000 and size % PAGE == 0 and size >= 0x2000
+    assert (code, data_type) == (efi.LOADER_CODE, efi.LOADER_DATA)
+    assert memory.read(options, options_size) == "root=/dev/sda1 ✓\0".encode("utf-16-le")
+
+
+def test_install_locate_and_uninstall_protocols():
+    guid = efi.guid_bytes("11111111-2222-3333-4444-555555555555")
+    other = efi.guid_bytes("66666666-2222-3333-4444-555555555555")
+    data = guid + other + bytes(16)
+    prepared, result, traced, sym = script([
+        (BS, bs("InstallProtocolInterface"), scratch(0x40), scratch(0), 0, 0xABC0),
+        (BS, bs("LocateProtocol"), scratch(0), 0, scratch(0x48)),
+        (BS, bs("LocateHandle"), efi.BY_PROTOCOL, scratch(0), 0, scratch(0x50), 0),        # size probe
+        (BS, bs("LocateHandle"), efi.BY_PROTOCOL, scratch(0), 0, scratch(0x50), scratch(0x60)),
+        (BS, bs("LocateHandleBuffer"), efi.BY_PROTOCOL, scratch(0), 0, scratch(0x70), scratch(0x78)),
+        (BS, bs("InstallMultipleProtocolInterfaces"), scratch(0x40), scratch(16), 0xDEF0, 0),
+        (BS, bs("ProtocolsPerHandle"), scratch_value(0x40), scratch(0x80), scratch(0x88)),
+        (BS, bs("UninstallMultipleProtocolInterfaces"), scratch_value(0x40), scratch(0), 0xABC0, scratch(16), 0xDEF0, 0),
+        (BS, bs("LocateProtocol"), scratch(0), 0, scratch(0x48)),
+        (BS, bs("LocateHandleBuffer"), efi.BY_PROTOCOL, scratch(16), 0, scratch(0x70), scratch(0x78)),
+    ], data=data)
+    results = [c.result for c in traced]
+    assert results == ["EFI_SUCCESS", "EFI_SUCCESS", "EFI_BUFFER_TOO_SMALL", "EFI_SUCCESS", "EFI_SUCCESS",
+                       "EFI_SUCCESS", "EFI_SUCCESS", "EFI_SUCCESS", "EFI_NOT_FOUND", "EFI_NOT_FOUND"]
+    handle = u64(prepared, sym, 0x40)
+    assert u64(prepared, sym, 0x50) == 8 and u64(prepared, sym, 0x60) == handle
+    assert u64(prepared, sym, 0x70) == 1
+    assert u64(prepared, sym, 0x88) == 2                                # two protocols on the handle
+    assert traced[5].args["protocols"] == ["66666666-2222-3333-4444-555555555555"]
+
+
+def test_locate_device_path_finds_the_longest_match_or_not_found():
+    fw_device_path = bytes([0x01, 0x04, 20, 0]) + efi.guid_bytes("6e9b4f3e-7a5c-4c2f-9a1d-68767369d000")
+    file_node = bytes([0x04, 0x04, 8, 0]) + "a\0".encode("utf-16-le")
+    path = fw_device_path + file_node + efi.END_DEVICE_PATH
+    data = efi.DEVICE_PATH_PROTOCOL_GUID + efi.LOAD_FILE2_PROTOCOL_GUID + struct.pack("<Q", 0) + path
+    # scratch: [0] DEVICE_PATH guid, [16] LOAD_FILE2 guid, [0x28] the path pointer, [0x38] the path
+    data = data[:0x20] + bytes(0x18) + path
+    prepared, _, traced, sym = script([
+        (BS, bs("LocateDevicePath"), scratch(0), scratch(0x28), scratch(0x30)),
+        (BS, bs("LocateDevicePath"), scratch(16), scratch(0x28), scratch(0x30)),
+    ], data=data, path_pointer=True)
+    found, missing = traced
+    assert found.result == "EFI_SUCCESS" and missing.result == "EFI_NOT_FOUND"
+    fw = prepared.machine.plugin_state["efi"]
+    assert found.args["device"] == fw.boot_device
+    # the remaining path points at the file node
+    remaining = u64(prepared, sym, 0x28)
+    assert prepared.machine.memory.read(remaining, 8) == file_node
+
+
+# -- events and the keyboard --------------------------------------------------------------------------
+
+def test_timer_event_wait_check_and_signal():
+    prepared, result, traced, sym = script([
+        (BS, bs("CreateEvent"), efi.EVT_TIMER, 0, 0, 0, scratch(0)),
+        (BS, bs("CheckEvent"), scratch_value(0)),
+        (BS, bs("SetTimer"), scratch_value(0), efi.TIMER_RELATIVE, 10_000_000),            # 1 s
+        (BS, bs("WaitForEvent"), 1, scratch(0), scratch(8)),
+        (BS, bs("CheckEvent"), scratch_value(0)),
+        (BS, bs("SignalEvent"), scratch_value(0)),
+        (BS, bs("CheckEvent"), scratch_value(0)),
+        (BS, bs("CloseEvent"), scratch_value(0)),
+        (BS, bs("CheckEvent"), scratch_value(0)),
+        (BS, bs("Stall"), 1000),
+        (BS, bs("SetWatchdogTimer"), 0, 0x10000, 0, 0),
+    ])
+    assert [c.result for c in traced] == ["EFI_SUCCESS", "EFI_NOT_READY", "EFI_SUCCESS", "EFI_SUCCESS",
+                                          "EFI_NOT_READY", "EFI_SUCCESS", "EFI_SUCCESS", "EFI_SUCCESS",
+                                          "EFI_INVALID_PARAMETER", "EFI_SUCCESS", "EFI_SUCCESS"]
+    assert prepared.machine.plugin_state["efi"].events.now() >= 1_000_000_000
+
+
+def test_signal_event_calls_the_notification_function():
+    """A notify function (in the app) that counts its calls; SignalEvent runs it before returning."""
+    app = efi_app(f"""
+        mov ST_BS(%rbx), %r13
+        mov $0x200, %ecx                 # EVT_NOTIFY_SIGNAL
+        mov $8, %edx                     # TPL_CALLBACK
+        lea notify(%rip), %r8
+        lea counter(%rip), %r9
+        lea event(%rip), %rax
+        mov %rax, 0x20(%rsp)
+        call *{bs('CreateEvent')}(%r13)
+        mov event(%rip), %rcx
+        call *{bs('SignalEvent')}(%r13)
+        mov event(%rip), %rcx
+        call *{bs('SignalEvent')}(%r13)
+        mov counter(%rip), %rax
+        jmp done
+    notify:
+        incq (%rdx)
+        ret
+    .balign 8
+    event: .quad 0
+    counter: .quad 0
+    """)
+    result = Run("efi", app, MachineConfig()).execute()
+    assert result.stop.code == 2, result.stop
+    assert [e.name for e in result.events if e.kind == "Call"] == ["BS.CreateEvent", "BS.SignalEvent", "BS.SignalEvent"]
+
+
+def test_a_key_wait_gets_the_scripted_keys_then_stops_idle():
+    wait_event = 0x10                                 # ConIn.WaitForKey at This + 0x10
+    app, sym = call_script([
+        (CON_IN, wait_event - wait_event, THIS, 0),                                    # Reset
+        (BS, bs("WaitForEvent"), 1, scratch(0x100), scratch(8)),
+        (CON_IN, 8, THIS, scratch(16)),                                                # ReadKeyStroke
+        (CON_IN, 8, THIS, scratch(24)),
+        (CON_IN, 8, THIS, scratch(32)),
+        (BS, bs("WaitForEvent"), 1, scratch(0x100), scratch(8)),
+    ])
+    # the event handle: read it from ConIn at run time is not possible in the script, so the test
+    # passes it in: the firmware's ConIn.WaitForKey is known once the firmware is built
+    prepared = Run("efi", app, MachineConfig(), options={"keys": "a{esc}"})
+    fw = prepared.machine.plugin_state["efi"]
+    prepared.machine.memory.write_u64(sym["scratch"] + 0x100, fw.con_in.wait_for_key)
+    result = prepared.execute()
+    traced = [e for e in result.events if e.kind == "Call"]
+    assert [c.result for c in traced] == ["EFI_SUCCESS", "EFI_SUCCESS", "EFI_SUCCESS", "EFI_SUCCESS",
+                                          "EFI_NOT_READY", "EFI_NOT_READY"]
+    memory = prepared.machine.memory
+    assert struct.unpack("<HH", memory.read(sym["scratch"] + 16, 4)) == (0, ord("a"))
+    assert struct.unpack("<HH", memory.read(sym["scratch"] + 24, 4)) == (0x17, 0)      # SCAN_ESC
+    assert result.stop.kind == "idle" and "no scripted keys left" in result.stop.detail
+
+
+# -- runtime services -----------------------------------------------------------------------------------
+
+def test_variables_set_get_enumerate_and_persist(tmp_path):
+    store = tmp_path / "vars.json"
+    name = "BootOrder\0".encode("utf-16-le")
+    value = b"\x01\x00\x02\x00"
+    data = efi.GLOBAL_VARIABLE_GUID + name.ljust(64, b"\0") + value
+    nv = efi.VARIABLE_NON_VOLATILE | efi.VARIABLE_BOOTSERVICE_ACCESS | efi.VARIABLE_RUNTIME_ACCESS
+    calls = [
+        (RT, rt("SetVariable"), scratch(16), scratch(0), nv, len(value), scratch(80)),
+        (RT, rt("GetVariable"), scratch(16), scratch(0), scratch(0x100), scratch(0x108), scratch(0x110)),
+        (RT, rt("GetNextVariableName"), scratch(0x200), scratch(0x208), scratch(0x300)),
+    ]
+    data = data.ljust(0x108, b"\0") + struct.pack("<Q", 16) + bytes(0xF0) + struct.pack("<Q", 64)
+    prepared, _, traced, sym = script(calls, data=data, efi_vars=str(store))
+    assert [c.result for c in traced] == ["EFI_SUCCESS"] * 3
+    memory = prepared.machine.memory
+    assert memory.read(sym["scratch"] + 0x110, 4) == value
+    assert memory.read_u32(sym["scratch"] + 0x100) == nv
+    assert traced[2].args["next"] == "BootOrder"
+    saved = json.loads(store.read_text())["variables"]
+    assert saved == [{"guid": "8be4df61-93ca-11d2-aa0d-00e098032b8c", "name": "BootOrder", "attributes": nv,
+                      "data": value.hex()}]
+    # a second run reads it back from the file
+    _, _, traced, _ = script(calls[1:2], data=data, efi_vars=str(store))
+    assert traced[0].result == "EFI_SUCCESS"
+
+
+def test_get_and_set_time():
+    time = struct.pack(efi.TIME_FORMAT, 2030, 6, 15, 12, 30, 0, 0, efi.UNSPECIFIED_TIMEZONE, 0)
+    bad = struct.pack(efi.TIME_FORMAT, 2030, 13, 15, 12, 30, 0, 0, efi.UNSPECIFIED_TIMEZONE, 0)
+    _, _, traced, _ = script([
+        (RT, rt("GetTime"), scratch(0x100), scratch(0x120)),
+        (RT, rt("SetTime"), scratch(0)),
+        (RT, rt("GetTime"), scratch(0x100), 0),
+        (RT, rt("SetTime"), scratch(16)),
+    ], data=time + bad)
+    assert [c.result for c in traced] == ["EFI_SUCCESS", "EFI_SUCCESS", "EFI_SUCCESS", "EFI_INVALID_PARAMETER"]
+    assert traced[0].args["time"].startswith("2026-01-01")
+    assert traced[2].args["time"].startswith("2030-06-15 12:30")
+
+
+@pytest.mark.parametrize("reset_type,kind", [(efi.RESET_SHUTDOWN, "poweroff"), (efi.RESET_COLD, "reboot"),
+                                             (efi.RESET_WARM, "reboot")])
+def test_reset_system_ends_the_run_with_its_type(reset_type, kind):
+    _, result, traced, _ = script([(RT, rt("ResetSystem"), reset_type, 0, 0, 0)])
+    assert result.stop.kind == kind
+    assert efi.RESET_TYPE_NAMES[reset_type] in result.stop.detail
+    assert traced[-1].name == "RT.ResetSystem"
+
+
+# -- consoles and graphics -----------------------------------------------------------------------------
+
+def test_text_output_mode_attribute_and_cursor():
+    text = "ab\r\ncd".encode("utf-16-le") + b"\0\0"
+    prepared, result, traced, sym = script([
+        (CON_OUT, con_out("QueryMode"), THIS, 0, scratch(0x100), scratch(0x108)),
+        (CON_OUT, con_out("QueryMode"), THIS, 3, scratch(0x100), scratch(0x108)),
+        (CON_OUT, con_out("SetAttribute"), THIS, 0x1F),
+        (CON_OUT, con_out("ClearScreen"), THIS),
+        (CON_OUT, con_out("OutputString"), THIS, scratch(0)),
+        (CON_OUT, con_out("SetCursorPosition"), THIS, 79, 24),
+        (CON_OUT, con_out("SetCursorPosition"), THIS, 80, 0),
+        (CON_OUT, con_out("EnableCursor"), THIS, 0),
+    ], data=text)
+    assert [c.result for c in traced] == ["EFI_SUCCESS", "EFI_UNSUPPORTED", "EFI_SUCCESS", "EFI_SUCCESS",
+                                          "EFI_SUCCESS", "EFI_SUCCESS", "EFI_UNSUPPORTED", "EFI_SUCCESS"]
+    assert (u64(prepared, sym, 0x100), u64(prepared, sym, 0x108)) == (80, 25)
+    assert result.console("efi-conout") == "ab\r\ncd"
+    fw = prepared.machine.plugin_state["efi"]
+    mode = struct.unpack(efi.TEXT_OUTPUT_MODE_FORMAT, prepared.machine.memory.read(fw.con_out.mode_address, 24))
+    assert mode == (1, 0, 0x1F, 79, 24, False)
+
+
+def test_graphics_output_blt_lands_in_the_saved_png(tmp_path):
+    png = tmp_path / "screen.png"
+    pixel = bytes([0x10, 0x20, 0xF0, 0])                    # blue, green, red, reserved
+    blt = 8 * efi.GOP_SERVICES.index("Blt")
+    app, sym = call_script([
+        (BS, bs("LocateHandle"), efi.BY_PROTOCOL, scratch(0), 0, scratch(0x28), 0),
+        (BS, bs("LocateProtocol"), scratch(0), 0, scratch(0x20)),
+        # EfiBltVideoFill of a 3x2 rectangle at (7, 5) with the pixel
+        (interface_at(0x20), blt, THIS, scratch(16), efi.BLT_VIDEO_FILL, 0, 0, 7, 5, 3, 2, 0),
+        # a rectangle that leaves the screen
+        (interface_at(0x20), blt, THIS, scratch(16), efi.BLT_VIDEO_FILL, 0, 0, 799, 0, 2, 1, 0),
+    ], data=efi.GRAPHICS_OUTPUT_PROTOCOL_GUID + pixel)
+    prepared = Run("efi", app, MachineConfig(), options={"framebuffer_png": str(png)})
+    result = prepared.execute()
+    assert [e.result for e in result.events if e.kind == "Call"] == [
+        "EFI_BUFFER_TOO_SMALL", "EFI_SUCCESS", "EFI_SUCCESS", "EFI_INVALID_PARAMETER"]
+    gop = prepared.machine.plugin_state["efi"].gop
+    assert (gop.width, gop.height) == (800, 600) and result.extra["efi"]["framebuffer_png"] == str(png)
+    data = png.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = struct.unpack(">II", data[16:24])
+    raw = zlib.decompress(data[data.index(b"IDAT") + 4:data.index(b"IEND") - 8])
+    stride = 1 + width * 3
+    rows = [raw[y * stride + 1:(y + 1) * stride] for y in range(height)]
+    assert rows[5][7 * 3:10 * 3] == bytes([0xF0, 0x20, 0x10]) * 3
+    assert rows[6][9 * 3:10 * 3] == bytes([0xF0, 0x20, 0x10])
+    assert rows[7][7 * 3:10 * 3] == bytes(9) and rows[5][6 * 3:7 * 3] == bytes(3)
+
+
+# -- images ---------------------------------------------------------------------------------------------
+
+def test_load_start_exit_and_unload_a_child_image():
+    message = ucs2("child says hi\n")
+    child = efi_app(f"""
+        mov ST_CONOUT(%rbx), %rcx
+        lea msg(%rip), %rdx
+        call *8(%rcx)
+        mov ST_BS(%rbx), %rax
+        mov %r12, %rcx
+        mov $0x800000000000000e, %rdx
+        xor %r8d, %r8d
+        xor %r9d, %r9d
+        call *{bs('Exit')}(%rax)
+        mov $1, %eax
+        jmp done
+    msg: {message}
+    """, image_base=0x7000_0000_0000)
+    prepared, result, traced, sym = script([
+        (BS, bs("LoadImage"), 0, IMAGE_HANDLE, 0, scratch(0x100), len(child), scratch(0)),
+        (BS, bs("StartImage"), scratch_value(0), 0, 0),
+        (BS, bs("UnloadImage"), scratch_value(0)),
+        (BS, bs("LoadImage"), 0, IMAGE_HANDLE, 0, scratch(0x100), 0x40, scratch(8)),      # truncated
+    ], data=bytes(0x100) + child)
+    names = [c.name for c in traced]
+    assert names == ["BS.LoadImage", "BS.StartImage", "ConOut.OutputString", "BS.Exit", "BS.UnloadImage",
+                     "BS.LoadImage"]
+    assert result.console("efi-conout") == "child says hi\n"
+    results = prepared.machine.memory.read(sym["results"], 32)
+    start_status = struct.unpack_from("<Q", results, 8)[0]
+    assert start_status == efi.NOT_FOUND                                   # what the child passed to Exit
+    assert traced[4].result == "EFI_INVALID_PARAMETER"                      # Exit already unloaded it
+    assert traced[5].result == "EFI_LOAD_ERROR"
+    assert result.exit_status == 0
