@@ -442,3 +442,104 @@ def test_load_start_exit_and_unload_a_child_image():
     assert traced[4].result == "EFI_INVALID_PARAMETER"                      # Exit already unloaded it
     assert traced[5].result == "EFI_LOAD_ERROR"
     assert result.exit_status == 0
+
+
+def run_virtual_map(offset: int, after: list):
+    """GetMemoryMap, ExitBootServices, SetVirtualAddressMap giving each runtime range
+    physical + ``offset``, then the calls ``after`` (through the system table, which the guest can
+    follow only when ``offset`` is 0: nothing maps the other addresses)."""
+    app, sym = call_script([
+        (BS, bs("GetMemoryMap"), scratch(0), scratch(0x2000), scratch(8), scratch(16), scratch(24)),
+        (BS, bs("ExitBootServices"), IMAGE_HANDLE, scratch_value(8)),
+        (RT, rt("SetVirtualAddressMap"), scratch_value(32), 48, 1, scratch(0x1000)),
+        *after,
+    ], data=struct.pack("<Q", 0x4000))
+    prepared = Run("efi", app, MachineConfig())
+    fw, memory = prepared.machine.plugin_state["efi"], prepared.machine.memory
+    runtime = [r for r in fw.map.descriptors() if r.attribute & efi.MEMORY_RUNTIME]
+    virtual_map = b"".join(struct.pack(efi.MEMORY_DESCRIPTOR_FORMAT, r.type, r.start, offset + r.start, r.pages,
+                                       r.attribute) + bytes(8) for r in runtime)
+    memory.write(sym["scratch"] + 0x1000, virtual_map)
+    memory.write_u64(sym["scratch"] + 32, len(virtual_map))
+    memory.write_u64(sym["scratch"] + 40, fw.runtime_table)            # pointers to convert
+    memory.write_u64(sym["scratch"] + 48, sym["scratch"])
+    result = prepared.execute()
+    return fw, memory, result, [e for e in result.events if e.kind == "Call"], sym
+
+
+def test_set_virtual_address_map_moves_the_runtime_tables():
+    """The runtime table's service pointers, and the system table's pointers into runtime memory,
+    follow the virtual map, with their CRCs recomputed."""
+    from hvsim_efi.tables import header_crc_ok
+
+    offset = 0xFFFF_8000_0000_0000
+    fw, memory, result, traced, _ = run_virtual_map(offset, [])
+    assert [c.result for c in traced] == ["EFI_SUCCESS"] * 3 and result.exit_status == 0
+    st = memory.read(fw.system_table, efi.SYSTEM_TABLE_SIZE)
+    assert header_crc_ok(st)
+    assert struct.unpack_from("<Q", st, efi.ST_RUNTIME_SERVICES)[0] == offset + fw.runtime_table
+    assert struct.unpack_from("<Q", st, efi.ST_CONFIGURATION_TABLE)[0] == offset + fw.config_array
+    table = memory.read(fw.runtime_table, efi.RUNTIME_SERVICES_SIZE)
+    assert header_crc_ok(table)
+    assert struct.unpack_from("<Q", table, rt("GetTime"))[0] == offset + fw.stubs[("RT", "GetTime")]
+
+
+def test_set_virtual_address_map_only_once_and_convert_pointer():
+    _, memory, _, traced, sym = run_virtual_map(0, [
+        (RT, rt("SetVirtualAddressMap"), scratch_value(32), 48, 1, scratch(0x1000)),
+        (RT, rt("ConvertPointer"), 0, scratch(40)),
+        (RT, rt("ConvertPointer"), 0, scratch(48)),
+        (RT, rt("GetTime"), scratch(0x100), 0),
+    ])
+    assert [c.result for c in traced] == ["EFI_SUCCESS"] * 3 + ["EFI_UNSUPPORTED", "EFI_SUCCESS", "EFI_NOT_FOUND",
+                                                                "EFI_SUCCESS"]
+
+
+def test_the_watchdog_ends_a_run_that_overstays():
+    _, result, traced, _ = script([
+        (BS, bs("SetWatchdogTimer"), 1, 0x10000, 0, 0),
+        (BS, bs("Stall"), 2_000_000),
+        (BS, bs("Stall"), 1),
+    ])
+    assert result.stop.kind == "crash" and "watchdog" in result.stop.detail
+    assert [c.name for c in traced] == ["BS.SetWatchdogTimer", "BS.Stall"]
+
+
+def test_exit_boot_services_signals_its_event_group():
+    app = efi_app(f"""
+        mov ST_BS(%rbx), %r13
+        mov $0x201, %ecx                 # EVT_SIGNAL_EXIT_BOOT_SERVICES
+        mov $8, %edx
+        lea notify(%rip), %r8
+        lea counter(%rip), %r9
+        lea event(%rip), %rax
+        mov %rax, 0x20(%rsp)
+        call *{bs('CreateEvent')}(%r13)
+        movq $0x4000, size(%rip)
+        lea size(%rip), %rcx
+        lea map(%rip), %rdx
+        lea key(%rip), %r8
+        lea dsize(%rip), %r9
+        lea dversion(%rip), %rax
+        mov %rax, 0x20(%rsp)
+        call *{bs('GetMemoryMap')}(%r13)
+        mov %r12, %rcx
+        mov key(%rip), %rdx
+        call *{bs('ExitBootServices')}(%r13)
+        mov counter(%rip), %rax
+        jmp done
+    notify:
+        incq (%rdx)
+        ret
+    .balign 8
+    event: .quad 0
+    counter: .quad 0
+    size: .quad 0
+    key: .quad 0
+    dsize: .quad 0
+    dversion: .quad 0
+    map: .skip 0x4000
+    """)
+    result = Run("efi", app, MachineConfig()).execute()
+    assert result.stop.code == 1, result.stop
+    assert [e.name for e in result.events if e.kind == "Call"][-1] == "BS.ExitBootServices"

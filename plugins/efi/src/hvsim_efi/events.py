@@ -18,6 +18,7 @@ from hvsim.core.result import StopReason
 from .calls import EfiError, service
 
 EVENT_GROUP_EXIT_BOOT_SERVICES = efi.guid_bytes("27abf055-b1b8-4c26-8048-748f37baa2df")
+EVENT_GROUP_VIRTUAL_ADDRESS_CHANGE = efi.guid_bytes("13fa7698-c831-49c7-87ea-8f43fcc25196")
 VALID_TPLS = (efi.TPL_APPLICATION, efi.TPL_CALLBACK, efi.TPL_NOTIFY, efi.TPL_HIGH_LEVEL)
 
 
@@ -62,15 +63,17 @@ class EventTable:
         return event
 
     def signal(self, event: Event) -> None:
+        """SignalEvent: the event, or every event of its group."""
         members = [event] if event.group is None else [e for e in self.events.values() if e.group == event.group]
         for e in members:
-            if e.signaled and e.type & efi.EVT_NOTIFY_SIGNAL:
-                continue
-            e.signaled = True
-            if e.type & efi.EVT_NOTIFY_SIGNAL and e.notify_function:
-                handle = next(h for h, v in self.events.items() if v is e)
-                self.notify_queue.append((e.notify_function, (handle, e.notify_context)))
-                e.signaled = False
+            self._signal_one(e)
+
+    def _signal_one(self, event: Event) -> None:
+        if event.type & efi.EVT_NOTIFY_SIGNAL and event.notify_function:
+            handle = next(h for h, v in self.events.items() if v is event)
+            self.notify_queue.append((event.notify_function, (handle, event.notify_context)))
+        else:
+            event.signaled = True
 
     def take_notifications(self) -> list[tuple[int, tuple[int, ...]]]:
         queue, self.notify_queue = self.notify_queue, []
@@ -92,9 +95,14 @@ class EventTable:
     def exit_boot_services(self) -> None:
         for event in list(self.events.values()):
             event.trigger_ns = None
-            if event.type == efi.EVT_SIGNAL_EXIT_BOOT_SERVICES or event.group == EVENT_GROUP_EXIT_BOOT_SERVICES:
-                self.signal(event)
+            if event.group == EVENT_GROUP_EXIT_BOOT_SERVICES:
+                self._signal_one(event)
         self.watchdog_deadline = None
+
+    def virtual_address_change(self) -> None:
+        for event in list(self.events.values()):
+            if event.type == efi.EVT_SIGNAL_VIRTUAL_ADDRESS_CHANGE or event.group == EVENT_GROUP_VIRTUAL_ADDRESS_CHANGE:
+                self._signal_one(event)
 
     def ready(self, event: Event) -> bool:
         """Is the event signalled now?  Consumes the signal, except a key wait's (the key stays
@@ -118,6 +126,8 @@ def _create(ctx, group: bytes | None, out_name: str) -> int:
         raise EfiError(efi.INVALID_PARAMETER, "a notify event needs a NotifyFunction and a valid NotifyTpl")
     if kind == efi.EVT_SIGNAL_EXIT_BOOT_SERVICES:
         group = EVENT_GROUP_EXIT_BOOT_SERVICES
+    elif kind == efi.EVT_SIGNAL_VIRTUAL_ADDRESS_CHANGE:
+        group = EVENT_GROUP_VIRTUAL_ADDRESS_CHANGE
     handle = ctx.fw.events.create(Event(kind, a["NotifyTpl"], a["NotifyFunction"], a["NotifyContext"], group))
     ctx.write_u64(out, handle)
     ctx.record["event"] = handle

@@ -87,6 +87,7 @@ def set_virtual_address_map(ctx):
     fw.virtual_map = mapping
     fw.virtual_mode = True
     fw.runtime_pointers_to_virtual()
+    fw.events.virtual_address_change()
     ctx.record["ranges"] = len(mapping)
     return efi.SUCCESS
 
