@@ -543,3 +543,17 @@ def test_exit_boot_services_signals_its_event_group():
     result = Run("efi", app, MachineConfig()).execute()
     assert result.stop.code == 1, result.stop
     assert [e.name for e in result.events if e.kind == "Call"][-1] == "BS.ExitBootServices"
+
+
+def test_standard_error_is_its_own_console_and_counters_count():
+    std_err = 0x50                                   # EFI_SYSTEM_TABLE.StdErr
+    _, result, traced, _ = script([
+        (std_err, con_out("OutputString"), THIS, scratch(0)),
+        (BS, bs("GetNextMonotonicCount"), scratch(0x100)),
+        (BS, bs("GetNextMonotonicCount"), scratch(0x108)),
+        (RT, rt("GetNextHighMonotonicCount"), scratch(0x110)),
+        (RT, rt("QueryVariableInfo"), efi.VARIABLE_BOOTSERVICE_ACCESS, scratch(0x120), scratch(0x128), scratch(0x130)),
+        (RT, rt("GetNextVariableName"), scratch(0x140), scratch(0x200), scratch(0x300)),
+    ], data="oops\n".encode("utf-16-le") + b"\0\0" + bytes(0x140 - 12) + struct.pack("<Q", 64))
+    assert [c.result for c in traced] == ["EFI_SUCCESS"] * 5 + ["EFI_NOT_FOUND"]
+    assert result.console("efi-stderr") == "oops\n" and result.console("efi-conout") == ""

@@ -18,6 +18,7 @@ from hvsim.abi import efi
 from hvsim.core.devices import ConsoleSink
 
 from .calls import EfiError, service
+from .events import Event
 
 COLUMNS, ROWS = 80, 25
 DEFAULT_ATTRIBUTE = 0x07               # EFI_LIGHTGRAY on EFI_BLACK
@@ -74,8 +75,6 @@ def install_text_output(fw, channel: str) -> TextOutput:
 
 
 def install_text_input(fw) -> ConsoleIn:
-    from .events import Event
-
     interface = fw.alloc(efi.BOOT_SERVICES_DATA, efi.TEXT_INPUT_SIZE, 8)
     wait = fw.events.create(Event(efi.EVT_NOTIFY_WAIT, efi.TPL_NOTIFY, 0, 0, is_key_wait=True))
     fw.m.memory.write(interface, struct.pack("<QQQ", fw.stubs[("ConIn", "Reset")],

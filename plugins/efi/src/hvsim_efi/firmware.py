@@ -29,11 +29,16 @@ from hvsim.core.exceptions import HAS_ERROR_CODE, vector_name
 from hvsim.core.layout import FOUR_GIB
 from hvsim.core.result import StopReason
 
-from . import tables
+from . import console, protocols, tables
 from .calls import SERVICES, CallContext, EfiError
+from .console import ConsoleIn, Framebuffer, TextOutput
+from .events import EventTable
+from .images import Image
 from .memory_map import MemoryMap, Pool
 from .protocols import ProtocolDatabase
+from .runtime_services import rewrite_runtime_table, to_virtual
 from .trap import ARG_REGISTERS, STACK_ARGS_OFFSET, TRAPPED_ARG_REGISTERS, TrapDevice, stub
+from .variables import VariableStore
 
 PAGE = 0x1000
 GDT_CODE64, GDT_DATA64 = 0x38, 0x30
@@ -59,11 +64,7 @@ class Frame:
 
 
 class Firmware:
-    def __init__(self, machine, *, keys=(), variables=None, framebuffer=None):
-        from .console import ConsoleIn, TextOutput
-        from .events import EventTable
-        from .variables import VariableStore
-
+    def __init__(self, machine, *, keys=(), variables: VariableStore | None = None, framebuffer=None):
         self.m = machine
         self.map = MemoryMap.from_layout(machine.layout)
         self.pool = Pool(self.map)
@@ -74,7 +75,7 @@ class Firmware:
         self.boot_services_active = True
         self.frames: list[Frame] = []
         self._pending: Frame | None = None
-        self.images: dict[int, object] = {}
+        self.images: dict[int, Image] = {}
         self.main_image: int | None = None
         self.monotonic = 0
         self.virtual_mode = False
@@ -88,8 +89,8 @@ class Firmware:
         self.keys = list(keys)
         self.con_in: ConsoleIn | None = None
         self.text_outputs: dict[int, TextOutput] = {}
-        self.gop = None
-        self.load_file2 = None
+        self.gop: Framebuffer | None = None
+        self.load_file2: tuple[int, bytes] | None = None
 
     # -- firmware-internal memory --------------------------------------------------------------
     def alloc(self, memory_type: int, size: int, align: int = 16) -> int:
@@ -117,8 +118,6 @@ class Firmware:
 
     # -- building ---------------------------------------------------------------------------------
     def build(self) -> None:
-        from . import console, protocols
-
         m = self.m
         code = self.alloc(efi.RUNTIME_SERVICES_CODE, PAGE, PAGE)
         blob = bytearray()
@@ -170,13 +169,9 @@ class Firmware:
 
     def guest_pointer(self, address: int) -> int:
         """A firmware pointer as the guest must see it: virtual after SetVirtualAddressMap."""
-        from .runtime_services import to_virtual
-
         return (to_virtual(self, address) or address) if self.virtual_mode else address
 
     def runtime_pointers_to_virtual(self) -> None:
-        from .runtime_services import rewrite_runtime_table
-
         rewrite_runtime_table(self, self.guest_pointer)
         self.write_system_table()
 
