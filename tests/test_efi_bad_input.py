@@ -132,3 +132,28 @@ def test_a_boot_service_after_exit_boot_services_is_an_error_not_a_crash():
     assert [c.result for c in traced] == ["EFI_SUCCESS", "EFI_SUCCESS", "EFI_UNSUPPORTED", "EFI_UNSUPPORTED",
                                           "EFI_NOT_FOUND"]
     assert all("ExitBootServices" in c.args["error"] for c in traced[2:4])
+
+
+def test_handover_needs_a_bzimage():
+    from hvsim.core.errors import LoadError
+    from hvsim.kernels import probe_path
+
+    with pytest.raises(LoadError, match="--entry handover needs a bzImage"):
+        Run("efi", probe_path("efi"), MachineConfig(), options={"entry": "handover"})
+
+
+def test_a_variable_store_that_cannot_be_written_is_a_device_error(tmp_path):
+    data = efi.GLOBAL_VARIABLE_GUID + "X\0".encode("utf-16-le") + b"\x01"
+    nv = efi.VARIABLE_NON_VOLATILE | efi.VARIABLE_BOOTSERVICE_ACCESS
+    app, _ = call_script([(RT, rt("SetVariable"), scratch(16), scratch(0), nv, 1, scratch(20))], data=data)
+    result = Run("efi", app, MachineConfig(), options={"efi_vars": str(tmp_path / "missing" / "v.json")}).execute()
+    (call,) = [e for e in result.events if e.kind == "Call"]
+    assert call.result == "EFI_DEVICE_ERROR" and "cannot write" in call.args["error"]
+    assert result.exit_status == 0
+
+
+def test_the_smallest_machine_still_boots_the_probe():
+    from hvsim.kernels import probe_path
+
+    result = Run("efi", probe_path("efi"), MachineConfig(memory="16M")).execute()
+    assert result.stop.kind == "poweroff", result.stop

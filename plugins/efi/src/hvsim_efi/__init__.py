@@ -91,6 +91,8 @@ def _options(options) -> dict:
     except ValueError as exc:
         raise UsageError(f"--keys: {exc}") from None
     png = options.get("framebuffer_png")
+    if png and not Path(png).resolve().parent.is_dir():
+        raise UsageError(f"--framebuffer-png {png}: no such directory")
     return {"keys": keys, "framebuffer": (*FRAMEBUFFER, png) if png else None,
             "variables": variables.VariableStore(options.get("efi_vars"))}
 
@@ -174,8 +176,11 @@ def hvsim_finish(machine, result):
         "memory_map_at_exit_boot_services": [_descriptor(r) for r in fw.exit_map] if fw.exit_map else None,
     }
     if fw.gop is not None and fw.gop.png:
-        Path(fw.gop.png).write_bytes(console.framebuffer_png(machine.memory, fw.gop))
-        extra["framebuffer_png"] = fw.gop.png
+        try:
+            Path(fw.gop.png).write_bytes(console.framebuffer_png(machine.memory, fw.gop))
+            extra["framebuffer_png"] = fw.gop.png
+        except OSError as exc:
+            extra["framebuffer_png_error"] = f"{fw.gop.png}: {exc.strerror or exc}"
     return extra
 
 

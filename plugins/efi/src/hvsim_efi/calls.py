@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from hvsim.abi import efi
 
+PAGE = 0x1000
+
 if TYPE_CHECKING:
     from .firmware import Firmware
 
@@ -37,13 +39,14 @@ def service(table: str, name: str, *params: str):
 
 
 class CallContext:
-    def __init__(self, fw: "Firmware", table: str, name: str, args: dict[str, int], return_address: int):
+    def __init__(self, fw: "Firmware", table: str, name: str):
         self.fw = fw
         self.m = fw.m
         self.table = table
         self.name = name
-        self.args = args
-        self.return_address = return_address
+        self.args: dict[str, int] = {}
+        self.return_address: int | None = None
+        self._pages: dict[int, int] = {}
         self.record: dict[str, Any] = {}      # decoded arguments and results shown in the trace
         self.after_call: Callable[[], None] | None = None   # runs once the call is recorded (ends a run)
 
@@ -56,11 +59,28 @@ class CallContext:
         return value
 
     # -- guest memory ----------------------------------------------------------------------------------
+    # Guest pointers are virtual: translated through the guest's live page tables (which cannot
+    # change during a call, so each page is translated once per call), then read or written through
+    # the bounds-checked physical accessor.
+    def _pieces(self, address: int, size: int):
+        done = 0
+        while done < size:
+            va = (address + done) & 0xFFFF_FFFF_FFFF_FFFF
+            n = min(size - done, PAGE - va % PAGE)
+            page = va - va % PAGE
+            pa = self._pages.get(page)
+            if pa is None:
+                pa = self._pages[page] = self.m.vmem.translate(page)
+            yield pa + va % PAGE, done, n
+            done += n
+
     def read(self, address: int, size: int) -> bytes:
-        return self.m.vmem.read(address, size)
+        return b"".join(self.m.memory.read(pa, n) for pa, _, n in list(self._pieces(address, size)))
 
     def write(self, address: int, data: bytes) -> None:
-        self.m.vmem.write(address, data)
+        pieces = list(self._pieces(address, len(data)))     # every page translated before any write
+        for pa, offset, n in pieces:
+            self.m.memory.write(pa, data[offset:offset + n])
 
     def read_u32(self, address: int) -> int:
         return struct.unpack("<I", self.read(address, 4))[0]

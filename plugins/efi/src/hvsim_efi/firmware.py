@@ -233,17 +233,17 @@ class Firmware:
             return self._callback_returned()
         table, name = self.services[index]
         fn, params = SERVICES.get((table, name), (None, ()))
+        ctx = CallContext(self, table, name)
         rsp = m.reg("rsp")
         values = [m.reg(r) for r in TRAPPED_ARG_REGISTERS[:len(params)]]
-        return_address = None
         try:
-            return_address = struct.unpack("<Q", m.vmem.read(rsp, 8))[0]
+            ctx.return_address = ctx.read_u64(rsp)
             for k in range(len(params) - len(ARG_REGISTERS)):
-                values.append(struct.unpack("<Q", m.vmem.read(rsp + STACK_ARGS_OFFSET + 8 * k, 8))[0])
+                values.append(ctx.read_u64(rsp + STACK_ARGS_OFFSET + 8 * k))
         except GuestMemoryError as exc:
             m.stop(StopReason("bad-access", detail=f"efi {table}.{name}: the caller's stack is unreadable: {exc}"))
             return
-        ctx = CallContext(self, table, name, dict(zip(params, values)), return_address)
+        ctx.args = dict(zip(params, values))
         self.events.fire_due_timers()
         status = None
         try:
@@ -263,7 +263,7 @@ class Firmware:
             m.set_reg("rax", status)
         shown = status if status is not None else ctx.record.pop("result", None)
         m.emit(Call(interface="efi", name=f"{table}.{name}", args={**ctx.args, **ctx.record},
-                    result=efi.status_name(shown) if isinstance(shown, int) else shown, rip=return_address))
+                    result=efi.status_name(shown) if isinstance(shown, int) else shown, rip=ctx.return_address))
         if ctx.after_call is not None:
             ctx.after_call()
         if self._pending is None and self.events.notify_queue and m.stop_reason is None:

@@ -44,8 +44,11 @@ class VariableStore:
         kept = [{"guid": str(uuid.UUID(bytes_le=g)), "name": n, "attributes": a, "data": d.hex()}
                 for (g, n), (a, d) in self.variables.items() if a & efi.VARIABLE_NON_VOLATILE]
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"variables": kept}, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps({"variables": kept}, indent=1) + "\n")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise EfiError(efi.DEVICE_ERROR, f"cannot write {self.path}: {exc.strerror or exc}") from None
 
 
 def _visible(ctx, attributes: int) -> bool:
