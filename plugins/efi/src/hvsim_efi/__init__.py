@@ -76,7 +76,15 @@ def hvsim_accepts(env, image):
         layout = pe_loader.parse(image.data, image.name)
     except LoadError as exc:
         return Acceptance.no(str(exc))
-    return Acceptance.yes(f"pe: {layout.name} entered at RVA {layout.entry_rva:#x}")
+    how = f"pe: {layout.name} entered at RVA {layout.entry_rva:#x}"
+    if _handover(image) is not None:
+        how += "; --entry handover for the EFI handover entry"
+    return Acceptance.yes(how)
+
+
+def _handover(image):
+    """The 64-bit EFI handover entry from the headers (``image.entry`` would decompress the payload)."""
+    return next((e for e in image.header_entries if e.kind == "efi_handover64"), None)
 
 
 def _options(options) -> dict:
@@ -101,7 +109,7 @@ def _options(options) -> dict:
 def hvsim_setup(machine, image, config, options):
     entry = options.get("entry") or "pe"
     layout = pe_loader.parse(image.data, image.name)
-    if entry == "handover" and (image.bzimage is None or image.entry("efi_handover64") is None):
+    if entry == "handover" and _handover(image) is None:
         raise LoadError(f"{image.name}: --entry handover needs a bzImage with XLF_EFI_HANDOVER_64")
     try:
         cmdline = config.cmdline_bytes().decode("utf-8")
@@ -132,7 +140,7 @@ def hvsim_setup(machine, image, config, options):
         machine.set_reg("rdx", fw.system_table)
         text = f"pe: {image.name} at {image_record.base:#x}, entry {rip:#x}"
     else:
-        rip = image_record.base + image.bzimage.pm_offset + image.entry("efi_handover64").address
+        rip = image_record.base + image.bzimage.pm_offset + _handover(image).address
         machine.set_reg("rdi", image_record.handle)
         machine.set_reg("rsi", fw.system_table)
         machine.set_reg("rdx", _handover_boot_params(fw, image, config))
