@@ -18,8 +18,8 @@ pytestmark = pytest.mark.linux
 CMDLINE = "earlyprintk=serial,ttyS0 console=ttyS0 nokaslr hvsim.test=efi"
 
 
-def boot(entry: str):
-    config = MachineConfig(memory="512M", cmdline=CMDLINE, timeout=300)
+def boot(entry: str, initrd=None):
+    config = MachineConfig(memory="512M", cmdline=CMDLINE, timeout=300, initrd=initrd)
     result = Run("efi", debian_vmlinuz(), config, options={"entry": entry},
                  observers=[StopAfterMemoryMap()]).execute()
     return config, result
@@ -39,12 +39,17 @@ def names(result) -> list[str]:
     return [e.name for e in result.events if e.kind == "Call"]
 
 
-def test_bzimage_pe_entry_runs_the_efi_stub_to_the_banner():
-    config, result = boot("pe")
+def test_bzimage_pe_entry_runs_the_efi_stub_to_the_banner(tmp_path):
+    initrd = tmp_path / "initrd.img"
+    initrd.write_bytes(bytes(range(256)) * 4096)
+    config, result = boot("pe", initrd)
     assert_saw_its_world(config, result)
+    # the stub took the initrd from LoadFile2 on its initrd media device path, and said so on ConOut
+    assert "EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID device path" in result.console("efi-conout")
     calls = names(result)
     # the stub found its LoadedImage, took the 64 MiB slot at 16 MiB, and exited boot services
     assert calls[0] == "BS.HandleProtocol" and calls[-1] == "BS.ExitBootServices"
+    assert calls.count("LoadFile2.LoadFile") == 2          # the size probe, then the load
     slot = [e for e in result.events if e.kind == "Call" and e.name == "BS.AllocatePages" and e.args["Type"] == 2]
     assert slot and slot[0].args["address"] == 16 << 20 and slot[0].result == "EFI_SUCCESS"
     # the map handed to the kernel went into ACPI reclaim pool memory, which Linux prints as ACPI data
