@@ -70,26 +70,26 @@ static u64 field(u64 base, u32 offset)
 static u8 line[256];
 static u32 line_len;
 
-static void conout_flush(void)
+/* Send line[0, n) through OutputString (UTF-8 decoded to UTF-16, "\n" as "\r\n") and keep the rest. */
+static void conout_send(u32 n_bytes)
 {
 	u16 text[2 * sizeof(line) + 1];
 	u32 n = 0;
-	for (u32 i = 0; i < line_len;) {
+	for (u32 i = 0; i < n_bytes;) {
 		u8 c = line[i];
 		u32 cp = c, more = 0;
-		if (c >= 0xf0) {
+		if (c >= 0xf0)
 			cp = c & 0x07, more = 3;
-		} else if (c >= 0xe0) {
+		else if (c >= 0xe0)
 			cp = c & 0x0f, more = 2;
-		} else if (c >= 0xc0) {
+		else if (c >= 0xc0)
 			cp = c & 0x1f, more = 1;
+		if (i + more >= n_bytes + !more) {
+			cp = 0xfffd; /* a sequence cut off by the end: only a malformed string does that */
+			more = n_bytes - i - 1;
 		}
-		if (i + more >= line_len + (more ? 0 : 1) && more) {
-			cp = 0xfffd, more = line_len - i - 1;
-		} else {
-			for (u32 k = 1; k <= more; k++)
-				cp = cp << 6 | (line[i + k] & 0x3f);
-		}
+		for (u32 k = 1; k <= more && cp != 0xfffd; k++)
+			cp = cp << 6 | (line[i + k] & 0x3f);
 		i += 1 + more;
 		if (cp == '\n')
 			text[n++] = '\r';
@@ -102,18 +102,32 @@ static void conout_flush(void)
 		}
 	}
 	text[n] = 0;
-	line_len = 0;
+	memcpy(line, line + n_bytes, line_len - n_bytes);
+	line_len -= n_bytes;
 	u64 con_out = field(systab, ST_CON_OUT);
 	if (n && con_out)
 		((efi_fn2)field(con_out, 8))(con_out, (u64)(uintptr_t)text);
 }
 
+static void conout_flush(void)
+{
+	conout_send(line_len);
+}
+
 static void conout_putc(char c)
 {
 	line[line_len++] = (u8)c;
-	/* flush at a line end, or before a UTF-8 sequence could be split by a full buffer */
-	if (c == '\n' || line_len >= sizeof(line) - 4)
+	if (c == '\n') {
 		conout_flush();
+	} else if (line_len >= sizeof(line) - 4) {
+		/* full: send up to the start of the last UTF-8 sequence unless it is complete */
+		u32 start = line_len - 1;
+		while (start && (line[start] & 0xc0) == 0x80)
+			start--;
+		u8 lead = line[start];
+		u32 need = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 1;
+		conout_send(line_len - start >= need ? line_len : start);
+	}
 }
 
 static const struct probe_console conout_console = {.putc = conout_putc};

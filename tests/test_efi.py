@@ -129,7 +129,7 @@ def test_memory_map_is_the_configs_less_the_firmwares_reservations(memory):
 
 
 @pytest.mark.parametrize("cmdline", ["", "root=/dev/vda1  ro quiet", "  edge  ", "path=C:\\boot\\x \\x41 end\\",
-                                     "tab\there", "emoji 🐧 astral"])
+                                     "tab\there", "emoji 🐧 astral", "é" * 300 + "🐧" * 100])
 def test_command_line_reaches_the_guest_through_load_options(cmdline):
     _, _, report = boot_probe(MachineConfig(cmdline=cmdline))
     assert report.cmdline == cmdline
