@@ -13,6 +13,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from hvsim import MachineConfig
+from hvsim.abi import efi
+from hvsim.api import Run
+
 TEXT_RVA = 0x1000
 PRELUDE = """
     push %rbx
@@ -256,3 +260,33 @@ def call_script(calls, *, data: bytes = b"", **options) -> tuple[bytes, dict[str
     image_base = options.pop("image_base", 0x10000000)
     flat, symbols = assemble_app(body, image_base=image_base)
     return build_pe([(".text", TEXT_RVA, flat, len(flat))], image_base=image_base, **options), symbols
+
+
+# -- running a script ------------------------------------------------------------------------------
+def bs(name: str) -> int:
+    return efi.BOOT_SERVICES_FIRST_SLOT + 8 * efi.BOOT_SERVICES.index(name)
+
+
+def rt(name: str) -> int:
+    return efi.RUNTIME_SERVICES_FIRST_SLOT + 8 * efi.RUNTIME_SERVICES.index(name)
+
+
+def con_out(name: str) -> int:
+    return 8 * efi.TEXT_OUTPUT_SERVICES.index(name)
+
+
+def script(calls, *, data: bytes = b"", config: MachineConfig | None = None, path_pointer: bool = False,
+           **options):
+    """Run the calls; ``path_pointer``: scratch[0x28] is set to the address of scratch[0x38]
+    before the run (a pointer to a device path, as LocateDevicePath takes)."""
+    app, symbols = call_script(calls, data=data)
+    prepared = Run("efi", app, config or MachineConfig(), options=options)
+    if path_pointer:
+        prepared.machine.memory.write_u64(symbols["scratch"] + 0x28, symbols["scratch"] + 0x38)
+    result = prepared.execute()
+    traced = [e for e in result.events if e.kind == "Call"]
+    return prepared, result, traced, symbols
+
+
+def u64(prepared, symbols, offset: int) -> int:
+    return prepared.machine.memory.read_u64(symbols["scratch"] + offset)

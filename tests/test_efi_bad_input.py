@@ -10,17 +10,11 @@ from hvsim import MachineConfig
 from hvsim.abi import efi
 from hvsim.api import Run
 
-from efi_apps import BS, BS_AT_ENTRY, CON_OUT, IMAGE_HANDLE, RT, THIS, call_script, efi_app, scratch, scratch_value
+from efi_apps import (
+    BS, BS_AT_ENTRY, CON_OUT, IMAGE_HANDLE, RT, THIS, bs, call_script, efi_app, rt, scratch, scratch_value,
+)
 
 NOWHERE = 0x7000_0000_0000          # no RAM, not mapped
-
-
-def bs(name: str) -> int:
-    return efi.BOOT_SERVICES_FIRST_SLOT + 8 * efi.BOOT_SERVICES.index(name)
-
-
-def rt(name: str) -> int:
-    return efi.RUNTIME_SERVICES_FIRST_SLOT + 8 * efi.RUNTIME_SERVICES.index(name)
 
 
 def traced_results(calls, data: bytes = b""):

@@ -104,6 +104,19 @@ def uninstall_protocol_interface(ctx):
     return efi.SUCCESS
 
 
+@service("BS", "ReinstallProtocolInterface", "Handle", "Protocol", "OldInterface", "NewInterface")
+def reinstall_protocol_interface(ctx):
+    a = ctx.args
+    guid = ctx.guid("Protocol")
+    protocols = ctx.fw.db.handles.get(a["Handle"])
+    if protocols is None:
+        raise EfiError(efi.INVALID_PARAMETER, f"{a['Handle']:#x} is not a handle")
+    if protocols.get(guid) != a["OldInterface"]:
+        raise EfiError(efi.NOT_FOUND, "OldInterface is not installed for that protocol on the handle")
+    protocols[guid] = a["NewInterface"]
+    return efi.SUCCESS
+
+
 def _variadic_pairs(ctx, first: int):
     """(GUID*, interface) pairs from the variadic arguments, up to the NULL GUID pointer."""
     m, rsp = ctx.m, ctx.m.reg("rsp")
