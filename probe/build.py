@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the hvsim probe kernel: probe.elf and probe.bzImage.
+"""Build the hvsim probe kernel: probe.elf, probe.bzImage and probe.efi.
 
     python probe/build.py [--out DIR] [--cc gcc] [--ld ld]
 
@@ -8,7 +8,8 @@ outside the Python standard library.
 
 The build is reproducible: sources are compiled in sorted order from the probe directory with relative
 names and -ffile-prefix-map, nothing embeds a time or a host path, ld gets no build-id, and the gzip
-payload has mtime 0. Rebuilding with the same gcc and binutils gives identical bytes. The ELF keeps
+payload has mtime 0. probe.efi is the same objects linked a second time at pe.PROBE_EFI_BASE and
+wrapped into a PE32+ EFI application by pe.py. Rebuilding with the same gcc and binutils gives identical bytes. The ELF keeps
 its .symtab and gcc's .comment (which names the compiler, so a test can tell whether a rebuild is
 expected to match the committed images).
 """
@@ -29,6 +30,7 @@ DEFAULT_OUT = REPO / "src" / "hvsim" / "kernels"
 sys.path.insert(0, str(PROBE_DIR))
 sys.dont_write_bytecode = True  # leave no __pycache__ in the source folder
 import bzimage  # noqa: E402  (the sibling module; the build is run as a script)
+import pe  # noqa: E402
 
 CFLAGS = [
     "-m64",
@@ -80,7 +82,8 @@ def sources() -> list[str]:
     return sorted(names)
 
 
-def link_elf(cc: str, ld: str, work: Path) -> bytes:
+def link_elf(cc: str, ld: str, work: Path) -> tuple[bytes, bytes]:
+    """probe.elf (at 0x100000) and the same objects linked at pe.PROBE_EFI_BASE for probe.efi."""
     objects = []
     for name in sources():
         obj = work / (name + ".o")
@@ -89,9 +92,11 @@ def link_elf(cc: str, ld: str, work: Path) -> bytes:
             cwd=PROBE_DIR,
         )
         objects.append(str(obj))
-    elf_path = work / "probe.elf"
+    elf_path, efi_elf_path = work / "probe.elf", work / "probe-efi.elf"
     run([ld, *LDFLAGS, "-T", "probe.ld", "-o", str(elf_path), *objects], cwd=PROBE_DIR)
-    return elf_path.read_bytes()
+    run([ld, *LDFLAGS, f"--defsym=PROBE_BASE={pe.PROBE_EFI_BASE:#x}", "-T", "probe.ld", "-o", str(efi_elf_path),
+         *objects], cwd=PROBE_DIR)
+    return elf_path.read_bytes(), efi_elf_path.read_bytes()
 
 
 def check_elf(blob: bytes) -> None:
@@ -113,23 +118,27 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build probe.elf and probe.bzImage.")
+    parser = argparse.ArgumentParser(description="Build probe.elf, probe.bzImage and probe.efi.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--cc", default=os.environ.get("CC", "gcc"), help="C compiler (default gcc or $CC)")
     parser.add_argument("--ld", default=os.environ.get("LD", "ld"), help="GNU ld (default ld or $LD)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="hvsim-probe-") as tmp:
-        elf_blob = link_elf(args.cc, args.ld, Path(tmp))
+        elf_blob, efi_elf_blob = link_elf(args.cc, args.ld, Path(tmp))
     check_elf(elf_blob)
+    efi_elf = bzimage.read_elf(efi_elf_blob)
+    efi_blob = pe.build_pe(efi_elf, efi_elf.symbols["efi_entry"][0])
     # The bzImage header offers linux64; the pvh and pv entries are the payload ELF's Xen notes.
     bz_blob = bzimage.build_bzimage(elf_blob, entries="linux64; pvh and pv in the payload ELF")
 
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomically(args.out / "probe.elf", elf_blob)
     write_atomically(args.out / "probe.bzImage", bz_blob)
+    write_atomically(args.out / "probe.efi", efi_blob)
     print(f"probe.elf      {len(elf_blob):7d} bytes  {args.out / 'probe.elf'}")
     print(f"probe.bzImage  {len(bz_blob):7d} bytes  {args.out / 'probe.bzImage'}")
+    print(f"probe.efi      {len(efi_blob):7d} bytes  {args.out / 'probe.efi'}")
     return 0
 
 

@@ -1,5 +1,5 @@
-"""The probe kernel build: probe/build.py produces a valid ELF and bzImage, reproducibly, and the committed
-images in hvsim.kernels are what the sources build."""
+"""The probe kernel build: probe/build.py produces a valid ELF, bzImage and PE32+ EFI application,
+reproducibly, and the committed images in hvsim.kernels are what the sources build."""
 
 from __future__ import annotations
 
@@ -35,22 +35,22 @@ def _need_toolchain() -> None:
     pytest.skip(f"building the probe kernel needs gcc and GNU ld; not found on PATH: {names}")
 
 
-def _build(out: Path) -> tuple[bytes, bytes]:
+def _build(out: Path) -> tuple[bytes, bytes, bytes]:
     _need_toolchain()
     result = subprocess.run(
         [sys.executable, str(BUILD_SCRIPT), "--out", str(out)], capture_output=True, text=True, cwd=REPO
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    return (out / "probe.elf").read_bytes(), (out / "probe.bzImage").read_bytes()
+    return tuple((out / f"probe.{kind}").read_bytes() for kind in ("elf", "bzImage", "efi"))
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[bytes, bytes]:
+def built(tmp_path_factory) -> tuple[bytes, bytes, bytes]:
     return _build(tmp_path_factory.mktemp("probe"))
 
 
-def _committed() -> tuple[bytes, bytes]:
-    return probe_path("elf").read_bytes(), probe_path("bzImage").read_bytes()
+def _committed() -> tuple[bytes, bytes, bytes]:
+    return tuple(probe_path(kind).read_bytes() for kind in ("elf", "bzImage", "efi"))
 
 
 def _elf(blob: bytes) -> ELFFile:
@@ -125,16 +125,34 @@ def check_bzimage(bz: bytes, elf_blob: bytes) -> None:
     assert len(bz) <= MAX_IMAGE_BYTES
 
 
-def test_the_build_makes_a_valid_elf_and_bzimage(built):
-    elf_blob, bz = built
+def check_efi(efi_blob: bytes, elf_blob: bytes) -> None:
+    """A PE32+ x86-64 EFI application, relocations stripped, entered at efi_entry, whose sections
+    hold the same code and data as probe.elf (linked at another address)."""
+    import pefile
+
+    pe = pefile.PE(data=efi_blob)
+    assert pe.OPTIONAL_HEADER.Magic == 0x20B and pe.FILE_HEADER.Machine == 0x8664
+    assert pe.OPTIONAL_HEADER.Subsystem == 10
+    assert pe.FILE_HEADER.Characteristics & 0x0001           # IMAGE_FILE_RELOCS_STRIPPED
+    assert [s.Name.rstrip(b"\0") for s in pe.sections] == [b".text", b".data"]
+    assert pe.sections[0].VirtualAddress == 0x1000
+    # the same objects linked elsewhere: efi_entry lies as far into .text as in probe.elf
+    assert pe.OPTIONAL_HEADER.AddressOfEntryPoint - 0x1000 == _symbol(elf_blob, "efi_entry")["st_value"] - LOAD
+    assert len(efi_blob) <= MAX_IMAGE_BYTES
+
+
+def test_the_build_makes_a_valid_elf_bzimage_and_efi_application(built):
+    elf_blob, bz, efi_blob = built
     check_elf(elf_blob)
     check_bzimage(bz, elf_blob)
+    check_efi(efi_blob, elf_blob)
 
 
 def test_the_committed_images_are_valid():
-    elf_blob, bz = _committed()
+    elf_blob, bz, efi_blob = _committed()
     check_elf(elf_blob)
     check_bzimage(bz, elf_blob)
+    check_efi(efi_blob, elf_blob)
 
 
 def test_rebuilding_gives_identical_bytes(built, tmp_path):
@@ -142,12 +160,13 @@ def test_rebuilding_gives_identical_bytes(built, tmp_path):
 
 
 def test_the_committed_images_are_what_the_sources_build(built):
-    committed_elf, committed_bz = _committed()
+    committed = _committed()
+    committed_elf = committed[0]
     ours = _elf(built[0]).get_section_by_name(".comment").data()
     theirs = _elf(committed_elf).get_section_by_name(".comment").data()
     if ours != theirs:
         pytest.skip(f"the committed probe was built by {theirs!r}, this machine has {ours!r}: bytes may differ")
-    assert (committed_elf, committed_bz) == built, "rebuild and commit: python probe/build.py"
+    assert committed == built, "rebuild and commit: python probe/build.py"
 
 
 def test_the_committed_probe_spin_is_a_self_contained_four_instruction_loop():

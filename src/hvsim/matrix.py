@@ -3,6 +3,7 @@ run in its own process; the canonical records (``hvsim.semantics``) compared fie
 
     from hvsim.matrix import run_matrix
     matrix = run_matrix()                      # the embedded probe under every installed environment
+                                               # (the bzImage, or probe.efi for an EFI firmware)
     matrix.undeclared                          # differences no plugin declared inherent
     matrix.to_dict()                           # JSON-able
 
@@ -38,6 +39,7 @@ from .image import KernelImage
 from .semantics import COMPARED_FIELDS, semantics_of
 
 REFERENCE = "bare_metal"
+PROBE_BUILDS = ("bzImage", "efi")      # the embedded probe's images, in the order environments are offered them
 Kernel = "str | Path | bytes | KernelImage | None"
 
 
@@ -98,13 +100,39 @@ def run_matrix(kernel: Kernel = None, config: MachineConfig | None = None, envs:
 
     pm = pm or get_plugin_manager()
     config = config or MachineConfig()
-    image = open_image(kernel)
-    chosen, refused = accepting_environments(image, pm, envs)
+    if kernel is None:
+        images, refused = probe_for_each(pm, envs)
+        chosen, name = sorted(images), "the embedded probe (" + ", ".join(
+            f"{env}: {Path(str(images[env].name)).name}" for env in sorted(images)) + ")"
+    else:
+        image = open_image(kernel)
+        chosen, refused = accepting_environments(image, pm, envs)
+        images, name = {env: image for env in chosen}, str(image.name)
     declared = {env: inherent_differences(pm, env) for env in chosen}
-    columns = run_columns(chosen, image, config, options=options, pm=pm, jobs=jobs)
+    columns = run_columns(chosen, images, config, options=options, pm=pm, jobs=jobs)
     reference = REFERENCE if REFERENCE in columns else (min(columns) if columns else None)
-    return Matrix(kernel=str(image.name), config=config.to_dict(), reference=reference, columns=columns,
+    return Matrix(kernel=name, config=config.to_dict(), reference=reference, columns=columns,
                   declared=declared, refused=refused, differences=compare(columns, reference, declared))
+
+
+def probe_for_each(pm: pluggy.PluginManager, envs: Iterable[str] | None = None
+                   ) -> tuple[dict[str, KernelImage], dict[str, str]]:
+    """The embedded probe as each environment boots it: the first of its builds (``PROBE_BUILDS``:
+    the bzImage, whose payload ELF carries the Xen notes, then the PE32+ EFI application) that the
+    environment accepts; environments that accept none are refused with the bzImage's reason."""
+    from .api import open_image
+    from .kernels import probe_path
+
+    images: dict[str, KernelImage] = {}
+    refused: dict[str, str] = {}
+    for build in PROBE_BUILDS:
+        image = open_image(probe_path(build))
+        chosen, why = accepting_environments(image, pm, envs)
+        for env in chosen:
+            images.setdefault(env, image)
+        for env, reason in why.items():
+            refused.setdefault(env, reason)
+    return images, {env: reason for env, reason in refused.items() if env not in images}
 
 
 def accepting_environments(image: KernelImage, pm: pluggy.PluginManager,
@@ -175,11 +203,11 @@ def compare(columns: dict[str, dict], reference: str | None,
 
 # -- running columns in child processes ------------------------------------------------------------
 
-def run_columns(envs: list[str], kernel: Kernel, config: MachineConfig, *, options: dict[str, Any] | None = None,
+def run_columns(envs: list[str], kernel: "Kernel | dict[str, KernelImage]", config: MachineConfig, *, options: dict[str, Any] | None = None,
                 pm: pluggy.PluginManager | None = None, jobs: int | None = None,
                 observe: Callable[[Any], Callable[[Any], dict]] | None = None) -> dict[str, dict]:
-    """Run ``kernel`` under each of ``envs`` in its own process, at most ``jobs`` at once (default:
-    the CPU count), and return environment -> column::
+    """Run ``kernel`` (or ``kernel[env]`` when it is a dict) under each of ``envs`` in its own
+    process, at most ``jobs`` at once (default: the CPU count), and return environment -> column::
 
         {"environment", "ok", "error", "entry", "exit_status", "wall_seconds", "semantics"}
 
@@ -196,8 +224,9 @@ def run_columns(envs: list[str], kernel: Kernel, config: MachineConfig, *, optio
             while pending and len(running) < jobs:
                 env = pending.pop(0)
                 receiver, sender = context.Pipe(duplex=False)
+                image = kernel[env] if isinstance(kernel, dict) else kernel
                 process = context.Process(target=_child, name=f"hvsim-matrix-{env}", daemon=True,
-                                          args=(sender, env, kernel, config, options, pm, observe))
+                                          args=(sender, env, image, config, options, pm, observe))
                 process.start()
                 sender.close()
                 running[receiver] = (env, process)

@@ -41,15 +41,20 @@ def config(request, tmp_path) -> MachineConfig:
     return MachineConfig(**fields)
 
 
-@pytest.fixture
-def probe(hvsim_env, hvsim_plugin_manager):
-    """The probe image the environment boots: the bzImage when it accepts it, else the ELF."""
-    for kind in ("bzImage", "elf"):
+def probe_image(env: str, pm):
+    """The probe image ``env`` boots: the bzImage when it accepts it, else the ELF, else the PE32+
+    EFI application."""
+    for kind in ("bzImage", "elf", "efi"):
         image = open_image(probe_path(kind))
-        answer = run_manager(hvsim_plugin_manager, hvsim_env).hook.hvsim_accepts(env=hvsim_env, image=image)
+        answer = run_manager(pm, env).hook.hvsim_accepts(env=env, image=image)
         if answer is not None and answer.accepted:
             return image
-    pytest.fail(f"{hvsim_env} accepts neither probe image (probe.bzImage, probe.elf)")
+    pytest.fail(f"{env} accepts none of the probe's images (probe.bzImage, probe.elf, probe.efi)")
+
+
+@pytest.fixture
+def probe(hvsim_env, hvsim_plugin_manager):
+    return probe_image(hvsim_env, hvsim_plugin_manager)
 
 
 def unless_declared(declared: dict[str, str], *fields: str) -> None:
@@ -104,7 +109,9 @@ def test_every_difference_from_bare_metal_is_declared(hvsim_env, hvsim_plugin_ma
         pytest.skip(f"the reference environment {REFERENCE} is not installed")
     if hvsim_env == REFERENCE:
         pytest.skip(f"{REFERENCE} is the reference")
-    columns = {env: run_column(env, probe, config, pm=hvsim_plugin_manager) for env in (REFERENCE, hvsim_env)}
+    columns = {REFERENCE: run_column(REFERENCE, probe_image(REFERENCE, hvsim_plugin_manager), config,
+                                     pm=hvsim_plugin_manager),
+               hvsim_env: run_column(hvsim_env, probe, config, pm=hvsim_plugin_manager)}
     declared = {env: inherent_differences(hvsim_plugin_manager, env) for env in columns}
     undeclared = [d for d in compare(columns, REFERENCE, declared) if not d.inherent]
     assert not undeclared, "\n".join(f"{d.field}: {d.value!r} (bare_metal: {d.reference_value!r})"

@@ -1,6 +1,6 @@
 """Prebuilt guest kernels shipped with hvsim.
 
-``probe.elf`` and ``probe.bzImage`` are the hvsim probe kernel (sources and build script in the
+``probe.elf``, ``probe.bzImage`` and ``probe.efi`` (a PE32+ EFI application) are the hvsim probe kernel (sources and build script in the
 repository's ``probe/`` folder; rebuild with ``python probe/build.py``). They are committed so that
 running hvsim needs no compiler. The probe prints a canonical report that
 :func:`hvsim.probe_report.parse_probe_report` reads back.
@@ -11,11 +11,11 @@ from __future__ import annotations
 import pathlib
 from importlib import resources
 
-_PROBE_FILES = {"bzImage": "probe.bzImage", "elf": "probe.elf"}
+_PROBE_FILES = {"bzImage": "probe.bzImage", "elf": "probe.elf", "efi": "probe.efi"}
 
 
 def probe_path(kind: str = "bzImage") -> pathlib.Path:
-    """The file system path of the prebuilt probe kernel: ``"bzImage"`` (default) or ``"elf"``."""
+    """The file system path of the prebuilt probe kernel: ``"bzImage"`` (default), ``"elf"`` or ``"efi"``."""
     try:
         name = _PROBE_FILES[kind]
     except KeyError:

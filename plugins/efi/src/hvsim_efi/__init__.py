@@ -1,0 +1,212 @@
+"""hvsim environment ``efi``: UEFI firmware for x64 PE32+ applications and the Linux EFI stub.
+
+The image is loaded as edk2 loads a boot option (``pe_loader``): sections at their RVAs, BSS
+zero-filled, relocated when it cannot have its ImageBase, as LoaderCode.  It is entered in 64-bit
+long mode with all RAM identity-mapped (2 MiB pages), CR0 0x80010033, CR4 0x620, EFER 0xd00, a GDT
+with 64-bit code at 0x38 and data at 0x30, an IDT whose gates stop the run with the faulting
+instruction, interrupts off, and RSP = 8 mod 16 with shadow space and a return address that ends
+the run with the image's status.
+
+- ``--entry pe`` (default): ``AddressOfEntryPoint(ImageHandle = RCX, SystemTable = RDX)``; the
+  command line is the LoadedImage's LoadOptions (UTF-16, NUL-terminated).
+- ``--entry handover`` (bzImages with XLF_EFI_HANDOVER_64): the 64-bit EFI handover entry at
+  startup_32 + ``handover_offset`` + 0x200, with RDI = ImageHandle, RSI = SystemTable, RDX = a
+  boot_params page holding the kernel's setup header and the command line (as GRUB does).
+
+Firmware: ``firmware`` (tables, memory, call dispatch), ``boot_services``, ``protocols``,
+``images``, ``events``, ``console``, ``runtime_services``, ``variables``.  The PC devices and the
+ACPI tables of the other environments are there too and stay after ExitBootServices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hvsim import Acceptance, Environment, InherentDifference, hookimpl
+from hvsim.abi import boot_params
+from hvsim.abi import efi
+from hvsim.abi import linux_boot as lb
+from hvsim.core.cpu import EntryState
+from hvsim.core.errors import LoadError, UsageError
+from hvsim.core.layout import FOUR_GIB
+
+# Importing the service modules registers their services.
+from . import boot_services, events, images, protocols, runtime_services, variables  # noqa: F401
+from . import console, pe_loader
+from .calls import EfiError
+from .firmware import ENTRY_RETURNED, GDT_CODE64, GDT_DATA64, Firmware
+from .memory_map import DESCRIPTOR_SIZE
+
+ENV = "efi"
+CR0 = 0x80010033            # PG | WP | NE | ET | MP | PE
+CR4 = 0x620                 # OSXMMEXCPT | OSFXSR | PAE
+EFER = 0xD00                # NXE | LMA | LME
+LINUX_LOAD_ADDRESS = 16 << 20          # LOAD_PHYSICAL_ADDR: where the stub decompresses the kernel
+LINUX_ALIGN = 2 << 20
+FRAMEBUFFER = (800, 600)
+BOOT_PATH = "\\EFI\\BOOT\\BOOTX64.EFI"
+
+
+@hookimpl
+def hvsim_environments():
+    return [Environment(ENV, "UEFI firmware: PE32+ EFI applications, the Linux EFI stub (PE or handover entry)")]
+
+
+@hookimpl
+def hvsim_inherent_differences(env):
+    if env != ENV:
+        return None
+    return [
+        InherentDifference("entry", "an EFI application is entered at its PE entry point (or the handover entry)"),
+        InherentDifference("memmap", "the firmware keeps its runtime services code and data reserved, and EFI "
+                                     "maps are page-granular (the EBDA's whole page is reserved)"),
+        InherentDifference("module_addresses", "the initrd is where the application's own allocation put it"),
+        InherentDifference("console_channels", "an EFI application writes through ConOut before it owns the UART"),
+        InherentDifference("stop_detail", "an EFI application powers off through ResetSystem"),
+        InherentDifference("calls", "an EFI application calls boot and runtime services"),
+    ]
+
+
+@hookimpl
+def hvsim_add_options(parser):
+    group = parser.add_argument_group("efi environment")
+    group.add_argument("--entry", choices=("pe", "handover"), default=None,
+                       help="efi: enter at the PE entry point (default) or a bzImage's EFI handover entry")
+    group.add_argument("--keys", default=None,
+                       help="efi: keys ConIn delivers, in order ({enter}, {esc}, {up}, {f1}...)")
+    group.add_argument("--keys-file", default=None, help="efi: read the keys from this file (same syntax)")
+    group.add_argument("--framebuffer-png", default=None,
+                       help="efi: offer Graphics Output (800x600) and save its framebuffer as this PNG")
+    group.add_argument("--efi-vars", default=None,
+                       help="efi: keep non-volatile EFI variables in this JSON file (read at start, written on change)")
+
+
+@hookimpl
+def hvsim_accepts(env, image):
+    if env != ENV:
+        return None
+    if image.pe is None:
+        return Acceptance.no(f"{image.name}: no PE32+ header (an EFI image is a PE32+ file)")
+    try:
+        layout = pe_loader.parse(image.data, image.name)
+    except LoadError as exc:
+        return Acceptance.no(str(exc))
+    how = f"pe: {layout.name} entered at RVA {layout.entry_rva:#x}"
+    if _handover(image) is not None:
+        how += "; --entry handover for the EFI handover entry"
+    return Acceptance.yes(how)
+
+
+def _handover(image):
+    """The 64-bit EFI handover entry from the headers (``image.entry`` would decompress the payload)."""
+    return next((e for e in image.header_entries if e.kind == "efi_handover64"), None)
+
+
+def _options(options) -> dict:
+    keys_text = options.get("keys") or ""
+    if options.get("keys_file"):
+        try:
+            keys_text += Path(options["keys_file"]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--keys-file {options['keys_file']}: {exc.strerror or exc}") from None
+    try:
+        keys = console.parse_keys(keys_text)
+    except ValueError as exc:
+        raise UsageError(f"--keys: {exc}") from None
+    png = options.get("framebuffer_png")
+    if png and not Path(png).resolve().parent.is_dir():
+        raise UsageError(f"--framebuffer-png {png}: no such directory")
+    return {"keys": keys, "framebuffer": (*FRAMEBUFFER, png) if png else None,
+            "variables": variables.VariableStore(options.get("efi_vars"))}
+
+
+@hookimpl
+def hvsim_setup(machine, image, config, options):
+    entry = options.get("entry") or "pe"
+    layout = pe_loader.parse(image.data, image.name)
+    if entry == "handover" and _handover(image) is None:
+        raise LoadError(f"{image.name}: --entry handover needs a bzImage with XLF_EFI_HANDOVER_64")
+    try:
+        cmdline = config.cmdline_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise LoadError("efi: the command line is not UTF-8, so it cannot be given as UTF-16 LoadOptions") from None
+    machine.attach_pc_devices()
+    fw = Firmware(machine, **_options(options))
+    machine.plugin_state[ENV] = fw
+    fw.build()
+    load_options = (cmdline + "\0").encode("utf-16-le") if cmdline else b""
+    try:
+        image_record = images.load(fw, layout, parent=0, options=load_options, path_name=BOOT_PATH)
+    except EfiError as exc:
+        raise LoadError(exc.why) from None
+    fw.main_image = image_record.handle
+    initrd = config.initrd_bytes()
+    if initrd is not None:
+        images.install_initrd(fw, initrd)
+    if image.bzimage is not None:
+        _check_linux_slot(fw, image)
+    rsp = fw.stack_top - 0x38                      # = 8 mod 16: a call's return address, shadow space above
+    machine.memory.write_u64(rsp, fw.special_stubs[ENTRY_RETURNED])
+    for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"):
+        machine.set_reg(name, 0)
+    if entry == "pe":
+        rip = image_record.entry
+        machine.set_reg("rcx", image_record.handle)
+        machine.set_reg("rdx", fw.system_table)
+        text = f"pe: {image.name} at {image_record.base:#x}, entry {rip:#x}"
+    else:
+        rip = image_record.base + image.bzimage.pm_offset + _handover(image).address
+        machine.set_reg("rdi", image_record.handle)
+        machine.set_reg("rsi", fw.system_table)
+        machine.set_reg("rdx", _handover_boot_params(fw, image, config))
+        text = f"handover: {image.name} at {image_record.base:#x}, entry {rip:#x}"
+    machine.start(EntryState(rip=rip, cr0=CR0, cr3=fw.page_tables.pml4, cr4=CR4, efer=EFER,
+                             cs=GDT_CODE64, ds=GDT_DATA64, gdt=(fw.gdt, 8 * 8 - 1), idt=(fw.idt, 32 * 16 - 1),
+                             rsp=rsp))
+    return text
+
+
+def _check_linux_slot(fw, image) -> None:
+    """The Linux stub decompresses to the lowest 2 MiB-aligned ConventionalMemory slot at or above
+    16 MiB and, finding none, corrupts memory silently (linux-efi-on-unicorn.md §3): refuse first."""
+    size = -(-max(image.bzimage.header.init_size or 0, 1) // LINUX_ALIGN) * LINUX_ALIGN
+    if not fw.map.is_type(LINUX_LOAD_ADDRESS, LINUX_LOAD_ADDRESS + size, efi.CONVENTIONAL_MEMORY):
+        raise LoadError(f"{image.name}: the Linux EFI stub needs {size >> 20} MiB of free memory at 16 MiB "
+                        f"(init_size); {fw.m.config.memory >> 20} MiB of RAM with the firmware's own does not leave it")
+
+
+def _handover_boot_params(fw, image, config) -> int:
+    cmdline = config.cmdline_bytes() + b"\0"
+    page = fw.map.allocate(efi.ALLOCATE_MAX_ADDRESS, efi.LOADER_DATA, 1 + -(-len(cmdline) // 0x1000),
+                           FOUR_GIB - 1, by_allocate_pages=False)
+    fw.m.memory.write(page + 0x1000, cmdline)
+    fw.m.memory.write(page, boot_params.zero_page(header_bytes=image.bzimage.header_bytes, cmd_line_ptr=page + 0x1000,
+                                                  ramdisk=None, e820=(), rsdp=None,
+                                                  type_of_loader=lb.TYPE_OF_LOADER_UNDEFINED))
+    return page
+
+
+# -- run time -------------------------------------------------------------------------------------------
+@hookimpl
+def hvsim_finish(machine, result):
+    fw = machine.plugin_state.get(ENV)
+    if fw is None:
+        return None
+    extra = {
+        "boot_services_exited": not fw.boot_services_active,
+        "descriptor_size": DESCRIPTOR_SIZE,
+        "memory_map": [_descriptor(r) for r in fw.map.descriptors()],
+        "memory_map_at_exit_boot_services": [_descriptor(r) for r in fw.exit_map] if fw.exit_map else None,
+    }
+    if fw.gop is not None and fw.gop.png:
+        try:
+            Path(fw.gop.png).write_bytes(console.framebuffer_png(machine.memory, fw.gop))
+            extra["framebuffer_png"] = fw.gop.png
+        except OSError as exc:
+            extra["framebuffer_png_error"] = f"{fw.gop.png}: {exc.strerror or exc}"
+    return extra
+
+
+def _descriptor(region) -> dict:
+    return {"type": efi.MEMORY_TYPE_NAMES[region.type] if region.type < len(efi.MEMORY_TYPE_NAMES) else region.type,
+            "start": region.start, "pages": region.pages, "attribute": region.attribute}

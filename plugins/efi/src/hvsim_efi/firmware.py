@@ -1,0 +1,350 @@
+"""The firmware of one run: its memory, its tables, and the dispatch of every guest call.
+
+Memory (types as edk2 gives them): the trap stubs in RuntimeServicesCode; the system table, the
+runtime-services table, the configuration-table array, the vendor string and SMBIOS in
+RuntimeServicesData; the boot-services table, protocol interfaces, handles, GDT, IDT, stack and page
+tables in BootServicesData.  All of it is allocated top-down below 4 GiB from the map, so it is
+what GetMemoryMap shows.
+
+Control transfers into the guest (StartImage, event notification functions) use one mechanism,
+``call_guest``: the stub's ``ret`` pops the function's address from a frame written below the
+caller's stack, the function returns into the ``callback-returned`` stub, and the firmware then
+restores the caller's stack and non-volatile registers and gives it the result.  ``Exit`` unwinds to
+the frame of the image that calls it, as setjmp/longjmp does in edk2's StartImage.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Callable
+
+import attrs
+
+from hvsim.abi import efi
+from hvsim.core.cpu import CODE32, CODE64, DATA32, PageTableBuilder, flat_descriptor, gdt_bytes, idt_gate64
+from hvsim.core.disasm import disassemble_one
+from hvsim.core.errors import GuestMemoryError, LoadError
+from hvsim.core.events import Call, Shutdown
+from hvsim.core.exceptions import HAS_ERROR_CODE, vector_name
+from hvsim.core.layout import FOUR_GIB
+from hvsim.core.result import StopReason
+
+from . import console, protocols, tables
+from .calls import SERVICES, CallContext, EfiError
+from .console import ConsoleIn, Framebuffer, TextOutput
+from .events import EventTable
+from .images import Image
+from .memory_map import MemoryMap, Pool
+from .protocols import ProtocolDatabase
+from .runtime_services import rewrite_runtime_table, to_virtual
+from .trap import ARG_REGISTERS, STACK_ARGS_OFFSET, TRAPPED_ARG_REGISTERS, TrapDevice, stub
+from .variables import VariableStore
+
+PAGE = 0x1000
+GDT_CODE64, GDT_DATA64 = 0x38, 0x30
+STACK_SIZE = 128 * 1024
+BOOT_TABLES = ("BS", "ConOut", "ConIn", "GOP", "LoadFile2")     # gone after ExitBootServices
+STUB_TABLES = (
+    ("BS", efi.BOOT_SERVICES), ("RT", efi.RUNTIME_SERVICES), ("ConOut", efi.TEXT_OUTPUT_SERVICES),
+    ("ConIn", efi.TEXT_INPUT_SERVICES), ("GOP", efi.GOP_SERVICES), ("LoadFile2", ("LoadFile",)),
+)
+ENTRY_RETURNED, CALLBACK_RETURNED, FAULT_BASE = 0x1000, 0x1001, 0x1100
+NONVOLATILE = ("rbx", "rbp", "rdi", "rsi", "r12", "r13", "r14", "r15")
+
+
+@attrs.define
+class Frame:
+    """A guest call the firmware made (StartImage, notification functions), to return from."""
+
+    saved_rsp: int
+    saved_regs: dict[str, int]
+    queue: list[tuple[int, tuple[int, ...]]]
+    finish: Callable[[int], int]
+    image: int | None = None
+
+
+class Firmware:
+    def __init__(self, machine, *, keys=(), variables: VariableStore | None = None, framebuffer=None):
+        self.m = machine
+        self.map = MemoryMap.from_layout(machine.layout)
+        self.pool = Pool(self.map)
+        self.db = ProtocolDatabase()
+        self.events = EventTable(self)
+        self.variables = variables if variables is not None else VariableStore()
+        self.framebuffer_request = framebuffer
+        self.boot_services_active = True
+        self.frames: list[Frame] = []
+        self._pending: Frame | None = None
+        self.images: dict[int, Image] = {}
+        self.main_image: int | None = None
+        self.monotonic = 0
+        self.virtual_mode = False
+        self.virtual_map: list[tuple[int, int, int]] | None = None
+        self.clock_offset = 0.0
+        self.exit_map = None
+        self._arenas: dict[int, list[int]] = {}
+        self.services: dict[int, tuple[str, str]] = {}
+        self.stubs: dict[tuple[str, str], int] = {}
+        self.special_stubs: dict[int, int] = {}
+        self.keys = list(keys)
+        self.con_in: ConsoleIn | None = None
+        self.text_outputs: dict[int, TextOutput] = {}
+        self.gop: Framebuffer | None = None
+        self.load_file2: tuple[int, bytes] | None = None
+
+    # -- firmware-internal memory --------------------------------------------------------------
+    def alloc(self, memory_type: int, size: int, align: int = 16) -> int:
+        """Firmware-owned memory of ``memory_type`` (never freed), bump-allocated from pages."""
+        arena = self._arenas.get(memory_type)
+        if arena is not None:
+            start = -(-arena[0] // align) * align
+            if start + size <= arena[1]:
+                arena[0] = start + size
+                return start
+        pages = max(-(-size // PAGE), 4 if memory_type == efi.BOOT_SERVICES_DATA else 1)
+        try:
+            base = self.map.allocate(efi.ALLOCATE_MAX_ADDRESS, memory_type, pages, FOUR_GIB - 1,
+                                     by_allocate_pages=False)
+        except EfiError as exc:
+            raise LoadError(f"efi: no room for firmware memory ({exc.why})") from None
+        self.m.memory.fill(base, pages * PAGE)
+        self._arenas[memory_type] = [base + size, base + pages * PAGE]
+        return base
+
+    def put(self, memory_type: int, data: bytes, align: int = 16) -> int:
+        address = self.alloc(memory_type, max(len(data), 1), align)
+        self.m.memory.write(address, data)
+        return address
+
+    # -- building ---------------------------------------------------------------------------------
+    def build(self) -> None:
+        m = self.m
+        code = self.alloc(efi.RUNTIME_SERVICES_CODE, PAGE, PAGE)
+        blob = bytearray()
+        for table, names in STUB_TABLES:
+            for name in names:
+                index = len(self.services)
+                self.services[index] = (table, name)
+                self.stubs[(table, name)] = code + len(blob)
+                blob += stub(index)
+        for index in (ENTRY_RETURNED, CALLBACK_RETURNED):
+            self.special_stubs[index] = code + len(blob)
+            blob += stub(index, keep_rax=True)
+        for vector in range(32):
+            self.special_stubs[FAULT_BASE + vector] = code + len(blob)
+            blob += stub(FAULT_BASE + vector, returns=False, keep_rax=True)
+        assert len(blob) <= PAGE
+        m.write_code(code, bytes(blob))
+        m.ports.attach(TrapDevice(self.dispatch))
+
+        self.vendor = self.put(efi.RUNTIME_SERVICES_DATA, "hvsim".encode("utf-16-le") + b"\0\0", 8)
+        self.system_table = self.alloc(efi.RUNTIME_SERVICES_DATA, efi.SYSTEM_TABLE_SIZE, 8)
+        self.runtime_table = self.put(efi.RUNTIME_SERVICES_DATA, tables.service_table(
+            efi.RUNTIME_SERVICES_SIGNATURE, efi.RUNTIME_SERVICES_FIRST_SLOT,
+            [self.stubs[("RT", n)] for n in efi.RUNTIME_SERVICES]), 8)
+        self.boot_table = self.put(efi.BOOT_SERVICES_DATA, tables.service_table(
+            efi.BOOT_SERVICES_SIGNATURE, efi.BOOT_SERVICES_FIRST_SLOT,
+            [self.stubs[("BS", n)] for n in efi.BOOT_SERVICES]), 8)
+        self.config_array = self.alloc(efi.RUNTIME_SERVICES_DATA,
+                                       tables.CONFIG_TABLE_CAPACITY * efi.CONFIGURATION_TABLE_ENTRY_SIZE, 8)
+        self.config_tables: list[tuple[bytes, int]] = []
+        if m.acpi_tables is not None:
+            self.config_tables.append((efi.ACPI_20_TABLE_GUID, m.acpi_tables.rsdp_address))
+            self.config_tables.append((efi.ACPI_10_TABLE_GUID, m.acpi_tables.rsdp_address))
+        entry_at = self.alloc(efi.RUNTIME_SERVICES_DATA, 0x18, 16)
+        entry, structures = tables.smbios3(0)
+        structures_at = self.put(efi.RUNTIME_SERVICES_DATA, structures)
+        entry, _ = tables.smbios3(structures_at)
+        m.memory.write(entry_at, entry)
+        self.config_tables.append((efi.SMBIOS3_TABLE_GUID, entry_at))
+
+        self.con_out = console.install_text_output(self, "efi-conout")
+        self.std_err = console.install_text_output(self, "efi-stderr")
+        self.con_in = console.install_text_input(self)
+        if self.framebuffer_request is not None:
+            self.gop = console.install_gop(self, *self.framebuffer_request)
+        protocols.install_boot_device(self)
+        self.write_system_table()
+        self._build_cpu_tables()
+
+    def guest_pointer(self, address: int) -> int:
+        """A firmware pointer as the guest must see it: virtual after SetVirtualAddressMap."""
+        return (to_virtual(self, address) or address) if self.virtual_mode else address
+
+    def runtime_pointers_to_virtual(self) -> None:
+        rewrite_runtime_table(self, self.guest_pointer)
+        self.write_system_table()
+
+    def write_system_table(self) -> None:
+        m = self.m
+        v = self.guest_pointer
+        for i, (guid, table) in enumerate(self.config_tables):
+            m.memory.write(self.config_array + i * efi.CONFIGURATION_TABLE_ENTRY_SIZE, tables.config_entry(guid, v(table)))
+        live = self.boot_services_active
+        body = tables.table_header(efi.SYSTEM_TABLE_SIGNATURE, efi.SPECIFICATION_REVISION, efi.SYSTEM_TABLE_SIZE)
+        body += struct.pack("<QI4x", v(self.vendor), 0x00010000)
+        body += struct.pack("<6Q", *(v if live else 0 for v in (
+            self.con_in.handle, self.con_in.address, self.con_out.handle, self.con_out.address,
+            self.std_err.handle, self.std_err.address)))
+        body += struct.pack("<QQQQ", v(self.runtime_table), self.boot_table if live else 0,
+                            len(self.config_tables), v(self.config_array))
+        m.memory.write(self.system_table, tables.with_crc(body))
+
+    def _build_cpu_tables(self) -> None:
+        m = self.m
+        entries = [0, flat_descriptor(DATA32), flat_descriptor(CODE32), flat_descriptor(DATA32),
+                   flat_descriptor(CODE32), 0, flat_descriptor(DATA32), flat_descriptor(CODE64)]
+        self.gdt = self.put(efi.BOOT_SERVICES_DATA, gdt_bytes(entries), 16)
+        self.idt = self.put(efi.BOOT_SERVICES_DATA, b"".join(
+            idt_gate64(self.special_stubs[FAULT_BASE + v], GDT_CODE64) for v in range(32)), 16)
+        top = max(FOUR_GIB, m.layout.top_of_ram())
+        pages = 2 + -(-top // (1 << 39)) + -(-top // (1 << 30))
+        pool = self.alloc(efi.BOOT_SERVICES_DATA, pages * PAGE, PAGE)
+        self.page_tables = PageTableBuilder(m.memory, pool, pool + pages * PAGE)
+        self.page_tables.identity(0, top)
+        self.stack_top = self.alloc(efi.BOOT_SERVICES_DATA, STACK_SIZE, PAGE) + STACK_SIZE
+
+    def install_config_table(self, guid: bytes, table: int) -> None:
+        """InstallConfigurationTable semantics: add, replace, or (table 0) remove; NOT_FOUND when
+        removing a GUID that is not there."""
+        existing = [i for i, (g, _) in enumerate(self.config_tables) if g == guid]
+        if table == 0:
+            if not existing:
+                raise EfiError(efi.NOT_FOUND, "no table with that GUID to remove")
+            del self.config_tables[existing[0]]
+            self.m.memory.fill(self.config_array + len(self.config_tables) * efi.CONFIGURATION_TABLE_ENTRY_SIZE,
+                               efi.CONFIGURATION_TABLE_ENTRY_SIZE)
+        elif existing:
+            self.config_tables[existing[0]] = (guid, table)
+        elif len(self.config_tables) >= tables.CONFIG_TABLE_CAPACITY:
+            raise EfiError(efi.OUT_OF_RESOURCES, f"the configuration table holds {tables.CONFIG_TABLE_CAPACITY} entries")
+        else:
+            self.config_tables.append((guid, table))
+        self.write_system_table()
+
+    # -- dispatch -----------------------------------------------------------------------------------
+    def dispatch(self, index: int) -> None:
+        m = self.m
+        if index >= FAULT_BASE:
+            return self._fault(index - FAULT_BASE)
+        if index == ENTRY_RETURNED:
+            return self.image_finished(m.reg("r11"), "returned from its entry point")
+        if index == CALLBACK_RETURNED:
+            return self._callback_returned()
+        table, name = self.services[index]
+        fn, params = SERVICES.get((table, name), (None, ()))
+        ctx = CallContext(self, table, name)
+        rsp = m.reg("rsp")
+        values = [m.reg(r) for r in TRAPPED_ARG_REGISTERS[:len(params)]]
+        try:
+            ctx.return_address = ctx.read_u64(rsp)
+            for k in range(len(params) - len(ARG_REGISTERS)):
+                values.append(ctx.read_u64(rsp + STACK_ARGS_OFFSET + 8 * k))
+        except GuestMemoryError as exc:
+            m.stop(StopReason("bad-access", detail=f"efi {table}.{name}: the caller's stack is unreadable: {exc}"))
+            return
+        ctx.args = dict(zip(params, values))
+        self.events.fire_due_timers()
+        status = None
+        try:
+            if table in BOOT_TABLES and not self.boot_services_active:
+                raise EfiError(efi.UNSUPPORTED, "boot services ended with ExitBootServices")
+            if fn is None:
+                raise EfiError(efi.UNSUPPORTED, "not provided by this firmware")
+            status = fn(ctx)
+        except EfiError as exc:
+            status = exc.status
+            if exc.why:
+                ctx.record["error"] = exc.why
+        except GuestMemoryError as exc:
+            status = efi.INVALID_PARAMETER
+            ctx.record["error"] = str(exc)
+        if status is not None:
+            m.set_reg("rax", status)
+        shown = status if status is not None else ctx.record.pop("result", None)
+        m.emit(Call(interface="efi", name=f"{table}.{name}", args={**ctx.args, **ctx.record},
+                    result=efi.status_name(shown) if isinstance(shown, int) else shown, rip=ctx.return_address))
+        if ctx.after_call is not None:
+            ctx.after_call()
+        if self._pending is None and self.events.notify_queue and m.stop_reason is None:
+            result = m.reg("rax")
+            self.call_guest(self.events.take_notifications(), lambda _rax, result=result: result)
+        if self._pending is not None and m.stop_reason is None:
+            frame, self._pending = self._pending, None
+            self.frames.append(frame)
+            self._enter(frame)
+
+    # -- calls into the guest --------------------------------------------------------------------------
+    def call_guest(self, calls: list[tuple[int, tuple[int, ...]]], finish: Callable[[int], int],
+                   image: int | None = None) -> None:
+        """After the current service returns its status, call each ``(function, args)`` in turn;
+        the caller then gets ``finish(rax of the last call)`` instead."""
+        m = self.m
+        self._pending = Frame(m.reg("rsp"), {r: m.reg(r) for r in NONVOLATILE}, list(calls), finish, image)
+
+    def _enter(self, frame: Frame) -> None:
+        m = self.m
+        function, args = frame.queue.pop(0)
+        rsp = (frame.saved_rsp - 0x200) & ~0xF
+        m.vmem.write(rsp, struct.pack("<QQ", function, self.special_stubs[CALLBACK_RETURNED]))
+        for reg, value in zip(ARG_REGISTERS, args):
+            m.set_reg(reg, value)
+        m.set_reg("rsp", rsp)
+
+    def _callback_returned(self) -> None:
+        m = self.m
+        if not self.frames:
+            m.stop(StopReason("crash", detail="efi: a return into the firmware's callback stub with no call pending"))
+            return
+        frame = self.frames[-1]
+        if frame.queue:
+            return self._enter(frame)
+        self.frames.pop()
+        self._resume(frame, frame.finish(m.reg("r11")))
+
+    def _resume(self, frame: Frame, rax: int) -> None:
+        m = self.m
+        for reg, value in frame.saved_regs.items():
+            m.set_reg(reg, value)
+        m.set_reg("rsp", frame.saved_rsp)
+        m.set_reg("rax", rax)
+
+    def unwind_to(self, image: int, status: int) -> bool:
+        """``Exit`` from a started image: back to its StartImage caller with ``status``."""
+        for depth in range(len(self.frames) - 1, -1, -1):
+            if self.frames[depth].image == image:
+                frame = self.frames[depth]
+                del self.frames[depth:]
+                self._resume(frame, frame.finish(status))
+                return True
+        return False
+
+    def image_finished(self, status: int, how: str) -> None:
+        """The image the run started returned or called Exit: the run ends with its status."""
+        reason = "poweroff" if status == 0 else "exit"
+        self.m.shutdown(Shutdown(reason=reason, source=f"EFI image {how}: {efi.status_name(status)}", code=status))
+
+    # -- exceptions ---------------------------------------------------------------------------------------
+    def _fault(self, vector: int) -> None:
+        """An exception reached the firmware's IDT (the core recorded it as a delivered Fault): stop
+        the run with the faulting instruction and the registers at the fault."""
+        m = self.m
+        rsp = m.reg("rsp")
+        try:
+            frame = m.vmem.read(rsp, 48)
+        except GuestMemoryError:
+            frame = bytes(48)
+        error_code = struct.unpack_from("<Q", frame, 0)[0] if vector in HAS_ERROR_CODE else None
+        base = 8 if error_code is not None else 0
+        rip, saved_rsp = struct.unpack_from("<Q", frame, base)[0], struct.unpack_from("<Q", frame, base + 24)[0]
+        cr2 = m.reg("cr2") if vector == 14 else None
+        try:
+            text = disassemble_one(m.vmem.read(rip, 15), rip)[0]
+        except GuestMemoryError:
+            text = "(instruction unreadable)"
+        m.set_reg("rsp", saved_rsp)
+        m.set_reg("rax", m.reg("r11"))
+        m.freeze_state(rip)
+        where = f" (cr2 {cr2:#x})" if cr2 is not None else ""
+        m.stop(StopReason("crash", detail=f"{vector_name(vector)} at {rip:#x}: {text}{where}; "
+                                          "the firmware's exception handler stopped the run"))

@@ -1,0 +1,65 @@
+"""Debian's unmodified Linux 6.1 under efi: the bzImage entered at its PE entry point runs its EFI
+stub (decompressing itself in the guest, ~30 s), exits boot services and reaches its banner on COM1;
+the same through the EFI handover entry.  The command line it prints is the configured one, and the
+memory map it prints is what GetMemoryMap reported at ExitBootServices, converted to E820."""
+
+from __future__ import annotations
+
+import pytest
+
+from hvsim import MachineConfig
+from hvsim.api import Run
+
+from linux_kernel import StopAfterMemoryMap, debian_vmlinuz, e820_from_console
+from test_efi import e820_of
+
+pytestmark = pytest.mark.linux
+
+CMDLINE = "earlyprintk=serial,ttyS0 console=ttyS0 nokaslr hvsim.test=efi"
+
+
+def boot(entry: str, initrd=None):
+    config = MachineConfig(memory="512M", cmdline=CMDLINE, timeout=300, initrd=initrd)
+    result = Run("efi", debian_vmlinuz(), config, options={"entry": entry},
+                 observers=[StopAfterMemoryMap()]).execute()
+    return config, result
+
+
+def assert_saw_its_world(config, result):
+    console = result.console("serial0")
+    assert "Linux version 6.1" in console, (result.stop, console[-2000:])
+    assert f"Command line: {config.cmdline}\n" in console.replace("\r\n", "\n")
+    efi = result.extra["efi"]
+    assert efi["boot_services_exited"]
+    assert e820_from_console(console) == list(e820_of(efi["memory_map_at_exit_boot_services"]))
+    assert result.stop.detail == "test observer: memory map printed", result.stop
+
+
+def names(result) -> list[str]:
+    return [e.name for e in result.events if e.kind == "Call"]
+
+
+def test_bzimage_pe_entry_runs_the_efi_stub_to_the_banner(tmp_path):
+    initrd = tmp_path / "initrd.img"
+    initrd.write_bytes(bytes(range(256)) * 4096)
+    config, result = boot("pe", initrd)
+    assert_saw_its_world(config, result)
+    # the stub took the initrd from LoadFile2 on its initrd media device path, and said so on ConOut
+    assert "EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID device path" in result.console("efi-conout")
+    calls = names(result)
+    # the stub found its LoadedImage, took the 64 MiB slot at 16 MiB, and exited boot services
+    assert calls[0] == "BS.HandleProtocol" and calls[-1] == "BS.ExitBootServices"
+    assert calls.count("LoadFile2.LoadFile") == 2          # the size probe, then the load
+    slot = [e for e in result.events if e.kind == "Call" and e.name == "BS.AllocatePages" and e.args["Type"] == 2]
+    assert slot and slot[0].args["address"] == 16 << 20 and slot[0].result == "EFI_SUCCESS"
+    # the map handed to the kernel went into ACPI reclaim pool memory, which Linux prints as ACPI data
+    assert any(kind == 3 for _, _, kind in e820_from_console(result.console("serial0")))
+
+
+def test_bzimage_handover_entry_reaches_the_banner():
+    config, result = boot("handover")
+    assert_saw_its_world(config, result)
+    calls = names(result)
+    assert "BS.HandleProtocol" not in calls          # the handover entry never asks for LoadedImage
+    assert calls[-1] == "BS.ExitBootServices"
+    assert result.entry.startswith("handover:")
