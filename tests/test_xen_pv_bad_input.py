@@ -286,3 +286,28 @@ def test_the_pv_kernel_runs_in_ring_0_on_xens_flat_selectors_with_rpl_0():
     assert result_at(m, symbols, 3) == 0xD01                  # EFER: SCE LME LMA NXE, read natively
     assert result_at(m, symbols, 4) == 0x620                  # CR4 as Xen's builder leaves it
     assert not [e for e in m.events if isinstance(e, Fault)]
+
+
+# -- long calls are continued, as Xen continues them ------------------------------------------------
+LONG = ("    .balign 8\nreqs:\n    .rept 5000\n    .quad 0x100001, 0x100\n    .endr\n")   # M2P[0x100] = 0x100
+
+
+def test_a_long_mmu_update_is_continued_and_counts_every_request():
+    source = hypercall(pv_hc("mmu_update"), "reqs", 5000, "results+8", x.DOMID_SELF, store=0) + DONE + LONG
+    result, m, symbols = run_pv(source)
+    assert_finished(result, m, symbols)
+    assert result_at(m, symbols, 0) == 0 and result_at(m, symbols, 1) == 5000     # rc, done
+    parts = calls(m, "mmu_update")
+    assert len(parts) == 5 and all(p.args.get("continued") for p in parts[:4]) and parts[4].result == 0
+    assert [p.args["count"] for p in parts] == [5000, 3976, 2952, 1928, 904]
+
+
+def test_a_runaway_hypercall_still_ends_at_the_wall_clock_limit():
+    # 1 Mi zero requests (each an MMU_NORMAL_PT_UPDATE writing 0 at machine address 0): far more work
+    # than the timeout allows; each continuation hands control back to the run loop, which stops it.
+    source = (hypercall(pv_hc("mmu_update"), "zeros", 1 << 20, 0, x.DOMID_SELF, store=0) + DONE
+              + "    .balign 4096\nzeros: .skip 16 << 20\n")
+    result, m, _ = run_pv(source, timeout=0.5)
+    assert result.stop.kind == "timeout", result.stop
+    parts = calls(m, "mmu_update")
+    assert parts and all(p.args.get("continued") for p in parts)

@@ -3,7 +3,7 @@
 Environment plugins import it from here; no plugin imports another.
 """
 
-from .hypervisor import HypercallError, XenHypervisor
+from .hypervisor import Continuation, HypercallError, XenHypervisor
 from .xenstore import XenStore
 
-__all__ = ["HypercallError", "XenHypervisor", "XenStore"]
+__all__ = ["Continuation", "HypercallError", "XenHypervisor", "XenStore"]

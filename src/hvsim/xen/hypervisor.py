@@ -54,6 +54,16 @@ class HypercallError(Exception):
         self.errno = errno
 
 
+class Continuation(Exception):
+    """A hypercall did part of its work and must be entered again with ``args`` (Xen's
+    hypercall_create_continuation): the guest re-executes the same hypercall instruction, so the
+    run loop regains control (budgets, the wall clock) between the parts of a long call."""
+
+    def __init__(self, args: tuple[int, ...]):
+        super().__init__("continued")
+        self.resume_args = tuple(args)
+
+
 Handler = Callable[[tuple[int, ...], dict], int]
 
 
@@ -92,10 +102,17 @@ class XenHypervisor:
         self.calls = 0
         self.compat = False                           # the current call comes from 32-bit mode
         self._after_call: Callable[[], None] | None = None   # runs once the call is recorded
+        self.depth = 0                                # nesting: multicall dispatches its entries
+        self.continuation: tuple[int, ...] | None = None    # set when the last call must be re-entered
         self.handlers: dict[int, Handler] = {
             18: self.console_io, 29: self.sched_op, 17: self.xen_version, 12: self.memory_op,
             34: self.hvm_op, 24: self.vcpu_op, 32: self.event_channel_op, 20: self.grant_table_op,
         }
+
+    @property
+    def preemptible(self) -> bool:
+        """A handler may raise ``Continuation`` (not inside a multicall, which runs to the end)."""
+        return self.depth == 1
 
     def register(self, nr: int, handler: Handler) -> None:
         """Answer hypercall ``nr`` with ``handler(args, info) -> result`` (an environment's own calls)."""
@@ -109,12 +126,17 @@ class XenHypervisor:
     def dispatch(self, nr: int, args: tuple[int, ...], rip: int | None = None, *, compat: bool = False,
                  deny: "HypercallError | None" = None) -> int:
         """Answer hypercall ``nr`` with ``args`` (5 register values); returns the value for RAX.
+        When the handler did part of the work (``Continuation``), ``self.continuation`` holds the
+        arguments to re-enter it with and the caller must make the guest re-execute the call.
 
         ``compat``: the caller is in 32-bit mode, so structures have their 32-bit layouts (Xen's
         compat translation).  ``deny``: refuse the call with that error (e.g. -EPERM from CPL > 0),
         still recording it."""
         self.calls += 1
         self.compat = compat
+        self.depth += 1
+        if self.depth == 1:
+            self.continuation = None
         name = x.HYPERCALLS.get(nr, f"hypercall_{nr}")
         info: dict = {}
         handler = self.handlers.get(nr)
@@ -133,6 +155,12 @@ class XenHypervisor:
             if str(exc):
                 info["why"] = str(exc)
             result = -exc.errno
+        except Continuation as cont:
+            info["continued"] = True
+            self.continuation = cont.resume_args
+            result = 0
+        finally:
+            self.depth -= 1
         op = info.pop("op", None)
         if handler is None or (result == -x.ENOSYS and op is None):
             info.setdefault("args", [hex(a) for a in args])

@@ -45,13 +45,13 @@ from hvsim.abi import xen_pv as pv
 from hvsim.core.cpu import EntryState, Segment
 from hvsim.core.errors import LoadError
 from hvsim.core.layout import MemoryRange, MemoryType
-from hvsim.xen import HypercallError, XenHypervisor, XenStore
+from hvsim.xen import Continuation, HypercallError, XenHypervisor, XenStore
 from hvsim.xen.pvclock import HostTsc, host_tsc_hz, vcpu_time_info
 
 from .builder import KERNEL_CS, KERNEL_SS, build_domain, build_xen_area
 from .cpu import PvCpu
 from .memory import PAGE, DomainMemory
-from .mmu import PvMmu
+from .mmu import BATCH, PvMmu
 
 ENV = "xen_pv"
 DOMU_FEATURES = (1 << 5 | 1 << 6 | 1 << 7 | 1 << 13 | 1 << 17)  # preserve_ad highmem_assist gnttab_avail_bits vnode direct_mapped
@@ -176,7 +176,7 @@ def hvsim_setup(machine, image, config, options):
                              memory_kib=dom.nr_pages * PAGE >> 10, console=(layout.console_mfn, 2))
     xen.unregister(34)                                       # hvm_op: not for PV guests
     _init_shared_info(machine, xen, area.shared_info, dom)
-    mmu = PvMmu(machine, dom, area, dom0=dom0, domid=domid)
+    mmu = PvMmu(machine, dom, area, xen, dom0=dom0, domid=domid)
     mmu.pinned[layout.l4 // PAGE] = 4                      # libxc pins the bootstrap L4 before boot
     mmu.adopt(layout.l4 // PAGE, 4)
     cpu = PvCpu(machine, dom, area, xen)
@@ -242,6 +242,8 @@ def _multicall(d: PvDomain, a, info) -> int:
     info["count"] = count
     mem = d.xen.m.vmem
     for i in range(count):
+        if i == BATCH and d.xen.preemptible:       # Xen continues a long list (do_multicall)
+            raise Continuation((entries + 64 * i, count - i))
         at = entries + 64 * i
         op, _result, *args = struct.unpack(pv.MULTICALL_ENTRY_FORMAT, mem.read(at, 64))
         if op in (pv.HYPERCALL_IRET, x.HYPERCALL_NUMBERS["multicall"]):
@@ -336,8 +338,13 @@ def hvsim_trap(machine, trap):
             d.xen.calls += 1
             d.cpu.iret()
             return True
-        args = tuple(machine.reg(r) for r in ("rdi", "rsi", "rdx", "r10", "r8"))
-        result = d.xen.dispatch(nr, args, rip=trap.rip)
+        registers = ("rdi", "rsi", "rdx", "r10", "r8")
+        result = d.xen.dispatch(nr, tuple(machine.reg(r) for r in registers), rip=trap.rip)
+        if d.xen.continuation is not None:      # re-execute the syscall with the rest of the work
+            for reg, value in zip(registers, d.xen.continuation):
+                machine.set_reg(reg, value)
+            machine.set_rip(trap.rip)
+            return True
         machine.set_reg("rax", result & 0xFFFF_FFFF_FFFF_FFFF)
         if machine.reg("rip") == trap.rip:
             machine.set_rip(trap.rip + 2)

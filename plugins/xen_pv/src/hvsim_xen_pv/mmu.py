@@ -28,7 +28,7 @@ from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_OP_REG
 from hvsim.abi import xen as x
 from hvsim.abi import xen_pv as pv
 from hvsim.core.errors import GuestMemoryError
-from hvsim.xen import HypercallError
+from hvsim.xen import Continuation, HypercallError
 
 from .builder import XEN_SLOTS
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 PAGE = 0x1000
 PF_PRESENT, PF_WRITE = 1, 2
+BATCH = 1024            # requests per entry into mmu_update/mmuext_op before Xen-style continuation
 XEN_RESERVED_L4 = range(256, 272)
 PIN_LEVEL = {pv.MMUEXT_PIN_L1_TABLE: 1, pv.MMUEXT_PIN_L2_TABLE: 2, pv.MMUEXT_PIN_L3_TABLE: 3,
              pv.MMUEXT_PIN_L4_TABLE: 4}
@@ -49,8 +50,9 @@ _WIDE = {f"e{r}x": f"r{r}x" for r in "abcd"} | {"esi": "rsi", "edi": "rdi", "ebp
 
 
 class PvMmu:
-    def __init__(self, machine: "Machine", dom: "DomainMemory", area: "XenArea", *, dom0: bool, domid: int):
+    def __init__(self, machine: "Machine", dom: "DomainMemory", area: "XenArea", xen, *, dom0: bool, domid: int):
         self.m = machine
+        self.xen = xen
         self.domid = domid
         self.dom = dom
         self.area = area
@@ -139,13 +141,28 @@ class PvMmu:
         return table + ((va >> 12) & 0x1FF) * 8
 
     # -- hypercalls ----------------------------------------------------------------------------------
+    def _resume(self, count: int, done_ptr: int) -> tuple[int, int]:
+        """(count, done so far) of a call that may be a continuation: Xen flags the count with
+        MMU_UPDATE_PREEMPTED and keeps the running total in the guest's ``done`` word."""
+        if not count & pv.MMU_UPDATE_PREEMPTED:
+            return count, 0
+        done = struct.unpack("<I", self.m.vmem.read(done_ptr, 4))[0] if done_ptr else 0
+        return count & ~pv.MMU_UPDATE_PREEMPTED, done
+
+    def _preempt(self, i: int, count: int, a, size: int) -> None:
+        """After BATCH requests of a long list: continue with the rest (the caller saves ``done``)."""
+        raise Continuation((a[0] + size * i, (count - i) | pv.MMU_UPDATE_PREEMPTED, a[2], a[3]))
+
     def mmu_update(self, a, info) -> int:
-        reqs, count, done_ptr, domid = a[0], a[1] & 0xFFFF_FFFF, a[2], a[3] & 0xFFFF
+        reqs, done_ptr, domid = a[0], a[2], a[3] & 0xFFFF
+        count, done = self._resume(a[1] & 0xFFFF_FFFF, done_ptr)
         info.update(count=count)
         self._check_domid(domid)
-        done = 0
+        start = done
         try:
             for i in range(count):
+                if i == BATCH and self.xen.preemptible:
+                    self._preempt(i, count, a, 16)
                 ptr, val = struct.unpack(pv.MMU_UPDATE_FORMAT, self.m.vmem.read(reqs + 16 * i, 16))
                 cmd = ptr & 3
                 if cmd in (pv.MMU_NORMAL_PT_UPDATE, pv.MMU_PT_UPDATE_PRESERVE_AD):
@@ -160,9 +177,9 @@ class PvMmu:
                 done += 1
         finally:
             info["done"] = done
-            if done:
+            if done > start:
                 self.flush()
-            if done_ptr:
+            if done_ptr:              # also on an error, and before a continuation (it carries the total)
                 self.m.vmem.write(done_ptr, struct.pack("<I", done))
         return 0
 
@@ -178,11 +195,14 @@ class PvMmu:
         return 0
 
     def mmuext_op(self, a, info) -> int:
-        ops, count, done_ptr, domid = a[0], a[1] & 0xFFFF_FFFF, a[2], a[3] & 0xFFFF
+        ops, done_ptr, domid = a[0], a[2], a[3] & 0xFFFF
+        count, done = self._resume(a[1] & 0xFFFF_FFFF, done_ptr)
         self._check_domid(domid)
-        names, done = [], 0
+        names = []
         try:
             for i in range(count):
+                if i == BATCH and self.xen.preemptible:
+                    self._preempt(i, count, a, 24)
                 cmd, arg1, arg2 = struct.unpack(pv.MMUEXT_OP_FORMAT, self.m.vmem.read(ops + 24 * i, 24))
                 names.append(pv.MMUEXT_NAMES.get(cmd, f"cmd_{cmd}"))
                 self._mmuext(cmd, arg1, arg2)
