@@ -230,7 +230,7 @@ def _register(d: PvDomain) -> None:
         4: cpu.set_callbacks, 5: cpu.fpu_taskswitch, 8: cpu.set_debugreg, 9: cpu.get_debugreg,
         10: cpu.update_descriptor, 13: lambda a, info: _multicall(d, a, info), 14: mmu.update_va_mapping,
         15: cpu.set_timer_op, 21: cpu.vm_assist, 25: cpu.set_segment_base, 26: mmu.mmuext_op,
-        30: cpu.callback_op, 33: cpu.physdev_op,
+        23: cpu.iret, 30: cpu.callback_op, 33: cpu.physdev_op,
         12: lambda a, info: _memory_op(d, a, info), 24: lambda a, info: _vcpu_op(d, a, info),
         7: lambda a, info: _platform_op(d, a, info),
     }.items():
@@ -334,12 +334,10 @@ def hvsim_trap(machine, trap):
         return None
     if trap.kind == "syscall":
         nr = machine.reg("rax")
-        if nr == pv.HYPERCALL_IRET:
-            d.xen.calls += 1
-            d.cpu.iret()
-            return True
         registers = ("rdi", "rsi", "rdx", "r10", "r8")
         result = d.xen.dispatch(nr, tuple(machine.reg(r) for r in registers), rip=trap.rip)
+        if nr == pv.HYPERCALL_IRET:              # the frame it popped set RAX and RIP
+            return True
         if d.xen.continuation is not None:      # re-execute the syscall with the rest of the work
             for reg, value in zip(registers, d.xen.continuation):
                 machine.set_reg(reg, value)

@@ -108,15 +108,22 @@ class PvCpu:
         return f"bounce frame to {address:#x}"
 
     # -- hypercalls ----------------------------------------------------------------------------------
-    def iret(self) -> None:
-        """HYPERVISOR_iret: the guest's stub pushed struct iret_context; resume where it says."""
+    def iret(self, _args, info) -> int:
+        """HYPERVISOR_iret: the guest's stub pushed struct iret_context; resume where it says.  The
+        registers it restores (RAX included) are the result: the caller must not set RAX.  A frame
+        that cannot be read crashes the domain, as on Xen."""
         m = self.m
-        rax, r11, rcx, flags, rip, cs, rflags, rsp, _ss = struct.unpack(
-            pv.IRET_CONTEXT_FORMAT, m.vmem.read(m.reg("rsp"), 72))
+        try:
+            context = m.vmem.read(m.reg("rsp"), 72)
+        except GuestMemoryError as err:
+            m.stop(StopReason("crash", detail=f"domain crash: the iret frame is not readable: {err}"))
+            raise
+        rax, r11, rcx, flags, rip, cs, rflags, rsp, _ss = struct.unpack(pv.IRET_CONTEXT_FORMAT, context)
+        info.update(rip=hex(rip), cs=hex(cs), rsp=hex(rsp), flags=flags)
         if cs & 3 == 3:
             m.stop(StopReason("unhandled-trap", detail=f"iret to user mode (cs {cs:#x}, rip {rip:#x}): "
                                                        "guest user mode is not modelled"))
-            return
+            return 0
         m.set_reg("rax", rax)
         if not flags & pv.VGCF_IN_SYSCALL:
             m.set_reg("r11", r11)
@@ -126,6 +133,7 @@ class PvCpu:
         m.set_reg("rflags", (rflags & ~RFLAGS_IOPL) | RFLAGS_IF | 2)
         m.set_reg("rsp", rsp)
         m.set_rip(rip)
+        return 0
 
     def set_trap_table(self, a, info) -> int:
         table = a[0]
