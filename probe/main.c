@@ -26,12 +26,30 @@ void probe_copy_cmdline(struct probe_info *info, u64 ptr)
 	info->have_cmdline = true;
 }
 
+/*
+ * The hypervisor the CPU reports: CPUID leaf 1 ECX bit 31 says one is present (a bare PC clears it),
+ * and leaf 0x40000000 EBX, ECX, EDX hold its 12-byte signature ("XenVMMXenVMM", "KVMKVMKVM\0\0\0").
+ */
+static void detect_hypervisor(struct probe_info *info)
+{
+	u32 a, b, c, d;
+	__asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+	if (!(c & (1U << 31)))
+		return;
+	__asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0x40000000), "c"(0));
+	memcpy(info->hypervisor, &b, 4);
+	memcpy(info->hypervisor + 4, &c, 4);
+	memcpy(info->hypervisor + 8, &d, 4);
+	info->have_hypervisor = true;
+}
+
 void probe_main(struct probe_info *info, const struct probe_platform *platform)
 {
 	probe_platform = platform;
 	probe_current_info = info;
 
 	options_parse(info);
+	detect_hypervisor(info);
 	if (info->have_rsdp)
 		acpi_discover(info);
 	if (info->have_spin)

@@ -71,6 +71,10 @@ struct probe_info {
 	u32 cpus;
 	u64 fadt_addr; /* 0: none found */
 
+	/* Filled by probe_main() from CPUID: leaf 1 ECX bit 31, then leaf 0x40000000's signature. */
+	bool have_hypervisor;
+	char hypervisor[12];
+
 	/* Command-line options (options.c). */
 	bool have_spin;
 	u64 spin;

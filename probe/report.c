@@ -10,6 +10,7 @@
  *   rsdp: 0x<addr>                           or "rsdp: none"
  *   acpi: <signature> ...                    or "acpi: none"   (XSDT/RSDT order, escaped, no spaces)
  *   cpus: <decimal>                          or "cpus: unknown"
+ *   hypervisor: <escaped 12-byte signature>  or "hypervisor: none" (CPUID leaf 1 ECX bit 31 clear)
  *   spin: <N, decimal>                       only with probe.spin=N
  *   hvsim-probe: end
  *
@@ -85,6 +86,12 @@ void report_print(const struct probe_info *info)
 		con_puts("cpus: unknown\n");
 	}
 
+	con_puts("hypervisor: ");
+	if (info->have_hypervisor)
+		con_escaped((const u8 *)info->hypervisor, sizeof(info->hypervisor), true);
+	else
+		con_puts("none");
+	con_putc('\n');
 	if (info->have_spin) {
 		con_puts("spin: ");
 		con_dec(info->spin);

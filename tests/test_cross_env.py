@@ -20,6 +20,7 @@ MiB = 1 << 20
 
 # bare_metal is the reference. Per environment (with its options), the report fields its ABI makes
 # different from bare_metal's, and why.
+HYPERVISOR = "Xen sets the hypervisor bit and answers CPUID 0x40000000 (XenVMMXenVMM); a bare PC does neither"
 INITRD_ADDRESS = ("each loader chooses where the module goes (bare_metal: high, under initrd_addr_max; "
                   "Xen's builders: right after the kernel)")
 ENVIRONMENTS = {
@@ -32,10 +33,12 @@ INEVITABLE = {
     "xen_pvh": {
         "entry": "the boot entry itself: the 64-bit boot protocol vs PVH's PHYS32_ENTRY",
         "initrd_address": INITRD_ADDRESS,
+        "hypervisor": HYPERVISOR,
     },
     "xen_pv domU": {
         "entry": "the boot entry itself: the 64-bit boot protocol vs PV's XEN_ELFNOTE_ENTRY",
         "initrd_address": INITRD_ADDRESS,
+        "hypervisor": HYPERVISOR,
         "memmap": "a PV domU sees its pseudo-physical map: one RAM range [0, configured memory) from "
                   "XENMEM_memory_map (as libxl gives it), not the machine's E820 with its holes",
         "rsdp": "a PV domU has no firmware and no ACPI tables",
@@ -44,6 +47,7 @@ INEVITABLE = {
     "xen_pv dom0": {
         "entry": "the boot entry itself: the 64-bit boot protocol vs PV's XEN_ELFNOTE_ENTRY",
         "initrd_address": INITRD_ADDRESS,
+        "hypervisor": HYPERVISOR,
         "rsdp": "dom0's ACPI tables lie in machine memory outside the PV bootstrap region; the probe "
                 "keeps Xen's page tables and does not map them (it counts vCPUs with VCPUOP_is_up)",
         "acpi_tables": "as rsdp: the tables are not mapped for a PV guest at entry",
@@ -95,5 +99,7 @@ def test_reports_agree_with_bare_metal_field_by_field(tmp_path, variant, kernel,
     assert (a["entry"], b["entry"]) == ("linux64", ENTRY_NAMES[variant])
     # what must agree, spelled out: the command line, the initrd's bytes and the CPU count
     assert b["cmdline"] == config.cmdline and b["cpus"] == smp and b["initrd"] == a["initrd"]
+    # what the probe read from CPUID: no hypervisor on a bare PC or under its firmware; Xen under Xen
+    assert a["hypervisor"] is None and b["hypervisor"] == ("XenVMMXenVMM" if env.startswith("xen") else None)
     if env == "efi":      # the named memory-map difference is exactly the firmware's
         assert config_view(other.memmap, runtime_ranges(result)) == bare.memmap

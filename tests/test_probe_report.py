@@ -29,6 +29,7 @@ initrd: 0x8000000 0x300000 crc32=de223ee8
 rsdp: 0xe0000
 acpi: FACP APIC HPET
 cpus: 4
+hypervisor: XenVMMXenVMM
 spin: 1000
 hvsim-probe: end
 """
@@ -42,6 +43,7 @@ initrd: none
 rsdp: none
 acpi: none
 cpus: unknown
+hypervisor: none
 hvsim-probe: end
 """
 
@@ -78,7 +80,16 @@ def test_a_full_report_inside_other_console_output_is_read_field_by_field():
         acpi_tables=("FACP", "APIC", "HPET"),
         cpus=4,
         spin=1000,
+        hypervisor="XenVMMXenVMM",
     )
+
+
+def test_a_kvm_signature_keeps_its_escaped_nuls_out_and_a_short_one_is_refused():
+    kvm = REPORT.replace("hypervisor: XenVMMXenVMM", "hypervisor: KVMKVMKVM\\x00\\x00\\x00")
+    assert parse_probe_report(kvm).hypervisor == "KVMKVMKVM"
+    assert parse_probe_report(MINIMAL).hypervisor is None
+    with pytest.raises(ProbeReportError, match="not 12 bytes"):
+        parse_probe_report(REPORT.replace("hypervisor: XenVMMXenVMM", "hypervisor: Xen"))
 
 
 def test_the_begin_marker_may_follow_unterminated_text_on_its_line():

@@ -130,6 +130,9 @@ def hvsim_cpuid(machine, leaf, subleaf):
         return (KVM_CPUID_FEATURES, *struct.unpack("<3I", KVM_SIGNATURE))
     if leaf == KVM_CPUID_FEATURES:
         return (FEATURES, 0, 0, 0)
+    if leaf == 1:                      # KVM, like every hypervisor, sets the hypervisor bit
+        eax, ebx, ecx, edx = machine.native_cpuid(leaf, subleaf)
+        return eax, ebx, ecx | 1 << 31, edx
     return None
 
 

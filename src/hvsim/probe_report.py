@@ -13,6 +13,7 @@ console its environment offers, one report between two marker lines (``probe/rep
     rsdp: 0xe0000                                    (or: rsdp: none)
     acpi: FACP APIC HPET                             (or: acpi: none)
     cpus: 4                                          (or: cpus: unknown)
+    hypervisor: XenVMMXenVMM                         (or: hypervisor: none; CPUID 0x40000000, escaped)
     spin: 1000                                       (only with probe.spin=N)
     hvsim-probe: end
 
@@ -64,6 +65,7 @@ class ProbeReport:
     acpi_tables: tuple[str, ...]  # signatures listed by the XSDT/RSDT, in order
     cpus: int | None  # usable CPUs counted in the MADT (pv: the vCPUs VCPUOP_is_up knows); None: unknown
     spin: int | None = None  # N of probe.spin=N when given
+    hypervisor: str | None = None  # CPUID 0x40000000's signature, trailing NULs dropped; None: no hypervisor bit
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form with named fields."""
@@ -80,6 +82,7 @@ class ProbeReport:
             "acpi_tables": list(self.acpi_tables),
             "cpus": self.cpus,
             "spin": self.spin,
+            "hypervisor": self.hypervisor,
         }
 
 
@@ -200,13 +203,14 @@ class _Reader:
         acpi_tables = self._acpi()
         cpus_text = self._next("cpus")
         cpus = None if cpus_text == "unknown" else self._int(cpus_text, 10, "the CPU count")
+        hypervisor = self._hypervisor()
         spin = None
         if self.pos < self.end and self.lines[self.pos].startswith("spin:"):
             spin = self._int(self._next("spin"), 10, "the spin count")
         if self.pos != self.end:
             self.pos += 1
             raise self._error(f"expected {END!r}")
-        return ProbeReport(entry, cmdline, memmap, initrd, rsdp, acpi_tables, cpus, spin)
+        return ProbeReport(entry, cmdline, memmap, initrd, rsdp, acpi_tables, cpus, spin, hypervisor)
 
     def _cmdline(self) -> str:
         text = self._next("cmdline")
@@ -239,6 +243,18 @@ class _Reader:
             raise self._error("expected 'initrd: 0x<addr> 0x<size> crc32=<8 hex digits>' or 'initrd: none'")
         addr, size, crc = match.groups()
         return int(addr, 16), int(size, 16), int(crc, 16)
+
+    def _hypervisor(self) -> str | None:
+        text = self._next("hypervisor")
+        if text == "none":
+            return None
+        try:
+            raw = unescape(text)
+        except ValueError as exc:
+            raise self._error(f"bad escape in the hypervisor signature ({exc})") from None
+        if len(raw) != 12:
+            raise self._error(f"hypervisor signature {text!r} is not 12 bytes")
+        return raw.rstrip(b"\0").decode("ascii", "backslashreplace")
 
     def _acpi(self) -> tuple[str, ...]:
         text = self._next("acpi")

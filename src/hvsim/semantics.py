@@ -120,8 +120,11 @@ def semantics_of(result: RunResult) -> Semantics:
                                                "stop", "stop_detail", "calls"):
             fields[name], sources[name] = None, NOT_PRINTED
     fields["entry_mode"] = result.extra.get("entry_mode")
-    fields["hypervisor"] = _signature(result.extra.get("hypervisor_cpuid"))
-    sources["entry_mode"] = sources["hypervisor"] = ENVIRONMENT
+    sources["entry_mode"] = ENVIRONMENT
+    if report is not None:           # what the probe read from CPUID ("" when no hypervisor bit)
+        fields["hypervisor"], sources["hypervisor"] = report.hypervisor or "", PROBE
+    else:                            # what the environment answers at CPUID 0x40000000
+        fields["hypervisor"], sources["hypervisor"] = _signature(result.extra.get("hypervisor_cpuid")), ENVIRONMENT
     fields.update(console=console, console_channels=_channels(result), stop=_stop(result),
                   stop_detail=result.stop.detail, calls=_calls(result))
     sources.update(dict.fromkeys(("console", "console_channels", "stop", "stop_detail", "calls"), EVENTS))

@@ -20,6 +20,7 @@ from .engine import new_engine
 
 _SUBLEAF_LEAVES = {4: 8, 7: 2, 0xB: 4, 0xD: 8, 0xF: 2, 0x10: 4, 0x12: 4, 0x14: 2, 0x17: 4, 0x18: 4}
 LEAF1_ECX_OSXSAVE = 1 << 27
+LEAF1_ECX_HYPERVISOR = 1 << 31     # "running under a hypervisor": clear on a bare PC, set by hypervisors
 EXT1_ECX_SVM = 1 << 2          # leaf 0x80000001 ECX
 SVM_LEAF = 0x8000_000A         # SVM revision and features
 _STUB = 0x1000

@@ -15,7 +15,7 @@ from unicorn import x86_const
 
 from . import acpi
 from .cpu import MSR_EFER, EntryState, Segment
-from .cpuid import LEAF1_ECX_OSXSAVE, CpuidTable
+from .cpuid import LEAF1_ECX_HYPERVISOR, LEAF1_ECX_OSXSAVE, CpuidTable
 from .devices import AcpiPm, DebugCon, ExitPort, ResetControl, Uart16550
 from .engine import new_engine
 from .engine_state import EngineState, calibrate
@@ -179,10 +179,12 @@ class Machine:
 
     # -- CPUID and MSRs ------------------------------------------------------------------------
     def native_cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
-        """What the guest sees for this leaf when no plugin answers (the CPU model, SVM hidden)."""
+        """What the guest sees for this leaf when no plugin answers: the CPU model with SVM hidden
+        and no hypervisor bit (leaf 1 ECX bit 31, which QEMU's model sets), as on a bare PC; an
+        environment that is a hypervisor sets it in its ``hvsim_cpuid``."""
         eax, ebx, ecx, edx = self.cpuid.lookup(leaf, subleaf)
         if leaf == 1:
-            ecx &= ~LEAF1_ECX_OSXSAVE
+            ecx &= ~(LEAF1_ECX_OSXSAVE | LEAF1_ECX_HYPERVISOR)
             if self.uc.reg_read(x86_const.UC_X86_REG_CR4) & CR4_OSXSAVE:
                 ecx |= LEAF1_ECX_OSXSAVE
         return eax, ebx, ecx, edx

@@ -32,6 +32,7 @@ import struct
 from typing import TYPE_CHECKING, Callable
 
 from ..abi import xen as x
+from ..core.cpuid import LEAF1_ECX_HYPERVISOR
 from ..core.devices import ConsoleSink
 from ..core.errors import GuestMemoryError
 from ..core.events import Call, Shutdown
@@ -431,8 +432,12 @@ class XenHypervisor:
 
     # -- CPUID and the hypercall page ------------------------------------------------------------
     def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int] | None:
-        """The hypervisor leaves at 0x40000000 (arch-x86/cpuid.h); ``None`` for any other leaf."""
+        """The hypervisor leaves at 0x40000000 (arch-x86/cpuid.h) and leaf 1 with the hypervisor bit
+        set, as Xen shows every guest; ``None`` for any other leaf."""
         base = x.CPUID_BASE
+        if leaf == 1:
+            eax, ebx, ecx, edx = self.m.native_cpuid(leaf, subleaf)
+            return eax, ebx, ecx | LEAF1_ECX_HYPERVISOR, edx
         if not base <= leaf <= base + 0xFF:
             return None
         if leaf == base:

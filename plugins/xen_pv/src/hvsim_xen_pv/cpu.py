@@ -277,7 +277,7 @@ class PvCpu:
     # -- CPUID ---------------------------------------------------------------------------------------
     def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
         """What a PV guest sees: Xen's leaves, else the CPU masked with Xen's PV featureset."""
-        hyper = self.xen.cpuid(leaf, subleaf)
+        hyper = self.xen.cpuid(leaf, subleaf) if x.CPUID_BASE <= leaf <= x.CPUID_BASE + 0xFF else None
         if hyper is not None:
             if leaf == x.CPUID_BASE + 2:
                 return hyper[0], hyper[1], 1, 0                  # MMU_PT_UPDATE_PRESERVE_AD (PV only)
