@@ -83,26 +83,25 @@ def _parser(pm) -> argparse.ArgumentParser:
 
     matrix = sub.add_parser("matrix", help="run a kernel under every environment that accepts it and compare "
                                            "what it observed")
-    matrix.add_argument("kernel", nargs="?", help="kernel image (default: the embedded probe kernel)")
-    matrix.add_argument("--envs", help="comma-separated environments (default: every installed one that "
-                                       "accepts the kernel)")
-    matrix.add_argument("--jobs", type=int, help="runs at once (default: the CPU count)")
-    _config_options(matrix)
-    matrix.add_argument("--json", metavar="FILE", help="write the matrix as JSON to FILE")
-    pm.hook.hvsim_add_options(parser=matrix)
+    _every_environment_options(matrix, pm, "the matrix")
 
     coverage = sub.add_parser("coverage", help="record the code each environment runs and report, by symbol, "
                                                "what runs under one environment only, every one, and none")
-    coverage.add_argument("kernel", nargs="?", help="kernel image (default: the embedded probe kernel)")
-    coverage.add_argument("--envs", help="comma-separated environments (default: every installed one that "
-                                         "accepts the kernel)")
     coverage.add_argument("--system-map", help="System.map naming the kernel's functions (default: the "
                                                "ELF's .symtab, if it has one)")
-    coverage.add_argument("--jobs", type=int, help="runs at once (default: the CPU count)")
-    _config_options(coverage)
-    coverage.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE")
-    pm.hook.hvsim_add_options(parser=coverage)
+    _every_environment_options(coverage, pm, "the report")
     return parser
+
+
+def _every_environment_options(command: argparse.ArgumentParser, pm, what: str) -> None:
+    """The options of the commands that run one kernel under several environments at once."""
+    command.add_argument("kernel", nargs="?", help="kernel image (default: the embedded probe kernel)")
+    command.add_argument("--envs", help="comma-separated environments (default: every installed one that "
+                                        "accepts the kernel)")
+    command.add_argument("--jobs", type=int, help="runs at once (default: the CPU count)")
+    _config_options(command)
+    command.add_argument("--json", metavar="FILE", help=f"write {what} as JSON to FILE")
+    pm.hook.hvsim_add_options(parser=command)
 
 
 def _config_options(run: argparse.ArgumentParser) -> None:
