@@ -19,10 +19,10 @@ from __future__ import annotations
 import codecs
 from typing import TYPE_CHECKING
 
-from .events import Shutdown
+from ..events import Shutdown
 
 if TYPE_CHECKING:
-    from .machine import Machine
+    from ..machine import Machine
 
 COM1 = 0x3F8
 DEBUGCON_PORT = 0xE9

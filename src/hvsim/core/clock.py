@@ -1,0 +1,103 @@
+"""Guest time and the one event queue every device schedules on.
+
+Guest time is the guest's own: executed translation blocks x ``NS_PER_BLOCK`` (counted by the
+native block hook, _native.c), plus the nanoseconds skipped while the guest idled in ``hlt`` with
+interrupts on.  It never reads the host clock, so two runs of the same kernel and configuration see
+the same time at the same point of their execution.  A block that a stop interrupts is not counted
+(it is counted when it runs), so wall-clock stops do not perturb guest time.  The TSC is guest time
+in nanoseconds (a 1 GHz TSC).
+
+Devices call ``schedule(at_ns, callback)``; the callback runs at the first block boundary at or
+after ``at_ns`` (the native hook stops the engine there synchronously, see ``RunLoop``), or when an
+idle ``hlt`` skips time to it.  Callbacks may schedule and cancel further events and raise
+interrupt lines; they must not touch the engine.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Callable
+
+NS_PER_BLOCK = 10
+NO_DEADLINE = (1 << 64) - 1
+
+
+class Timer:
+    """A scheduled callback; ``cancel()`` is idempotent and safe from inside any callback."""
+
+    __slots__ = ("at", "callback", "cancelled", "_seq")
+
+    def __init__(self, at: int, seq: int, callback: Callable[[], None]):
+        self.at, self._seq, self.callback, self.cancelled = at, seq, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __lt__(self, other: "Timer") -> bool:
+        return (self.at, self._seq) < (other.at, other._seq)
+
+
+class GuestClock:
+    """``now()`` in guest nanoseconds and the event queue; ``control`` is the native control block
+    (``hvsim.core.native.NativeControl``), whose ``blocks`` counter is the clock's source and whose
+    ``deadline_blocks`` the clock keeps equal to its earliest event."""
+
+    def __init__(self, control, ns_per_block: int = NS_PER_BLOCK):
+        self._control = control
+        self.ns_per_block = ns_per_block
+        self.skipped_ns = 0            # time skipped by idle hlt
+        self._queue: list[Timer] = []
+        self._seq = itertools.count()
+        self._control.deadline_blocks = NO_DEADLINE
+
+    def now(self) -> int:
+        return self._control.blocks * self.ns_per_block + self.skipped_ns
+
+    def schedule(self, at_ns: int, callback: Callable[[], None]) -> Timer:
+        timer = Timer(max(int(at_ns), 0), next(self._seq), callback)
+        heapq.heappush(self._queue, timer)
+        self._arm()
+        return timer
+
+    def schedule_in(self, delay_ns: int, callback: Callable[[], None]) -> Timer:
+        return self.schedule(self.now() + max(int(delay_ns), 0), callback)
+
+    def next_deadline(self) -> int | None:
+        """The time of the earliest live event, or ``None``."""
+        while self._queue and self._queue[0].cancelled:
+            heapq.heappop(self._queue)
+        return self._queue[0].at if self._queue else None
+
+    def run_due(self) -> int:
+        """Run every event due now, in deadline order; return how many ran."""
+        ran = 0
+        while True:
+            deadline = self.next_deadline()
+            if deadline is None or deadline > self.now():
+                break
+            timer = heapq.heappop(self._queue)
+            timer.cancelled = True
+            timer.callback()
+            ran += 1
+        self._arm()
+        return ran
+
+    def skip_to_next(self) -> bool:
+        """Idle: advance guest time to the earliest event (without executing anything).  False
+        when there is no event to wait for."""
+        deadline = self.next_deadline()
+        if deadline is None:
+            return False
+        if deadline > self.now():
+            self.skipped_ns += deadline - self.now()
+        return True
+
+    def _arm(self) -> None:
+        """Make the native hook stop at the block boundary where the earliest event falls due."""
+        deadline = self.next_deadline()
+        if deadline is None:
+            self._control.deadline_blocks = NO_DEADLINE
+        else:
+            ns = max(deadline - self.skipped_ns, 0)
+            self._control.deadline_blocks = -(-ns // self.ns_per_block)
