@@ -7,8 +7,13 @@
  * block start with the PC in sync, so resuming is exact.  A Python block hook would cost ~200x; this
  * one costs one load and one compare per translation block.
  *
- *  - hvsim_block_hook: counts executed blocks; when `stop_request` is raised (by the watchdog thread
- *    or a signal handler) it stops the run before the block executes.
+ *  - hvsim_block_hook: counts executed blocks (guest time, clock.py); stops the run before the block
+ *    executes when `stop_request` is raised (by the watchdog thread or a signal handler), when the
+ *    block count reaches `deadline_blocks` (the guest clock's next event), or, while `want_if` is set
+ *    (an interrupt waits for the guest to enable interrupts), at the first block entered with
+ *    RFLAGS.IF set.
+ *  - hvsim_rdtsc_hook / hvsim_rdtscp_hook: answer RDTSC / RDTSCP with guest time in nanoseconds (a
+ *    1 GHz TSC) instead of the engine's host-clock TSC, so the guest's time is deterministic.
  *  - hvsim_insn_hook:  counts executed instructions exactly and stops before the one that would
  *    exceed `insn_limit` (installed only when an instruction budget is asked for: it costs ~15x).
  *  - hvsim_coverage_hook: records the start address of every executed block in a hash set
@@ -25,6 +30,18 @@
 #include <stdlib.h>
 
 typedef int (*uc_emu_stop_fn)(void *uc);
+typedef int (*uc_reg_read_fn)(void *uc, int regid, void *value);
+typedef int (*uc_reg_write_fn)(void *uc, int regid, const void *value);
+
+/* Unicorn 2.1.4's register ids (unicorn/x86.h); native.py checks them against the binding. */
+enum { REG_EFLAGS = 25, REG_RAX = 35, REG_RCX = 38, REG_RDX = 40, REG_MSR = 248 };
+#define MSR_TSC_AUX 0xC0000103u
+#define RFLAGS_IF (1u << 9)
+
+struct uc_x86_msr {                /* unicorn/x86.h */
+    uint32_t rid;
+    uint64_t value;
+};
 
 struct hvsim_control {
     volatile int32_t stop_request; /* nonzero: stop at the next block start */
@@ -33,9 +50,17 @@ struct hvsim_control {
     uint64_t insns;                /* instructions executed (only with the instruction hook) */
     uint64_t insn_limit;           /* the instruction hook stops when insns reaches this */
     uc_emu_stop_fn emu_stop;       /* libunicorn's uc_emu_stop */
+    uc_reg_read_fn reg_read;       /* libunicorn's uc_reg_read */
+    uc_reg_write_fn reg_write;     /* libunicorn's uc_reg_write */
+    uint64_t deadline_blocks;      /* stop before the block that would make `blocks` exceed this */
+    int32_t want_if;               /* nonzero: stop at the next block entered with IF set */
+    int32_t reserved;
+    uint64_t ns_per_block;         /* guest time = blocks * ns_per_block + skipped_ns */
+    uint64_t skipped_ns;
+    uint64_t tsc_reads;            /* RDTSC/RDTSCP answered */
 };
 
-enum { STOPPED_BY_REQUEST = 1, STOPPED_BY_INSN_LIMIT = 2 };
+enum { STOPPED_BY_REQUEST = 1, STOPPED_BY_INSN_LIMIT = 2, STOPPED_BY_DEADLINE = 3, STOPPED_BY_IF_WINDOW = 4 };
 
 static void hvsim_block_hook(void *uc, uint64_t address, uint32_t size, void *user)
 {
@@ -47,7 +72,52 @@ static void hvsim_block_hook(void *uc, uint64_t address, uint32_t size, void *us
         c->emu_stop(uc);
         return;
     }
+    if (c->blocks >= c->deadline_blocks) {
+        c->stopped_by = STOPPED_BY_DEADLINE;
+        c->emu_stop(uc);
+        return;
+    }
+    if (c->want_if) {
+        uint64_t rflags = 0;
+        c->reg_read(uc, REG_EFLAGS, &rflags);
+        if (rflags & RFLAGS_IF) {
+            c->stopped_by = STOPPED_BY_IF_WINDOW;
+            c->emu_stop(uc);
+            return;
+        }
+    }
     c->blocks++;
+}
+
+static uint64_t guest_tsc(struct hvsim_control *c)
+{
+    return c->blocks * c->ns_per_block + c->skipped_ns;
+}
+
+static void put_tsc(void *uc, struct hvsim_control *c, uint64_t tsc)
+{
+    uint64_t lo = tsc & 0xFFFFFFFFu, hi = tsc >> 32;   /* RAX/RDX zero-extended, as RDTSC does */
+    c->reg_write(uc, REG_RAX, &lo);
+    c->reg_write(uc, REG_RDX, &hi);
+    c->tsc_reads++;
+}
+
+static uint32_t hvsim_rdtsc_hook(void *uc, void *user)
+{
+    struct hvsim_control *c = user;
+    put_tsc(uc, c, guest_tsc(c));
+    return 1;   /* skip the engine's own (host-clock) TSC */
+}
+
+static uint32_t hvsim_rdtscp_hook(void *uc, void *user)
+{
+    struct hvsim_control *c = user;
+    struct uc_x86_msr aux = {MSR_TSC_AUX, 0};
+    c->reg_read(uc, REG_MSR, &aux);
+    uint64_t rcx = aux.value & 0xFFFFFFFFu;
+    put_tsc(uc, c, guest_tsc(c));
+    c->reg_write(uc, REG_RCX, &rcx);
+    return 1;
 }
 
 static void hvsim_insn_hook(void *uc, uint64_t address, uint32_t size, void *user)
@@ -144,6 +214,15 @@ PyMODINIT_FUNC PyInit__native(void)
         return NULL;
     if (PyModule_AddObject(m, "block_hook", PyLong_FromVoidPtr((void *)hvsim_block_hook)) < 0 ||
         PyModule_AddObject(m, "insn_hook", PyLong_FromVoidPtr((void *)hvsim_insn_hook)) < 0 ||
+        PyModule_AddObject(m, "rdtsc_hook", PyLong_FromVoidPtr((void *)hvsim_rdtsc_hook)) < 0 ||
+        PyModule_AddObject(m, "rdtscp_hook", PyLong_FromVoidPtr((void *)hvsim_rdtscp_hook)) < 0 ||
+        PyModule_AddIntConstant(m, "REG_EFLAGS", REG_EFLAGS) < 0 ||
+        PyModule_AddIntConstant(m, "REG_RAX", REG_RAX) < 0 ||
+        PyModule_AddIntConstant(m, "REG_RCX", REG_RCX) < 0 ||
+        PyModule_AddIntConstant(m, "REG_RDX", REG_RDX) < 0 ||
+        PyModule_AddIntConstant(m, "REG_MSR", REG_MSR) < 0 ||
+        PyModule_AddIntConstant(m, "STOPPED_BY_DEADLINE", STOPPED_BY_DEADLINE) < 0 ||
+        PyModule_AddIntConstant(m, "STOPPED_BY_IF_WINDOW", STOPPED_BY_IF_WINDOW) < 0 ||
         PyModule_AddObject(m, "coverage_hook", PyLong_FromVoidPtr((void *)hvsim_coverage_hook)) < 0 ||
         PyModule_AddObject(m, "coverage_free", PyLong_FromVoidPtr((void *)hvsim_coverage_free)) < 0 ||
         PyModule_AddIntConstant(m, "coverage_size", (long)sizeof(struct hvsim_coverage)) < 0 ||

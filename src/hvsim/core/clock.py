@@ -46,13 +46,26 @@ class GuestClock:
     def __init__(self, control, ns_per_block: int = NS_PER_BLOCK):
         self._control = control
         self.ns_per_block = ns_per_block
-        self.skipped_ns = 0            # time skipped by idle hlt
+        control.ns_per_block = ns_per_block
+        control.skipped_ns = 0
         self._queue: list[Timer] = []
         self._seq = itertools.count()
+        self._stop_block = NO_DEADLINE     # a one-off stop asked for by the run loop (stop_after_block)
         self._control.deadline_blocks = NO_DEADLINE
 
+    @property
+    def skipped_ns(self) -> int:
+        """Guest time spent idle in ``hlt`` (kept in the control block: the native TSC reads it)."""
+        return self._control.skipped_ns
+
     def now(self) -> int:
-        return self._control.blocks * self.ns_per_block + self.skipped_ns
+        return self._control.blocks * self.ns_per_block + self._control.skipped_ns
+
+    def stop_after_block(self) -> None:
+        """Stop once more after the next block (the run loop retries an interrupt held back by the
+        STI / MOV SS shadow, which the engine confines to a one-instruction block)."""
+        self._stop_block = self._control.blocks + 1
+        self._arm()
 
     def schedule(self, at_ns: int, callback: Callable[[], None]) -> Timer:
         timer = Timer(max(int(at_ns), 0), next(self._seq), callback)
@@ -90,14 +103,16 @@ class GuestClock:
         if deadline is None:
             return False
         if deadline > self.now():
-            self.skipped_ns += deadline - self.now()
+            self._control.skipped_ns += deadline - self.now()
         return True
 
     def _arm(self) -> None:
         """Make the native hook stop at the block boundary where the earliest event falls due."""
+        if self._stop_block <= self._control.blocks:
+            self._stop_block = NO_DEADLINE
         deadline = self.next_deadline()
-        if deadline is None:
-            self._control.deadline_blocks = NO_DEADLINE
-        else:
-            ns = max(deadline - self.skipped_ns, 0)
-            self._control.deadline_blocks = -(-ns // self.ns_per_block)
+        blocks = NO_DEADLINE
+        if deadline is not None:
+            ns = max(deadline - self._control.skipped_ns, 0)
+            blocks = -(-ns // self.ns_per_block)
+        self._control.deadline_blocks = min(blocks, self._stop_block)

@@ -5,7 +5,8 @@ engine from inside a hook corrupts the outer run (linux-on-unicorn.md O1), so ev
 subleaves that matter are read up front.
 
 The table is what the guest is shown when no plugin answers: the engine's answers with SVM hidden
-(hvsim itself uses SVM, svm.py).  OSXSAVE (leaf 1 ECX bit 27) mirrors the guest's CR4 at the time
+(hvsim itself uses SVM, svm.py) and RDRAND/RDSEED hidden (the engine answers them from the host's
+randomness, which would make runs differ).  OSXSAVE (leaf 1 ECX bit 27) mirrors the guest's CR4 at the time
 of the instruction; ``Machine.cpuid`` applies it.
 """
 
@@ -21,6 +22,8 @@ from .engine import new_engine
 _SUBLEAF_LEAVES = {4: 8, 7: 2, 0xB: 4, 0xD: 8, 0xF: 2, 0x10: 4, 0x12: 4, 0x14: 2, 0x17: 4, 0x18: 4}
 LEAF1_ECX_OSXSAVE = 1 << 27
 LEAF1_ECX_HYPERVISOR = 1 << 31     # "running under a hypervisor": clear on a bare PC, set by hypervisors
+LEAF1_ECX_RDRAND = 1 << 30
+LEAF7_EBX_RDSEED = 1 << 18
 EXT1_ECX_SVM = 1 << 2          # leaf 0x80000001 ECX
 SVM_LEAF = 0x8000_000A         # SVM revision and features
 _STUB = 0x1000
@@ -59,6 +62,13 @@ class CpuidTable:
             leaves[(0x8000_0001, 0)] = (a, b, c & ~EXT1_ECX_SVM, d)
         if (SVM_LEAF, 0) in leaves:
             leaves[(SVM_LEAF, 0)] = (0, 0, 0, 0)
+        # RDRAND and RDSEED draw host randomness in the engine: hidden, so runs are deterministic.
+        if (1, 0) in leaves:
+            a, b, c, d = leaves[(1, 0)]
+            leaves[(1, 0)] = (a, b, c & ~LEAF1_ECX_RDRAND, d)
+        if (7, 0) in leaves:
+            a, b, c, d = leaves[(7, 0)]
+            leaves[(7, 0)] = (a, b & ~LEAF7_EBX_RDSEED, c, d)
         return cls(leaves)
 
     def lookup(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:

@@ -136,3 +136,6 @@ class EngineState:
         ctx = self._uc.context_save()
         ctypes.memmove(ctx.context.value + self.offsets.old_exception, struct.pack("<i", -1), 4)
         self._uc.context_restore(ctx)
+
+    def interrupt_shadow(self) -> bool:   # placeholder until the hflags calibration lands (branch ring)
+        return False

@@ -75,6 +75,7 @@ class Shutdown(Event):
     reason: str
     source: str
     code: int | None = None
+    detail: str = ""
 
 
 @attrs.frozen

@@ -63,7 +63,7 @@ class ExceptionDelivery:
     def __init__(self, machine: "Machine"):
         self.m = machine
 
-    def deliver(self, vector: int, error_code: int | None, return_rip: int) -> Delivered:
+    def deliver(self, vector: int, error_code: int | None, return_rip: int, *, kind: str = "exception") -> Delivered:
         """Vector ``vector`` through the guest IDT; the frame returns to ``return_rip``.
 
         Escalates to #DF when the delivery itself fails; raises ``DeliveryError`` when #DF cannot be

@@ -16,7 +16,11 @@ from unicorn import x86_const
 from . import acpi
 from .cpu import MSR_EFER, EntryState, Segment
 from .cpuid import LEAF1_ECX_HYPERVISOR, LEAF1_ECX_OSXSAVE, CpuidTable
-from .devices import AcpiPm, DebugCon, ExitPort, ResetControl, Uart16550
+from .clock import NS_PER_BLOCK, GuestClock
+from .devices import AcpiPm, ConsoleSink, DebugCon, ExitPort, ResetControl
+from .devices.chipset import COM1_IRQ, PcChipset
+from .devices.line import IrqLine
+from .devices.uart import Uart16550A
 from .engine import new_engine
 from .engine_state import EngineState, calibrate
 from .errors import GuestMemoryError, LoadError
@@ -39,8 +43,10 @@ EFER_LMA = 1 << 10
 RFLAGS_VM = 1 << 17
 # MSRs the host itself reads or writes while the guest runs; intercepting them would kill the
 # process (svm.py), so plugins cannot own them.
+# Linux ends a panic with this line (kernel/panic.c) and then spins with interrupts off forever: the
+# run ends there as a crash, the panic message as its detail.
+LINUX_PANIC_END = "---[ end Kernel panic - not syncing: "
 HOST_MSRS = frozenset({MSR_EFER, 0xC000_0100, 0xC000_0101, 0xC000_0102, 0xC001_0117})
-NS_PER_BLOCK = 10   # guest time: executed translation blocks x 10 ns (deterministic, see linux-to-userspace.md)
 
 _REGISTERS = {
     name[len("UC_X86_REG_"):].lower(): value
@@ -91,6 +97,16 @@ class Machine:
         self.plugin_state: dict[str, Any] = {}     # per-run state of the run's plugins, by plugin name
         self.cpuid = CpuidTable.probe()
         self.native = NativeHooks(self.uc, insn_limit=config.max_instructions)
+        self.clock = GuestClock(self.native.control, NS_PER_BLOCK)
+        # The CPU's interrupt input (INTR/NMI): an object with ``interrupt_pending() -> bool`` and
+        # ``acknowledge() -> int | None`` (the local APIC, or the 8259 when there is none); ``None``
+        # on a machine without interrupt sources.
+        self.interrupt_source = None
+        self.interrupts_delivered = 0
+        self.interrupt_counts: dict[int, int] = {}
+        self.chipset = None
+        # MSRs of the core's own devices: index -> (read() -> int, write(value) -> bool, False = #GP)
+        self.core_msrs: dict[int, tuple[Any, Any]] = {}
         self.engine = EngineState(self.uc, calibrate())
         self.delivery = ExceptionDelivery(self)
         self.traps = TrapDispatcher(self)
@@ -202,6 +218,12 @@ class Machine:
             raise ValueError(f"MSR {index:#x} is used by the host itself and cannot be intercepted")
         self.guest_mode.intercept_msr(index)
 
+    def add_core_msr(self, index: int, read, write) -> None:
+        """An MSR a core device owns (the local APIC's base, its TSC deadline): intercepted, and
+        answered by ``read()`` / ``write(value) -> bool`` when no plugin's ``hvsim_msr`` answers."""
+        self.intercept_msr(index)
+        self.core_msrs[index] = (read, write)
+
     def msr_read(self, index: int) -> int:
         """The engine's own value of an MSR that is not intercepted (e.g. EFER, FS_BASE)."""
         self._check_host_msr(index)
@@ -236,10 +258,17 @@ class Machine:
         self.memory.add_region(start, size)
 
     # -- devices ---------------------------------------------------------------------------
-    def attach_pc_devices(self, *, acpi_tables: bool | None = None) -> None:
+    def attach_pc_devices(self, *, acpi_tables: bool | None = None, interrupts: str | None = "pc") -> None:
         """The devices of a PC: COM1, the 0xE9 debug console, the exit port, reset control, and,
-        when ACPI is on, the ACPI tables in the BIOS area plus the PM1a block they describe."""
-        self.ports.attach(Uart16550(self))
+        when ACPI is on, the ACPI tables in the BIOS area plus the PM1a block they describe.
+        ``interrupts``: ``"pc"`` adds the interrupt and timer chipset (local APIC, I/O APIC, 8259 pair,
+        PIT, RTC; ``devices/chipset.py``), ``"lapic"`` the local APIC alone, ``None`` none of them."""
+        if interrupts is not None:
+            self.chipset = PcChipset(self, level=interrupts)
+        serial = ConsoleSink(self, "serial0")
+        self.add_sink(serial)
+        irq4 = self.chipset.isa_line(COM1_IRQ) if self.chipset is not None else None
+        self.ports.attach(Uart16550A(irq=irq4 or IrqLine(name="IRQ4"), output=serial.put))
         self.ports.attach(DebugCon(self))
         self.ports.attach(ExitPort(self))
         self.ports.attach(ResetControl(self))
@@ -266,6 +295,10 @@ class Machine:
 
     def console_text(self, channel: str, text: str) -> None:
         self.emit(ConsoleOutput(channel=channel, text=text))
+        if LINUX_PANIC_END in text and self.stop_reason is None:
+            line = text[text.index(LINUX_PANIC_END):].splitlines()[0]
+            message = line[len(LINUX_PANIC_END):].rstrip().removesuffix("]---").strip()
+            self.shutdown(Shutdown(reason="crash", source="linux-panic", detail=f"Kernel panic - not syncing: {message}"))
 
     def note(self, text: str) -> None:
         self.emit(Note(text=text))
@@ -276,7 +309,8 @@ class Machine:
         self.emit(event)
         kind = {"watchdog": "crash"}.get(event.reason, event.reason)    # a watchdog firing is a crash
         kind = kind if kind in ("poweroff", "exit", "reboot", "crash") else "exit"
-        self.stop(StopReason(kind, detail=f"{event.reason} via {event.source}", code=event.code))
+        detail = f"{event.reason} via {event.source}" + (f": {event.detail}" if event.detail else "")
+        self.stop(StopReason(kind, detail=detail, code=event.code))
 
     def stop(self, reason: StopReason) -> None:
         """End the run with ``reason`` (the first reason given wins); safe inside any hook."""
@@ -291,4 +325,10 @@ class Machine:
             self.stop_registers = {**self.registers(), "rip": rip}
 
     def guest_ns(self) -> int:
-        return self.native.control.blocks * NS_PER_BLOCK
+        """Guest time in nanoseconds (``clock.py``): deterministic, never the host clock."""
+        return self.clock.now()
+
+    def kick(self) -> None:
+        """An interrupt may have become deliverable: stop at the next block the guest enters with
+        interrupts enabled, so the run loop can deliver it (safe inside any hook)."""
+        self.native.control.want_if = 1

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import ctypes
 
-from unicorn.unicorn_const import UC_ERR_OK, UC_HOOK_BLOCK, UC_HOOK_CODE
+from unicorn import x86_const
+from unicorn.unicorn_const import UC_ERR_OK, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN
 from unicorn.unicorn_py3.unicorn import UcError, uclib
 
 from . import _native
 
 STOPPED_BY_REQUEST = _native.STOPPED_BY_REQUEST
 STOPPED_BY_INSN_LIMIT = _native.STOPPED_BY_INSN_LIMIT
+STOPPED_BY_DEADLINE = _native.STOPPED_BY_DEADLINE
+STOPPED_BY_IF_WINDOW = _native.STOPPED_BY_IF_WINDOW
+NO_DEADLINE = (1 << 64) - 1
+
+for _name in ("EFLAGS", "RAX", "RCX", "RDX", "MSR"):
+    if getattr(_native, f"REG_{_name}") != getattr(x86_const, f"UC_X86_REG_{_name}"):  # pragma: no cover
+        raise ImportError(f"hvsim native helper: register id {_name} differs from unicorn's; rebuild")
 
 
 class NativeControl(ctypes.Structure):
@@ -23,6 +31,14 @@ class NativeControl(ctypes.Structure):
         ("insns", ctypes.c_uint64),
         ("insn_limit", ctypes.c_uint64),
         ("emu_stop", ctypes.c_void_p),
+        ("reg_read", ctypes.c_void_p),
+        ("reg_write", ctypes.c_void_p),
+        ("deadline_blocks", ctypes.c_uint64),
+        ("want_if", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+        ("ns_per_block", ctypes.c_uint64),
+        ("skipped_ns", ctypes.c_uint64),
+        ("tsc_reads", ctypes.c_uint64),
     ]
 
 
@@ -30,27 +46,37 @@ if ctypes.sizeof(NativeControl) != _native.control_size:  # pragma: no cover - b
     raise ImportError("hvsim native helper: control block layout differs from _native.c; rebuild")
 
 _EMU_STOP = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
+_REG_READ = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
+_REG_WRITE = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
 
 
 class NativeHooks:
-    """Installs the native hooks on one engine and owns their control block."""
+    """Installs the native hooks on one engine and owns their control block: the block hook
+    (guest time, deadlines, the IF window), RDTSC/RDTSCP answered with guest time, and, when an
+    instruction budget is asked for, the instruction counter."""
 
-    def __init__(self, uc, *, insn_limit: int | None = None):
+    def __init__(self, uc, *, insn_limit: int | None = None, ns_per_block: int = 10):
         self.control = NativeControl()
         self.control.emu_stop = _EMU_STOP
+        self.control.reg_read = _REG_READ
+        self.control.reg_write = _REG_WRITE
+        self.control.deadline_blocks = NO_DEADLINE
+        self.control.ns_per_block = ns_per_block
         self._uc = uc
         self._add(UC_HOOK_BLOCK, _native.block_hook)
+        self._add(UC_HOOK_INSN, _native.rdtsc_hook, x86_const.UC_X86_INS_RDTSC)
+        self._add(UC_HOOK_INSN, _native.rdtscp_hook, x86_const.UC_X86_INS_RDTSCP)
         if insn_limit is not None:
             self.control.insn_limit = insn_limit
             self._add(UC_HOOK_CODE, _native.insn_hook)
 
-    def _add(self, hook_type: int, function_address: int) -> None:
+    def _add(self, hook_type: int, function_address: int, *insn: int) -> None:
         handle = ctypes.c_size_t()
         status = uclib.uc_hook_add(
             self._uc._uch, ctypes.byref(handle), hook_type,
             ctypes.c_void_p(function_address),
             ctypes.cast(ctypes.byref(self.control), ctypes.c_void_p),
-            ctypes.c_uint64(1), ctypes.c_uint64(0),
+            ctypes.c_uint64(1), ctypes.c_uint64(0), *(ctypes.c_int(i) for i in insn),
         )
         if status != UC_ERR_OK:
             raise UcError(status)

@@ -77,11 +77,22 @@ class GuestState:
 
 @attrs.frozen
 class RunStats:
+    """What the run cost and how much guest time it made.  Guest time is not derived from
+    instructions: ``guest_ns = blocks * ns_per_block + idle_ns`` (each executed translation block,
+    however many instructions it holds, advances the clock by ``ns_per_block``; ``idle_ns`` is the
+    time skipped while the guest waited in ``hlt``).  The TSC the guest reads is ``guest_ns``."""
+
     wall_seconds: float
     emu_starts: int
     blocks: int
     instructions: int | None
     faults_delivered: int
+    guest_ns: int = 0
+    idle_ns: int = 0
+    ns_per_block: int = 10
+    interrupts_delivered: int = 0
+    interrupts: dict[str, int] = attrs.field(factory=dict)   # vector (hex) -> times delivered
+    tsc_reads: int = 0
 
 
 @attrs.frozen

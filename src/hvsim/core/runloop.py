@@ -10,10 +10,17 @@ still run; the result's guest state is the one frozen at the instruction that as
 ``until`` the guest's page tables do not map leaves a phantom #PF behind at every stop
 (linux-on-unicorn.md O3), and the exit list avoids it.
 
+Guest time and interrupts (clock.py): the native block hook also stops at the block boundary where
+the guest clock's next event falls due, and, while an interrupt waits, at the first block entered
+with RFLAGS.IF set.  At every such stop the loop runs the due events (devices raise their lines),
+then delivers the interrupt the CPU's interrupt input (``Machine.interrupt_source``: the local
+APIC) offers, through the guest IDT, unless the STI / MOV SS shadow holds it back for one more
+instruction.  Interrupts are therefore taken only at block boundaries, with RIP exact.
+
 When ``emu_start`` returns and no hook asked for the stop, the guest executed ``hlt``: plugins
-are offered it through ``hvsim_trap``; unanswered, with interrupts off it ends the run (``halt``),
-with interrupts on and no interrupt source modelled it ends as ``idle``.  The loop is where interrupt injection will sit: a timer deadline raises the same
-stop flag, and the loop delivers at the block boundary.
+are offered it through ``hvsim_trap``; unanswered, with interrupts on the guest waits: guest time
+skips to the next event until an interrupt is pending (``nanosleep`` costs no wall time), and the
+run ends as ``idle`` when nothing can ever wake it; with interrupts off it ends as ``halt``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from unicorn import UcError
 
 from .disasm import disassemble_one
 from .errors import GuestMemoryError
-from .native import STOPPED_BY_INSN_LIMIT, STOPPED_BY_REQUEST
+from .exceptions import DeliveryError, vector_name
+from .native import STOPPED_BY_DEADLINE, STOPPED_BY_IF_WINDOW, STOPPED_BY_INSN_LIMIT, STOPPED_BY_REQUEST
 from .plugin_types import Trap
 from .result import GuestState, RunStats, StopReason
 
@@ -36,6 +44,9 @@ if TYPE_CHECKING:
 
 RFLAGS_IF = 1 << 9
 HLT = 0xF4
+# An idle guest whose events never raise an interrupt (a periodic timer whose line is masked) would
+# skip time forever; after this much guest time without an interrupt it is stopped as idle.
+MAX_IDLE_NS = 3600 * 10**9
 
 
 class RunLoop:
@@ -87,6 +98,10 @@ class RunLoop:
                 rip = m.reg("rip")
                 if m.stop_reason is None:
                     self._classify_stop(rip)
+                if m.stop_reason is None:
+                    m.clock.run_due()
+                    self._deliver_interrupt(rip)
+                    rip = m.reg("rip")
         finally:
             if timer:
                 timer.cancel()
@@ -102,18 +117,63 @@ class RunLoop:
             m.stop(StopReason("interrupted", detail="interrupted by the user"))
         elif stopped_by == STOPPED_BY_REQUEST and self._deadline_passed:
             m.stop(StopReason("timeout", detail=f"wall-clock budget of {m.config.timeout} s reached"))
-        elif stopped_by == STOPPED_BY_REQUEST:
-            return   # a stop for the loop itself (event delivery); resume
+        elif stopped_by in (STOPPED_BY_REQUEST, STOPPED_BY_DEADLINE, STOPPED_BY_IF_WINDOW):
+            return   # a stop for the loop itself (events, interrupt delivery); resume
         elif self._after_hlt(rip):
             trap = Trap(kind="hlt", rip=rip - 1, length=1, code=bytes([HLT]))
             if m.pm.hook.hvsim_trap(machine=m, trap=trap):
                 return   # a plugin woke the guest (it may have changed registers); resume
             if m.reg("rflags") & RFLAGS_IF:
-                m.stop(StopReason("idle", detail=f"hlt at {rip - 1:#x} with interrupts on and no interrupt source"))
+                if not self._wait_for_interrupt():
+                    why = "no interrupt source" if m.clock.next_deadline() is None else "no interrupt arriving"
+                    m.stop(StopReason("idle", detail=f"hlt at {rip - 1:#x} with interrupts on and {why}"))
             else:
                 m.stop(StopReason("halt", detail=f"hlt at {rip - 1:#x} with interrupts off"))
         else:
             m.stop(StopReason("host-error", detail=f"the engine stopped at {rip:#x} for no known reason"))
+
+    def _wait_for_interrupt(self) -> bool:
+        """``hlt`` with interrupts on: skip guest time from event to event until an interrupt is
+        pending (True), or report that none will come (False)."""
+        m = self.m
+        started = m.clock.now()
+        while True:
+            m.clock.run_due()
+            source = m.interrupt_source
+            if source is not None and source.interrupt_pending():
+                return True
+            if self.interrupted or self._deadline_passed:
+                return True     # resume: the native hook stops at once and the stop is classified
+            if m.clock.now() - started > MAX_IDLE_NS or not m.clock.skip_to_next():
+                return False
+
+    def _deliver_interrupt(self, rip: int) -> None:
+        """Deliver the interrupt the CPU's interrupt input offers, if the guest can take it now;
+        otherwise make the native hook stop when it can."""
+        m = self.m
+        control = m.native.control
+        control.want_if = 0
+        source = m.interrupt_source
+        if source is None or not source.interrupt_pending():
+            return
+        if not m.reg("rflags") & RFLAGS_IF:
+            control.want_if = 1
+            return
+        if m.engine.interrupt_shadow():
+            m.clock.stop_after_block()
+            return
+        vector = source.acknowledge()
+        if vector is None:
+            return
+        try:
+            m.delivery.deliver(vector, None, rip, kind="external")
+        except DeliveryError as exc:
+            m.stop(StopReason("triple-fault", detail=f"interrupt {vector_name(vector)} at {rip:#x}: {exc}"))
+            return
+        m.interrupts_delivered += 1
+        m.interrupt_counts[vector] = m.interrupt_counts.get(vector, 0) + 1
+        if source.interrupt_pending():
+            control.want_if = 1
 
     def _after_hlt(self, rip: int) -> bool:
         try:
@@ -152,4 +212,10 @@ def run_stats(loop: RunLoop, wall: float) -> RunStats:
         blocks=control.blocks,
         instructions=control.insns if m.config.max_instructions is not None else None,
         faults_delivered=m.faults_delivered,
+        guest_ns=m.clock.now(),
+        idle_ns=m.clock.skipped_ns,
+        ns_per_block=m.clock.ns_per_block,
+        interrupts_delivered=m.interrupts_delivered,
+        interrupts={f"{v:#04x}": n for v, n in sorted(m.interrupt_counts.items())},
+        tsc_reads=control.tsc_reads,
     )

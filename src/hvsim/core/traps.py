@@ -167,6 +167,9 @@ class TrapDispatcher:
         value = (uc.reg_read(UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | uc.reg_read(UC_X86_REG_RAX) & 0xFFFF_FFFF
         access = MsrAccess(index=index, write=write, value=value if write else 0, rip=rip)
         answer = m.pm.hook.hvsim_msr(machine=m, access=access)
+        if answer is None and index in m.core_msrs:
+            read, write_fn = m.core_msrs[index]
+            answer = write_fn(value) if write else read()
         name = f"{'wrmsr' if write else 'rdmsr'} {index:#x}"
         args = {"index": index, "value": value} if write else {"index": index}
         if answer is None or answer is False or (not write and answer is True):

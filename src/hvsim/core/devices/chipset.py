@@ -1,0 +1,146 @@
+"""The PC's interrupt and timer chipset, wired in one place.
+
+    PIT ch0 ──IRQ0──┬─► 8259 pair IR0 ─INTR─► LAPIC LINT0 (ExtINT) ─┐
+    RTC ─────IRQ8───┤                                               ├─► CPU (Machine.interrupt_source)
+    COM1 ────IRQ4───┤                                               │
+    ACPI SCI ─IRQ9──┴─► I/O APIC pin (IRQ0 → GSI 2, as the MADT's ──► LAPIC IRR
+                        interrupt source override says; others 1:1)
+
+Every ISA line goes to both the 8259 input and the I/O APIC pin, as on a PC: the guest decides
+which one listens (by masking).  The CPU takes interrupts from the local APIC, or straight from the
+8259's INTR when the guest disabled the local APIC in IA32_APIC_BASE (then the APIC is not there).
+MMIO windows: the local APIC at 0xfee00000 (4 KiB), the I/O APIC at 0xfec00000 (the MADT's
+addresses, ``acpi.AcpiPlatform``).  MSRs the core answers for the local APIC: IA32_APIC_BASE and
+IA32_TSC_DEADLINE.
+
+``level="lapic"`` attaches the local APIC alone (a machine without legacy devices, as Xen's PVH
+guests have).  The chipset is the machine's ``interrupt_source``.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import traceback
+from typing import TYPE_CHECKING
+
+from ..result import StopReason
+from .ioapic import IoApic
+from .lapic import LocalApic
+from .line import IrqLine
+from .pic import Pic8259Pair
+from .pit import Pit8254
+from .rtc import CmosRtc
+
+if TYPE_CHECKING:
+    from ..machine import Machine
+
+LAPIC_BASE = 0xFEE0_0000
+IOAPIC_BASE = 0xFEC0_0000
+MMIO_WINDOW = 0x1000
+MSR_IA32_APIC_BASE = 0x1B          # Intel SDM vol. 4, table 2-2
+MSR_IA32_TSC_DEADLINE = 0x6E0
+ISA_IRQS = 16
+PIT_IRQ, PIT_GSI = 0, 2            # acpi.py's MADT interrupt source override
+COM1_IRQ, RTC_IRQ = 4, 8
+# The RTC's time at guest time 0: fixed, so runs are repeatable (2026-01-01T00:00:00Z).
+RTC_EPOCH = int(time.mktime((2026, 1, 1, 0, 0, 0, 0, 0, 0)) - time.timezone)
+
+
+def _mmio_guarded(machine: "Machine", what: str):
+    """Run an MMIO callback; a Python exception stops the run as host-error (trace kept)."""
+
+    def wrap(function):
+        @functools.wraps(function)
+        def wrapper(*args):
+            try:
+                return function(*args)
+            except Exception as exc:  # noqa: BLE001 - the run must end with a result, not a traceback
+                machine.host_traceback = traceback.format_exc()
+                machine.stop(StopReason("host-error", detail=f"{type(exc).__name__} in the {what}: {exc}"))
+                return 0
+
+        return wrapper
+
+    return wrap
+
+
+class PcChipset:
+    def __init__(self, machine: "Machine", *, level: str = "pc"):
+        self.m = machine
+        self.legacy = level == "pc"
+        self.pic = self.ioapic = self.pit = self.rtc = None
+        self.isa_lines: list[IrqLine] = []
+        self.pic_intr = IrqLine(self._pic_intr, name="8259 INTR")
+        if self.legacy:
+            self.pic = Pic8259Pair(intr=self.pic_intr)
+            self.ioapic = IoApic(deliver=self._ioapic_fixed, deliver_extint=self._ioapic_extint,
+                                 deliver_nmi=self._nmi)
+        self.lapic = LocalApic(machine.clock, kick=machine.kick,
+                               extint_ack=self.pic.acknowledge if self.pic else None,
+                               eoi_broadcast=self.ioapic.eoi if self.ioapic else None)
+        self._map(LAPIC_BASE, self.lapic, "local APIC")
+        machine.add_core_msr(MSR_IA32_APIC_BASE, lambda: self.lapic.apic_base, self._write_apic_base)
+        machine.add_core_msr(MSR_IA32_TSC_DEADLINE, lambda: self.lapic.tsc_deadline, self._write_tsc_deadline)
+        if self.legacy:
+            self.isa_lines = [IrqLine(functools.partial(self._isa_irq, irq), name=f"IRQ{irq}") for irq in range(ISA_IRQS)]
+            self._map(IOAPIC_BASE, self.ioapic, "I/O APIC")
+            self.pit = Pit8254(machine.clock, irq0=self.isa_lines[PIT_IRQ])
+            self.rtc = CmosRtc(machine.clock, irq8=self.isa_lines[RTC_IRQ], start_time=RTC_EPOCH)
+            for device in (self.pic, self.pit, self.rtc):
+                machine.ports.attach(device)
+        machine.interrupt_source = self
+
+    # -- wiring ----------------------------------------------------------------------------------
+    def isa_line(self, irq: int) -> IrqLine | None:
+        return self.isa_lines[irq] if self.isa_lines else None
+
+    def _isa_irq(self, irq: int, level: bool) -> None:
+        self.pic.set_irq(irq, level)
+        self.ioapic.set_irq(PIT_GSI if irq == PIT_IRQ else irq, level)
+
+    def _pic_intr(self, level: bool) -> None:
+        self.lapic.set_lint0(level)
+        if level:
+            self.m.kick()
+
+    def _ioapic_fixed(self, vector: int, level: bool) -> None:
+        self.lapic.deliver(vector, level=level)
+
+    def _ioapic_extint(self, level: bool) -> None:
+        self.lapic.set_lint0(level or self.pic_intr.level)
+
+    def _nmi(self) -> None:
+        self.lapic.nmi()
+
+    def _map(self, base: int, device, what: str) -> None:
+        guard = _mmio_guarded(self.m, what)
+
+        @guard
+        def read(uc, offset, size, _ud):
+            return device.read(offset, size)
+
+        @guard
+        def write(uc, offset, size, value, _ud):
+            device.write(offset, size, value)
+
+        self.m.uc.mmio_map(base, MMIO_WINDOW, read, None, write, None)
+        self._callbacks = getattr(self, "_callbacks", []) + [read, write]
+
+    def _write_apic_base(self, value: int) -> bool:
+        return self.lapic.write_apic_base(value) is not False
+
+    def _write_tsc_deadline(self, value: int) -> bool:
+        self.lapic.write_tsc_deadline(value)
+        return True
+
+    # -- the CPU's interrupt input -----------------------------------------------------------------
+    def interrupt_pending(self) -> bool:
+        if self.lapic.hardware_enabled:
+            return self.lapic.interrupt_pending() or self.lapic.nmi_pending()
+        return self.pic is not None and self.pic_intr.level
+
+    def acknowledge(self) -> int | None:
+        if self.lapic.hardware_enabled:
+            return self.lapic.acknowledge()
+        return self.pic.acknowledge() if self.pic is not None else None
