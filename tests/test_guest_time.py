@@ -1,0 +1,181 @@
+"""Guest time, the event queue and interrupt delivery, as small guests observe them: the TSC is
+guest time, timers fire at the programmed guest time, idle ``hlt`` skips to the next event, the STI
+shadow holds an interrupt back for one instruction, and a storm is stopped by the budget with its
+trace kept.  Guests are assembly (tests/guestcode.py) with a local APIC at 0xfee00000."""
+
+from __future__ import annotations
+
+from hvsim.core.clock import GuestClock
+
+from guestcode import DATA, run_raw
+
+LAPIC = 0xFEE00000
+# xAPIC registers (Intel SDM vol. 3, table 11-1)
+EOI, SVR, LVT_TIMER, TIMER_INIT, TIMER_DIV = 0xB0, 0xF0, 0x320, 0x380, 0x3E0
+
+
+def u64(machine, address):
+    return machine.memory.read_u64(address)
+
+
+class FakeControl:
+    blocks = 0
+    deadline_blocks = 0
+    skipped_ns = 0
+    ns_per_block = 0
+
+
+def test_clock_orders_events_cancels_and_sets_the_native_deadline():
+    control = FakeControl()
+    clock = GuestClock(control)
+    fired = []
+    clock.schedule(500, lambda: fired.append("b"))
+    doomed = clock.schedule(100, lambda: fired.append("x"))
+    clock.schedule(200, lambda: fired.append("a"))
+    doomed.cancel()
+    assert control.deadline_blocks == 20          # 200 ns at 10 ns per block
+    control.blocks = 25
+    assert clock.run_due() == 1 and fired == ["a"]
+    assert control.deadline_blocks == 50
+    assert clock.skip_to_next() and clock.now() == 500 and clock.skipped_ns == 250
+    clock.run_due()
+    assert fired == ["a", "b"] and clock.next_deadline() is None and not clock.skip_to_next()
+
+
+RDTSC_LOOP = """
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    mov %rax, %r8
+    mov $1000, %ecx
+1:  dec %ecx
+    jnz 1b
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    sub %r8, %rax
+    mov %rax, 0x80000
+    mov %r8, 0x80008
+    cli
+    hlt
+"""
+
+
+def test_tsc_is_guest_time_and_two_runs_agree():
+    result, m, _ = run_raw(RDTSC_LOOP)
+    assert result.stop.kind == "halt", result.stop
+    # the loop body is one translation block: 1000 iterations, 10 ns each (plus the block after it)
+    assert 10_000 <= u64(m, DATA) <= 10_030
+    assert result.stats.tsc_reads == 2 and result.stats.guest_ns == result.stats.blocks * 10
+    again, m2, _ = run_raw(RDTSC_LOOP)
+    assert (u64(m2, DATA), u64(m2, DATA + 8), again.stats.blocks) == (u64(m, DATA), u64(m, DATA + 8), result.stats.blocks)
+
+
+LAPIC_SETUP = f"""
+    movl $0x1ff, {LAPIC + SVR}          /* software enable, spurious vector 0xff */
+    movl $0xb, {LAPIC + TIMER_DIV}      /* divide by 1: one count per ns */
+"""
+
+TIMER_HANDLER = f"""
+timer:
+    push %rax
+    push %rdx
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    mov %rax, 0x80100(,%r12,8)        /* guest time of each tick */
+    mov 16(%rsp), %rax
+    mov %rax, 0x80200(,%r12,8)        /* the interrupted RIP */
+    inc %r12
+    movl $0, {LAPIC + EOI}
+    pop %rdx
+    pop %rax
+    iretq
+"""
+
+
+def test_lapic_one_shot_timer_fires_at_the_programmed_guest_time_while_idle():
+    source = LAPIC_SETUP + f"""
+    xor %r12, %r12
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    mov %rax, 0x80000
+    movl $0x40, {LAPIC + LVT_TIMER}     /* one-shot, vector 0x40 */
+    movl $1000000, {LAPIC + TIMER_INIT} /* 1 ms */
+    sti
+    hlt
+after_hlt:
+    cli
+    hlt
+""" + TIMER_HANDLER
+    result, m, symbols = run_raw(source, gates={0x40: "timer"})
+    assert result.stop.kind == "halt", result.stop
+    assert u64(m, DATA + 0x100 + 0 * 8) - u64(m, DATA) in range(1_000_000, 1_000_100)
+    assert u64(m, DATA + 0x200) == symbols["after_hlt"]       # taken in hlt, returns after it
+    assert result.stats.interrupts_delivered == 1 and result.stats.interrupts == {"0x40": 1}
+    assert result.stats.idle_ns >= 990_000                   # the wait cost no executed blocks
+
+
+def test_lapic_periodic_timer_ticks_at_its_period_and_a_long_sleep_costs_no_wall_time():
+    source = LAPIC_SETUP + f"""
+    xor %r12, %r12
+    movl $0x20041, {LAPIC + LVT_TIMER}  /* periodic, vector 0x41 */
+    movl $10000000, {LAPIC + TIMER_INIT} /* 10 ms */
+    sti
+1:  hlt
+    cmp $100, %r12                    /* one guest second */
+    jb 1b
+    cli
+    hlt
+""" + TIMER_HANDLER.replace("0x80100(,%r12,8)", "0x80100(,%r12,8)").replace("timer:", "tick:")
+    result, m, _ = run_raw(source, gates={0x41: "tick"}, timeout=20)
+    assert result.stop.kind == "halt", result.stop
+    ticks = [u64(m, DATA + 0x100 + 8 * i) for i in range(5)]
+    assert all(b - a == 10_000_000 for a, b in zip(ticks, ticks[1:])), ticks
+    assert result.stats.guest_ns >= 1_000_000_000 and result.stats.interrupts == {"0x41": 100}
+    assert result.stats.wall_seconds < 5
+
+
+def test_sti_shadow_holds_a_pending_interrupt_until_after_the_next_instruction():
+    # The timer expires while interrupts are off; `sti; nop` must run the nop before the interrupt.
+    source = LAPIC_SETUP + f"""
+    xor %r12, %r12
+    movl $0x42, {LAPIC + LVT_TIMER}
+    movl $100, {LAPIC + TIMER_INIT}
+    mov $2000, %ecx
+1:  dec %ecx
+    jnz 1b                            /* 20 us with IF=0: the interrupt waits */
+    sti
+in_shadow:
+    nop
+after_shadow:
+    nop
+    cli
+    hlt
+""" + TIMER_HANDLER
+    result, m, symbols = run_raw(source, gates={0x42: "timer"})
+    assert result.stop.kind == "halt", result.stop
+    assert result.stats.interrupts == {"0x42": 1}
+    assert u64(m, DATA + 0x200) == symbols["after_shadow"]
+
+
+def test_a_level_interrupt_storm_is_stopped_by_the_budget_and_keeps_its_trace():
+    # The handler acknowledges the local APIC but the timer fires again at once (periodic, count 1):
+    # the guest never leaves the handler loop; the instruction budget ends the run.
+    source = LAPIC_SETUP + f"""
+    xor %r12, %r12
+    movl $0x20043, {LAPIC + LVT_TIMER}
+    movl $1, {LAPIC + TIMER_INIT}
+    sti
+1:  jmp 1b
+""" + TIMER_HANDLER
+    result, m, _ = run_raw(source, gates={0x43: "timer"}, max_instructions=200_000)
+    assert result.stop.kind == "budget", result.stop
+    assert result.stats.interrupts_delivered > 1000
+    assert result.state is not None and result.state.registers["rip"]
+
+
+def test_hlt_with_interrupts_on_and_nothing_scheduled_is_idle():
+    result, _, _ = run_raw(LAPIC_SETUP + "sti\nhlt\n")
+    assert result.stop.kind == "idle" and "no interrupt source" in result.stop.detail
