@@ -319,7 +319,10 @@ void efi_main(u64 handle, u64 system_table)
 	probe_platform = &efi_platform;
 	probe_current_info = &info;
 	info.entry = "efi";
-	cpu_setup();
+	/* No cpu_setup(): while boot services run, the firmware owns the GDT, the IDT and the page
+	 * tables (UEFI 2.10 §2.3.4.1: it identity-maps all memory and takes its timer interrupt
+	 * through its own IDT whenever RestoreTPL re-enables interrupts).  Replacing them here made
+	 * the first firmware tick fault under OVMF. */
 
 	u64 loaded_image = 0;
 	efi_status rc = ((efi_fn3)field(boot, BS_HANDLE_PROTOCOL))(handle, (u64)(uintptr_t)&loaded_image_guid,
