@@ -1,11 +1,32 @@
 """Engine-internal CPU fields the unicorn 2.1.4 API does not expose, found by calibration.
 
-Unicorn never delivers exceptions through the guest IDT, so hvsim does (exceptions.py).  Two hidden
+Unicorn never delivers exceptions through the guest IDT, so hvsim does (exceptions.py).  Hidden
 fields of QEMU's CPUX86State matter for that: ``error_code`` (the #PF/#GP error code) and
 ``old_exception`` (which QEMU resets only in its own delivery path; left stale, the next #PF becomes a
-#DF).  Their offsets inside the ``uc_context`` blob depend on the build, so they are found at start-up
-by running a scratch engine through known faults and diffing its contexts.  A unicorn whose layout
-defeats the calibration makes ``calibrate`` raise, so a changed engine fails loudly, not silently.
+#DF); and, for privilege changes and interrupt injection, ``hflags`` (CPL, the STI/MOV-SS interrupt
+shadow) and the segment caches of CS and SS (``uc_reg_write`` of CS/SS is privilege-checked against
+the current CPL, so ring 3 -> ring 0 cannot be done through the register API).  Their offsets inside
+the ``uc_context`` blob depend on the build, so they are found at start-up by running a scratch engine
+through known faults and instructions and diffing its contexts.  A unicorn whose layout defeats the
+calibration makes ``calibrate`` raise, so a changed engine fails loudly, not silently.
+
+The CPUX86State fields used, from qemu/target/i386/cpu.h of unicorn 2.1.4 (``struct CPUX86State``
+and ``cpu_x86_load_seg_cache``)::
+
+    target_ulong regs[16];        R + 0       (RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15)
+    target_ulong eip;             R + 128
+    target_ulong eflags, cc_dst, cc_src, cc_src2;  uint32_t cc_op; int32_t df;
+    uint32_t hflags;              R + 176     HF_CPL bits 0-1, HF_INHIBIT_IRQ bit 3, HF_CS32 4,
+                                              HF_SS32 5, HF_ADDSEG 6, HF_PE 7, HF_LMA 14, HF_CS64 15
+    uint32_t hflags2;
+    SegmentCache segs[6];         R + 184     ES, CS, SS, DS, FS, GS (R_ES=0 ... R_GS=5)
+        SegmentCache = { uint32_t selector; target_ulong base; uint32_t limit; uint32_t flags; }
+                       (24 bytes: selector +0, base +8, limit +16, flags +20; ``flags`` is the
+                        descriptor's high dword as loaded, DPL in bits 13-14, B bit 22, L bit 21)
+
+R (the offset of ``regs``) is found from magic register values; hflags and the segment caches are
+then checked against what the engine reports (CPL 0, PE/LMA/CS64 set in the scratch engine, the
+FS/GS bases, the STI and MOV-SS shadows), never trusted blind.
 """
 
 from __future__ import annotations
@@ -16,14 +37,42 @@ import struct
 
 import attrs
 from unicorn import UC_HOOK_INTR, Uc
+from unicorn import x86_const
 from unicorn.x86_const import (
     UC_X86_REG_CR0,
     UC_X86_REG_CR3,
     UC_X86_REG_CR4,
+    UC_X86_REG_EFLAGS,
     UC_X86_REG_RIP,
+    UC_X86_REG_RSP,
 )
 
 from .engine import new_engine
+
+# hflags bits, qemu/target/i386/cpu.h (HF_*_SHIFT) of unicorn 2.1.4.
+HF_CPL_MASK = 3
+HF_INHIBIT_IRQ = 1 << 3
+HF_CS32 = 1 << 4
+HF_SS32 = 1 << 5
+HF_ADDSEG = 1 << 6
+HF_PE = 1 << 7
+HF_LMA = 1 << 14
+HF_CS64 = 1 << 15
+# SegmentCache.flags bits (the descriptor high dword), cpu.h DESC_*.
+DESC_B = 1 << 22
+DESC_L = 1 << 21
+DESC_DPL_SHIFT = 13
+# Segment register indices in CPUX86State.segs (cpu.h R_ES .. R_GS).
+R_ES, R_CS, R_SS, R_DS, R_FS, R_GS = range(6)
+# Offsets relative to regs[0] (struct CPUX86State layout above); checked by calibrate().
+EIP_FROM_REGS = 128
+HFLAGS_FROM_REGS = 176
+SEGS_FROM_REGS = 184
+SEGMENT_CACHE_SIZE = 24
+EFLAGS_VM = 1 << 17
+CR0_PE = 1 << 0
+MSR_FS_BASE, MSR_GS_BASE = 0xC000_0100, 0xC000_0101
+_GPRS = ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", *(f"R{i}" for i in range(8, 16)))
 
 
 @attrs.frozen
@@ -31,6 +80,23 @@ class ContextOffsets:
     old_exception: int
     error_code: int
     exception_is_int: int
+    regs: int = -1            # CPUX86State.regs[0]
+    hflags: int = -1
+    segs: int = -1            # CPUX86State.segs[0]
+
+
+@attrs.frozen
+class SegmentCache:
+    """One QEMU segment cache: the selector and the hidden part the CPU loaded with it."""
+
+    selector: int
+    base: int
+    limit: int
+    flags: int                # descriptor high dword: type bits 8-11, S 12, DPL 13-14, P 15, L 21, B 22, G 23
+
+    @property
+    def dpl(self) -> int:
+        return (self.flags >> DESC_DPL_SHIFT) & 3
 
 
 # Scratch guest: int3; write to an unmapped page (#PF err 2); read another (#PF err 0); hlt.
@@ -109,7 +175,56 @@ def calibrate() -> ContextOffsets:
     # error_code and exception_is_int sit next to each other in CPUX86State; take the pair.
     pairs = [(e, i) for e in err for i in is_int if abs(e - i) <= 16]
     error_code, exception_is_int = pairs[0] if pairs else (err[0], is_int[0])
-    return ContextOffsets(offsets_old[0], error_code, exception_is_int)
+    regs, hflags, segs = _calibrate_cpu_state()
+    return ContextOffsets(offsets_old[0], error_code, exception_is_int, regs, hflags, segs)
+
+
+def _calibrate_cpu_state() -> tuple[int, int, int]:
+    """Find regs[0], hflags and segs[0] in the blob and check them against the engine's view."""
+    uc = new_engine()
+    uc.mem_map(0, 0x10000)
+    # sti; nop; mov %eax,%ss (null SS is legal at CPL0 in 64-bit mode); nop; hlt
+    uc.mem_write(_ENTRY, bytes.fromhex("fb 90 8ed0 90 f4"))
+    magic = [0x5A5A_0000_0000_0011 | i << 8 for i in range(16)]
+    for name, value in zip(_GPRS, magic):
+        uc.reg_write(getattr(x86_const, f"UC_X86_REG_{name}"), value)
+    uc.msr_write(MSR_FS_BASE, 0x0F5_0000_1000)
+    uc.msr_write(MSR_GS_BASE, 0x0A5_0000_2000)
+    uc.reg_write(UC_X86_REG_RIP, _ENTRY)
+    blob = _blob(uc)
+    regs = [o for o in range(0, len(blob) - 128, 8)
+            if all(struct.unpack_from("<Q", blob, o + 8 * i)[0] == v for i, v in enumerate(magic))]
+    if len(regs) != 1:
+        raise RuntimeError(f"unicorn context calibration: regs candidates {regs}")
+    r = regs[0]
+    hflags, segs = r + HFLAGS_FROM_REGS, r + SEGS_FROM_REGS
+
+    def check(what: str, ok: bool) -> None:
+        if not ok:
+            raise RuntimeError(f"unicorn context calibration: {what} does not match the 2.1.4 CPUX86State layout")
+
+    check("eip", struct.unpack_from("<Q", blob, r + EIP_FROM_REGS)[0] == _ENTRY)
+    hf = struct.unpack_from("<I", blob, hflags)[0]
+    check("hflags", hf & (HF_CPL_MASK | HF_PE | HF_LMA | HF_CS64 | HF_INHIBIT_IRQ) == HF_PE | HF_LMA | HF_CS64)
+    for reg, base in ((R_FS, 0x0F5_0000_1000), (R_GS, 0x0A5_0000_2000)):
+        check(f"segs[{reg}].base", struct.unpack_from("<Q", blob, segs + SEGMENT_CACHE_SIZE * reg + 8)[0] == base)
+    # The interrupt shadow: set by sti and by mov to SS, gone one instruction later.
+    uc.reg_write(UC_X86_REG_RSP, 0x8000)
+    uc.reg_write(x86_const.UC_X86_REG_RAX, 0)           # the selector mov %eax,%ss loads
+    shadows = []
+    rip = _ENTRY
+    for _ in range(4):
+        uc.emu_start(rip, 0, count=1)
+        rip = uc.reg_read(UC_X86_REG_RIP)
+        shadows.append(bool(struct.unpack_from("<I", _blob(uc), hflags)[0] & HF_INHIBIT_IRQ))
+    check("hflags.INHIBIT_IRQ", shadows == [True, False, True, False])
+    # A segment cache written in the blob is what the register API then reports.
+    state = EngineState(uc, ContextOffsets(-1, -1, -1, r, hflags, segs))
+    state.load_segments(cs=SegmentCache(0x33, 0, 0xFFFF_FFFF, 0x00AF_FB00),
+                        ss=SegmentCache(0x2B, 0, 0xFFFF_FFFF, 0x00CF_F300), cpl=3)
+    check("segs[CS]/segs[SS]", (uc.reg_read(x86_const.UC_X86_REG_CS), uc.reg_read(x86_const.UC_X86_REG_SS)) == (0x33, 0x2B))
+    check("hflags.CPL", state.cpl() == 3)
+    return r, hflags, segs
 
 
 def _i32(blob: bytes, offset: int) -> int:
@@ -122,6 +237,78 @@ class EngineState:
     def __init__(self, uc: Uc, offsets: ContextOffsets):
         self._uc = uc
         self.offsets = offsets
+        self._ctx = None          # one context reused by the cheap readers (context_update)
+
+    def _hflags(self) -> int:
+        if self._ctx is None:
+            self._ctx = self._uc.context_save()
+        else:
+            self._uc.context_update(self._ctx)
+        return struct.unpack("<I", ctypes.string_at(self._ctx.context.value + self.offsets.hflags, 4))[0]
+
+    def interrupt_shadow(self) -> bool:
+        """True while the CPU blocks external interrupts for one instruction after ``sti`` or a
+        load of SS (QEMU's HF_INHIBIT_IRQ).  NMI blocking is not modelled here."""
+        return bool(self._hflags() & HF_INHIBIT_IRQ)
+
+    def cpl(self) -> int:
+        """The current privilege level as the engine enforces it (hflags, not CS.RPL)."""
+        return self._hflags() & HF_CPL_MASK
+
+    def segment(self, reg: int) -> SegmentCache:
+        """The segment cache of ``reg`` (R_ES .. R_GS) with its hidden part."""
+        ctx = self._uc.context_save()
+        raw = ctypes.string_at(ctx.context.value + self.offsets.segs + SEGMENT_CACHE_SIZE * reg, SEGMENT_CACHE_SIZE)
+        selector, _, base, limit, flags = struct.unpack("<IIQII", raw)
+        return SegmentCache(selector, base, limit, flags)
+
+    def load_segments(self, *, cs: SegmentCache | None = None, ss: SegmentCache | None = None,
+                      cpl: int | None = None) -> None:
+        """Load CS and/or SS with the given hidden state, then set the CPL, bypassing the
+        privilege checks of ``uc_reg_write`` (which cannot move the CPU to an inner ring).
+
+        The hflags the engine derives from segment caches are recomputed as QEMU's
+        ``cpu_x86_load_seg_cache`` does (SS first, then CS, as its interrupt paths load them):
+        CPL from SS.DPL, CS32/CS64 from CS.B/CS.L (CS64 only with LMA), SS32 from SS.B and ADDSEG.
+        ``cpl`` (when given) overrides the SS.DPL-derived CPL, as SYSCALL's fixed selectors need.
+        """
+        ctx = self._uc.context_save()
+        base = ctx.context.value
+        hflags_at, segs_at = base + self.offsets.hflags, base + self.offsets.segs
+        hflags = struct.unpack("<I", ctypes.string_at(hflags_at, 4))[0]
+        cr0 = self._uc.reg_read(UC_X86_REG_CR0)
+        eflags = self._uc.reg_read(UC_X86_REG_EFLAGS)
+
+        def seg_at(reg: int) -> int:
+            return segs_at + SEGMENT_CACHE_SIZE * reg
+
+        def read_seg(reg: int) -> tuple[int, int, int, int, int]:
+            return struct.unpack("<IIQII", ctypes.string_at(seg_at(reg), SEGMENT_CACHE_SIZE))
+
+        for reg, seg in ((R_SS, ss), (R_CS, cs)):
+            if seg is None:
+                continue
+            ctypes.memmove(seg_at(reg), struct.pack("<IIQII", seg.selector & 0xFFFF, 0, seg.base & 0xFFFF_FFFF_FFFF_FFFF,
+                                                    seg.limit & 0xFFFF_FFFF, seg.flags & 0xFFFF_FFFF), SEGMENT_CACHE_SIZE)
+            if reg == R_CS:
+                if hflags & HF_LMA and seg.flags & DESC_L:
+                    hflags = (hflags | HF_CS32 | HF_SS32 | HF_CS64) & ~HF_ADDSEG
+                else:
+                    hflags = (hflags & ~(HF_CS32 | HF_CS64)) | (HF_CS32 if seg.flags & DESC_B else 0)
+            else:
+                hflags = (hflags & ~HF_CPL_MASK) | seg.dpl
+            new = HF_SS32 if read_seg(R_SS)[4] & DESC_B else 0
+            if hflags & HF_CS64:
+                pass                  # long mode: DS/ES/SS bases are taken as zero
+            elif not cr0 & CR0_PE or eflags & EFLAGS_VM or not hflags & HF_CS32:
+                new |= HF_ADDSEG
+            elif read_seg(R_DS)[2] | read_seg(R_ES)[2] | read_seg(R_SS)[2]:
+                new |= HF_ADDSEG
+            hflags = (hflags & ~(HF_SS32 | HF_ADDSEG)) | new
+        if cpl is not None:
+            hflags = (hflags & ~HF_CPL_MASK) | (cpl & 3)
+        ctypes.memmove(hflags_at, struct.pack("<I", hflags), 4)
+        self._uc.context_restore(ctx)
 
     def pending_exception(self) -> tuple[int, bool]:
         """(error_code, raised_by_int_instruction) of the exception being reported to a hook."""
@@ -136,6 +323,3 @@ class EngineState:
         ctx = self._uc.context_save()
         ctypes.memmove(ctx.context.value + self.offsets.old_exception, struct.pack("<i", -1), 4)
         self._uc.context_restore(ctx)
-
-    def interrupt_shadow(self) -> bool:   # placeholder until the hflags calibration lands (branch ring)
-        return False

@@ -34,7 +34,7 @@ from unicorn import UcError
 
 from .disasm import disassemble_one
 from .errors import GuestMemoryError
-from .exceptions import DeliveryError, vector_name
+from .exceptions import DeliveryError, NotModelled, vector_name
 from .native import STOPPED_BY_DEADLINE, STOPPED_BY_IF_WINDOW, STOPPED_BY_INSN_LIMIT, STOPPED_BY_REQUEST
 from .plugin_types import Trap
 from .result import GuestState, RunStats, StopReason
@@ -167,6 +167,9 @@ class RunLoop:
             return
         try:
             m.delivery.deliver(vector, None, rip, kind="external")
+        except NotModelled as exc:
+            m.stop(StopReason("unhandled-trap", detail=f"interrupt {vector_name(vector)} at {rip:#x}: {exc}"))
+            return
         except DeliveryError as exc:
             m.stop(StopReason("triple-fault", detail=f"interrupt {vector_name(vector)} at {rip:#x}: {exc}"))
             return

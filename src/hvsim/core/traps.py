@@ -6,6 +6,7 @@ exception deliveries.  No hook here runs per instruction.
 | ``in``/``out``            | UC_HOOK_INSN IN/OUT        | attached device, else ``hvsim_port_io``      |
 | ``cpuid``                 | UC_HOOK_INSN CPUID         | ``hvsim_cpuid``, else ``machine.native_cpuid``|
 | ``syscall``               | UC_HOOK_INSN SYSCALL       | ``hvsim_trap``, else #UD / architectural     |
+| ``sysenter`` (32-bit)     | UC_HOOK_INSN SYSENTER      | ``hvsim_trap``, else architectural / #GP(0)  |
 | invalid opcode (vmcall..) | UC_HOOK_INSN_INVALID       | ``hvsim_trap``, else #UD through the IDT     |
 | ``rdmsr``/``wrmsr``       | UC_HOOK_INTR, #VMEXIT MSR  | ``hvsim_msr``, else #GP(0) through the IDT   |
 | ``int N``, ``int3``       | UC_HOOK_INTR, #VMEXIT SWINT| ``hvsim_trap``, else gate N of the IDT       |
@@ -39,6 +40,7 @@ from unicorn.x86_const import (
     UC_X86_INS_IN,
     UC_X86_INS_OUT,
     UC_X86_INS_SYSCALL,
+    UC_X86_INS_SYSENTER,
     UC_X86_REG_RAX,
     UC_X86_REG_RBX,
     UC_X86_REG_RCX,
@@ -50,7 +52,8 @@ from .disasm import disassemble_one
 from .cpu import MSR_EFER
 from .errors import GuestMemoryError
 from .events import Fault
-from .exceptions import HAS_ERROR_CODE, DeliveryError, vector_name
+from .engine_state import SegmentCache
+from .exceptions import GENERAL_PROTECTION, HAS_ERROR_CODE, DeliveryError, NotModelled, vector_name
 from .events import Call
 from .plugin_types import GuestException, MsrAccess, PortAccess, Trap
 from .result import StopReason
@@ -65,6 +68,19 @@ RDMSR, WRMSR = b"\x0f\x32", b"\x0f\x30"
 # Software-interrupt instructions: opcode -> (vector or None for "the next byte", length)
 SOFTWARE_INT = {0xCC: (3, 1), 0xCD: (None, 2), 0xCE: (4, 1)}
 EFER_SCE = 1 << 0
+EFER_LMA = 1 << 10
+CR0_PE = 1 << 0
+# SYSCALL/SYSENTER MSRs, engine-native (Intel SDM vol. 4 table 2-2; AMD APM vol. 2, 6.1.1).
+MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
+MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_FMASK = 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084
+SYSCALL_INSN_LENGTH = 2                 # syscall and sysenter are both 0f xx; the engine adds it
+RFLAGS_IF, RFLAGS_RF, RFLAGS_VM = 1 << 9, 1 << 16, 1 << 17
+# The fixed hidden state SYSCALL/SYSENTER give CS and SS (SDM vol. 2B SYSCALL/SYSENTER "Operation";
+# the same flags QEMU's helper_syscall loads): base 0, limit 4 GiB, DPL 0, accessed.
+FLAT_LIMIT = 0xFFFF_FFFF
+CS64_FLAGS = 0x00A0_9B00                # G, L, P, S, code exec/read, accessed
+CS32_FLAGS = 0x00C0_9B00                # G, D, P, S, code exec/read, accessed
+SS_FLAGS = 0x00C0_9300                  # G, B, P, S, data read/write, accessed
 MAX_INSN = 15
 
 
@@ -92,6 +108,7 @@ class TrapDispatcher:
         uc.hook_add(UC_HOOK_INSN, self.on_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self.on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
+        uc.hook_add(UC_HOOK_INSN, self.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
         uc.hook_add(UC_HOOK_INSN, self.on_cpuid, None, 1, 0, UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN_INVALID, self.on_invalid)
         uc.hook_add(UC_HOOK_INTR, self.on_interrupt)
@@ -196,15 +213,68 @@ class TrapDispatcher:
 
     @_guarded
     def on_syscall(self, _ud=None) -> None:
-        # The engine adds the instruction length (2) to RIP after this hook returns.
-        rip = self.m.uc.reg_read(UC_X86_REG_RIP)
-        if self.m.pm.hook.hvsim_trap(machine=self.m, trap=self._trap("syscall", rip)):
-            self.m.set_rip(self.m.uc.reg_read(UC_X86_REG_RIP) - 2)
+        """SYSCALL: a plugin's trap, else the architectural transfer to ring 0 (EFER.SCE set), else #UD.
+
+        The engine reports the instruction and then adds its length (2) to RIP, so every RIP set
+        here is 2 below its target.  64-bit mode: RCX = next RIP, R11 = RFLAGS, RFLAGS &= ~FMASK,
+        CS = STAR[47:32] & ~3 and SS = that + 8 with flat hidden state, CPL 0, RIP = LSTAR;
+        compatibility mode: the same with CSTAR; legacy protected mode (AMD, the CPU model here):
+        ECX = next EIP, IF/RF/VM cleared, a flat 32-bit CS, EIP = STAR[31:0].  Real mode is a stop.
+        """
+        m = self.m
+        rip = m.uc.reg_read(UC_X86_REG_RIP)
+        if m.pm.hook.hvsim_trap(machine=m, trap=self._trap("syscall", rip)):
+            m.set_rip(m.uc.reg_read(UC_X86_REG_RIP) - SYSCALL_INSN_LENGTH)
             return
-        if self.m.uc.msr_read(MSR_EFER) & EFER_SCE:
-            self.m.stop(StopReason("unhandled-trap", detail=f"syscall at {rip:#x}: ring transitions are not modelled"))
+        efer = m.uc.msr_read(MSR_EFER)
+        if not efer & EFER_SCE:
+            self.exception(UD, None, rip, rip_bias=-SYSCALL_INSN_LENGTH)
             return
-        self.exception(UD, None, rip, rip_bias=-2)
+        if not m.reg("cr0") & CR0_PE:
+            m.stop(StopReason("unhandled-trap", detail=f"syscall at {rip:#x} in real mode is not modelled"))
+            return
+        star = m.msr_read(MSR_STAR)
+        selector = (star >> 32) & 0xFFFC
+        next_rip = rip + SYSCALL_INSN_LENGTH
+        rflags = m.reg("rflags")
+        if efer & EFER_LMA:
+            _, bits = m.code_segment()
+            target = m.msr_read(MSR_LSTAR if bits == 64 else MSR_CSTAR)
+            m.set_reg("rcx", next_rip)
+            m.set_reg("r11", rflags & ~RFLAGS_RF)
+            new_rflags = rflags & ~m.msr_read(MSR_FMASK) & ~RFLAGS_RF
+            cs_flags = CS64_FLAGS
+        else:
+            target = star & 0xFFFF_FFFF
+            m.set_reg("rcx", next_rip & 0xFFFF_FFFF)
+            new_rflags = rflags & ~(RFLAGS_IF | RFLAGS_RF | RFLAGS_VM)
+            cs_flags = CS32_FLAGS
+        m.engine.load_segments(cs=SegmentCache(selector, 0, FLAT_LIMIT, cs_flags),
+                               ss=SegmentCache(selector + 8, 0, FLAT_LIMIT, SS_FLAGS), cpl=0)
+        m.set_reg("rflags", new_rflags | 2)
+        m.set_rip((target - SYSCALL_INSN_LENGTH) & 0xFFFF_FFFF_FFFF_FFFF)
+
+    @_guarded
+    def on_sysenter(self, _ud=None) -> None:
+        """SYSENTER in protected mode (the engine makes it #UD in 64-bit code on an AMD CPU model,
+        and #GP in real mode itself): a plugin's trap, else the architectural transfer: #GP(0) when
+        SYSENTER_CS is NULL; CS = SYSENTER_CS & ~3, SS = CS + 8 (flat 32-bit), CPL 0, ESP =
+        SYSENTER_ESP, EIP = SYSENTER_EIP, IF/RF/VM cleared (SDM vol. 2B SYSENTER).  As with
+        SYSCALL the engine adds 2 to EIP afterwards."""
+        m = self.m
+        rip = m.uc.reg_read(UC_X86_REG_RIP)
+        if m.pm.hook.hvsim_trap(machine=m, trap=self._trap("sysenter", rip)):
+            m.set_rip(m.uc.reg_read(UC_X86_REG_RIP) - SYSCALL_INSN_LENGTH)
+            return
+        selector = m.msr_read(MSR_SYSENTER_CS) & 0xFFFC
+        if selector == 0:
+            self.exception(GENERAL_PROTECTION, 0, rip, rip_bias=-SYSCALL_INSN_LENGTH)
+            return
+        m.engine.load_segments(cs=SegmentCache(selector, 0, FLAT_LIMIT, CS32_FLAGS),
+                               ss=SegmentCache(selector + 8, 0, FLAT_LIMIT, SS_FLAGS), cpl=0)
+        m.set_reg("rflags", (m.reg("rflags") & ~(RFLAGS_IF | RFLAGS_RF | RFLAGS_VM)) | 2)
+        m.set_reg("rsp", m.msr_read(MSR_SYSENTER_ESP) & 0xFFFF_FFFF)
+        m.set_rip(((m.msr_read(MSR_SYSENTER_EIP) & 0xFFFF_FFFF) - SYSCALL_INSN_LENGTH) & 0xFFFF_FFFF_FFFF_FFFF)
 
     @_guarded
     def on_invalid(self, _ud=None) -> bool:
@@ -240,10 +310,13 @@ class TrapDispatcher:
         trap = Trap(kind="int", rip=rip, length=length, code=code[:length], vector=vector)
         if self.m.pm.hook.hvsim_trap(machine=self.m, trap=trap):
             return
-        self.exception(vector, None, rip + length)
+        self.exception(vector, None, rip + length, kind="software", insn_rip=rip)
 
-    def exception(self, vector: int, error_code: int | None, return_rip: int, rip_bias: int = 0) -> None:
-        """Deliver ``vector`` through the guest IDT, recording a Fault; stop on a triple fault."""
+    def exception(self, vector: int, error_code: int | None, return_rip: int, rip_bias: int = 0, *,
+                  kind: str = "exception", insn_rip: int | None = None) -> None:
+        """Deliver ``vector`` through the guest IDT, recording a Fault; stop on a triple fault or on
+        a delivery the model does not implement.  ``kind``/``insn_rip`` as in
+        ``ExceptionDelivery.deliver`` (``software`` checks the gate DPL: #GP(vector*8+2) if denied)."""
         m = self.m
         m.engine.clear_exception()
         cr2 = m.reg("cr2") if vector == 14 else None
@@ -256,15 +329,26 @@ class TrapDispatcher:
                 m.set_rip(m.reg("rip") + rip_bias)
             return
         try:
-            delivered = m.delivery.deliver(vector, error_code, return_rip)
+            delivered = m.delivery.deliver(vector, error_code, return_rip, kind=kind, insn_rip=insn_rip)
+        except NotModelled as exc:
+            m.emit(Fault(vector=vector, name=vector_name(vector), rip=return_rip, error_code=error_code,
+                         cr2=cr2, delivered=False, detail=str(exc)))
+            m.stop(StopReason("unhandled-trap", detail=f"{vector_name(vector)} at {return_rip:#x}: {exc}"))
+            return
         except DeliveryError as exc:
             m.emit(Fault(vector=vector, name=vector_name(vector), rip=return_rip, error_code=error_code,
                          cr2=cr2, delivered=False, detail=str(exc)))
             m.stop(StopReason("triple-fault", detail=f"{vector_name(vector)} at {return_rip:#x}: {exc}"))
             return
         m.faults_delivered += 1
-        m.emit(Fault(vector=vector, name=vector_name(vector), rip=return_rip, error_code=error_code, cr2=cr2,
-                     detail="" if delivered.escalated_from is None else "escalated to #DF"))
+        if delivered.vector != vector and delivered.escalated_from is None:
+            # int n through a gate whose DPL is below the CPL: the CPU raised #GP instead.
+            m.emit(Fault(vector=delivered.vector, name=vector_name(delivered.vector), rip=insn_rip or return_rip,
+                         error_code=delivered.error_code,
+                         detail=f"{vector_name(vector)} denied: gate DPL below CPL"))
+        else:
+            m.emit(Fault(vector=vector, name=vector_name(vector), rip=return_rip, error_code=error_code, cr2=cr2,
+                         detail="" if delivered.escalated_from is None else "escalated to #DF"))
         if rip_bias:
             m.set_rip(delivered.handler + rip_bias)
 
