@@ -151,16 +151,15 @@ def semantics_of(result: RunResult) -> Semantics:
         for name, value in _from_linux(text).items():
             fields[name] = value
             sources[name] = LINUX if value is not None else NOT_PRINTED
-        console = linux_console.without_timestamps(text)
+        console = linux_console.without_timestamps(without_userspace_report(text))
     else:
         kernel = "other"
-        console = text
+        console = without_userspace_report(text)
     userspace = parse_userspace_report(text)
     if userspace is not None:
         for name, value in _from_userspace(userspace).items():
             fields[name] = value
             sources[name] = USERSPACE if value is not None else NOT_PRINTED
-        console = without_userspace_report(console)
     if "entry" not in fields:
         match = re.match(r"[A-Za-z0-9_.-]+", result.entry or "")
         fields["entry"], sources["entry"] = (match.group(0) if match else None), ENVIRONMENT
