@@ -2,7 +2,8 @@
 
     hvsim envs                          installed environments
     hvsim inspect KERNEL [--json]       boot entries found, and which environments accept the image
-    hvsim run --env ENV [KERNEL] ...    run (the embedded probe kernel when KERNEL is omitted)
+    hvsim run --env ENV [KERNEL] ...    run (the embedded probe kernel when KERNEL is omitted);
+                                        --init boots hvsim's own /init as the initrd
     hvsim extract KERNEL -o VMLINUX     write the ELF vmlinux inside a bzImage's payload
     hvsim matrix [KERNEL] [--envs A,B]  run under every environment and compare what the kernel saw
     hvsim coverage KERNEL [--envs A,B]  which functions run under one environment only, every one, none
@@ -109,6 +110,8 @@ def _config_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--cmdline", default="", help="kernel command line")
     run.add_argument("--memory", default="512M", help="RAM size, e.g. 512M, 6G (default 512M)")
     run.add_argument("--initrd", help="initial ramdisk file")
+    run.add_argument("--init", action="store_true", help="boot hvsim's own /init (the embedded init.cpio as the "
+                                                         "initrd): it prints what userspace sees and powers off")
     run.add_argument("--smp", type=int, default=1, help="number of vCPUs described to the guest (default 1)")
     run.add_argument("--no-acpi", action="store_true", help="no ACPI tables")
     run.add_argument("--timeout", type=float, default=60.0, help="wall-clock budget in seconds (default 60; 0 = none)")
@@ -203,8 +206,15 @@ def _extract(args) -> int:
 
 
 def _config(args) -> MachineConfig:
+    initrd = args.initrd
+    if args.init:
+        if initrd is not None:
+            raise UsageError("--init and --initrd both name the initrd: give one of them")
+        from .kernels import init_cpio_path
+
+        initrd = init_cpio_path()
     return MachineConfig(
-        memory=args.memory, cmdline=args.cmdline, initrd=args.initrd, smp=args.smp, acpi=not args.no_acpi,
+        memory=args.memory, cmdline=args.cmdline, initrd=initrd, smp=args.smp, acpi=not args.no_acpi,
         timeout=args.timeout or None, max_instructions=args.max_instructions,
     )
 

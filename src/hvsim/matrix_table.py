@@ -72,8 +72,18 @@ def _cell(field: str, column: dict) -> list[str]:
     value = column["semantics"][field]
     if value is None:
         return ["(not printed)"]
-    if field == "memmap":
+    if field in ("memmap", "userspace_memmap"):
         return [f"{s:#x} +{n:#x} {E820_NAMES.get(t, f'type {t}')}" for s, n, t in value] or ["(empty)"]
+    if field == "userspace_iomem":
+        return [_clip(f"{s:#x} +{n:#x} {name}") for s, n, name in value] or ["(empty)"]
+    if field in ("userspace_consoles", "userspace_irqs"):
+        return [_clip(line) for line in value] or ["(none)"]
+    if field in ("clocksources", "userspace_acpi_tables", "userspace_cpu_flags"):
+        return _wrap(value) or ["(none)"]
+    if field == "userspace_dmi":
+        return ["yes" if value else "no"]
+    if field == "userspace_hypervisor":
+        return [value or "(none)"]
     if field == "calls":
         return [_clip(f"{n} {name}") for name, n in value.items()] or ["(none)"]
     if field == "console":
@@ -89,9 +99,20 @@ def _cell(field: str, column: dict) -> list[str]:
         return [" ".join(value) or "(none)"]
     if field == "hypervisor":
         return [repr(value) if value else "(none)"]
-    if field == "cmdline":
+    if field in ("cmdline", "userspace_cmdline"):
         return [_clip(repr(value))]
     return [_clip(str(value))]
+
+
+def _wrap(words: list[str]) -> list[str]:
+    """Words in lines of at most CELL_WIDTH characters (a longer word gets a line of its own, clipped)."""
+    lines: list[str] = []
+    for word in words:
+        if lines and len(lines[-1]) + 1 + len(word) <= CELL_WIDTH:
+            lines[-1] += " " + word
+        else:
+            lines.append(_clip(word))
+    return lines
 
 
 def _clip(text: str) -> str:

@@ -10,12 +10,14 @@ Where each field comes from is recorded in ``sources`` (field -> source):
   chose (``RunResult.entry``), the CPU mode it entered the guest in, its CPUID leaf 0x40000000;
 - ``events``: the run's events (``Call`` events counted per ``interface:name``, console channels,
   the stop reason);
+- ``userspace``: the report of hvsim's own ``/init`` (``hvsim.userspace_report``), when the run
+  booted it (``hvsim run --init``): what Linux showed userspace in /proc and /sys;
 - ``not printed``: the kernel did not say (the field is ``None``).
 
 Memory maps are lists of ``[start, size, E820 type]``; modules are ``{"size", "crc32"}`` (``crc32``
 is ``None`` when the kernel does not report it) with their addresses apart in ``module_addresses``,
 since where a loader puts a module is its own choice.  The console field is the text the guest
-wrote, without the probe report (its content is in the other fields) and without printk
+wrote, without the probe report or the ``/init`` report (their content is in the other fields) and without printk
 timestamps.  Coverage, when asked for, is recorded per run by ``hvsim.coverage`` (the executed
 block addresses and the functions they name) beside this record.
 """
@@ -32,6 +34,7 @@ import attrs
 from . import linux_console
 from .core.result import RunResult
 from .probe_report import BEGIN, END, ProbeReportError, parse_probe_report
+from .userspace_report import parse_userspace_report, without_userspace_report
 
 # The fields the matrix compares, in display order, each with what it holds.
 FIELD_DOCS = {
@@ -50,10 +53,33 @@ FIELD_DOCS = {
     "stop": "how the run ended (stop kind, and the guest's code)",
     "stop_detail": "the stop's detail: the shutdown mechanism, or the faulting access",
     "calls": "calls into the environment: count per interface:name",
+    "userspace_kernel": "the kernel release userspace saw (uname -r)",
+    "userspace_cmdline": "the command line userspace read from /proc/cmdline",
+    "userspace_memmap": "the firmware memory map in /sys/firmware/memmap, as E820 [start, size, type]",
+    "userspace_iomem": "the top-level ranges of /proc/iomem, as [start, size, name]",
+    "userspace_cpus": "the CPUs online (/sys/devices/system/cpu/online)",
+    "clocksource": "the clocksource in use",
+    "clocksources": "the clocksources available",
+    "clockevent": "the clockevent device of CPU 0",
+    "userspace_hypervisor": "/sys/hypervisor/type, and guest_type when present (empty: none)",
+    "userspace_efi": "whether /sys/firmware/efi exists (and the runtime services table it names)",
+    "userspace_acpi_tables": "the tables in /sys/firmware/acpi/tables",
+    "userspace_dmi": "whether /sys/firmware/dmi exists",
+    "userspace_boot_params": "the boot protocol version in /sys/kernel/boot_params/version",
+    "userspace_consoles": "the consoles in /proc/consoles",
+    "userspace_cpu_flags": "the /proc/cpuinfo flags of interest (hypervisor, x2apic, tsc_deadline_timer, ...)",
+    "userspace_irqs": "the interrupts /proc/interrupts lists (names, not counts)",
 }
 COMPARED_FIELDS = tuple(FIELD_DOCS)
 
 PROBE, LINUX, ENVIRONMENT, EVENTS, NOT_PRINTED = "probe report", "linux console", "environment", "events", "not printed"
+USERSPACE = "userspace"
+USERSPACE_FIELDS = tuple(name for name in FIELD_DOCS if name.startswith("userspace_")
+                         or name in ("clocksource", "clocksources", "clockevent"))
+# /sys/firmware/memmap/N/type names (e820_type_to_string() in arch/x86/kernel/e820.c) -> E820 type
+FIRMWARE_MEMMAP_TYPES = {"System RAM": 1, "Reserved": 2, "ACPI Tables": 3, "ACPI Non-volatile Storage": 4,
+                         "Unusable memory": 5, "Persistent Memory": 7, "Persistent Memory (legacy)": 12,
+                         "Soft Reserved": 0xEFFFFFFF}
 
 
 @attrs.frozen
@@ -77,6 +103,23 @@ class Semantics:
     stop: str
     stop_detail: str
     calls: dict
+    # from /init's report (None: not printed)
+    userspace_kernel: str | None = None
+    userspace_cmdline: str | None = None
+    userspace_memmap: list | None = None
+    userspace_iomem: list | None = None
+    userspace_cpus: str | None = None
+    clocksource: str | None = None
+    clocksources: list | None = None
+    clockevent: str | None = None
+    userspace_hypervisor: str | None = None
+    userspace_efi: str | None = None
+    userspace_acpi_tables: list | None = None
+    userspace_dmi: bool | None = None
+    userspace_boot_params: str | None = None
+    userspace_consoles: list | None = None
+    userspace_cpu_flags: list | None = None
+    userspace_irqs: list | None = None
     sources: dict = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,10 +151,15 @@ def semantics_of(result: RunResult) -> Semantics:
         for name, value in _from_linux(text).items():
             fields[name] = value
             sources[name] = LINUX if value is not None else NOT_PRINTED
-        console = linux_console.without_timestamps(text)
+        console = linux_console.without_timestamps(without_userspace_report(text))
     else:
         kernel = "other"
-        console = text
+        console = without_userspace_report(text)
+    userspace = parse_userspace_report(text)
+    if userspace is not None:
+        for name, value in _from_userspace(userspace).items():
+            fields[name] = value
+            sources[name] = USERSPACE if value is not None else NOT_PRINTED
     if "entry" not in fields:
         match = re.match(r"[A-Za-z0-9_.-]+", result.entry or "")
         fields["entry"], sources["entry"] = (match.group(0) if match else None), ENVIRONMENT
@@ -157,6 +205,33 @@ def _from_linux(text: str) -> dict[str, Any]:
         "module_addresses": [ramdisk[0]] if ramdisk else [] if memmap is not None else None,
         "rsdp": acpi[0] if acpi else None,
         "acpi_tables": acpi[1] if acpi else None,
+    }
+
+
+def _from_userspace(report: dict[str, Any]) -> dict[str, Any]:
+    hypervisor = report["hypervisor"]
+    if hypervisor and report["hypervisor_guest_type"]:
+        hypervisor = f"{hypervisor} ({report['hypervisor_guest_type']})"
+    efi = None if report["efi"] is None else "no" if not report["efi"] else (
+        f"yes, runtime {report['efi_runtime']}" if report["efi_runtime"] else "yes")
+    return {
+        "userspace_kernel": report["kernel"],
+        "userspace_cmdline": report["cmdline"],
+        "userspace_memmap": [[start, size, FIRMWARE_MEMMAP_TYPES.get(name, -1)]
+                             for start, size, name in report["memmap"]],
+        "userspace_iomem": [list(item) for item in report["iomem"]],
+        "userspace_cpus": report["cpus_online"],
+        "clocksource": report["clocksource"],
+        "clocksources": report["clocksources"],
+        "clockevent": report["clockevent"],
+        "userspace_hypervisor": hypervisor,
+        "userspace_efi": efi,
+        "userspace_acpi_tables": report["acpi_tables"],
+        "userspace_dmi": report["dmi"],
+        "userspace_boot_params": report["boot_params_version"],
+        "userspace_consoles": list(report["consoles"]),
+        "userspace_cpu_flags": report["cpu_flags"],
+        "userspace_irqs": list(report["irqs"]),
     }
 
 

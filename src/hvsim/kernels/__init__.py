@@ -4,6 +4,11 @@
 repository's ``probe/`` folder; rebuild with ``python probe/build.py``). They are committed so that
 running hvsim needs no compiler. The probe prints a canonical report that
 :func:`hvsim.probe_report.parse_probe_report` reads back.
+
+``init.cpio`` is an initramfs (newc cpio) holding hvsim's own ``/init`` (sources and build script in
+the repository's ``userspace/`` folder; rebuild with ``python userspace/build.py``): booted as a
+Linux kernel's initrd (``hvsim run --init``), it prints what userspace sees and powers off;
+:func:`hvsim.userspace_report.parse_userspace_report` reads that report back.
 """
 
 from __future__ import annotations
@@ -20,9 +25,19 @@ def probe_path(kind: str = "bzImage") -> pathlib.Path:
         name = _PROBE_FILES[kind]
     except KeyError:
         raise ValueError(f"unknown probe kind {kind!r}; choose one of {', '.join(_PROBE_FILES)}") from None
+    return _packaged(name, "python probe/build.py")
+
+
+def init_cpio_path() -> pathlib.Path:
+    """The file system path of ``init.cpio``, the initramfs holding hvsim's ``/init``: pass it as
+    ``MachineConfig(initrd=init_cpio_path())``."""
+    return _packaged("init.cpio", "python userspace/build.py")
+
+
+def _packaged(name: str, build: str) -> pathlib.Path:
     resource = resources.files(__name__).joinpath(name)
     if not isinstance(resource, pathlib.Path):
         raise FileNotFoundError(f"hvsim.kernels/{name} is not a plain file (is hvsim installed from a zip?)")
     if not resource.is_file():
-        raise FileNotFoundError(f"{resource} is missing; build it with: python probe/build.py")
+        raise FileNotFoundError(f"{resource} is missing; build it with: {build}")
     return resource
