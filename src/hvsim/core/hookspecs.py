@@ -73,7 +73,11 @@ def hvsim_inherent_differences(env: str) -> "list[InherentDifference] | None":
     ``field`` names a field of the canonical record (``hvsim.semantics.COMPARED_FIELDS``: ``entry``,
     ``entry_mode``, ``cmdline``, ``memmap``, ``modules``, ``module_addresses``, ``rsdp``,
     ``acpi_tables``, ``cpus``, ``hypervisor``, ``console``, ``console_channels``, ``stop``,
-    ``stop_detail``, ``calls``) and ``reason`` says in one line why the ABI makes it differ (Xen PV:
+    ``stop_detail``, ``calls``, and what userspace saw through hvsim's /init: ``userspace_kernel``,
+    ``userspace_cmdline``, ``userspace_memmap``, ``userspace_iomem``, ``userspace_cpus``,
+    ``clocksource``, ``clocksources``, ``clockevent``, ``userspace_hypervisor``, ``userspace_efi``,
+    ``userspace_acpi_tables``, ``userspace_dmi``, ``userspace_boot_params``, ``userspace_consoles``,
+    ``userspace_cpu_flags``, ``userspace_irqs``) and ``reason`` says in one line why the ABI makes it differ (Xen PV:
     ``rsdp`` "a PV domU has no ACPI"; EFI: ``memmap`` "boot-services and firmware-reserved ranges").
     Return ``[]`` when the environment is the baseline or differs in nothing; ``None`` is taken as
     ``[]``.  The matrix compares every environment with a reference (``bare_metal`` when present):

@@ -7,8 +7,8 @@
                         interrupt source override says; others 1:1)
 
 Every ISA line goes to both the 8259 input and the I/O APIC pin, as on a PC: the guest decides
-which one listens (by masking).  The CPU takes interrupts from the local APIC, or straight from the
-8259's INTR when the guest disabled the local APIC in IA32_APIC_BASE (then the APIC is not there).
+which one listens (by masking).  The CPU takes interrupts from the local APIC, which passes the 8259's INTR
+straight through when the guest disabled it in IA32_APIC_BASE (then its MMIO window is empty).
 MMIO windows: the local APIC at 0xfee00000 (4 KiB), the I/O APIC at 0xfec00000 (the MADT's
 addresses, ``acpi.AcpiPlatform``).  MSRs the core answers for the local APIC: IA32_APIC_BASE and
 IA32_TSC_DEADLINE.
@@ -108,7 +108,7 @@ class PcChipset:
         self.lapic.deliver(vector, level=level)
 
     def _ioapic_extint(self, level: bool) -> None:
-        self.lapic.set_lint0(level or self.pic_intr.level)
+        self.lapic.deliver_extint(level)
 
     def _nmi(self) -> None:
         self.lapic.nmi()
@@ -135,12 +135,9 @@ class PcChipset:
         return True
 
     # -- the CPU's interrupt input -----------------------------------------------------------------
+    # The local APIC arbitrates, also when the guest disabled it (then LINT0 is the plain INTR pin).
     def interrupt_pending(self) -> bool:
-        if self.lapic.hardware_enabled:
-            return self.lapic.interrupt_pending() or self.lapic.nmi_pending()
-        return self.pic is not None and self.pic_intr.level
+        return self.lapic.interrupt_pending() or self.lapic.nmi_pending()
 
     def acknowledge(self) -> int | None:
-        if self.lapic.hardware_enabled:
-            return self.lapic.acknowledge()
-        return self.pic.acknowledge() if self.pic is not None else None
+        return self.lapic.acknowledge()
