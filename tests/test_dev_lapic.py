@@ -675,3 +675,11 @@ def test_apr_follows_irr_isr_and_tpr(rig):
     rig.wr(TPR, 0)
     rig.lapic.acknowledge()
     assert rig.rd(APR) == 0x70         # in service now
+
+
+def test_icr_low_reads_back_writable_bits_only(rig):
+    rig.wr(ICR_HIGH, 0xFFFFFFFF)
+    assert rig.rd(ICR_HIGH) == 0xFF000000
+    rig.wr(ICR_LOW, 0xFFFFFFFF & ~(7 << 8) | (5 << 8))   # INIT, every other bit set
+    assert rig.rd(ICR_LOW) == 0x000CCDFF               # delivery status (bit 12) and bits 13, 16-17, 20-31 read 0
+    assert rig.lapic.ignored_ipi_count == 1
