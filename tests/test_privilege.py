@@ -389,3 +389,18 @@ def test_interrupt_shadow_after_sti_and_mov_ss():
 def test_cpl_follows_the_ring():
     result, m, _ = run_raw("hlt")
     assert m.engine.cpl() == 0
+
+
+def test_external_interrupt_pushes_no_error_code_and_ignores_gate_dpl():
+    # The lead's run loop injects LAPIC/PIC vectors with kind="external": no DPL check, no error code.
+    gates = "    GATE 0x40, ext_handler, 0x8e, 0\n    GATE 0x83, halt_handler, 0xee, 0\n"
+    handlers = HALT + "ext_handler:\n    hlt\n"
+    result, m, sym = run_raw(kernel64("spin:\n    jmp spin\n", handlers, gates=gates), max_instructions=5000)
+    assert result.stop.kind == "budget" and m.engine.cpl() == 3, result.stop
+    rsp, rip = m.reg("rsp"), m.reg("rip")
+    delivered = m.delivery.deliver(0x40, 7, rip, kind="external")
+    assert delivered.handler == sym["ext_handler"] and m.reg("rip") == sym["ext_handler"]
+    assert m.engine.cpl() == 0 and m.reg("cs") == KCS and m.reg("ss") == 0
+    assert m.reg("rsp") == KSTACK - 40                           # five words: no error code
+    assert [u64(m, KSTACK - 40 + 8 * i) for i in range(5)] == [rip, USER_CS, 0x202, rsp, USER_SS]
+    assert not m.reg("rflags") & 0x200                           # interrupt gate: IF cleared
