@@ -634,3 +634,52 @@ def test_tsc_deadline_masked_clears_msr_without_interrupt(rig):
     rig.lapic.write_tsc_deadline(1000)
     rig.advance_to(1000)
     assert rig.lapic.tsc_deadline == 0 and not rig.irr_bit(0xEC)
+
+
+def test_lint_active_low_polarity_inverts_the_wire(rig):
+    rig.enable()
+    rig.wr(LINT0, (1 << 13) | 0x700)   # ExtINT, active low: an idle-low wire is asserted
+    assert rig.lapic.interrupt_pending()
+    rig.lapic.set_lint0(True)
+    assert not rig.lapic.interrupt_pending()
+    rig.wr(LINT1, (1 << 13) | 0x400)   # NMI, active low: a falling wire is the edge
+    rig.lapic.set_lint1(True)
+    assert not rig.lapic.nmi_pending()
+    rig.lapic.set_lint1(False)
+    assert rig.lapic.nmi_pending()
+
+
+def test_extint_message_from_the_io_apic_takes_the_pic_vector(rig):
+    rig.enable()
+    rig.lapic.deliver_extint(False)
+    assert rig.lapic.interrupt_pending()
+    rig.pic_vector = 0x30
+    assert rig.lapic.acknowledge() == 0x30 and rig.pic_acks == 1
+    assert not rig.lapic.interrupt_pending()
+
+
+def test_accepts_physical_id_and_broadcast():
+    r = Rig(apic_id=2)
+    assert r.lapic.accepts(2, False) and r.lapic.accepts(0xFF, False)
+    assert not r.lapic.accepts(0, False)
+    r.wr(ID, 5 << 24)                  # the ID register is what the bus matches
+    assert r.lapic.accepts(5, False) and not r.lapic.accepts(2, False)
+
+
+def test_apr_follows_irr_isr_and_tpr(rig):
+    rig.enable()
+    rig.lapic.deliver(0x70)
+    assert rig.rd(APR) == 0x70
+    rig.wr(TPR, 0x85)
+    assert rig.rd(APR) == 0x85
+    rig.wr(TPR, 0)
+    rig.lapic.acknowledge()
+    assert rig.rd(APR) == 0x70         # in service now
+
+
+def test_icr_low_reads_back_writable_bits_only(rig):
+    rig.wr(ICR_HIGH, 0xFFFFFFFF)
+    assert rig.rd(ICR_HIGH) == 0xFF000000
+    rig.wr(ICR_LOW, 0xFFFFFFFF & ~(7 << 8) | (5 << 8))   # INIT, every other bit set
+    assert rig.rd(ICR_LOW) == 0x000CCDFF               # delivery status (bit 12) and bits 13, 16-17, 20-31 read 0
+    assert rig.lapic.ignored_ipi_count == 1

@@ -14,7 +14,8 @@ What it models (Intel SDM vol. 3A ch. 11 "Advanced Programmable Interrupt Contro
 - LINT0 in ExtINT mode passes the 8259's INTR through: while the line is high the CPU is interrupted
   and the vector comes from ``extint_ack`` (it never enters the ISR).  LINT1 in NMI mode raises an
   NMI on a rising edge.  A fixed-mode LINT delivers its vector on a rising edge (level-triggered
-  LINTs are treated as edge: remote IRR bit 14 is not modelled).
+  LINTs are treated as edge: remote IRR bit 14 is not modelled).  Polarity (bit 13, active low)
+  inverts a LINT wire's level.
 - The timer counts a 1 GHz input clock (one tick per guest ns) divided by the DCR divider; one-shot,
   periodic and TSC-deadline modes; the TSC is guest ns.  Everything is scheduled on the
   ``GuestClock``; nothing polls.
@@ -418,7 +419,7 @@ class LocalApic:
         if self._extint_message:
             return True
         lint0 = self.lvt[REG_LVT_LINT0]
-        return (self._lint0_level and not lint0 & LVT_MASKED
+        return (self._lint_asserted(REG_LVT_LINT0, self._lint0_level) and not lint0 & LVT_MASKED
                 and (lint0 & LVT_DELIVERY_MODE) >> LVT_DELIVERY_MODE_SHIFT == DM_EXTINT)
 
     def _fixed_pending(self) -> bool:
@@ -524,19 +525,27 @@ class LocalApic:
         self._nmi = True
         self._kick()
 
+    def _lint_asserted(self, reg: int, level: bool) -> bool:
+        """A LINT pin's input after the LVT's polarity (bit 13: active low); with the APIC
+        hardware-disabled the pins are plain active-high INTR/NMI."""
+        if not self.hardware_enabled:
+            return level
+        return level != bool(self.lvt[reg] & LVT_POLARITY)
+
     def set_lint0(self, level: bool) -> None:
-        """LINT0's input (an 8259's INTR in the PC).  ExtINT mode passes the level through."""
-        rising = level and not self._lint0_level
+        """LINT0's wire (an 8259's INTR in the PC).  ExtINT mode passes the level through; other
+        modes act on a rising edge of the (polarity-adjusted) input."""
+        was = self._lint_asserted(REG_LVT_LINT0, self._lint0_level)
         self._lint0_level = bool(level)
-        if rising and self.hardware_enabled:
+        if self._lint_asserted(REG_LVT_LINT0, self._lint0_level) and not was and self.hardware_enabled:
             self._lint_edge(REG_LVT_LINT0)
         self._kick_if_pending()
 
     def set_lint1(self, level: bool) -> None:
-        """LINT1's input (the NMI line in the PC)."""
-        rising = level and not self._lint1_level
+        """LINT1's wire (the NMI line in the PC); acts on a rising edge."""
+        was = self._lint_asserted(REG_LVT_LINT1, self._lint1_level)
         self._lint1_level = bool(level)
-        if not rising:
+        if not self._lint_asserted(REG_LVT_LINT1, self._lint1_level) or was:
             return
         if not self.hardware_enabled:
             self._raise_nmi()            # LINT1 is the plain NMI pin
