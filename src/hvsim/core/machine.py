@@ -263,8 +263,10 @@ class Machine:
         when ACPI is on, the ACPI tables in the BIOS area plus the PM1a block they describe.
         ``interrupts``: ``"pc"`` adds the interrupt and timer chipset (local APIC, I/O APIC, 8259 pair,
         PIT, RTC; ``devices/chipset.py``), ``"lapic"`` the local APIC alone, ``None`` none of them."""
+        use_acpi = self.config.acpi if acpi_tables is None else acpi_tables
+        platform = acpi.AcpiPlatform(cpus=self.config.smp)
         if interrupts is not None:
-            self.chipset = PcChipset(self, level=interrupts)
+            self.chipset = PcChipset(self, level=interrupts, ioapic_id=platform.ioapic_id)
         serial = ConsoleSink(self, "serial0")
         self.add_sink(serial)
         irq4 = self.chipset.isa_line(COM1_IRQ) if self.chipset is not None else None
@@ -272,8 +274,7 @@ class Machine:
         self.ports.attach(DebugCon(self))
         self.ports.attach(ExitPort(self))
         self.ports.attach(ResetControl(self))
-        if self.config.acpi if acpi_tables is None else acpi_tables:
-            platform = acpi.AcpiPlatform(cpus=self.config.smp)
+        if use_acpi:
             self.acpi_tables = acpi.build_acpi_tables(platform, BIOS_AREA)
             self.memory.write(BIOS_AREA, self.acpi_tables.blob)
             self.ports.attach(AcpiPm(self, evt_port=platform.pm1a_evt_port, cnt_port=platform.pm1a_cnt_port,

@@ -156,7 +156,8 @@ class RunLoop:
         source = m.interrupt_source
         if source is None or not source.interrupt_pending():
             return
-        if not m.reg("rflags") & RFLAGS_IF:
+        nmi = source.nmi_pending()        # not masked by IF (NMI blocking is not modelled)
+        if not nmi and not m.reg("rflags") & RFLAGS_IF:
             control.want_if = 1
             return
         if m.engine.interrupt_shadow():

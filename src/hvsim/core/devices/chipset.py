@@ -40,6 +40,8 @@ IOAPIC_BASE = 0xFEC0_0000
 MMIO_WINDOW = 0x1000
 MSR_IA32_APIC_BASE = 0x1B          # Intel SDM vol. 4, table 2-2
 MSR_IA32_TSC_DEADLINE = 0x6E0
+SVR, LVT_LINT0, LVT_LINT1 = 0xF0, 0x350, 0x360      # xAPIC registers (SDM vol. 3, table 11-1)
+LVT_EXTINT, LVT_NMI = 0x700, 0x400                   # LVT delivery modes ExtINT and NMI, unmasked
 ISA_IRQS = 16
 PIT_IRQ, PIT_GSI = 0, 2            # acpi.py's MADT interrupt source override
 COM1_IRQ, RTC_IRQ = 4, 8
@@ -66,7 +68,7 @@ def _mmio_guarded(machine: "Machine", what: str):
 
 
 class PcChipset:
-    def __init__(self, machine: "Machine", *, level: str = "pc"):
+    def __init__(self, machine: "Machine", *, level: str = "pc", ioapic_id: int = 1):
         self.m = machine
         self.legacy = level == "pc"
         self.pic = self.ioapic = self.pit = self.rtc = None
@@ -74,11 +76,17 @@ class PcChipset:
         self.pic_intr = IrqLine(self._pic_intr, name="8259 INTR")
         if self.legacy:
             self.pic = Pic8259Pair(intr=self.pic_intr)
-            self.ioapic = IoApic(deliver=self._ioapic_fixed, deliver_extint=self._ioapic_extint,
-                                 deliver_nmi=self._nmi)
         self.lapic = LocalApic(machine.clock, kick=machine.kick,
                                extint_ack=self.pic.acknowledge if self.pic else None,
-                               eoi_broadcast=self.ioapic.eoi if self.ioapic else None)
+                               eoi_broadcast=self._eoi_broadcast)
+        if self.legacy:
+            self.ioapic = IoApic(deliver=self._ioapic_fixed, deliver_extint=self.lapic.deliver_extint,
+                                 deliver_nmi=self.lapic.nmi, ioapic_id=ioapic_id, accepts=self.lapic.accepts)
+        # What the BIOS leaves (SeaBIOS, as QEMU boots a PC): the local APIC software-enabled in
+        # virtual-wire mode, LINT0 passing the 8259's INTR as ExtINT and LINT1 as NMI.
+        self.lapic.write(SVR, 4, 0x1FF)
+        self.lapic.write(LVT_LINT0, 4, LVT_EXTINT)
+        self.lapic.write(LVT_LINT1, 4, LVT_NMI)
         self._map(LAPIC_BASE, self.lapic, "local APIC")
         machine.add_core_msr(MSR_IA32_APIC_BASE, lambda: self.lapic.apic_base, self._write_apic_base)
         machine.add_core_msr(MSR_IA32_TSC_DEADLINE, lambda: self.lapic.tsc_deadline, self._write_tsc_deadline)
@@ -101,17 +109,13 @@ class PcChipset:
 
     def _pic_intr(self, level: bool) -> None:
         self.lapic.set_lint0(level)
-        if level:
-            self.m.kick()
 
     def _ioapic_fixed(self, vector: int, level: bool) -> None:
         self.lapic.deliver(vector, level=level)
 
-    def _ioapic_extint(self, level: bool) -> None:
-        self.lapic.deliver_extint(level)
-
-    def _nmi(self) -> None:
-        self.lapic.nmi()
+    def _eoi_broadcast(self, vector: int) -> None:
+        if self.ioapic is not None:
+            self.ioapic.eoi(vector)
 
     def _map(self, base: int, device, what: str) -> None:
         guard = _mmio_guarded(self.m, what)
@@ -138,6 +142,9 @@ class PcChipset:
     # The local APIC arbitrates, also when the guest disabled it (then LINT0 is the plain INTR pin).
     def interrupt_pending(self) -> bool:
         return self.lapic.interrupt_pending() or self.lapic.nmi_pending()
+
+    def nmi_pending(self) -> bool:
+        return self.lapic.nmi_pending()
 
     def acknowledge(self) -> int | None:
         return self.lapic.acknowledge()
