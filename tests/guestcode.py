@@ -41,9 +41,10 @@ class RawEnv:
     (identity map of the first 1 GiB) or, with ``bits=32``, flat 32-bit protected mode with paging
     off.  ``gates`` maps a vector to a handler symbol to build an IDT; none means no IDT at all."""
 
-    def __init__(self, bits: int = 64, gates: dict[int, int] | None = None):
+    def __init__(self, bits: int = 64, gates: dict[int, int] | None = None, map_bytes: int = 1 << 30):
         self.bits = bits
         self.gates = gates
+        self.map_bytes = map_bytes
 
     @hookimpl
     def hvsim_environments(self):
@@ -68,7 +69,7 @@ class RawEnv:
         if self.bits == 64:
             machine.memory.write(GDT, gdt_bytes([0, flat_descriptor(CODE64), flat_descriptor(DATA32)]))
             tables = PageTableBuilder(machine.memory, *TABLES)
-            tables.identity(0, 1 << 30)
+            tables.identity(0, self.map_bytes)
             machine.start(long_mode_entry(CODE, cr3=tables.pml4, gdt=(GDT, 23), cs=0x08, ds=0x10,
                                           idt=(IDT if self.gates else 0, idt_limit), rsp=STACK_TOP))
         else:
@@ -78,13 +79,15 @@ class RawEnv:
         return "raw"
 
 
-def run_raw(source: str, *, bits: int = 64, gates: dict[int, str] | None = None, plugins=(), **config):
-    """Assemble and run ``source`` (with extra ``plugins`` in the run); returns (result, machine, symbols)."""
+def run_raw(source: str, *, bits: int = 64, gates: dict[int, str] | None = None, plugins=(),
+            map_bytes: int = 1 << 30, **config):
+    """Assemble and run ``source`` (with extra ``plugins`` in the run); returns (result, machine, symbols).
+    ``map_bytes``: how much the 64-bit identity map covers (4 GiB reaches the local APIC)."""
     from hvsim import MachineConfig, get_plugin_manager
     from hvsim.api import Run
 
     code, symbols = assemble(source, bits)
-    env = RawEnv(bits, {v: symbols[name] for v, name in (gates or {}).items()})
+    env = RawEnv(bits, {v: symbols[name] for v, name in (gates or {}).items()}, map_bytes)
     pm = get_plugin_manager(load_entrypoints=False, plugins=[env, *plugins])
     prepared = Run("raw", code, MachineConfig(**{"memory": "64M", "timeout": 10, **config}), pm=pm)
     return prepared.execute(), prepared.machine, symbols

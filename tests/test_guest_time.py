@@ -72,8 +72,9 @@ def test_tsc_is_guest_time_and_two_runs_agree():
 
 
 LAPIC_SETUP = f"""
-    movl $0x1ff, {LAPIC + SVR}          /* software enable, spurious vector 0xff */
-    movl $0xb, {LAPIC + TIMER_DIV}      /* divide by 1: one count per ns */
+    mov ${LAPIC:#x}, %rbx               /* the local APIC's registers, through %rbx */
+    movl $0x1ff, {SVR:#x}(%rbx)         /* software enable, spurious vector 0xff */
+    movl $0xb, {TIMER_DIV:#x}(%rbx)     /* divide by 1: one count per ns */
 """
 
 TIMER_HANDLER = f"""
@@ -87,7 +88,7 @@ timer:
     mov 16(%rsp), %rax
     mov %rax, 0x80200(,%r12,8)        /* the interrupted RIP */
     inc %r12
-    movl $0, {LAPIC + EOI}
+    movl $0, {EOI:#x}(%rbx)
     pop %rdx
     pop %rax
     iretq
@@ -101,15 +102,15 @@ def test_lapic_one_shot_timer_fires_at_the_programmed_guest_time_while_idle():
     shl $32, %rdx
     or %rdx, %rax
     mov %rax, 0x80000
-    movl $0x40, {LAPIC + LVT_TIMER}     /* one-shot, vector 0x40 */
-    movl $1000000, {LAPIC + TIMER_INIT} /* 1 ms */
+    movl $0x40, {LVT_TIMER:#x}(%rbx)     /* one-shot, vector 0x40 */
+    movl $1000000, {TIMER_INIT:#x}(%rbx) /* 1 ms */
     sti
     hlt
 after_hlt:
     cli
     hlt
 """ + TIMER_HANDLER
-    result, m, symbols = run_raw(source, gates={0x40: "timer"})
+    result, m, symbols = run_raw(source, map_bytes=4 << 30, gates={0x40: "timer"})
     assert result.stop.kind == "halt", result.stop
     assert u64(m, DATA + 0x100 + 0 * 8) - u64(m, DATA) in range(1_000_000, 1_000_100)
     assert u64(m, DATA + 0x200) == symbols["after_hlt"]       # taken in hlt, returns after it
@@ -120,8 +121,8 @@ after_hlt:
 def test_lapic_periodic_timer_ticks_at_its_period_and_a_long_sleep_costs_no_wall_time():
     source = LAPIC_SETUP + f"""
     xor %r12, %r12
-    movl $0x20041, {LAPIC + LVT_TIMER}  /* periodic, vector 0x41 */
-    movl $10000000, {LAPIC + TIMER_INIT} /* 10 ms */
+    movl $0x20041, {LVT_TIMER:#x}(%rbx)  /* periodic, vector 0x41 */
+    movl $10000000, {TIMER_INIT:#x}(%rbx) /* 10 ms */
     sti
 1:  hlt
     cmp $100, %r12                    /* one guest second */
@@ -129,7 +130,7 @@ def test_lapic_periodic_timer_ticks_at_its_period_and_a_long_sleep_costs_no_wall
     cli
     hlt
 """ + TIMER_HANDLER.replace("0x80100(,%r12,8)", "0x80100(,%r12,8)").replace("timer:", "tick:")
-    result, m, _ = run_raw(source, gates={0x41: "tick"}, timeout=20)
+    result, m, _ = run_raw(source, map_bytes=4 << 30, gates={0x41: "tick"}, timeout=20)
     assert result.stop.kind == "halt", result.stop
     ticks = [u64(m, DATA + 0x100 + 8 * i) for i in range(5)]
     assert all(b - a == 10_000_000 for a, b in zip(ticks, ticks[1:])), ticks
@@ -141,8 +142,8 @@ def test_sti_shadow_holds_a_pending_interrupt_until_after_the_next_instruction()
     # The timer expires while interrupts are off; `sti; nop` must run the nop before the interrupt.
     source = LAPIC_SETUP + f"""
     xor %r12, %r12
-    movl $0x42, {LAPIC + LVT_TIMER}
-    movl $100, {LAPIC + TIMER_INIT}
+    movl $0x42, {LVT_TIMER:#x}(%rbx)
+    movl $100, {TIMER_INIT:#x}(%rbx)
     mov $2000, %ecx
 1:  dec %ecx
     jnz 1b                            /* 20 us with IF=0: the interrupt waits */
@@ -154,7 +155,7 @@ after_shadow:
     cli
     hlt
 """ + TIMER_HANDLER
-    result, m, symbols = run_raw(source, gates={0x42: "timer"})
+    result, m, symbols = run_raw(source, map_bytes=4 << 30, gates={0x42: "timer"})
     assert result.stop.kind == "halt", result.stop
     assert result.stats.interrupts == {"0x42": 1}
     assert u64(m, DATA + 0x200) == symbols["after_shadow"]
@@ -165,17 +166,21 @@ def test_a_level_interrupt_storm_is_stopped_by_the_budget_and_keeps_its_trace():
     # the guest never leaves the handler loop; the instruction budget ends the run.
     source = LAPIC_SETUP + f"""
     xor %r12, %r12
-    movl $0x20043, {LAPIC + LVT_TIMER}
-    movl $1, {LAPIC + TIMER_INIT}
+    movl $0x20043, {LVT_TIMER:#x}(%rbx)
+    movl $1, {TIMER_INIT:#x}(%rbx)
     sti
 1:  jmp 1b
-""" + TIMER_HANDLER
-    result, m, _ = run_raw(source, gates={0x43: "timer"}, max_instructions=200_000)
+storm:
+    inc %r12
+    movl $0, {EOI:#x}(%rbx)
+    iretq
+"""
+    result, m, _ = run_raw(source, map_bytes=4 << 30, gates={0x43: "storm"}, max_instructions=20_000)
     assert result.stop.kind == "budget", result.stop
-    assert result.stats.interrupts_delivered > 1000
+    assert result.stats.interrupts_delivered > 1000 and m.reg("r12") == result.stats.interrupts_delivered
     assert result.state is not None and result.state.registers["rip"]
 
 
 def test_hlt_with_interrupts_on_and_nothing_scheduled_is_idle():
-    result, _, _ = run_raw(LAPIC_SETUP + "sti\nhlt\n")
+    result, _, _ = run_raw(LAPIC_SETUP + "sti\nhlt\n", map_bytes=4 << 30)
     assert result.stop.kind == "idle" and "no interrupt source" in result.stop.detail

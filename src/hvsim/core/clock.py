@@ -26,13 +26,15 @@ NO_DEADLINE = (1 << 64) - 1
 class Timer:
     """A scheduled callback; ``cancel()`` is idempotent and safe from inside any callback."""
 
-    __slots__ = ("at", "callback", "cancelled", "_seq")
+    __slots__ = ("at", "callback", "cancelled", "_seq", "_clock")
 
-    def __init__(self, at: int, seq: int, callback: Callable[[], None]):
-        self.at, self._seq, self.callback, self.cancelled = at, seq, callback, False
+    def __init__(self, at: int, seq: int, callback: Callable[[], None], clock: "GuestClock"):
+        self.at, self._seq, self.callback, self.cancelled, self._clock = at, seq, callback, False, clock
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self._clock._arm()      # the native deadline follows the earliest live event
 
     def __lt__(self, other: "Timer") -> bool:
         return (self.at, self._seq) < (other.at, other._seq)
@@ -68,7 +70,7 @@ class GuestClock:
         self._arm()
 
     def schedule(self, at_ns: int, callback: Callable[[], None]) -> Timer:
-        timer = Timer(max(int(at_ns), 0), next(self._seq), callback)
+        timer = Timer(max(int(at_ns), 0), next(self._seq), callback, self)
         heapq.heappush(self._queue, timer)
         self._arm()
         return timer
