@@ -247,3 +247,31 @@ def test_mode4_strobe_pulses_irq0_once():
 def test_unknown_port_and_control_port_read_float_high():
     rig = Rig()
     assert rig.pit.read(0x43, 1) == 0xFF
+
+
+def test_periodic_irq0_through_the_8259_needs_eoi_per_tick():
+    """IRQ0 wired to the PIC's input 0 as on a PC: every period latches a new request."""
+    from hvsim.core.devices.pic import Pic8259Pair
+
+    rig = Rig()
+    intr = IrqLine(name="intr")
+    pic = Pic8259Pair(intr=intr)
+    rig.irq0.connect(lambda level: pic.set_irq(0, level))
+    for port, value in ((0x20, 0x11), (0x21, 0x30), (0x21, 0x04), (0x21, 0x01), (0x21, 0x00)):
+        pic.write(port, 1, value)
+    rig.pit.write(0x43, 1, 0x34)
+    rig.pit.write(0x40, 1, 0x9C)
+    rig.pit.write(0x40, 1, 0x2E)                          # LATCH for HZ=100: 11932
+    ticks = 0
+    for k in range(1, 6):
+        if intr.level:                                    # the edge at programming time
+            assert pic.acknowledge() == 0x30
+            pic.write(0x20, 1, 0x20)
+        rig.advance_to(ns_of_ticks(k * 11932) - 100)
+        assert not intr.level
+        rig.advance_to(ns_of_ticks(k * 11932) + 10)
+        assert intr.level
+        assert pic.acknowledge() == 0x30
+        pic.write(0x20, 1, 0x20)
+        ticks += 1
+    assert ticks == 5
