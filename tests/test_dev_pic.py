@@ -235,3 +235,17 @@ def test_set_priority_command():
 def test_acknowledge_with_nothing_pending_is_spurious():
     pic, intr = make_pic()
     assert pic.acknowledge() == 0x37
+
+
+def test_switching_a_high_input_to_level_requests_while_high():
+    pic, intr = make_pic()
+    pic.set_irq(10, True)
+    assert pic.acknowledge() == 0x3A
+    pic.write(0xA0, 1, 0x20)
+    pic.write(0x20, 1, 0x20)
+    assert not intr.level                             # edge mode: no new edge
+    pic.write(0x4D1, 1, 0x04)                         # IRQ10 becomes level triggered
+    assert intr.level
+    pic.set_irq(10, False)
+    pic.write(0x4D1, 1, 0x00)
+    assert pic.read(0xA0, 1) == 0x00                  # IRR empty: nothing latched

@@ -109,6 +109,12 @@ class Pic8259:
             self.irr |= bit               # rising edge latches the request
         self.inputs = self.inputs | bit if level else self.inputs & ~bit
 
+    def write_elcr(self, value: int) -> None:
+        """Inputs switched to level triggering request exactly while they are high."""
+        self.elcr = value & self.elcr_writable
+        level = self.level_mask()
+        self.irr = (self.irr & ~level) | (self.inputs & level)
+
     # --- priority resolution --------------------------------------------------------------
     def _highest(self, mask: int) -> int:
         """The priority rank (0 = highest) of the best request in ``mask``, or 8 if none."""
@@ -287,9 +293,9 @@ class Pic8259Pair:
         elif port == SLAVE_DATA:
             self.slave.write_data(value)
         elif port == ELCR_MASTER:
-            self.master.elcr = value & self.master.elcr_writable
+            self.master.write_elcr(value)
         elif port == ELCR_SLAVE:
-            self.slave.elcr = value & self.slave.elcr_writable
+            self.slave.write_elcr(value)
         else:
             return
         self._update()

@@ -8,11 +8,12 @@ or a one-shot that has not fired), so an idle or unprogrammed PIT costs nothing.
 refresh on old PCs) has no output connected.  Counter 2's gate is port 0x61 bit 0 and its OUT is
 readable as port 0x61 bit 5; nothing is scheduled for it, it is computed when read.
 
-Modelled: modes 0-5 (3 is a square wave with the odd-count asymmetry; 6 and 7 alias 2 and 3), the
-gate (pauses modes 0/4, stops and reloads modes 2/3 and forces OUT high, triggers modes 1/5 on a
-rising edge), LSB / MSB / LSB-then-MSB access, the counter latch command, the read-back command
-(status and/or count, several counters at once), the status byte (OUT, null count, RW, mode,
-BCD), count 0 meaning 65536 (10000 in BCD), BCD counting.
+Modelled: modes 0-5 (3 is a square wave with the odd-count asymmetry; 6 and 7 alias 2 and 3;
+in mode 0 writing the first byte of a new count stops the count), the gate (pauses modes 0/4,
+stops and reloads modes 2/3 and forces OUT high, triggers modes 1/5 on a rising edge), LSB / MSB /
+LSB-then-MSB access, the counter latch command, the read-back command (status and/or count,
+several counters at once), the status byte (OUT, null count, RW, mode, BCD), count 0 meaning
+65536 (10000 in BCD), BCD counting.
 
 Not modelled: a count written in modes 2/3 while counting takes effect immediately (the 8254 waits
 for the end of the current period unless the control word was rewritten; Linux always rewrites
@@ -77,8 +78,7 @@ def to_bcd(value: int) -> int:
 class PitCounter:
     """One counter: its programming, latches and the clocks it has counted."""
 
-    def __init__(self, clock, gate: bool, on_change: Callable[[], None] | None = None):
-        self.clock = clock
+    def __init__(self, gate: bool, on_change: Callable[[], None] | None = None):
         self.on_change = on_change      # called when the output waveform is (re)defined
         self.gate = gate
         self.mode = 0
@@ -269,9 +269,9 @@ class Pit8254:
     def __init__(self, clock, *, irq0: IrqLine):
         self.clock = clock
         self.irq0 = irq0
-        self.counters = [PitCounter(clock, True, self._reschedule_irq0),
-                         PitCounter(clock, True),
-                         PitCounter(clock, False)]
+        self.counters = [PitCounter(True, self._reschedule_irq0),   # gates 0 and 1 are tied high
+                         PitCounter(True),
+                         PitCounter(False)]                          # gate 2 is port 0x61 bit 0
         self.port_b = 0
         self.ports = (*COUNTER_PORTS, CONTROL_PORT, PORT_B)
         self._timer = None
