@@ -7,7 +7,14 @@ run loop: time comes from a ``GuestClock`` (``hvsim.core.clock``), interrupts le
 ``IrqLine`` (``hvsim.core.devices.line``).  ``chipset.py`` wires a PC's set in one place.
 """
 
-from .legacy import COM1, DEBUGCON_PORT, EXIT_PORT, AcpiPm, ConsoleSink, DebugCon, ExitPort, ResetControl, Uart16550
+from .ioapic import IoApic
+from .lapic import LocalApic
+from .board import COM1, DEBUGCON_PORT, EXIT_PORT, AcpiPm, ConsoleSink, DebugCon, ExitPort, ResetControl
+from .line import IrqLine
+from .pic import Pic8259Pair
+from .pit import Pit8254
+from .rtc import CmosRtc
+from .uart import Uart16550A
 
-__all__ = ["COM1", "DEBUGCON_PORT", "EXIT_PORT", "AcpiPm", "ConsoleSink", "DebugCon", "ExitPort", "ResetControl",
-           "Uart16550"]
+__all__ = ["COM1", "DEBUGCON_PORT", "EXIT_PORT", "AcpiPm", "CmosRtc", "ConsoleSink", "DebugCon", "ExitPort",
+           "IoApic", "IrqLine", "LocalApic", "Pic8259Pair", "Pit8254", "ResetControl", "Uart16550A"]

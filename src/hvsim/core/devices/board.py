@@ -1,11 +1,8 @@
-"""Port-I/O devices every PC-like environment shares.
+"""The board's simple port devices: debug console, ACPI PM block, exit port, reset control.
 
 A device answers ``read(port, size) -> int`` and ``write(port, size, value)`` for the ports it is
 attached to (``Machine.ports.attach``).  The port table is a dict, so dispatch is one lookup.
 
-- ``Uart16550``: enough of a 16550A for Linux's earlyprintk, the 8250 driver's autoconfig (scratch
-  register, loopback through MCR, FIFO identification in IIR) and the probe.  The line status
-  always reports the transmitter empty: ``earlyprintk=serial`` polls it before every byte.
 - ``DebugCon``: the Bochs/QEMU 0xE9 port; reads return 0xE9, as QEMU's does, so guests detect it.
 - ``AcpiPm``: the FADT's PM1a event/control blocks and PM timer; SLP_EN with the S5 sleep type
   powers off.  SCI_EN reads as set: the FADT declares no SMI command port, so ACPI is always on.
@@ -56,72 +53,6 @@ class ConsoleSink:
         if self._pending:
             self._machine.console_text(self.channel, self._pending)
             self._pending = ""
-
-
-class Uart16550:
-    """A 16550A UART whose transmitter is always ready; output goes to a console channel."""
-
-    LSR_DR, LSR_THRE, LSR_TEMT = 0x01, 0x20, 0x40
-
-    def __init__(self, machine: "Machine", base: int = COM1, channel: str = "serial0"):
-        self.base = base
-        self.sink = ConsoleSink(machine, channel)
-        machine.add_sink(self.sink)
-        self.ier = self.lcr = self.mcr = self.scr = self.fcr = 0
-        self.dll, self.dlm = 0x0C, 0
-        self.rx: bytearray = bytearray()
-
-    @property
-    def ports(self) -> range:
-        return range(self.base, self.base + 8)
-
-    def read(self, port: int, size: int) -> int:
-        reg = port - self.base
-        dlab = self.lcr & 0x80
-        if reg == 0:
-            if dlab:
-                return self.dll
-            return self.rx.pop(0) if self.rx else 0
-        if reg == 1:
-            return self.dlm if dlab else self.ier
-        if reg == 2:   # IIR: no interrupt pending; FIFOs enabled bits when FCR enabled them
-            return 0xC1 if self.fcr & 1 else 0x01
-        if reg == 3:
-            return self.lcr
-        if reg == 4:
-            return self.mcr
-        if reg == 5:
-            return self.LSR_THRE | self.LSR_TEMT | (self.LSR_DR if self.rx else 0)
-        if reg == 6:   # MSR: in loopback, the modem outputs come back as inputs
-            if self.mcr & 0x10:
-                m = self.mcr
-                return ((m & 1) << 5) | ((m & 2) << 3) | ((m & 4) << 4) | ((m & 8) << 4)
-            return 0xB0    # CTS, DSR, DCD
-        return self.scr
-
-    def write(self, port: int, size: int, value: int) -> None:
-        reg, value = port - self.base, value & 0xFF
-        dlab = self.lcr & 0x80
-        if reg == 0:
-            if dlab:
-                self.dll = value
-            elif self.mcr & 0x10:
-                self.rx.append(value)       # loopback: transmitted bytes are received
-            else:
-                self.sink.put(bytes([value]))
-        elif reg == 1:
-            if dlab:
-                self.dlm = value
-            else:
-                self.ier = value & 0x0F
-        elif reg == 2:
-            self.fcr = value
-        elif reg == 3:
-            self.lcr = value
-        elif reg == 4:
-            self.mcr = value & 0x1F
-        elif reg == 7:
-            self.scr = value
 
 
 class DebugCon:
