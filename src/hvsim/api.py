@@ -25,17 +25,23 @@ from .image import KernelImage, load_image
 HYPERVISOR_LEAF = 0x4000_0000
 
 
-def default_kernel() -> Path:
-    """The embedded probe kernel (a bzImage), run when no kernel is named."""
+def default_kernel(env: str | None = None, pm: pluggy.PluginManager | None = None) -> Path:
+    """The embedded probe kernel run when no kernel is named: the build ``env``'s ``Environment``
+    record names (``default_image``), the bzImage when ``env`` is None or not installed."""
     from .kernels import probe_path
 
-    return probe_path("bzImage")
+    if env is None:
+        return probe_path("bzImage")
+    record = environments(pm or get_plugin_manager()).get(env)
+    return probe_path(record[0].default_image if record is not None else "bzImage")
 
 
-def open_image(kernel: "str | Path | bytes | KernelImage | None") -> KernelImage:
+def open_image(kernel: "str | Path | bytes | KernelImage | None", env: str | None = None,
+               pm: pluggy.PluginManager | None = None) -> KernelImage:
+    """``kernel`` loaded; None is the embedded probe as ``env`` boots it (``default_kernel``)."""
     if isinstance(kernel, KernelImage):
         return kernel
-    return load_image(default_kernel() if kernel is None else kernel)
+    return load_image(default_kernel(env, pm) if kernel is None else kernel)
 
 
 def inspect(kernel: "str | Path | bytes | KernelImage", pm: pluggy.PluginManager | None = None) -> dict:
@@ -63,8 +69,9 @@ class Run:
                  observers: Iterable[object] = ()):
         self.env = env
         self.config = config
-        self.image = open_image(kernel)
-        self.pm = run_manager(pm or get_plugin_manager(), env)
+        pm = pm or get_plugin_manager()
+        self.image = open_image(kernel, env, pm)
+        self.pm = run_manager(pm, env)
         for observer in observers:
             self.pm.register(observer)
         answer = self.pm.hook.hvsim_accepts(env=env, image=self.image)

@@ -61,6 +61,7 @@ class _ConsoleStreamer:
 
 def _parser(pm) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hvsim", description="Run a kernel under simulated boot environments.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     envs = sub.add_parser("envs", help="list installed environments")
@@ -80,7 +81,7 @@ def _parser(pm) -> argparse.ArgumentParser:
     _config_options(run)
     run.add_argument("--json", metavar="FILE", help="write the run result as JSON to FILE")
     run.add_argument("--trace", action="store_true", help="print every event (faults, calls, shutdown) to stderr")
-    pm.hook.hvsim_add_options(parser=run)
+    _plugin_options(run, pm)
 
     matrix = sub.add_parser("matrix", help="run a kernel under every environment that accepts it and compare "
                                            "what it observed")
@@ -102,7 +103,46 @@ def _every_environment_options(command: argparse.ArgumentParser, pm, what: str) 
     command.add_argument("--jobs", type=int, help="runs at once (default: the CPU count)")
     _config_options(command)
     command.add_argument("--json", metavar="FILE", help=f"write {what} as JSON to FILE")
-    pm.hook.hvsim_add_options(parser=command)
+    _plugin_options(command, pm)
+
+
+def _plugin_options(command: argparse.ArgumentParser, pm) -> None:
+    """Let every plugin add its options to ``command`` (``hvsim_add_options``) and remember which
+    environments own each: ``args.plugin_options`` maps dest -> (option, owning environments (none
+    for an observer's option: it applies to every run), default)."""
+    owners: dict[str, tuple[str, list[str], object]] = {}
+    envs_of: dict[int, list[str]] = {}
+    for name, (_, plugin) in sorted(environments(pm).items()):
+        envs_of.setdefault(id(plugin), []).append(name)
+    for impl in pm.hook.hvsim_add_options.get_hookimpls():
+        before = len(command._actions)
+        impl.function(parser=command)
+        for action in command._actions[before:]:
+            flag = max(action.option_strings, key=len) if action.option_strings else action.dest
+            owners[action.dest] = (flag, envs_of.get(id(impl.plugin), []), action.default)
+    command.set_defaults(plugin_options=owners)
+
+
+def _refuse_foreign_options(args, envs: list[str]) -> None:
+    """A usage error for an environment's option given when none of ``envs`` owns it (``--dom0``
+    under bare_metal), rather than ignoring it."""
+    for dest, (flag, owners, default) in args.plugin_options.items():
+        if owners and not set(owners) & set(envs) and getattr(args, dest, default) != default:
+            raise UsageError(f"{flag} is an option of the {' and '.join(owners)} environment"
+                             f"{'s' if len(owners) > 1 else ''}, not of "
+                             + (envs[0] if len(envs) == 1 else f"any of {', '.join(envs)}"))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    try:
+        engine = f"Unicorn {version('unicorn')}"
+    except PackageNotFoundError:
+        engine = "Unicorn not installed"
+    return f"hvsim {__version__} ({engine}; Python {sys.version.split()[0]})"
 
 
 def _config_options(run: argparse.ArgumentParser) -> None:
@@ -138,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     pm = get_plugin_manager()
     args = _parser(pm).parse_args(argv)
+    if hasattr(args, "plugin_options"):
+        installed = environments(pm)
+        chosen = [args.env] if args.command == "run" else _env_list(args.envs) or list(installed)
+        if all(env in installed for env in chosen):        # unknown names get their own error later
+            _refuse_foreign_options(args, chosen)
+        del args.plugin_options
     if args.command == "envs":
         return _envs(pm, args)
     if args.command == "inspect":

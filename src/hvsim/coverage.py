@@ -22,7 +22,7 @@ import attrs
 import pluggy
 
 from .core.config import MachineConfig
-from .core.plugins import get_plugin_manager
+from .core.plugins import environments, get_plugin_manager
 from .matrix import accepting_environments, run_columns
 from .symbols import SymbolTable, image_elf
 
@@ -57,25 +57,67 @@ def run_coverage(kernel, config: MachineConfig | None = None, envs: Iterable[str
 
     pm = pm or get_plugin_manager()
     config = config or MachineConfig()
-    image = open_image(kernel)
-    elf = image_elf(image)
-    if system_map is not None:
-        table = SymbolTable.from_system_map(system_map, elf)
+    if kernel is None:
+        # The embedded probe as each environment boots it (its Environment.default_image), each
+        # build named by its own symbols; the probe's builds share their function names.
+        images, chosen, refused = _probe_per_environment(pm, envs)
+        tables = {env: _symbols(images[env], system_map) for env in chosen}
+        name = "the embedded probe (" + ", ".join(f"{env}: {Path(str(images[env].name)).name}"
+                                                  for env in chosen) + ")"
     else:
-        table = SymbolTable.from_elf(elf, image.name) if elf is not None else None
-    chosen, refused = accepting_environments(image, pm, envs)
-    raw = run_columns(chosen, image, config, options=options, pm=pm, jobs=jobs, observe=record_blocks)
-    columns = {env: _column(column, table) for env, column in raw.items()}
-    ran = {env: set(c["functions"]) for env, c in columns.items() if c["ok"]}
+        image = open_image(kernel)
+        table = _symbols(image, system_map)
+        chosen, refused = accepting_environments(image, pm, envs)
+        images, tables, name = image, {env: table for env in chosen}, image.name
+    raw = run_columns(chosen, images, config, options=options, pm=pm, jobs=jobs, observe=record_blocks)
+    # Blocks are named by address only when no image has symbols; an environment whose image has
+    # none beside others that do (probe.efi is stripped) counts its blocks as unsymbolised and is
+    # left out of the comparison.
+    named = any(table is not None for table in tables.values())
+    columns = {env: _column(column, tables[env], by_address=not named) for env, column in raw.items()}
+    ran = {env: set(c["functions"]) for env, c in columns.items()
+           if c["ok"] and (tables[env] is not None or not named)}
     only = {env: sorted(names - set().union(*(ran[o] for o in ran if o != env))) for env, names in ran.items()}
     every = sorted(set.intersection(*ran.values())) if ran else []
-    none = sorted(table.names - set().union(*ran.values())) if table is not None else []
-    return CoverageReport(kernel=image.name, symbols=table.source if table else "none",
-                          functions_total=len(table.names) if table else 0, columns=columns, refused=refused,
+    distinct = {id(t): t for t in tables.values() if t is not None}.values()
+    known = set().union(*(t.names for t in distinct))
+    none = sorted(known - set().union(*ran.values()))
+    unnamed = [f"{env}: none" for env in chosen if tables[env] is None]
+    sources = [*dict.fromkeys(t.source for t in distinct), *(unnamed if named else [])]
+    return CoverageReport(kernel=name, symbols="; ".join(sources) or "none",
+                          functions_total=len(known), columns=columns, refused=refused,
                           only=only, every=every, none=none)
 
 
-def _column(column: dict, table: SymbolTable | None) -> dict:
+def _symbols(image, system_map: str | Path | None) -> SymbolTable | None:
+    """The table naming ``image``'s code: ``system_map`` when given, else the ELF's own symbols."""
+    elf = image_elf(image)
+    if system_map is not None:
+        return SymbolTable.from_system_map(system_map, elf)
+    return SymbolTable.from_elf(elf, image.name) if elf is not None else None
+
+
+def _probe_per_environment(pm: pluggy.PluginManager, envs: Iterable[str] | None):
+    """({env: the probe build it boots}, environments to run, {env: why it refuses its build})."""
+    from .api import default_kernel, open_image
+
+    images, chosen, refused = {}, [], {}
+    loaded: dict[Path, Any] = {}
+    names = sorted(environments(pm)) if envs is None else list(dict.fromkeys(envs))
+    for env in names:
+        path = default_kernel(env, pm)
+        if path not in loaded:
+            loaded[path] = open_image(path)
+        image = loaded[path]
+        ok, why = accepting_environments(image, pm, [env])
+        if ok:
+            images[env] = image
+            chosen.append(env)
+        refused.update(why)
+    return images, chosen, refused
+
+
+def _column(column: dict, table: SymbolTable | None, by_address: bool = True) -> dict:
     out = {"ok": column["ok"], "error": column["error"], "stop": None, "wall_seconds": column["wall_seconds"],
            "blocks": 0, "unsymbolised": 0, "complete": False, "functions": []}
     if not column["ok"]:
@@ -85,7 +127,10 @@ def _column(column: dict, table: SymbolTable | None) -> dict:
     names = set()
     unsymbolised = 0
     for address in blocks:
-        name = table.resolve(address) if table is not None else f"{address:#x}"
+        if table is not None:
+            name = table.resolve(address)
+        else:
+            name = f"{address:#x}" if by_address else None
         if name is None:
             unsymbolised += 1
         else:

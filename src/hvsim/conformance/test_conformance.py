@@ -17,7 +17,6 @@ from hvsim import MachineConfig
 from hvsim.api import open_image
 from hvsim.core.layout import PhysicalLayout
 from hvsim.core.plugins import run_manager
-from hvsim.kernels import probe_path
 from hvsim.matrix import REFERENCE, compare, run_column
 from hvsim.semantics import COMPARED_FIELDS
 
@@ -42,14 +41,14 @@ def config(request, tmp_path) -> MachineConfig:
 
 
 def probe_image(env: str, pm):
-    """The probe image ``env`` boots: the bzImage when it accepts it, else the ELF, else the PE32+
-    EFI application."""
-    for kind in ("bzImage", "elf", "efi"):
-        image = open_image(probe_path(kind))
-        answer = run_manager(pm, env).hook.hvsim_accepts(env=env, image=image)
-        if answer is not None and answer.accepted:
-            return image
-    pytest.fail(f"{env} accepts none of the probe's images (probe.bzImage, probe.elf, probe.efi)")
+    """The probe image ``env`` boots: the build its ``Environment.default_image`` names, which it
+    must accept (``hvsim run --env ENV`` with no kernel boots it)."""
+    image = open_image(None, env, pm)
+    answer = run_manager(pm, env).hook.hvsim_accepts(env=env, image=image)
+    if answer is None or not answer.accepted:
+        reason = answer.reason if answer is not None else "the plugin gave no answer"
+        pytest.fail(f"{env} refuses its own default image {image.name} (Environment.default_image): {reason}")
+    return image
 
 
 @pytest.fixture

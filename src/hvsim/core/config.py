@@ -32,13 +32,22 @@ def parse_size(text: str | int) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
 
 
+def format_size(value: int) -> str:
+    """``value`` bytes in the largest unit that divides it: ``1 TiB``, ``6 GiB``, ``516 KiB``,
+    ``4097 bytes`` (hex alongside when not a whole KiB)."""
+    for unit, size in (("TiB", 1 << 40), ("GiB", GiB), ("MiB", MiB), ("KiB", 1 << 10)):
+        if value >= size and value % size == 0:
+            return f"{value // size} {unit}"
+    return f"{value} bytes ({value:#x})"
+
+
 def _check_memory(instance, attribute, value: int) -> None:
     if value < 16 * MiB:
-        raise UsageError(f"memory {value:#x}: at least 16 MiB is needed")
+        raise UsageError(f"memory {format_size(value)}: at least 16 MiB is needed")
     if value > 64 * GiB:
-        raise UsageError(f"memory {value:#x}: at most 64 GiB is supported")
+        raise UsageError(f"memory {format_size(value)}: at most 64 GiB is supported")
     if value % (1 << 12):
-        raise UsageError(f"memory {value:#x}: must be a multiple of 4 KiB")
+        raise UsageError(f"memory {format_size(value)}: must be a multiple of 4 KiB")
 
 
 def _check_smp(instance, attribute, value: int) -> None:

@@ -48,7 +48,10 @@ def hvsim_environments() -> "list[Environment]":
     """Announce the environments this plugin provides.
 
     Called once per manager, on every plugin.  Return a list of ``Environment(name, summary)``; an
-    observer plugin returns an empty list or does not implement the hook.  Names are unique across
+    observer plugin returns an empty list or does not implement the hook.  ``Environment(...,
+    default_image="efi")`` names the build of the embedded probe the environment boots when no
+    kernel is given (``"bzImage"`` unless said; ``"elf"``, ``"efi"``); an unknown build is a
+    ``PluginError``.  Names are unique across
     installed plugins: a duplicate makes plugin loading fail with a ``PluginError``.
     """
 

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import attrs
 
+from ..kernels import PROBE_BUILDS
+from .errors import PluginError
+
+
+def _probe_build(instance, attribute, value) -> None:
+    if value not in PROBE_BUILDS:
+        raise PluginError(f"environment {instance.name!r}: default_image {value!r} is not a build of the "
+                          f"embedded probe (one of {', '.join(PROBE_BUILDS)})")
+
 
 @attrs.frozen
 class Environment:
-    """An environment a plugin provides: ``name`` for ``--env``, ``summary`` for ``hvsim envs``."""
+    """An environment a plugin provides: ``name`` for ``--env``, ``summary`` for ``hvsim envs``, and
+    ``default_image``, the build of the embedded probe it boots when no kernel is named (``hvsim run``,
+    ``matrix``, ``coverage``, the pytest fixtures): ``"bzImage"`` (the default), ``"elf"`` or ``"efi"``
+    (the PE32+ application, for a firmware that boots only EFI images)."""
 
     name: str
     summary: str
+    default_image: str = attrs.field(default="bzImage", validator=_probe_build)
 
 
 @attrs.frozen

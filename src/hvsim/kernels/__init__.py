@@ -18,6 +18,9 @@ from importlib import resources
 
 _PROBE_FILES = {"bzImage": "probe.bzImage", "elf": "probe.elf", "efi": "probe.efi"}
 
+#: The probe's builds, by the names ``probe_path`` and ``Environment.default_image`` take.
+PROBE_BUILDS = tuple(_PROBE_FILES)
+
 
 def probe_path(kind: str = "bzImage") -> pathlib.Path:
     """The file system path of the prebuilt probe kernel: ``"bzImage"`` (default), ``"elf"`` or ``"efi"``."""

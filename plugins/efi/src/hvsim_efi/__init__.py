@@ -49,7 +49,8 @@ BOOT_PATH = "\\EFI\\BOOT\\BOOTX64.EFI"
 
 @hookimpl
 def hvsim_environments():
-    return [Environment(ENV, "UEFI firmware: PE32+ EFI applications, the Linux EFI stub (PE or handover entry)")]
+    return [Environment(ENV, "UEFI firmware: PE32+ EFI applications, the Linux EFI stub (PE or handover entry)",
+                        default_image="efi")]
 
 
 @hookimpl
