@@ -3,7 +3,7 @@ run in its own process; the canonical records (``hvsim.semantics``) compared fie
 
     from hvsim.matrix import run_matrix
     matrix = run_matrix()                      # the embedded probe under every installed environment
-                                               # (the bzImage, or probe.efi for an EFI firmware)
+                                               # (the build each environment names as its default)
     matrix.undeclared                          # differences no plugin declared inherent
     matrix.to_dict()                           # JSON-able
 
@@ -39,7 +39,6 @@ from .image import KernelImage
 from .semantics import COMPARED_FIELDS, semantics_of
 
 REFERENCE = "bare_metal"
-PROBE_BUILDS = ("bzImage", "efi")      # the embedded probe's images, in the order environments are offered them
 Kernel = "str | Path | bytes | KernelImage | None"
 
 
@@ -117,22 +116,21 @@ def run_matrix(kernel: Kernel = None, config: MachineConfig | None = None, envs:
 
 def probe_for_each(pm: pluggy.PluginManager, envs: Iterable[str] | None = None
                    ) -> tuple[dict[str, KernelImage], dict[str, str]]:
-    """The embedded probe as each environment boots it: the first of its builds (``PROBE_BUILDS``:
-    the bzImage, whose payload ELF carries the Xen notes, then the PE32+ EFI application) that the
-    environment accepts; environments that accept none are refused with the bzImage's reason."""
+    """The embedded probe as each environment boots it: the build its ``Environment`` record names
+    (``default_image``, the same rule as ``hvsim run`` without a kernel); environments that refuse
+    it are returned with their reason."""
     from .api import open_image
-    from .kernels import probe_path
 
     images: dict[str, KernelImage] = {}
     refused: dict[str, str] = {}
-    for build in PROBE_BUILDS:
-        image = open_image(probe_path(build))
-        chosen, why = accepting_environments(image, pm, envs)
-        for env in chosen:
-            images.setdefault(env, image)
-        for env, reason in why.items():
-            refused.setdefault(env, reason)
-    return images, {env: reason for env, reason in refused.items() if env not in images}
+    names = sorted(environments(pm)) if envs is None else list(envs)
+    for env in names:
+        image = open_image(None, env, pm)
+        chosen, why = accepting_environments(image, pm, [env])
+        if chosen:
+            images[env] = image
+        refused.update(why)
+    return images, refused
 
 
 def accepting_environments(image: KernelImage, pm: pluggy.PluginManager,
