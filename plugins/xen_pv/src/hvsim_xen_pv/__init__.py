@@ -149,10 +149,11 @@ def hvsim_setup(machine, image, config, options):
     elf, notes, entry = pv_elf(image)
     dom0 = bool(options.get("dom0"))
     domid = 0 if dom0 else 1
+    # A PV guest takes Xen's events, not interrupts: no local APIC, I/O APIC, 8259 or PIT of its own.
     if dom0:
-        machine.attach_pc_devices()
+        machine.attach_pc_devices(interrupts=None)
     else:
-        machine.attach_pc_devices(acpi_tables=False)       # a PV domU has no ACPI and no firmware
+        machine.attach_pc_devices(acpi_tables=False, interrupts=None)   # a PV domU has no ACPI, no firmware
     if dom0:       # the machine's RAM; firmware and I/O memory stay the machine's (identity-mapped by dom0)
         dom = DomainMemory(machine, [(r.start, r.size) for r in machine.layout.ram()])
         memory_map = list(machine.layout.memory_map)

@@ -77,7 +77,7 @@ def hvsim_setup(machine, image, config, options):
     _, entry = pvh.pvh_elf(image)
     version = options.get("start_info_version")
     version = 1 if version is None else int(version)
-    machine.attach_pc_devices()
+    machine.attach_pc_devices(interrupts="lapic")     # Xen emulates a PVH guest's local APIC, no legacy PC devices
     memory_map = guest_memory_map(machine)
     start_info = pvh.load(machine, image, config, version=version, memory_map=memory_map)
     machine.plugin_state[ENV] = XenHypervisor(machine, memory_map=memory_map, features=FEATURES,
