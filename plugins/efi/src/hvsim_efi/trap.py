@@ -8,7 +8,10 @@ cost.  Arguments are read as Microsoft x64 at the ``out``: RCX, RDX, R8, R9, the
 [RSP + 0x28] (the return address is at [RSP], the caller's 32-byte shadow space above it).  The
 answer goes to RAX and the stub's own ``ret`` returns to the caller.
 
-Exception stubs (the firmware's IDT points at them) end in ``hlt`` instead of ``ret``.
+Exception stubs (the firmware's IDT points at them) end in ``hlt`` instead of ``ret``.  The timer
+interrupt enters ``interrupt_entry``, guest code that saves what the interrupted code needs kept and
+calls an ordinary stub; a service that must wait returns into ``idle_retry`` (``sti; hlt``, call
+again).
 """
 
 from __future__ import annotations
