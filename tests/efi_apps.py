@@ -118,6 +118,13 @@ def efi_app(body: str, *, image_base: int = 0x10000000, bss: int = 0, relocate: 
     """An EFI application from ``body`` (runs between the prelude and the epilogue; jump to
     ``done`` with the status in RAX).  ``relocate`` names symbols holding a ``.quad`` absolute
     address that the loader must fix up; ``bss`` zero bytes follow the code."""
+    return efi_app_and_symbols(body, image_base=image_base, bss=bss, relocate=relocate, text_rva=text_rva,
+                               **pe_options)[0]
+
+
+def efi_app_and_symbols(body: str, *, image_base: int = 0x10000000, bss: int = 0, relocate: tuple[str, ...] = (),
+                        text_rva: int = TEXT_RVA, **pe_options) -> tuple[bytes, dict[str, int]]:
+    """``efi_app`` and the symbols' addresses (for an image loaded at its ImageBase)."""
     flat, symbols = assemble_app(body, image_base=image_base, text_rva=text_rva)
     sections = [(".text", text_rva, flat, len(flat) + bss)]
     reloc = None
@@ -127,7 +134,7 @@ def efi_app(body: str, *, image_base: int = 0x10000000, bss: int = 0, relocate: 
         reloc_rva = -(-(TEXT_RVA + len(flat) + bss) // 0x1000) * 0x1000
         sections.append((".reloc", reloc_rva, blob, len(blob)))
         reloc = (reloc_rva, len(blob))
-    return build_pe(sections, image_base=image_base, reloc=reloc, entry_rva=text_rva, **pe_options)
+    return build_pe(sections, image_base=image_base, reloc=reloc, entry_rva=text_rva, **pe_options), symbols
 
 
 # -- a scripted caller of firmware services ------------------------------------------------------------

@@ -108,6 +108,13 @@ class GuestClock:
             self._control.skipped_ns += deadline - self.now()
         return True
 
+    def advance(self, ns: int) -> None:
+        """Let ``ns`` of guest time pass without executing anything, as an idle ``hlt`` does (a
+        firmware's ``Stall`` uses it); events it passes over run at the next block boundary."""
+        if ns > 0:
+            self._control.skipped_ns += int(ns)
+            self._arm()
+
     def _arm(self) -> None:
         """Make the native hook stop at the block boundary where the earliest event falls due."""
         if self._stop_block <= self._control.blocks:

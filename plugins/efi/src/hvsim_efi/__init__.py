@@ -3,9 +3,10 @@
 The image is loaded as edk2 loads a boot option (``pe_loader``): sections at their RVAs, BSS
 zero-filled, relocated when it cannot have its ImageBase, as LoaderCode.  It is entered in 64-bit
 long mode with all RAM identity-mapped (2 MiB pages), CR0 0x80010033, CR4 0x620, EFER 0xd00, a GDT
-with 64-bit code at 0x38 and data at 0x30, an IDT whose gates stop the run with the faulting
-instruction, interrupts off, and RSP = 8 mod 16 with shadow space and a return address that ends
-the run with the image's status.
+with 64-bit code at 0x38 and data at 0x30, a 256-entry IDT whose exception gates stop the run with
+the faulting instruction and whose gate 0x68 takes the firmware's 10 ms timer tick (PIT IRQ0
+through the 8259s, as OVMF: ``tick.py``), at TPL_APPLICATION with interrupts on, and RSP = 8 mod
+16 with shadow space and a return address that ends the run with the image's status.
 
 - ``--entry pe`` (default): ``AddressOfEntryPoint(ImageHandle = RCX, SystemTable = RDX)``; the
   command line is the LoadedImage's LoadOptions (UTF-16, NUL-terminated).
@@ -26,7 +27,7 @@ from hvsim import Acceptance, Environment, InherentDifference, hookimpl
 from hvsim.abi import boot_params
 from hvsim.abi import efi
 from hvsim.abi import linux_boot as lb
-from hvsim.core.cpu import EntryState
+from hvsim.core.cpu import RFLAGS_RESERVED, EntryState
 from hvsim.core.errors import LoadError, UsageError
 from hvsim.core.layout import FOUR_GIB
 
@@ -34,7 +35,7 @@ from hvsim.core.layout import FOUR_GIB
 from . import boot_services, events, images, protocols, runtime_services, variables  # noqa: F401
 from . import console, pe_loader
 from .calls import EfiError
-from .firmware import ENTRY_RETURNED, GDT_CODE64, GDT_DATA64, Firmware
+from .firmware import ENTRY_RETURNED, GDT_CODE64, GDT_DATA64, IDT_VECTORS, RFLAGS_IF, Firmware
 from .memory_map import DESCRIPTOR_SIZE
 
 ENV = "efi"
@@ -162,8 +163,8 @@ def hvsim_setup(machine, image, config, options):
         machine.set_reg("rdx", _handover_boot_params(fw, image, config))
         text = f"handover: {image.name} at {image_record.base:#x}, entry {rip:#x}"
     machine.start(EntryState(rip=rip, cr0=CR0, cr3=fw.page_tables.pml4, cr4=CR4, efer=EFER,
-                             cs=GDT_CODE64, ds=GDT_DATA64, gdt=(fw.gdt, 8 * 8 - 1), idt=(fw.idt, 32 * 16 - 1),
-                             rsp=rsp))
+                             cs=GDT_CODE64, ds=GDT_DATA64, gdt=(fw.gdt, 8 * 8 - 1), idt=(fw.idt, IDT_VECTORS * 16 - 1),
+                             rsp=rsp, rflags=RFLAGS_RESERVED | RFLAGS_IF))
     return text
 
 
@@ -195,6 +196,7 @@ def hvsim_finish(machine, result):
         return None
     extra = {
         "boot_services_exited": not fw.boot_services_active,
+        "firmware_ticks": fw.ticks,
         "descriptor_size": DESCRIPTOR_SIZE,
         "memory_map": [_descriptor(r) for r in fw.map.descriptors()],
         "memory_map_at_exit_boot_services": [_descriptor(r) for r in fw.exit_map] if fw.exit_map else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 
 from hvsim.abi import efi
+from hvsim.core.result import StopReason
 
 from .calls import EfiError, service
 from .memory_map import DESCRIPTOR_SIZE
@@ -19,8 +20,13 @@ MAX_COPY = 1 << 30     # CopyMem/SetMem/CalculateCrc32 larger than this are refu
 
 @service("BS", "RaiseTPL", "NewTpl")
 def raise_tpl(ctx):
-    old, new = ctx.fw.events.tpl, ctx.args["NewTpl"]
-    ctx.fw.events.tpl = max(old, new)
+    """To TPL_HIGH_LEVEL (or above) from below it: interrupts off (UEFI 2.10 §7.1.8).  A NewTpl
+    below the current one leaves the TPL where it is."""
+    events = ctx.fw.events
+    old, new = events.tpl, ctx.args["NewTpl"]
+    events.tpl = max(old, new)
+    if events.tpl >= efi.TPL_HIGH_LEVEL > old:
+        ctx.fw.set_interrupts(False)
     ctx.record["result"] = f"old TPL {old}"
     ctx.m.set_reg("rax", old)
     return None
@@ -28,7 +34,11 @@ def raise_tpl(ctx):
 
 @service("BS", "RestoreTPL", "OldTpl")
 def restore_tpl(ctx):
-    ctx.fw.events.tpl = ctx.args["OldTpl"]
+    """Below TPL_HIGH_LEVEL: interrupts on.  The notifications queued above the new TPL run
+    before the call returns (the firmware's dispatch does it for every service)."""
+    events = ctx.fw.events
+    events.tpl = ctx.args["OldTpl"]
+    ctx.fw.set_interrupts(events.tpl < efi.TPL_HIGH_LEVEL)
     ctx.record["result"] = "void"
     return None
 
@@ -101,6 +111,7 @@ def exit_boot_services(ctx):
     fw.exit_map = fw.map.descriptors()
     fw.boot_services_active = False
     fw.write_system_table()
+    fw.stop_timer()                      # the tick stops, the IDT loses its gate, interrupts off
     fw.events.exit_boot_services()
     return efi.SUCCESS
 
@@ -119,9 +130,20 @@ def get_next_monotonic_count(ctx):
     return efi.SUCCESS
 
 
+MAX_STALL_NS = 3600 * 10**9      # as the run loop's idle limit: a longer Stall ends the run as idle
+
+
 @service("BS", "Stall", "Microseconds")
 def stall(ctx):
-    ctx.fw.events.advance(ctx.args["Microseconds"] * 1000)
+    """Lets the time pass as idle guest time (``GuestClock.advance``) instead of executing a busy
+    loop for it: the devices' events it passes over (the PIT's, hence the tick) run as soon as it
+    returns, so a timer due during the stall is signalled at the tick that follows it."""
+    ns = ctx.args["Microseconds"] * 1000
+    if ns > MAX_STALL_NS:
+        ctx.m.stop(StopReason("idle", detail=f"EFI Stall of {ctx.args['Microseconds']} us: longer than the "
+                                             f"{MAX_STALL_NS // 10**9} s of guest time this firmware lets pass"))
+        return efi.SUCCESS
+    ctx.m.clock.advance(ns)
     return efi.SUCCESS
 
 

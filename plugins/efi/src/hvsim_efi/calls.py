@@ -49,6 +49,12 @@ class CallContext:
         self._pages: dict[int, int] = {}
         self.record: dict[str, Any] = {}      # decoded arguments and results shown in the trace
         self.after_call: Callable[[], None] | None = None   # runs once the call is recorded (ends a run)
+        self.blocked = False
+
+    def block(self) -> None:
+        """The call cannot complete yet: the caller waits in the firmware's idle code (interrupts
+        on) and makes the same call again; nothing is recorded or returned this time."""
+        self.blocked = True
 
     # -- argument checks -----------------------------------------------------------------------------
     def pointer(self, name: str) -> int:

@@ -1,10 +1,19 @@
-"""Events, timers, the watchdog and TPL bookkeeping (UEFI 2.10 §7.1).
+"""Events, timers, the watchdog and TPL (UEFI 2.10 §7.1), as edk2's DXE core keeps them.
 
-Time is guest time (``machine.guest_ns``, deterministic) plus what Stall and WaitForEvent skipped
-ahead.  Timers are checked at every firmware call; a timer or a SignalEvent whose event has a
-notification function (EVT_NOTIFY_SIGNAL) makes the firmware call that function before the service
-returns to its caller, so notifications reach the guest at firmware-call boundaries.
-ConIn's WaitForKey is an event that is signalled while scripted keys remain.
+Time is the machine's guest time (``machine.guest_ns``).  Timers are checked only at the firmware's
+timer tick (``tick.py``, every 10 ms while boot services run), as edk2's CoreTimerTick does: a timer
+event is signalled at the first tick at or after its trigger time, a periodic one is re-armed a
+period later (if that is already past, at the next tick).
+
+Notification functions (EVT_NOTIFY_SIGNAL) are queued when their event is signalled and run when
+the TPL is below theirs: at the tick (asynchronously, in the interrupted code's context), at the
+return of the service that signalled them, or when RestoreTPL drops the TPL below theirs; the
+highest TPL first, in signal order within a TPL, each at its own TPL and once however often it was
+signalled while queued.  TPL_HIGH_LEVEL means interrupts off: RaiseTPL to it clears RFLAGS.IF,
+RestoreTPL below it sets it (§7.1.8).  ConIn's WaitForKey is an event that is signalled while
+scripted keys remain.
+
+Not modelled: EVT_NOTIFY_WAIT notification functions (a wait event's notify is never called).
 """
 
 from __future__ import annotations
@@ -40,16 +49,12 @@ class EventTable:
         self.fw = fw
         self.events: dict[int, Event] = {}
         self.tpl = efi.TPL_APPLICATION
-        self.skipped_ns = 0
         self.watchdog_deadline: int | None = None
-        self.notify_queue: list[tuple[int, tuple[int, ...]]] = []
+        self.pending: list[int] = []       # handles of events whose notification waits, in signal order
+        self.wait_rounds = 0               # ticks a WaitForEvent has waited without an event being ready
 
     def now(self) -> int:
-        return self.fw.m.guest_ns() + self.skipped_ns
-
-    def advance(self, ns: int) -> None:
-        self.skipped_ns += ns
-        self.fire_due_timers()
+        return self.fw.m.guest_ns()
 
     def create(self, event: Event) -> int:
         handle = self.fw.alloc(efi.BOOT_SERVICES_DATA, 16, 16)
@@ -71,22 +76,40 @@ class EventTable:
     def _signal_one(self, event: Event) -> None:
         if event.type & efi.EVT_NOTIFY_SIGNAL and event.notify_function:
             handle = next(h for h, v in self.events.items() if v is event)
-            self.notify_queue.append((event.notify_function, (handle, event.notify_context)))
+            if handle not in self.pending:
+                self.pending.append(handle)
         else:
             event.signaled = True
 
-    def take_notifications(self) -> list[tuple[int, tuple[int, ...]]]:
-        queue, self.notify_queue = self.notify_queue, []
-        return queue
+    def notification_above(self, tpl: int) -> bool:
+        """Is a notification queued whose TPL is above ``tpl`` (so it must run before the TPL
+        drops to ``tpl``)?"""
+        return any(self.events[h].tpl > tpl for h in self.pending if h in self.events)
 
-    def fire_due_timers(self) -> None:
+    def take_notification(self, tpl: int) -> tuple[int, tuple[int, int], int] | None:
+        """The next notification to run above ``tpl``: ``(function, (event, context), its TPL)``,
+        the highest TPL first and the earliest signalled within it; ``None`` when none is queued."""
+        self.pending = [h for h in self.pending if h in self.events]      # closed events drop out
+        queued = [h for h in self.pending if self.events[h].tpl > tpl]
+        if not queued:
+            return None
+        handle = max(queued, key=lambda h: self.events[h].tpl)          # max keeps the first of equals
+        self.pending.remove(handle)
+        event = self.events[handle]
+        return event.notify_function, (handle, event.notify_context), event.tpl
+
+    def tick(self) -> None:
+        """The firmware's timer tick: expire the watchdog, signal the timer events that are due."""
         now = self.now()
         if self.watchdog_deadline is not None and now >= self.watchdog_deadline and self.fw.boot_services_active:
             self.watchdog_deadline = None
             self.fw.m.shutdown(Shutdown(reason="watchdog", source="EFI watchdog timer (SetWatchdogTimer) expired"))
         for event in list(self.events.values()):
             if event.trigger_ns is not None and now >= event.trigger_ns:
-                event.trigger_ns = now + event.period_ns if event.period_ns else None
+                if event.period_ns:
+                    event.trigger_ns = max(event.trigger_ns + event.period_ns, now)
+                else:
+                    event.trigger_ns = None
                 self.signal(event)
 
     def watchdog(self, seconds: int) -> None:
@@ -156,36 +179,52 @@ def set_timer(ctx):
         event.trigger_ns = None
         return efi.SUCCESS
     event.trigger_ns = events.now() + ticks * 100
-    event.period_ns = ticks * 100 if kind == efi.TIMER_PERIODIC else 0
+    event.period_ns = 0
+    if kind == efi.TIMER_PERIODIC:       # a periodic TriggerTime of 0 means every tick (edk2 CoreSetTimer)
+        event.period_ns = ticks * 100 or ctx.fw.timer.period_100ns * 100
     return efi.SUCCESS
+
+
+MAX_WAIT_ROUNDS = 100_000      # ticks (1000 s of guest time) a WaitForEvent may wait with nothing ready
 
 
 @service("BS", "WaitForEvent", "NumberOfEvents", "Event", "Index")
 def wait_for_event(ctx):
+    """Ready: the index.  Not ready: the call blocks (``ctx.block``): the caller goes on in the
+    firmware's idle code, ``sti; hlt`` until an interrupt (the tick, which may signal an event),
+    then calls again; it is recorded once, when it returns.  Nothing can ever signal the events
+    (no timer armed, no keys left): the run stops as idle."""
     events = ctx.fw.events
     count = ctx.args["NumberOfEvents"]
     array, index_out = ctx.pointer("Event"), ctx.pointer("Index")
     if count == 0 or count > 1024:
         raise EfiError(efi.INVALID_PARAMETER, f"NumberOfEvents {count}")
+    if events.tpl != efi.TPL_APPLICATION:
+        raise EfiError(efi.UNSUPPORTED, f"WaitForEvent at TPL {events.tpl} (only TPL_APPLICATION may wait)")
     handles = [ctx.read_u64(array + 8 * i) for i in range(count)]
     waited = [events.get(h) for h in handles]
     if any(e.type & efi.EVT_NOTIFY_SIGNAL for e in waited):
         raise EfiError(efi.INVALID_PARAMETER, "an event of type EVT_NOTIFY_SIGNAL cannot be waited for")
-    for _ in range(100_000):
-        for i, event in enumerate(waited):
-            if events.ready(event):
-                ctx.write_u64(index_out, i)
-                ctx.record["index"] = i
-                return efi.SUCCESS
-        pending = [e.trigger_ns for e in events.events.values() if e.trigger_ns is not None]
-        if not pending or ctx.m.stop_reason is not None:
-            why = "nothing can signal the events waited for (no timer armed"
-            why += ", no scripted keys left)" if any(e.is_key_wait for e in waited) else ")"
-            ctx.m.stop(StopReason("idle", detail=f"EFI WaitForEvent: {why}"))
-            raise EfiError(efi.NOT_READY, why)
-        events.advance(max(0, min(pending) - events.now()))
-    ctx.m.stop(StopReason("idle", detail="EFI WaitForEvent: timers keep firing but none of the events waited for"))
-    raise EfiError(efi.NOT_READY, "timers fired 100000 times without signalling the events waited for")
+    for i, event in enumerate(waited):
+        if events.ready(event):
+            events.wait_rounds = 0
+            ctx.write_u64(index_out, i)
+            ctx.record["index"] = i
+            return efi.SUCCESS
+    armed = any(e.trigger_ns is not None for e in events.events.values())
+    if not armed or ctx.m.stop_reason is not None:
+        events.wait_rounds = 0
+        why = "nothing can signal the events waited for (no timer armed"
+        why += ", no scripted keys left)" if any(e.is_key_wait for e in waited) else ")"
+        ctx.m.stop(StopReason("idle", detail=f"EFI WaitForEvent: {why}"))
+        raise EfiError(efi.NOT_READY, why)
+    events.wait_rounds += 1
+    if events.wait_rounds > MAX_WAIT_ROUNDS:
+        events.wait_rounds = 0
+        ctx.m.stop(StopReason("idle", detail="EFI WaitForEvent: timers keep firing but none of the events waited for"))
+        raise EfiError(efi.NOT_READY, f"{MAX_WAIT_ROUNDS} ticks passed without signalling the events waited for")
+    ctx.block()
+    return None
 
 
 @service("BS", "SignalEvent", "Event")

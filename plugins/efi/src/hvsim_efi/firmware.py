@@ -11,6 +11,14 @@ Control transfers into the guest (StartImage, event notification functions) use 
 caller's stack, the function returns into the ``callback-returned`` stub, and the firmware then
 restores the caller's stack and non-volatile registers and gives it the result.  ``Exit`` unwinds to
 the frame of the image that calls it, as setjmp/longjmp does in edk2's StartImage.
+
+Interrupts: the IDT has 256 gates; 0-31 stop the run with the exception (``_fault``), the timer
+vector (0x68, ``tick.py``) enters the firmware's interrupt entry (``trap.interrupt_entry``), which
+saves the interrupted state and calls the tick's trap stub; the others are not present (an
+interrupt there is a #NP the firmware reports).  The tick signals the due timer events and runs
+the notifications above the interrupted TPL with ``call_guest`` before its EOI and ``iretq``.
+Images start at TPL_APPLICATION with interrupts on; ExitBootServices masks the tick, removes its
+gate and leaves interrupts off.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from hvsim.core.cpu import CODE32, CODE64, DATA32, PageTableBuilder, flat_descri
 from hvsim.core.disasm import disassemble_one
 from hvsim.core.errors import GuestMemoryError, LoadError
 from hvsim.core.events import Call, Shutdown
-from hvsim.core.exceptions import HAS_ERROR_CODE, vector_name
+from hvsim.core.exceptions import HAS_ERROR_CODE, IDT_ERROR_FLAG, vector_name
 from hvsim.core.layout import FOUR_GIB
 from hvsim.core.result import StopReason
 
@@ -37,7 +45,10 @@ from .images import Image
 from .memory_map import MemoryMap, Pool
 from .protocols import ProtocolDatabase
 from .runtime_services import rewrite_runtime_table, to_virtual
-from .trap import ARG_REGISTERS, STACK_ARGS_OFFSET, TRAPPED_ARG_REGISTERS, TrapDevice, stub
+from .tick import TIMER_VECTOR, FirmwareTimer
+from .trap import (
+    ARG_REGISTERS, STACK_ARGS_OFFSET, STUB_SIZE, TRAPPED_ARG_REGISTERS, TrapDevice, idle_retry, interrupt_entry, stub,
+)
 from .variables import VariableStore
 
 PAGE = 0x1000
@@ -48,8 +59,12 @@ STUB_TABLES = (
     ("BS", efi.BOOT_SERVICES), ("RT", efi.RUNTIME_SERVICES), ("ConOut", efi.TEXT_OUTPUT_SERVICES),
     ("ConIn", efi.TEXT_INPUT_SERVICES), ("GOP", efi.GOP_SERVICES), ("LoadFile2", ("LoadFile",)),
 )
-ENTRY_RETURNED, CALLBACK_RETURNED, FAULT_BASE = 0x1000, 0x1001, 0x1100
+ENTRY_RETURNED, CALLBACK_RETURNED, TIMER_TICK, FAULT_BASE = 0x1000, 0x1001, 0x1002, 0x1100
 NONVOLATILE = ("rbx", "rbp", "rdi", "rsi", "r12", "r13", "r14", "r15")
+IDT_VECTORS = 256
+RFLAGS_IF = 1 << 9
+EXCEPTION_VECTORS = 32
+BLOCKING = (("BS", "WaitForEvent"),)       # services that may block (``CallContext.block``)
 
 
 @attrs.define
@@ -61,6 +76,8 @@ class Frame:
     queue: list[tuple[int, tuple[int, ...]]]
     finish: Callable[[int], int]
     image: int | None = None
+    notify_above: int | None = None    # a notification frame: runs the notifications queued above this TPL
+    saved_if: bool = False             # RFLAGS.IF to give back when a notification frame returns
 
 
 class Firmware:
@@ -91,6 +108,9 @@ class Firmware:
         self.text_outputs: dict[int, TextOutput] = {}
         self.gop: Framebuffer | None = None
         self.load_file2: tuple[int, bytes] | None = None
+        self.timer = FirmwareTimer(machine)
+        self.ticks = 0
+        self.idle_stubs: dict[tuple[str, str], int] = {}
 
     # -- firmware-internal memory --------------------------------------------------------------
     def alloc(self, memory_type: int, size: int, align: int = 16) -> int:
@@ -130,10 +150,17 @@ class Firmware:
         for index in (ENTRY_RETURNED, CALLBACK_RETURNED):
             self.special_stubs[index] = code + len(blob)
             blob += stub(index, keep_rax=True)
-        for vector in range(32):
+        self.special_stubs[TIMER_TICK] = code + len(blob)
+        blob += stub(TIMER_TICK)
+        for vector in range(EXCEPTION_VECTORS):
             self.special_stubs[FAULT_BASE + vector] = code + len(blob)
             blob += stub(FAULT_BASE + vector, returns=False, keep_rax=True)
-        assert len(blob) <= PAGE
+        self.timer_entry = code + len(blob)
+        blob += interrupt_entry(self.timer_entry, self.special_stubs[TIMER_TICK])
+        for key in BLOCKING:
+            self.idle_stubs[key] = code + len(blob)
+            blob += idle_retry(code + len(blob), self.stubs[key])
+        assert len(blob) <= PAGE and len(blob) % STUB_SIZE == 0
         m.write_code(code, bytes(blob))
         m.ports.attach(TrapDevice(self.dispatch))
 
@@ -166,6 +193,7 @@ class Firmware:
         protocols.install_boot_device(self)
         self.write_system_table()
         self._build_cpu_tables()
+        self.timer.start()
 
     def guest_pointer(self, address: int) -> int:
         """A firmware pointer as the guest must see it: virtual after SetVirtualAddressMap."""
@@ -195,8 +223,10 @@ class Firmware:
         entries = [0, flat_descriptor(DATA32), flat_descriptor(CODE32), flat_descriptor(DATA32),
                    flat_descriptor(CODE32), 0, flat_descriptor(DATA32), flat_descriptor(CODE64)]
         self.gdt = self.put(efi.BOOT_SERVICES_DATA, gdt_bytes(entries), 16)
-        self.idt = self.put(efi.BOOT_SERVICES_DATA, b"".join(
-            idt_gate64(self.special_stubs[FAULT_BASE + v], GDT_CODE64) for v in range(32)), 16)
+        gates = [idt_gate64(self.special_stubs[FAULT_BASE + v], GDT_CODE64) for v in range(EXCEPTION_VECTORS)]
+        gates += [bytes(16)] * (IDT_VECTORS - EXCEPTION_VECTORS)
+        gates[TIMER_VECTOR] = idt_gate64(self.timer_entry, GDT_CODE64)
+        self.idt = self.put(efi.BOOT_SERVICES_DATA, b"".join(gates), 16)
         top = max(FOUR_GIB, m.layout.top_of_ram())
         pages = 2 + -(-top // (1 << 39)) + -(-top // (1 << 30))
         pool = self.alloc(efi.BOOT_SERVICES_DATA, pages * PAGE, PAGE)
@@ -230,7 +260,21 @@ class Firmware:
         if index == ENTRY_RETURNED:
             return self.image_finished(m.reg("r11"), "returned from its entry point")
         if index == CALLBACK_RETURNED:
-            return self._callback_returned()
+            self._callback_returned()
+        elif index == TIMER_TICK:
+            self._tick()
+        elif index in self.services:
+            self._service(index)
+        else:
+            m.stop(StopReason("crash", detail=f"efi: a trap into the firmware with unknown index {index:#x}"))
+        if self._pending is not None and m.stop_reason is None:
+            frame, self._pending = self._pending, None
+            self.frames.append(frame)
+            self._enter(frame)
+        self._pending = None
+
+    def _service(self, index: int) -> None:
+        m = self.m
         table, name = self.services[index]
         fn, params = SERVICES.get((table, name), (None, ()))
         ctx = CallContext(self, table, name)
@@ -244,7 +288,6 @@ class Firmware:
             m.stop(StopReason("bad-access", detail=f"efi {table}.{name}: the caller's stack is unreadable: {exc}"))
             return
         ctx.args = dict(zip(params, values))
-        self.events.fire_due_timers()
         status = None
         try:
             if table in BOOT_TABLES and not self.boot_services_active:
@@ -259,6 +302,8 @@ class Firmware:
         except GuestMemoryError as exc:
             status = efi.INVALID_PARAMETER
             ctx.record["error"] = str(exc)
+        if ctx.blocked and status is None:
+            return self._block(table, name, rsp)
         if status is not None:
             m.set_reg("rax", status)
         shown = status if status is not None else ctx.record.pop("result", None)
@@ -266,13 +311,59 @@ class Firmware:
                     result=efi.status_name(shown) if isinstance(shown, int) else shown, rip=ctx.return_address))
         if ctx.after_call is not None:
             ctx.after_call()
-        if self._pending is None and self.events.notify_queue and m.stop_reason is None:
+        if self._pending is None and m.stop_reason is None and self.events.notification_above(self.events.tpl):
             result = m.reg("rax")
-            self.call_guest(self.events.take_notifications(), lambda _rax, result=result: result)
-        if self._pending is not None and m.stop_reason is None:
-            frame, self._pending = self._pending, None
-            self.frames.append(frame)
-            self._enter(frame)
+            self.call_notifications(self.events.tpl, lambda _rax, result=result: result)
+
+    def _block(self, table: str, name: str, rsp: int) -> None:
+        """The stub's ``ret`` goes to the service's idle code, which waits for an interrupt and
+        calls again with the same arguments (RDX back from R10, where the stub kept it)."""
+        m = self.m
+        try:
+            m.vmem.write(rsp - 8, struct.pack("<Q", self.idle_stubs[(table, name)]))
+        except GuestMemoryError as exc:
+            m.stop(StopReason("bad-access", detail=f"efi {table}.{name}: the caller's stack is unwritable: {exc}"))
+            return
+        m.set_reg("rdx", m.reg("r10"))
+        m.set_reg("rsp", rsp - 8)
+
+    # -- interrupts and TPL ------------------------------------------------------------------------------
+    def set_interrupts(self, enabled: bool) -> None:
+        """RFLAGS.IF of the code the firmware returns to (the trap stub's ``ret`` keeps it)."""
+        m = self.m
+        rflags = m.reg("rflags")
+        m.set_reg("rflags", rflags | RFLAGS_IF if enabled else rflags & ~RFLAGS_IF)
+        if enabled:
+            m.kick()                # an interrupt held while IF was clear is taken at the next block
+
+    def _tick(self) -> None:
+        """The timer interrupt (edk2's TimerInterruptHandler + CoreTimerTick): at TPL_HIGH_LEVEL
+        signal the due timers, drop back to the interrupted TPL running the notifications above it
+        (with interrupts on), then interrupts off and EOI; the entry code ``iretq``s."""
+        m = self.m
+        if not self.boot_services_active:
+            m.stop(StopReason("crash", detail="efi: the firmware's timer handler was entered after ExitBootServices"))
+            return
+        self.ticks += 1
+        interrupted = self.events.tpl
+        self.events.tpl = efi.TPL_HIGH_LEVEL
+        self.events.tick()
+        self.events.tpl = interrupted
+        if m.stop_reason is None and self.events.notification_above(interrupted):
+            self.call_notifications(interrupted, self._tick_done)
+        else:
+            self.timer.end_of_interrupt()
+
+    def _tick_done(self, rax: int) -> int:
+        self.set_interrupts(False)
+        self.timer.end_of_interrupt()
+        return rax
+
+    def stop_timer(self) -> None:
+        """ExitBootServices: mask the tick, take its gate out of the IDT, leave interrupts off."""
+        self.timer.stop()
+        self.m.memory.write(self.idt + 16 * TIMER_VECTOR, bytes(16))
+        self.set_interrupts(False)
 
     # -- calls into the guest --------------------------------------------------------------------------
     def call_guest(self, calls: list[tuple[int, tuple[int, ...]]], finish: Callable[[int], int],
@@ -282,9 +373,22 @@ class Firmware:
         m = self.m
         self._pending = Frame(m.reg("rsp"), {r: m.reg(r) for r in NONVOLATILE}, list(calls), finish, image)
 
+    def call_notifications(self, tpl: int, finish: Callable[[int], int]) -> None:
+        """Like ``call_guest`` for the notifications queued above ``tpl``, each at its own TPL
+        (interrupts on below TPL_HIGH_LEVEL), including those queued while they run; then the TPL
+        is ``tpl`` again and RFLAGS.IF as it is now."""
+        m = self.m
+        self._pending = Frame(m.reg("rsp"), {r: m.reg(r) for r in NONVOLATILE}, [], finish, None,
+                              notify_above=tpl, saved_if=bool(m.reg("rflags") & RFLAGS_IF))
+
     def _enter(self, frame: Frame) -> None:
         m = self.m
-        function, args = frame.queue.pop(0)
+        if frame.notify_above is not None:
+            function, args, tpl = self.events.take_notification(frame.notify_above)
+            self.events.tpl = tpl
+            self.set_interrupts(tpl < efi.TPL_HIGH_LEVEL)
+        else:
+            function, args = frame.queue.pop(0)
         rsp = (frame.saved_rsp - 0x200) & ~0xF
         m.vmem.write(rsp, struct.pack("<QQ", function, self.special_stubs[CALLBACK_RETURNED]))
         for reg, value in zip(ARG_REGISTERS, args):
@@ -297,7 +401,12 @@ class Firmware:
             m.stop(StopReason("crash", detail="efi: a return into the firmware's callback stub with no call pending"))
             return
         frame = self.frames[-1]
-        if frame.queue:
+        if frame.notify_above is not None:
+            if self.events.notification_above(frame.notify_above):
+                return self._enter(frame)
+            self.events.tpl = frame.notify_above
+            self.set_interrupts(frame.saved_if)
+        elif frame.queue:
             return self._enter(frame)
         self.frames.pop()
         self._resume(frame, frame.finish(m.reg("r11")))
@@ -346,5 +455,7 @@ class Firmware:
         m.set_reg("rax", m.reg("r11"))
         m.freeze_state(rip)
         where = f" (cr2 {cr2:#x})" if cr2 is not None else ""
+        if error_code is not None and error_code & IDT_ERROR_FLAG:
+            where += f" (error code {error_code:#x}: IDT vector {error_code >> 3:#x})"
         m.stop(StopReason("crash", detail=f"{vector_name(vector)} at {rip:#x}: {text}{where}; "
                                           "the firmware's exception handler stopped the run"))
