@@ -519,7 +519,10 @@ def bench_init(vmlinux: Path, reps: int) -> dict | None:
         label = "QEMU TCG" if c == "qemu" else f"hvsim {c}"
         extra = ""
         if c != "qemu":
-            r = runs[c][0]                       # guest time and counts are the same in every run
+            r = runs[c][0]
+            varying = sorted({x["blocks"] for x in runs[c]})
+            if len(varying) > 1:                 # a deterministic boot counts the same blocks every time
+                print(f"  note: hvsim {c} counted different blocks in its runs: {' '.join(map(str, varying))}")
             extra = (f"; setup {statistics.median(x['setup_s'] for x in runs[c]):.2f} s, guest {r['guest_s']:.2f} s"
                      f" ({r['idle_guest_s']:.2f} idle), {r['blocks'] / 1e6:.0f}M blocks, {r['emu_starts']} emu_start,"
                      f" {r['interrupts']} interrupts")
