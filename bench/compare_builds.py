@@ -51,7 +51,7 @@ def main() -> None:
         for build in ("old", "new"):
             rounds[build].append(one_round(getattr(args, build), args.n))
     print(f"compute-bound probe loop, N={args.n}, {args.rounds} rounds, old and new taking turns")
-    print(f"  {'':<38}{"old":>24}{"new":>24}")
+    print(f"  {'':<38}{'old':>24}{'new':>24}")
     for label, get in FIGURES:
         cells = []
         for build in ("old", "new"):
