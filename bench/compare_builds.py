@@ -51,14 +51,14 @@ def main() -> None:
         for build in ("old", "new"):
             rounds[build].append(one_round(getattr(args, build), args.n))
     print(f"compute-bound probe loop, N={args.n}, {args.rounds} rounds, old and new taking turns")
-    print(f"  {'':<38}{'old':>24}{'new':>24}")
+    print(f"  {'':<38}{'old':>34}{'new':>34}")
     for label, get in FIGURES:
         cells = []
         for build in ("old", "new"):
             values = [get(c) for c in rounds[build]]
             runs = " ".join(f"{v:.3g}" for v in values)
             cells.append(f"{statistics.median(values):.3g} [{runs}]")
-        print(f"  {label:<38}" + "".join(f"{c:>24}" for c in cells))
+        print(f"  {label:<38}" + "".join(f"{c:>34}" for c in cells))
     for label, get in FIGURES[:2]:
         ratios = [get(n) / get(o) for o, n in zip(rounds["old"], rounds["new"])]
         print(f"  new / old, {label:<27}{statistics.median(ratios):6.2f}x  (per round: "
