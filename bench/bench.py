@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """hvsim speed benchmark: ratios measured in one run, on one machine (see bench/README.md).
 
-    python bench/bench.py [--quick] [--reps N] [--linux PATH_TO_VMLINUZ] [--json FILE]
+    python bench/bench.py [--quick] [--reps N] [--linux PATH_TO_VMLINUZ] [--vmlinux PATH] [--only SECTIONS]
+                          [--json FILE]
 
 1. Guest instructions per second on the probe kernel's compute loop ``probe_spin`` (4 instructions
    per iteration): bare Unicorn with no hooks, bare Unicorn with only hvsim's native block hook,
@@ -16,6 +17,13 @@
 5. The cost of boot-path coverage (the native block-address hash set): the same run with and
    without it, as a ratio, on the probe's compute loop (one block per 4 instructions: the worst
    case) and on the Linux vmlinux's boot under ``bare_metal`` up to the local-APIC stop.
+6. Linux to /init: Debian's ELF vmlinux with hvsim's own /init (``init.cpio``) booted to its poweroff
+   under ``bare_metal`` and ``kvm_pvh``, and by QEMU TCG on the same files when ``qemu-system-x86_64``
+   is installed, as wall seconds and hvsim/QEMU ratios, with the wall and guest time at which each
+   boot reached the banner, /init and the poweroff.
+
+``--only compute,init`` runs only the named sections (compute, hypercall, banner, matrix, coverage,
+init).
 
 Shared machines are noisy: nothing here asserts a timing. Each figure is the median of ``--reps``
 repetitions, printed with every run; "cpu time" figures use process CPU time instead of wall time
@@ -27,9 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import statistics
 import struct
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -391,6 +403,164 @@ def bench_coverage(n: int, linux: Path, reps: int) -> dict:
     return out
 
 
+# -- 6. Linux to /init ----------------------------------------------------------------------------
+DEFAULT_VMLINUX = Path("~/.cache/hvsim/linux/vmlinux").expanduser()
+INIT_CMDLINE = "console=ttyS0"
+INIT_MEMORY = "512M"
+INIT_TIMEOUT = 300
+# Console lines that mark the stages of a boot to hvsim's /init, first occurrence each (the last two
+# come from /init itself, userspace/init.c, and from Linux's kernel_power_off()).
+MILESTONES = (("banner", "Linux version"), ("init", "Run /init as init process"),
+              ("userspace_end", "hvsim-userspace: end"), ("power_down", "reboot: Power down"))
+QEMU = "qemu-system-x86_64"
+
+
+class Milestones:
+    """Observer plugin: for each milestone, the wall seconds since ``t0``, the guest nanoseconds and
+    the block count at the console line that first shows it."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.seen: dict[str, dict] = {}
+
+    @hookimpl
+    def hvsim_event(self, machine, event):
+        if event.kind != "ConsoleOutput" or len(self.seen) == len(MILESTONES):
+            return
+        for key, text in MILESTONES:
+            if key not in self.seen and text in event.text:
+                self.seen[key] = {"wall_s": time.perf_counter() - self.t0, "guest_s": machine.guest_ns() / 1e9,
+                                  "blocks": machine.native.control.blocks}
+
+
+def hvsim_to_init(env: str, vmlinux: Path, initrd: Path) -> dict:
+    """One boot of ``vmlinux`` with hvsim's /init under ``env``: wall seconds from ``Run(...)`` (setup
+    included) to the poweroff stop, the emulation's share, guest time, blocks, emu_start calls,
+    interrupts, and the milestones; exits if /init's report did not end or the run did not power off."""
+    observer = Milestones()
+    config = MachineConfig(memory=INIT_MEMORY, cmdline=INIT_CMDLINE, initrd=initrd, timeout=INIT_TIMEOUT)
+    prepared = Run(env, vmlinux, config, observers=[observer])
+    setup = time.perf_counter() - observer.t0
+    result = prepared.execute()
+    wall = time.perf_counter() - observer.t0
+    if result.stop.kind != "poweroff" or "userspace_end" not in observer.seen:
+        sys.exit(f"hvsim {env} to /init: stop {result.stop.describe()}, milestones {sorted(observer.seen)}\n"
+                 f"{result.console()[-2000:]}")
+    s = result.stats
+    return {"wall_s": wall, "setup_s": setup, "emulation_s": s.wall_seconds, "guest_s": s.guest_ns / 1e9,
+            "idle_guest_s": s.idle_ns / 1e9, "blocks": s.blocks, "emu_starts": s.emu_starts,
+            "interrupts": s.interrupts_delivered, "milestones": observer.seen}
+
+
+PRINTK_TIME = re.compile(r"^\[\s*(\d+\.\d+)\]")
+
+
+def qemu_to_init(qemu: str, vmlinux: Path, initrd: Path) -> dict:
+    """One QEMU TCG boot of the same vmlinux (its PVH note: QEMU's -kernel enters it directly) and
+    initramfs: wall seconds from process start to exit, and for each milestone the wall seconds at
+    which its console line arrived and its printk timestamp (QEMU's guest time); exits unless the
+    console shows /init's report ending and Linux powering off, and QEMU exited 0."""
+    cmd = [qemu, "-M", "pc", "-accel", "tcg", "-m", INIT_MEMORY, "-display", "none", "-monitor", "none",
+           "-serial", "stdio", "-no-reboot", "-kernel", str(vmlinux), "-initrd", str(initrd),
+           "-append", INIT_CMDLINE]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    killer = threading.Timer(INIT_TIMEOUT, proc.kill)
+    killer.start()
+    seen, lines = {}, []
+    try:
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace")
+            lines.append(line)
+            for key, text in MILESTONES:
+                if key not in seen and text in line:
+                    stamp = PRINTK_TIME.match(line)
+                    seen[key] = {"wall_s": time.perf_counter() - t0, "guest_s": float(stamp[1]) if stamp else None}
+        code = proc.wait()
+    finally:
+        killer.cancel()
+    wall = time.perf_counter() - t0
+    if code != 0 or "userspace_end" not in seen or "power_down" not in seen:
+        sys.exit(f"QEMU to /init: exit status {code}, milestones {sorted(seen)}\n{''.join(lines)[-2000:]}\n"
+                 f"command: {' '.join(cmd)}")
+    return {"wall_s": wall, "milestones": seen}
+
+
+def qemu_version(qemu: str) -> str:
+    out = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=30).stdout
+    return out.splitlines()[0] if out else "unknown version"
+
+
+def bench_init(vmlinux: Path, reps: int) -> dict | None:
+    from hvsim.kernels import init_cpio_path
+
+    title = "Linux to /init (vmlinux + hvsim's init.cpio, wall from Run(...) / QEMU's start to the poweroff)"
+    if not vmlinux.is_file():
+        print(f"{title}: skipped ({vmlinux} not found; scripts/fetch-linux keeps the ELF vmlinux beside the vmlinuz)")
+        return None
+    initrd = init_cpio_path()
+    qemu = shutil.which(QEMU)
+    configs = ["bare_metal", "kvm_pvh"] + (["qemu"] if qemu else [])
+    print(f"{title}\n  {vmlinux}, cmdline {INIT_CMDLINE!r}, {INIT_MEMORY}, {reps} runs")
+    runs: dict[str, list[dict]] = {c: [] for c in configs}
+    for _ in range(reps):                       # the configurations take turns, as everywhere here
+        for c in configs:
+            runs[c].append(qemu_to_init(qemu, vmlinux, initrd) if c == "qemu" else hvsim_to_init(c, vmlinux, initrd))
+    out = {"kernel": str(vmlinux), "initrd": str(initrd), "cmdline": INIT_CMDLINE, "reps": reps, "runs": runs}
+    if qemu:
+        out["qemu"] = {"binary": qemu, "version": qemu_version(qemu)}
+        print(f"  QEMU: {out['qemu']['version']} (-M pc -accel tcg)")
+    else:
+        out["qemu"] = None
+        print(f"  QEMU TCG: skipped ({QEMU} is not on PATH; apt-get install qemu-system-x86 provides it)")
+    for c in configs:
+        walls = [r["wall_s"] for r in runs[c]]
+        med = statistics.median(walls)
+        label = "QEMU TCG" if c == "qemu" else f"hvsim {c}"
+        extra = ""
+        if c != "qemu":
+            r = runs[c][0]
+            varying = sorted({x["blocks"] for x in runs[c]})
+            if len(varying) > 1:                 # a deterministic boot counts the same blocks every time
+                print(f"  note: hvsim {c} counted different blocks in its runs: {' '.join(map(str, varying))}")
+            extra = (f"; setup {statistics.median(x['setup_s'] for x in runs[c]):.2f} s, guest {r['guest_s']:.2f} s"
+                     f" ({r['idle_guest_s']:.2f} idle), {r['blocks'] / 1e6:.0f}M blocks, {r['emu_starts']} emu_start,"
+                     f" {r['interrupts']} interrupts")
+        if qemu and c != "qemu":
+            ratios = [h["wall_s"] / q["wall_s"] for h, q in zip(runs[c], runs["qemu"])]
+            out.setdefault("ratio", {})[c] = {"ratio": statistics.median(ratios), "runs": ratios}
+            extra += f"; {statistics.median(ratios):.2f}x QEMU (per run: {fmt_runs(ratios, digits=2)})"
+        out.setdefault("wall_s", {})[c] = med
+        print(f"  {label:<22}{med:7.2f} s  (runs: {fmt_runs(walls, digits=2)}{extra})")
+    heads = ("Linux version", "Run /init", "/init's end", "Power down", "stop")
+    print("  milestones: median wall s since Run(...) / QEMU's start, then guest s (hvsim: its clock; QEMU: the"
+          " line's printk time), at the first console line holding each")
+    print(f"  {'':<22}" + "".join(f"{h:>17}" for h in heads))
+    for c in configs:
+        label = "QEMU TCG" if c == "qemu" else f"hvsim {c}"
+        cells = []
+        for key, _ in MILESTONES:
+            marks = [r["milestones"][key] for r in runs[c] if key in r["milestones"]]
+            guest = marks[0]["guest_s"] if marks else None
+            cells.append(f"{'-':>17}" if not marks else
+                         f"{statistics.median(m['wall_s'] for m in marks):>9.2f} / " + (f"{guest:5.2f}" if guest is not None else "    -"))
+        stop_guest = runs[c][0]["guest_s"] if c != "qemu" else runs[c][0]["milestones"]["power_down"]["guest_s"]
+        cells.append(f"{statistics.median(r['wall_s'] for r in runs[c]):>9.2f} / {stop_guest:5.2f}")
+        print(f"  {label:<22}" + "".join(cells))
+    return out
+
+
+SECTIONS = ("compute", "hypercall", "banner", "matrix", "coverage", "init")
+
+
+def section_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SECTIONS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"sections are {', '.join(SECTIONS)}; got {text!r}")
+    return names
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
@@ -399,6 +569,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, help="probe_spin iterations (default 200M, 20M with --quick)")
     ap.add_argument("--hypercalls", type=int, help="hypercalls per loop (default 20000, 5000 with --quick)")
     ap.add_argument("--linux", type=Path, default=DEFAULT_LINUX, help=f"Debian vmlinuz (default {DEFAULT_LINUX})")
+    ap.add_argument("--vmlinux", type=Path, default=DEFAULT_VMLINUX,
+                    help=f"ELF vmlinux for the /init section (default {DEFAULT_VMLINUX})")
+    ap.add_argument("--only", type=section_list, metavar="SECTION[,SECTION...]",
+                    help=f"run only these sections: {', '.join(SECTIONS)} (default: all)")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = ap.parse_args()
     if args.hypercalls is not None and not 1 <= args.hypercalls < 1 << 32:
@@ -411,12 +585,20 @@ def main() -> None:
               "python": sys.version.split()[0], "cpus": os.cpu_count(), "load_avg": os.getloadavg()}
     print(f"hvsim benchmark, {report['date']}, unicorn {report['unicorn']}, python {report['python']}, "
           f"{report['cpus']} cpus, load average {report['load_avg'][0]:.2f}")
+    only = set(args.only or SECTIONS)
     # The budgeted N: N/20 rounded down to a power of ten, so that 2N has as many digits (check_counts).
-    report["compute"] = bench_compute(n, 10 ** max(3, len(str(n // 20)) - 1), reps)
-    report["hypercall"] = bench_hypercall(args.hypercalls or (5_000 if args.quick else 20_000), reps)
-    report["linux"] = bench_linux(args.linux.expanduser(), reps, not args.quick)
-    report["matrix"] = bench_matrix(reps)
-    report["coverage"] = bench_coverage(n // 4, args.linux.expanduser(), reps)
+    if "compute" in only:
+        report["compute"] = bench_compute(n, 10 ** max(3, len(str(n // 20)) - 1), reps)
+    if "hypercall" in only:
+        report["hypercall"] = bench_hypercall(args.hypercalls or (5_000 if args.quick else 20_000), reps)
+    if "banner" in only:
+        report["linux"] = bench_linux(args.linux.expanduser(), reps, not args.quick)
+    if "matrix" in only:
+        report["matrix"] = bench_matrix(reps)
+    if "coverage" in only:
+        report["coverage"] = bench_coverage(n // 4, args.linux.expanduser(), reps)
+    if "init" in only:
+        report["init"] = bench_init(args.vmlinux.expanduser(), reps)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
