@@ -11,9 +11,8 @@ makes it KVM is what the guest finds when it looks (Linux: arch/x86/kernel/kvm.c
   fills the ``struct pvclock_vcpu_time_info`` at the address written; a write of
   MSR_KVM_WALL_CLOCK_NEW (or MSR_KVM_WALL_CLOCK) fills a ``struct pvclock_wall_clock`` there.
   ``system_time`` is hvsim's deterministic guest clock (``machine.guest_ns()``), ``tsc_timestamp``
-  the TSC as the engine reports it to the host (Unicorn 2.1.4 reports 0 while the guest's
-  ``rdtsc`` counts host cycles, so this example's kvmclock is only as good as that); the TSC is said
-  to run at 1 GHz, so ``tsc_to_system_mul`` = 2^31 with ``tsc_shift`` = 1;
+  the guest's TSC at that moment (hvsim's TSC counts guest nanoseconds, so the two are equal
+  and the TSC runs at 1 GHz): ``tsc_to_system_mul`` = 2^31 with ``tsc_shift`` = 1;
 - hypercalls: ``vmcall`` or ``vmmcall``, number in RAX, arguments in RBX, RCX, RDX, RSI, result
   in RAX.  KVM_HC_VAPIC_POLL_IRQ and KVM_HC_SCHED_YIELD return 0 (one vCPU: nothing to poll or
   yield to), any other number -KVM_ENOSYS, and any call from CPL > 0 -KVM_EPERM, as KVM answers.
@@ -28,9 +27,9 @@ and arch/x86/include/asm/pvclock-abi.h.
 from __future__ import annotations
 
 import struct
-import time
 
 from hvsim import Acceptance, Environment, InherentDifference, hookimpl, pvh
+from hvsim.core.clock import WALLCLOCK_EPOCH_S
 from hvsim.core.errors import GuestMemoryError, LoadError
 from hvsim.core.events import Call
 
@@ -62,7 +61,6 @@ PVCLOCK_VCPU_TIME_INFO = "<IIQQIbB2x"     # version, pad0, tsc_timestamp, system
 PVCLOCK_WALL_CLOCK = "<III"               # version, sec, nsec
 PVCLOCK_TSC_STABLE_BIT = 1 << 0
 TSC_TO_SYSTEM_MUL, TSC_SHIFT = 1 << 31, 1  # 1 GHz: ns = ((tsc << 1) * 2^31) >> 32
-MSR_IA32_TSC = 0x10
 
 FEATURES = (1 << KVM_FEATURE_CLOCKSOURCE | 1 << KVM_FEATURE_CLOCKSOURCE2
             | 1 << KVM_FEATURE_CLOCKSOURCE_STABLE_BIT)
@@ -113,7 +111,7 @@ def hvsim_setup(machine, image, config, options):
     start_info = pvh.load(machine, image, config, version=1, memory_map=list(machine.layout.memory_map))
     for legacy in (MSR_KVM_WALL_CLOCK, MSR_KVM_SYSTEM_TIME):   # architectural range: ask for them
         machine.intercept_msr(legacy)
-    machine.plugin_state[ENV] = KvmState(boot_time_ns=time.time_ns())
+    machine.plugin_state[ENV] = KvmState(boot_time_ns=WALLCLOCK_EPOCH_S * 10**9)
     pvh.enter(machine, entry, start_info)
     return f"pvh at {entry:#x}, hvm_start_info v1 at {start_info:#x}"
 
@@ -156,7 +154,7 @@ def hvsim_msr(machine, access):
 
 
 def _write_time_info(machine, address: int) -> None:
-    tsc = machine.msr_read(MSR_IA32_TSC)
+    tsc = machine.guest_ns()
     info = struct.pack(PVCLOCK_VCPU_TIME_INFO, 2, 0, tsc, machine.guest_ns(), TSC_TO_SYSTEM_MUL, TSC_SHIFT,
                        PVCLOCK_TSC_STABLE_BIT)
     machine.memory.write(address, info)

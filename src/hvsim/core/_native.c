@@ -58,6 +58,7 @@ struct hvsim_control {
     uint64_t ns_per_block;         /* guest time = blocks * ns_per_block + skipped_ns */
     uint64_t skipped_ns;
     uint64_t tsc_reads;            /* RDTSC/RDTSCP answered */
+    uint64_t tsc_offset;           /* TSC = guest time + tsc_offset (a guest write to IA32_TSC sets it) */
 };
 
 enum { STOPPED_BY_REQUEST = 1, STOPPED_BY_INSN_LIMIT = 2, STOPPED_BY_DEADLINE = 3, STOPPED_BY_IF_WINDOW = 4 };
@@ -91,7 +92,7 @@ static void hvsim_block_hook(void *uc, uint64_t address, uint32_t size, void *us
 
 static uint64_t guest_tsc(struct hvsim_control *c)
 {
-    return c->blocks * c->ns_per_block + c->skipped_ns;
+    return c->blocks * c->ns_per_block + c->skipped_ns + c->tsc_offset;
 }
 
 static void put_tsc(void *uc, struct hvsim_control *c, uint64_t tsc)

@@ -21,6 +21,10 @@ from typing import Callable
 
 NS_PER_BLOCK = 10
 NO_DEADLINE = (1 << 64) - 1
+TSC_HZ = 1_000_000_000            # the TSC counts guest nanoseconds
+# What the machine's clocks (RTC, EFI GetTime, a hypervisor's wallclock) read at guest time 0:
+# 2026-01-01T00:00:00Z, fixed so that runs are repeatable.
+WALLCLOCK_EPOCH_S = 1_767_225_600
 
 
 class Timer:

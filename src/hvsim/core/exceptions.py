@@ -76,6 +76,10 @@ DESC_GRANULARITY = 1 << 23
 SELECTOR_TI = 1 << 2
 # Error code naming an IDT entry (SDM vol. 3, 6.13): index in bits 3-15, IDT flag bit 1.
 IDT_ERROR_FLAG = 2
+EXT_ERROR_FLAG = 1          # the event was external to the program (an interrupt)
+SEGMENT_NOT_PRESENT = 11
+# SDM vol. 3 table 6-5: a fault while delivering one of these is a double fault.
+CONTRIBUTORY_OR_PF = frozenset({0, 10, 11, 12, 13, 14})
 # 64-bit TSS: RSP0 at 4, RSP1 at 12, RSP2 at 20, IST1..7 at 0x24..0x54 (SDM vol. 3, fig. 8-11).
 TSS64_RSP0, TSS64_IST1 = 0x04, 0x24
 # 32-bit TSS: ESPn at 4 + 8n, SSn at 8 + 8n (SDM vol. 3, fig. 8-2).
@@ -95,6 +99,16 @@ class DeliveryError(Exception):
 class NotModelled(DeliveryError):
     """Delivery would need a mechanism this model does not implement (task gates, v8086 mode, ...).
     It is not escalated to #DF: the caller stops the run with this message."""
+
+
+class GateFault(DeliveryError):
+    """The IDT itself refused the vector (beyond its limit, a wrong gate type: #GP; a gate not
+    present: #NP): the CPU raises that fault with the IDT-flavoured error code (SDM vol. 3, 6.13),
+    which is a double fault only when the first event was itself a contributory exception or #PF."""
+
+    def __init__(self, message: str, fault_vector: int):
+        super().__init__(message)
+        self.fault_vector = fault_vector
 
 
 class SoftwareInterruptDenied(Exception):
@@ -147,6 +161,14 @@ class ExceptionDelivery:
             return self._escalate(GENERAL_PROTECTION, gp_error, fault_rip, None)
         except NotModelled:
             raise
+        except GateFault as first:
+            if vector == DOUBLE_FAULT or vector in CONTRIBUTORY_OR_PF:
+                if vector == DOUBLE_FAULT:
+                    raise
+                return self._escalate(DOUBLE_FAULT, 0, return_rip, (vector, first))
+            error = vector * 8 + IDT_ERROR_FLAG + (EXT_ERROR_FLAG if kind == "external" else 0)
+            fault_rip = return_rip if insn_rip is None or kind != "software" else insn_rip
+            return self._escalate(first.fault_vector, error, fault_rip, (vector, first))
         except DeliveryError as first:
             if vector == DOUBLE_FAULT:
                 raise
@@ -161,9 +183,10 @@ class ExceptionDelivery:
         except NotModelled:
             raise
         except DeliveryError as second:
-            if cause is None and vector != DOUBLE_FAULT:      # the #GP of a denied int n failed too
-                return self._escalate(DOUBLE_FAULT, 0, return_rip, (vector, second))
             prefix = f"{vector_name(cause[0])}: {cause[1]}; then " if cause else ""
+            if vector != DOUBLE_FAULT:      # the #GP/#NP raised while delivering failed too: #DF
+                chained = DeliveryError(f"{prefix}{vector_name(vector)}: {second}") if cause else second
+                return self._escalate(DOUBLE_FAULT, 0, return_rip, (cause[0] if cause else vector, chained))
             raise DeliveryError(f"{prefix}{vector_name(vector)}: {second}") from None
 
     # -- one delivery attempt --------------------------------------------------------------------
@@ -189,7 +212,7 @@ class ExceptionDelivery:
         _, idt_base, idt_limit, _ = self.m.uc.reg_read(UC_X86_REG_IDTR)
         size = 16 if long_mode else 8
         if vector * size + size - 1 > idt_limit:
-            raise DeliveryError(f"IDT limit {idt_limit:#x} does not cover {vector_name(vector)}")
+            raise GateFault(f"IDT limit {idt_limit:#x} does not cover {vector_name(vector)}", GENERAL_PROTECTION)
         try:
             raw = self.m.vmem.read(idt_base + vector * size, size)
         except GuestMemoryError as exc:
@@ -206,9 +229,10 @@ class ExceptionDelivery:
         if not long_mode and gate_type in (GATE_INT16, GATE_TRAP16):
             raise NotModelled(f"16-bit gate for {vector_name(vector)}: 16-bit interrupt frames are not modelled")
         if gate_type not in (GATE_INT, GATE_TRAP):
-            raise DeliveryError(f"IDT gate for {vector_name(vector)} has type {gate_type:#x}, not an interrupt/trap gate")
+            raise GateFault(f"IDT gate for {vector_name(vector)} has type {gate_type:#x}, not an interrupt/trap gate",
+                            GENERAL_PROTECTION)
         if not attr & GATE_PRESENT:
-            raise DeliveryError(f"IDT gate for {vector_name(vector)} is not present")
+            raise GateFault(f"IDT gate for {vector_name(vector)} is not present", SEGMENT_NOT_PRESENT)
         return _Gate(handler, selector, gate_type, dpl, ist)
 
     def _descriptor(self, selector: int) -> SegmentCache:

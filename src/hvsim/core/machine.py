@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .config import MachineConfig
 
 CR4_OSXSAVE = 1 << 18
+MSR_IA32_TSC = 0x10     # read and written through the core: the TSC is guest time (clock.py)
 EFER_LMA = 1 << 10
 RFLAGS_VM = 1 << 17
 # MSRs the host itself reads or writes while the guest runs; intercepting them would kill the
@@ -110,6 +111,15 @@ class Machine:
         self.engine = EngineState(self.uc, calibrate())
         self.delivery = ExceptionDelivery(self)
         self.traps = TrapDispatcher(self)
+        self.add_core_msr(MSR_IA32_TSC, self.tsc, self._write_tsc)
+
+    def tsc(self) -> int:
+        """The guest's time-stamp counter: guest time in ns plus what a write to IA32_TSC set."""
+        return (self.clock.now() + self.native.control.tsc_offset) & 0xFFFF_FFFF_FFFF_FFFF
+
+    def _write_tsc(self, value: int) -> bool:
+        self.native.control.tsc_offset = (value - self.clock.now()) & 0xFFFF_FFFF_FFFF_FFFF
+        return True
 
     # -- registers -------------------------------------------------------------------------
     def reg(self, name: str) -> int:

@@ -39,6 +39,7 @@ class NativeControl(ctypes.Structure):
         ("ns_per_block", ctypes.c_uint64),
         ("skipped_ns", ctypes.c_uint64),
         ("tsc_reads", ctypes.c_uint64),
+        ("tsc_offset", ctypes.c_uint64),
     ]
 
 

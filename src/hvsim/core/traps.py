@@ -184,20 +184,25 @@ class TrapDispatcher:
         value = (uc.reg_read(UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | uc.reg_read(UC_X86_REG_RAX) & 0xFFFF_FFFF
         access = MsrAccess(index=index, write=write, value=value if write else 0, rip=rip)
         answer = m.pm.hook.hvsim_msr(machine=m, access=access)
-        if answer is None and index in m.core_msrs:
+        # An MSR of the core's own devices (the local APIC's, the TSC) is the machine's, not a call
+        # into the environment: it is answered without a Call event.
+        core = answer is None and index in m.core_msrs
+        if core:
             read, write_fn = m.core_msrs[index]
             answer = write_fn(value) if write else read()
         name = f"{'wrmsr' if write else 'rdmsr'} {index:#x}"
         args = {"index": index, "value": value} if write else {"index": index}
         if answer is None or answer is False or (not write and answer is True):
-            m.emit(Call(interface="msr", name=name, args=args, result="#GP", rip=rip))
+            if not core:
+                m.emit(Call(interface="msr", name=name, args=args, result="#GP", rip=rip))
             self.exception(GP, 0, rip)
             return
         if not write:
             value = int(answer) & 0xFFFF_FFFF_FFFF_FFFF
             uc.reg_write(UC_X86_REG_RAX, value & 0xFFFF_FFFF)
             uc.reg_write(UC_X86_REG_RDX, value >> 32)
-        m.emit(Call(interface="msr", name=name, args=args, result=None if write else value, rip=rip))
+        if not core:
+            m.emit(Call(interface="msr", name=name, args=args, result=None if write else value, rip=rip))
         if m.reg("rip") == rip:          # a plugin may have redirected the guest; otherwise step over
             m.set_rip(rip + 2)
 

@@ -7,17 +7,17 @@ The clock is deterministic: 2026-01-01 00:00:00 UTC plus guest time plus whateve
 
 from __future__ import annotations
 
-import calendar
 import datetime
 import struct
 
 from hvsim.abi import efi
+from hvsim.core.clock import WALLCLOCK_EPOCH_S
 from hvsim.core.events import Shutdown
 
 from . import tables
 from .calls import EfiError, service
 
-EPOCH = calendar.timegm((2026, 1, 1, 0, 0, 0))
+EPOCH = WALLCLOCK_EPOCH_S
 OPTIONAL_POINTER = 1
 
 

@@ -37,7 +37,6 @@ The xenstore ring is answered by ``hvsim.xen.XenStore`` (its docstring lists the
 from __future__ import annotations
 
 import struct
-import time
 
 from hvsim import Acceptance, Environment, InherentDifference, hookimpl
 from hvsim.abi import xen as x
@@ -46,7 +45,8 @@ from hvsim.core.cpu import EntryState, Segment
 from hvsim.core.errors import LoadError
 from hvsim.core.layout import MemoryRange, MemoryType
 from hvsim.xen import Continuation, HypercallError, XenHypervisor, XenStore
-from hvsim.xen.pvclock import HostTsc, host_tsc_hz, vcpu_time_info
+from hvsim.core.clock import TSC_HZ, WALLCLOCK_EPOCH_S
+from hvsim.xen.pvclock import vcpu_time_info
 
 from .builder import KERNEL_CS, KERNEL_SS, build_domain, build_xen_area
 from .cpu import PvCpu
@@ -201,11 +201,12 @@ def hvsim_setup(machine, image, config, options):
 
 def _init_shared_info(machine, xen: XenHypervisor, address: int, dom: DomainMemory) -> None:
     """shared_info as Xen's builder leaves it: every upcall masked, a valid pvclock for vCPU 0 (the
-    guest's rdtsc reads the host TSC), the wallclock of the host now, max_pfn."""
+    guest's rdtsc reads guest time, a 1 GHz TSC), the wallclock at guest time 0 (the machine's
+    fixed epoch, so runs are repeatable), max_pfn."""
     xen.place_shared_info(address)
-    hz = host_tsc_hz()
-    machine.memory.write(address + 32, vcpu_time_info(HostTsc().read(), 0, hz))
-    now = time.time_ns()
+    now_ns = machine.guest_ns()
+    machine.memory.write(address + 32, vcpu_time_info(now_ns, now_ns, TSC_HZ))
+    now = WALLCLOCK_EPOCH_S * 10**9
     machine.memory.write(address + SHARED_INFO_WC_VERSION, struct.pack("<IIII", 2, now // 10**9 & 0xFFFF_FFFF,
                                                                        now % 10**9, now // 10**9 >> 32))
     machine.memory.write_u64(address + SHARED_INFO_ARCH_MAX_PFN, dom.nr_pages)

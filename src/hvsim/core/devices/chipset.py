@@ -20,10 +20,10 @@ guests have).  The chipset is the machine's ``interrupt_source``.
 from __future__ import annotations
 
 import functools
-import time
 import traceback
 from typing import TYPE_CHECKING
 
+from ..clock import WALLCLOCK_EPOCH_S
 from ..result import StopReason
 from .ioapic import IoApic
 from .lapic import LocalApic
@@ -45,8 +45,6 @@ LVT_EXTINT, LVT_NMI = 0x700, 0x400                   # LVT delivery modes ExtINT
 ISA_IRQS = 16
 PIT_IRQ, PIT_GSI = 0, 2            # acpi.py's MADT interrupt source override
 COM1_IRQ, RTC_IRQ = 4, 8
-# The RTC's time at guest time 0: fixed, so runs are repeatable (2026-01-01T00:00:00Z).
-RTC_EPOCH = int(time.mktime((2026, 1, 1, 0, 0, 0, 0, 0, 0)) - time.timezone)
 
 
 def _mmio_guarded(machine: "Machine", what: str):
@@ -94,7 +92,7 @@ class PcChipset:
             self.isa_lines = [IrqLine(functools.partial(self._isa_irq, irq), name=f"IRQ{irq}") for irq in range(ISA_IRQS)]
             self._map(IOAPIC_BASE, self.ioapic, "I/O APIC")
             self.pit = Pit8254(machine.clock, irq0=self.isa_lines[PIT_IRQ])
-            self.rtc = CmosRtc(machine.clock, irq8=self.isa_lines[RTC_IRQ], start_time=RTC_EPOCH)
+            self.rtc = CmosRtc(machine.clock, irq8=self.isa_lines[RTC_IRQ], start_time=WALLCLOCK_EPOCH_S)
             for device in (self.pic, self.pit, self.rtc):
                 machine.ports.attach(device)
         machine.interrupt_source = self
