@@ -42,6 +42,18 @@ def test_clock_orders_events_cancels_and_sets_the_native_deadline():
     assert fired == ["a", "b"] and clock.next_deadline() is None and not clock.skip_to_next()
 
 
+def test_clock_advance_passes_idle_time_and_due_events_run_at_the_next_boundary():
+    control = FakeControl()
+    clock = GuestClock(control)
+    fired = []
+    clock.schedule(1_000, lambda: fired.append(clock.now()))
+    clock.advance(5_000)                              # a firmware Stall: no block executed
+    assert clock.now() == 5_000 and clock.skipped_ns == 5_000 and fired == []
+    assert control.deadline_blocks == 0               # due already: stop at the very next block
+    clock.run_due()
+    assert fired == [5_000] and control.deadline_blocks == (1 << 64) - 1
+
+
 RDTSC_LOOP = """
     rdtsc
     shl $32, %rdx
@@ -184,3 +196,107 @@ storm:
 def test_hlt_with_interrupts_on_and_nothing_scheduled_is_idle():
     result, _, _ = run_raw(LAPIC_SETUP + "sti\nhlt\n", map_bytes=4 << 30)
     assert result.stop.kind == "idle" and "no interrupt source" in result.stop.detail
+
+
+PIT_TICK_HANDLER = """
+tick:
+    push %rax
+    push %rdx
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    mov %rax, 0x80100(,%r12,8)
+    inc %r12
+    EOI_HERE
+    pop %rdx
+    pop %rax
+    iretq
+"""
+PIC_INIT = """
+    mov $0x11, %al; out %al, $0x20      /* ICW1: edge, cascade, ICW4 follows */
+    mov $0x20, %al; out %al, $0x21      /* ICW2: IRQ0-7 at vectors 0x20-0x27 */
+    mov $0x04, %al; out %al, $0x21      /* ICW3: slave on IR2 */
+    mov $0x01, %al; out %al, $0x21      /* ICW4: 8086 mode */
+    mov $0x11, %al; out %al, $0xa0
+    mov $0x28, %al; out %al, $0xa1
+    mov $0x02, %al; out %al, $0xa1
+    mov $0x01, %al; out %al, $0xa1
+    mov $0xff, %al; out %al, $0xa1      /* slave: all masked */
+"""
+PIT_1MS_PERIODIC = """
+    mov $0x34, %al; out %al, $0x43      /* counter 0, LSB then MSB, mode 2 */
+    mov $1193, %ax                      /* 1193 / 1.193182 MHz = 999.847 us */
+    out %al, $0x40
+    mov %ah, %al
+    out %al, $0x40
+    sti
+1:  hlt
+    cmp $10, %r12
+    jb 1b
+    cli
+    hlt
+"""
+PIT_PERIOD_NS = 1193 * 10**9 / 1_193_182
+
+
+def assert_pit_ticks(m, count=10):
+    ticks = [u64(m, DATA + 0x100 + 8 * i) for i in range(count)]
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    assert all(abs(gap - PIT_PERIOD_NS) <= 20 for gap in gaps[1:]), gaps
+
+
+def test_pit_channel0_ticks_through_the_8259_and_the_apic_virtual_wire():
+    # What the BIOS leaves: LINT0 passes the 8259's INTR to the CPU as ExtINT.
+    source = "xor %r12, %r12\n" + PIC_INIT + """
+    mov $0xfe, %al; out %al, $0x21      /* master: only IRQ0 */
+""" + PIT_1MS_PERIODIC + PIT_TICK_HANDLER.replace("EOI_HERE", "mov $0x20, %al\n    out %al, $0x20")
+    result, m, _ = run_raw(source, gates={0x20: "tick"})
+    assert result.stop.kind == "halt", result.stop
+    assert result.stats.interrupts.get("0x20", 0) >= 10
+    assert_pit_ticks(m)
+
+
+def test_pit_channel0_ticks_through_the_io_apic_on_gsi2():
+    # The MADT's interrupt source override: ISA IRQ0 arrives on I/O APIC pin 2.
+    source = "xor %r12, %r12\n" + PIC_INIT + f"""
+    mov $0xff, %al; out %al, $0x21      /* master: all masked, the I/O APIC routes the PIT */
+    mov $0xfec00000, %rcx
+    movl $0x14, (%rcx)                  /* IOREGSEL: redirection entry 2, low dword */
+    movl $0x30, 0x10(%rcx)              /* IOWIN: vector 0x30, fixed, edge, unmasked */
+    movl $0x15, (%rcx)
+    movl $0, 0x10(%rcx)                 /* destination APIC 0 */
+    mov ${LAPIC:#x}, %rbx
+""" + PIT_1MS_PERIODIC + PIT_TICK_HANDLER.replace("EOI_HERE", f"movl $0, {EOI:#x}(%rbx)")
+    result, m, _ = run_raw(source, map_bytes=4 << 30, gates={0x30: "tick"})
+    assert result.stop.kind == "halt", result.stop
+    assert result.stats.interrupts.get("0x30", 0) >= 10 and "0x20" not in result.stats.interrupts
+    assert_pit_ticks(m)
+
+
+def test_pit_channel2_out2_in_port_0x61_rises_after_the_programmed_count():
+    # The way Linux's pit_calibrate_tsc waits: counter 2 in mode 0, gate from port 0x61, poll OUT2.
+    source = """
+    mov $0x01, %al; out %al, $0x61      /* gate 2 on, speaker off */
+    mov $0xb0, %al; out %al, $0x43      /* counter 2, LSB then MSB, mode 0 */
+    mov $11932, %ax                     /* 10.000 ms */
+    out %al, $0x42
+    mov %ah, %al
+    out %al, $0x42
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    mov %rax, %r8
+1:  in $0x61, %al
+    test $0x20, %al
+    jz 1b
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    sub %r8, %rax
+    mov %rax, 0x80000
+    cli
+    hlt
+"""
+    result, m, _ = run_raw(source)
+    assert result.stop.kind == "halt", result.stop
+    assert abs(u64(m, DATA) - 11932 * 10**9 / 1_193_182) <= 100
