@@ -34,6 +34,7 @@ from unicorn import UcError
 
 from .disasm import disassemble_one
 from .errors import GuestMemoryError
+from .events import Fault
 from .exceptions import DeliveryError, NotModelled, vector_name
 from .native import STOPPED_BY_DEADLINE, STOPPED_BY_IF_WINDOW, STOPPED_BY_INSN_LIMIT, STOPPED_BY_REQUEST
 from .plugin_types import Trap
@@ -100,7 +101,7 @@ class RunLoop:
                     self._classify_stop(rip)
                 if m.stop_reason is None:
                     m.clock.run_due()
-                    self._deliver_interrupt(rip)
+                    self._deliver_interrupt()
                     rip = m.reg("rip")
         finally:
             if timer:
@@ -147,7 +148,7 @@ class RunLoop:
             if m.clock.now() - started > MAX_IDLE_NS or not m.clock.skip_to_next():
                 return False
 
-    def _deliver_interrupt(self, rip: int) -> None:
+    def _deliver_interrupt(self) -> None:
         """Deliver the interrupt the CPU's interrupt input offers, if the guest can take it now;
         otherwise make the native hook stop when it can."""
         m = self.m
@@ -166,8 +167,9 @@ class RunLoop:
         vector = source.acknowledge()
         if vector is None:
             return
+        rip = m.reg("rip")
         try:
-            m.delivery.deliver(vector, None, rip, kind="external")
+            delivered = m.delivery.deliver(vector, None, rip, kind="external")
         except NotModelled as exc:
             m.stop(StopReason("unhandled-trap", detail=f"interrupt {vector_name(vector)} at {rip:#x}: {exc}"))
             return
@@ -176,6 +178,10 @@ class RunLoop:
             return
         m.interrupts_delivered += 1
         m.interrupt_counts[vector] = m.interrupt_counts.get(vector, 0) + 1
+        if delivered.vector != vector:     # the IDT refused the interrupt: the fault it raised went in
+            m.faults_delivered += 1
+            m.emit(Fault(vector=delivered.vector, name=vector_name(delivered.vector), rip=rip,
+                         error_code=delivered.error_code, cr2=None, detail=f"delivering interrupt {vector:#x}"))
         if source.interrupt_pending():
             control.want_if = 1
 
