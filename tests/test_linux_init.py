@@ -1,5 +1,5 @@
 """Debian's Linux 6.1 boots to hvsim's own /init (``--init``) and powers off, under bare_metal (the ELF
-vmlinux and the bzImage), efi (the PE entry and the handover entry) and kvm_pvh: /init prints what
+vmlinux and the bzImage), efi (the PE entry; the handover entry is in test_linux_efi.py) and kvm_pvh: /init prints what
 userspace sees, and the matrix compares it across entries.  Two runs of the same kernel and config
 print byte-identical consoles, printk timestamps included.
 
@@ -86,17 +86,6 @@ def test_vmlinux_under_kvm_pvh_reaches_init(vmlinux):
     assert report is not None, console[-3000:]
     assert report["cmdline"] == CMDLINE and report["pid"] == 1
     assert report["hypervisor"] == ""                    # no /sys/hypervisor: KVM guests have none
-
-
-def test_efi_handover_entry_reaches_init():
-    config = MachineConfig(memory="512M", cmdline=CMDLINE, timeout=300, initrd=init_cpio_path())
-    result = Run("efi", debian_vmlinuz(), config, options={"entry": "handover"}).execute()
-    assert result.stop.kind == "poweroff", (result.stop, result.console()[-2000:])
-    report = parse_userspace_report(result.console("serial0"))
-    assert report is not None
-    assert_pc_userspace(report)
-    assert report["efi"] is not False                     # /sys/firmware/efi exists under an EFI boot
-    assert result.extra["efi"]["boot_services_exited"]
 
 
 def test_matrix_of_the_bzimage_compares_what_userspace_saw_under_each_entry():
