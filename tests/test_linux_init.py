@@ -101,3 +101,24 @@ def test_matrix_of_the_bzimage_compares_what_userspace_saw_under_each_entry():
     assert columns["efi"]["semantics"]["userspace_efi"].startswith("yes")
     fields = {d.field for d in matrix.differences if d.environment == "efi"}
     assert "userspace_efi" in fields
+
+
+def test_coverage_of_the_whole_boot_to_init_names_what_one_entry_runs(vmlinux, tmp_path):
+    system_map = debian_vmlinuz().parent / "System.map"
+    if not system_map.is_file():
+        pytest.fail(f"{system_map} is missing: scripts/fetch-linux keeps it next to the vmlinuz")
+    out = tmp_path / "coverage.json"
+    done = subprocess.run([sys.executable, "-m", "hvsim", "coverage", str(vmlinux), "--init", "--envs",
+                           "bare_metal,kvm_pvh", "--system-map", str(system_map), "--cmdline", CMDLINE,
+                           "--timeout", "300", "--jobs", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import json
+    coverage = json.loads(out.read_text())
+    for env in ("bare_metal", "kvm_pvh"):
+        assert coverage["columns"][env]["ok"], coverage["columns"][env]
+    # both entries reach userspace: the path to /init is common, late boot included
+    assert {"start_kernel", "kernel_init", "run_init_process", "acpi_power_off"} <= set(coverage["every"])
+    # what one entry alone runs, from the first instruction to poweroff
+    assert "kvmclock_init" in coverage["only"]["kvm_pvh"]            # KVM's paravirtual clock
+    assert "x86_default_get_root_pointer" in coverage["only"]["bare_metal"]

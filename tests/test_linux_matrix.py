@@ -75,7 +75,7 @@ def test_coverage_names_the_functions_only_one_entry_runs(coverage, env):
 def test_matrix_shows_what_linux_printed_under_every_environment(vmlinuz, tmp_path, capsys):
     envs = installed(IN_TREE)
     out = tmp_path / "matrix.json"
-    status = main(["matrix", str(vmlinuz), "--envs", ",".join(envs), "--cmdline", CMDLINE, "--timeout", "120",
+    status = main(["matrix", str(vmlinuz), "--envs", ",".join(envs), "--cmdline", CMDLINE, "--timeout", "300",
                    "--json", str(out)])
     table = capsys.readouterr().out
     data = json.loads(out.read_text())

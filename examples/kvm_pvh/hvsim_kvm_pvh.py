@@ -91,6 +91,10 @@ def hvsim_inherent_differences(env):
         InherentDifference("module_addresses", "the PVH loader puts modules right after the kernel"),
         InherentDifference("hypervisor", "KVM announces itself at CPUID 0x40000000 (KVMKVMKVM)"),
         InherentDifference("calls", "a KVM guest may use kvmclock MSRs and KVM hypercalls"),
+        InherentDifference("clocksource", "KVM offers kvm-clock, which Linux prefers to the TSC"),
+        InherentDifference("clocksources", "KVM offers kvm-clock beside the TSC"),
+        InherentDifference("userspace_cpu_flags", "a KVM guest sees the hypervisor bit and a known TSC frequency"),
+        InherentDifference("userspace_boot_params", "Linux's PVH entry fills boot_params itself (protocol 2.12)"),
     ]
 
 

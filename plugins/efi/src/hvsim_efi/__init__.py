@@ -66,6 +66,14 @@ def hvsim_inherent_differences(env):
         InherentDifference("console_channels", "an EFI application writes through ConOut before it owns the UART"),
         InherentDifference("stop_detail", "an EFI application powers off through ResetSystem"),
         InherentDifference("calls", "an EFI application calls boot and runtime services"),
+        InherentDifference("userspace_memmap", "the firmware keeps its runtime services memory reserved "
+                                               "(/sys/firmware/memmap is the map the kernel got)"),
+        InherentDifference("userspace_iomem", "the firmware keeps its runtime services memory reserved"),
+        InherentDifference("userspace_efi", "an EFI boot leaves /sys/firmware/efi and its runtime services"),
+        InherentDifference("userspace_dmi", "the firmware publishes SMBIOS tables, which Linux shows in "
+                                            "/sys/firmware/dmi"),
+        InherentDifference("userspace_boot_params", "the EFI stub builds boot_params itself (no setup header "
+                                                    "version from a boot loader)"),
     ]
 
 
