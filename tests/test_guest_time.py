@@ -300,3 +300,27 @@ def test_pit_channel2_out2_in_port_0x61_rises_after_the_programmed_count():
     result, m, _ = run_raw(source)
     assert result.stop.kind == "halt", result.stop
     assert abs(u64(m, DATA) - 11932 * 10**9 / 1_193_182) <= 100
+
+
+def test_a_guest_that_disables_its_local_apic_reads_nothing_there_and_takes_8259_interrupts_directly():
+    # IA32_APIC_BASE bit 11 clear: the APIC's window is empty (all ones) and the 8259's INTR is the
+    # CPU's interrupt pin (SDM vol. 3, 11.4.3).
+    source = f"""
+    xor %r12, %r12
+    mov $0x1b, %ecx
+    rdmsr
+    mov %eax, 0x80010                   /* the APIC base as the BIOS left it */
+    and $~0x800, %eax
+    wrmsr
+    mov ${LAPIC:#x}, %rbx
+    mov 0x30(%rbx), %eax                /* the version register: nothing answers */
+    mov %eax, 0x80018
+""" + PIC_INIT + """
+    mov $0xfe, %al; out %al, $0x21
+""" + PIT_1MS_PERIODIC + PIT_TICK_HANDLER.replace("EOI_HERE", "mov $0x20, %al\n    out %al, $0x20")
+    result, m, _ = run_raw(source, map_bytes=4 << 30, gates={0x20: "tick"})
+    assert result.stop.kind == "halt", result.stop
+    assert m.memory.read_u32(DATA + 0x10) == 0xFEE00900            # enabled, BSP, at 0xfee00000
+    assert m.memory.read_u32(DATA + 0x18) == 0xFFFFFFFF
+    assert result.stats.interrupts.get("0x20", 0) >= 10
+    assert_pit_ticks(m)
