@@ -1,0 +1,101 @@
+"""Hostile images and hostile guests (issue 14): each defect the audit found, driven as a user would
+(the CLI in a child process, or the API with a small EFI app), ends as a clear refusal, a
+guest-visible error or a recorded stop, never a host error."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from hvsim import MachineConfig
+from hvsim.abi import efi
+
+from efi_apps import BS, IMAGE_HANDLE, TEXT_RVA, assemble_app, bs, build_pe, efi_app, scratch, script
+
+HVSIM = [sys.executable, "-m", "hvsim.cli"]
+NOT_RAM = 0x7000_0000_0000            # an ImageBase no RAM backs: the loader must relocate
+
+
+def hvsim(*args, cwd=None, timeout=60):
+    env = {k: v for k, v in os.environ.items() if k != "HVSIM_DEBUG"}
+    done = subprocess.run([*HVSIM, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def odd_reloc_app() -> bytes:
+    """A relocatable app whose second relocation block has SizeOfBlock 9 (a half entry)."""
+    code, _ = assemble_app("xor %eax, %eax\njmp done")
+    blob = struct.pack("<IIHH", 0x1000, 12, 0, 0) + struct.pack("<IIB", 0x1000, 9, 0) + bytes(3)
+    return build_pe([(".text", TEXT_RVA, code, len(code)), (".reloc", 0x2000, blob, len(blob))],
+                    image_base=NOT_RAM, reloc=(0x2000, len(blob)))
+
+
+# -- item 5: loaders -----------------------------------------------------------------------------------
+def test_an_odd_relocation_block_size_is_a_refusal_on_the_command_line(tmp_path):
+    path = tmp_path / "odd.efi"
+    path.write_bytes(odd_reloc_app())
+    done = hvsim("run", "--env", "efi", path, "--json", tmp_path / "r.json")
+    assert done.returncode == 3, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "SizeOfBlock 0x9" in done.stderr and "internal error" not in done.stderr
+
+
+def test_an_odd_relocation_block_size_through_load_image_is_efi_load_error():
+    child = odd_reloc_app()
+    prepared, result, traced, _ = script([
+        (BS, bs("LoadImage"), 0, IMAGE_HANDLE, 0, scratch(0x100), len(child), scratch(0)),
+    ], data=bytes(0x100) + child)
+    assert result.stop.kind == "poweroff", result.stop
+    assert traced[0].result == "EFI_LOAD_ERROR"
+    assert "SizeOfBlock" in traced[0].args["error"]
+
+
+def _peak_rss_of_run(tmp_path, app: bytes, *args) -> tuple[int, int]:
+    """Exit status and peak RSS (KiB) of ``hvsim run --env efi`` in a child process."""
+    path = tmp_path / "app.efi"
+    path.write_bytes(app)
+    probe = textwrap.dedent(f"""
+        import resource, subprocess, sys
+        done = subprocess.run({[*HVSIM, "run", "--env", "efi", str(path), *args]!r}, capture_output=True)
+        print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120).stdout
+    status, rss = out.split()
+    return int(status), int(rss)
+
+
+def test_a_huge_size_of_image_is_built_once_in_guest_memory(tmp_path):
+    """160 MiB of SizeOfImage from a tiny file: the guest pages are touched once, no host copy of
+    the image is made (it was built in Python, then copied: twice the size in host memory)."""
+    app = efi_app("xor %eax, %eax\njmp done", size_of_image=160 << 20)
+    small_status, small_rss = _peak_rss_of_run(tmp_path, efi_app("xor %eax, %eax\njmp done"))
+    status, rss = _peak_rss_of_run(tmp_path, app)
+    assert small_status == status == 0
+    assert rss - small_rss < 200 << 10, (small_rss, rss)     # 160 MiB of guest pages, not 320+
+
+
+def test_a_size_of_image_beyond_ram_is_refused_before_anything_is_allocated(tmp_path):
+    app = efi_app("xor %eax, %eax\njmp done", size_of_image=3 << 30)
+    status, rss = _peak_rss_of_run(tmp_path, app, "--memory", "256M")
+    assert status == 4
+    assert rss < 200 << 10
+
+
+def test_load_image_refuses_with_out_of_resources_beyond_the_loaded_image_limit():
+    from hvsim_efi.images import MAX_LOADED_IMAGES
+
+    child = efi_app("xor %eax, %eax\njmp done")
+    calls = [(BS, bs("LoadImage"), 0, IMAGE_HANDLE, 0, scratch(0x100), len(child), scratch(0))] * MAX_LOADED_IMAGES
+    prepared, result, traced, _ = script(calls, data=bytes(0x100) + child)
+    assert result.stop.kind == "poweroff", result.stop
+    statuses = [c.result for c in traced if c.name == "BS.LoadImage"]
+    assert statuses[:MAX_LOADED_IMAGES - 1] == ["EFI_SUCCESS"] * (MAX_LOADED_IMAGES - 1)
+    assert statuses[-1] == "EFI_OUT_OF_RESOURCES"
+    assert len(prepared.machine.plugin_state["efi"].images) == MAX_LOADED_IMAGES
