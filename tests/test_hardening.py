@@ -4,11 +4,14 @@ guest-visible error or a recorded stop, never a host error."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import struct
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -99,3 +102,44 @@ def test_load_image_refuses_with_out_of_resources_beyond_the_loaded_image_limit(
     assert statuses[:MAX_LOADED_IMAGES - 1] == ["EFI_SUCCESS"] * (MAX_LOADED_IMAGES - 1)
     assert statuses[-1] == "EFI_OUT_OF_RESOURCES"
     assert len(prepared.machine.plugin_state["efi"].images) == MAX_LOADED_IMAGES
+
+
+# -- item 6: results never lost ------------------------------------------------------------------------
+def spinning_guest(tmp_path):
+    from guests import PRINT_THEN_SPIN, elf_guest
+
+    path = tmp_path / "spin.elf"
+    path.write_bytes(elf_guest(PRINT_THEN_SPIN))
+    return path
+
+
+def test_an_unwritable_json_path_is_a_usage_error_before_the_guest_runs(tmp_path):
+    started = time.monotonic()
+    done = hvsim("run", "--env", "bare_metal", spinning_guest(tmp_path), "--timeout", "20",
+                 "--json", tmp_path / "no" / "such" / "dir.json")
+    assert done.returncode == 2
+    assert time.monotonic() - started < 10           # not after the 20 s the guest would spin
+    assert done.stdout == ""                         # the guest never ran
+    assert "--json" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGTERM,), (signal.SIGINT, signal.SIGINT)],
+                         ids=["sigterm", "two-sigint"])
+def test_a_stop_signal_still_writes_the_json_and_the_stop_line(tmp_path, signals):
+    env = {k: v for k, v in os.environ.items() if k != "HVSIM_DEBUG"}
+    process = subprocess.Popen([*HVSIM, "run", "--env", "bare_metal", str(spinning_guest(tmp_path)),
+                                "--timeout", "20", "--json", "run.json"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert process.stdout.readline() == b"go\n"
+        time.sleep(0.3)
+        for signum in signals:
+            process.send_signal(signum)
+        _, stderr = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        pytest.fail("the signal did not stop the run")
+    assert process.returncode == 130, stderr
+    assert json.loads((tmp_path / "run.json").read_text())["stop"]["kind"] == "interrupted"
+    assert b"hvsim: bare_metal: interrupted" in stderr
