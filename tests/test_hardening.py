@@ -143,3 +143,37 @@ def test_a_stop_signal_still_writes_the_json_and_the_stop_line(tmp_path, signals
     assert process.returncode == 130, stderr
     assert json.loads((tmp_path / "run.json").read_text())["stop"]["kind"] == "interrupted"
     assert b"hvsim: bare_metal: interrupted" in stderr
+
+
+# -- item 2: non-canonical guest pointers --------------------------------------------------------------
+NON_CANONICAL = 1 << 63
+
+
+def test_efi_copy_mem_to_a_non_canonical_address_is_invalid_parameter_and_writes_nothing():
+    prepared, result, traced, _ = script([
+        (BS, bs("CopyMem"), NON_CANONICAL, scratch(0), 16),
+    ], data=b"S" * 16)
+    assert result.stop.kind == "poweroff", result.stop
+    assert traced[0].result == "EFI_INVALID_PARAMETER"
+    assert "non-canonical" in traced[0].args["error"]
+    assert prepared.machine.memory.read(0, 16) != b"S" * 16
+
+
+def test_efi_allocate_pages_with_a_non_canonical_output_pointer_allocates_nothing():
+    prepared, result, traced, _ = script([
+        (BS, bs("AllocatePages"), efi.ALLOCATE_ANY_PAGES, efi.LOADER_DATA, 1, NON_CANONICAL),
+    ])
+    assert result.stop.kind == "poweroff", result.stop
+    assert traced[0].result == "EFI_INVALID_PARAMETER"
+    assert "address" not in traced[0].args
+
+
+def test_xen_pv_console_io_from_a_non_canonical_buffer_is_efault():
+    from hvsim.abi import xen as x
+    from test_xen_pv_bad_input import DONE, assert_finished, calls, hypercall, result_at, run_pv
+
+    result, m, symbols = run_pv(hypercall(18, x.CONSOLEIO_WRITE, 4, NON_CANONICAL, store=0) + DONE, dom0=True)
+    assert_finished(result, m, symbols)
+    assert result_at(m, symbols, 0) == -x.EFAULT
+    [event] = calls(m, "console_io.write")
+    assert "non-canonical" in event.args["fault"]

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 PAGE_SIZE = 0x1000
 _ADDR_MASK = 0x000F_FFFF_FFFF_F000
+# 4-level paging translates 48-bit linear addresses; bits 63:47 must all equal bit 47 (canonical),
+# else the access is #GP(0) (SDM vol. 1 §3.3.7.1).  5-level paging (CR4.LA57) is not modelled.
+LINEAR_ADDRESS_BITS = 48
 
 
 class GuestMemory:
@@ -122,11 +125,19 @@ class GuestMemory:
         self.write(address, record.pack())
 
 
+def is_canonical(vaddr: int) -> bool:
+    """``vaddr`` (an unsigned 64-bit value) has bits 63:47 all equal."""
+    top = (vaddr & 0xFFFF_FFFF_FFFF_FFFF) >> (LINEAR_ADDRESS_BITS - 1)
+    return top == 0 or top == (1 << (65 - LINEAR_ADDRESS_BITS)) - 1
+
+
 class VirtualMemory:
     """Guest-virtual access through the page tables the guest has live now (CR0/CR3/CR4/EFER).
 
     Handles paging off, 2-level 32-bit (4 MiB pages with PSE), 3-level PAE and 4-level long mode with
-    2 MiB and 1 GiB pages.  A non-present entry raises ``GuestMemoryError`` naming the virtual address.
+    2 MiB and 1 GiB pages.  A non-present entry raises ``GuestMemoryError`` naming the virtual address,
+    and so does, in long mode, a non-canonical address (the CPU's #GP(0)): its upper bits are never
+    dropped, so it cannot alias low memory.  Permissions (R/W, U/S, NX) are not checked.
     """
 
     def __init__(self, uc: "Uc", physical: GuestMemory):
@@ -144,6 +155,8 @@ class VirtualMemory:
         if not cr0 & (1 << 31):
             return vaddr & 0xFFFF_FFFF if not efer & (1 << 10) else vaddr
         if efer & (1 << 10):                      # long mode: 4-level
+            if not is_canonical(vaddr):
+                raise GuestMemoryError(vaddr, 1, "non-canonical address (#GP in long mode)")
             return self._walk(vaddr, cr3 & _ADDR_MASK, ((39, 8), (30, 8), (21, 8), (12, 8)), (30, 21))
         if cr4 & (1 << 5):                        # PAE: PDPT of 4 entries
             vaddr &= 0xFFFF_FFFF

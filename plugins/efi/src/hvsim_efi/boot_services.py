@@ -47,7 +47,8 @@ def restore_tpl(ctx):
 def allocate_pages(ctx):
     out = ctx.pointer("Memory")
     a = ctx.args
-    address = ctx.read_u64(out) if a["Type"] in (efi.ALLOCATE_MAX_ADDRESS, efi.ALLOCATE_ADDRESS) else 0
+    given = ctx.read_u64(out)          # a Memory pointer the caller cannot reach fails before allocating
+    address = given if a["Type"] in (efi.ALLOCATE_MAX_ADDRESS, efi.ALLOCATE_ADDRESS) else 0
     start = ctx.fw.map.allocate(a["Type"], a["MemoryType"], a["Pages"], address)
     ctx.write_u64(out, start)
     ctx.record["address"] = start
