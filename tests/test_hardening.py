@@ -177,3 +177,38 @@ def test_xen_pv_console_io_from_a_non_canonical_buffer_is_efault():
     assert result_at(m, symbols, 0) == -x.EFAULT
     [event] = calls(m, "console_io.write")
     assert "non-canonical" in event.args["fault"]
+
+
+# -- item 3: stale code after host writes --------------------------------------------------------------
+@pytest.mark.parametrize("same_page", [True, False], ids=["caller-page", "own-page"])
+def test_code_copied_by_copy_mem_over_a_function_that_ran_is_what_runs_next(same_page):
+    body = f"""
+    call f
+    cmp $1, %rax
+    jne bad
+    mov ST_BS(%rbx), %rax
+    lea f(%rip), %rcx
+    lea g(%rip), %rdx
+    mov $8, %r8
+    call *{bs("CopyMem")}(%rax)
+    call f
+    cmp $2, %rax
+    jne bad
+    xor %eax, %eax
+    jmp done
+bad:
+    mov $0x8000000000000001, %rax       # EFI_LOAD_ERROR: the old f ran again
+    jmp done
+    {".balign 4096" if not same_page else ""}
+f:  mov $1, %eax
+    ret
+    .balign 8
+g:  mov $2, %eax
+    ret
+"""
+    prepared, result = None, None
+    from hvsim.api import Run
+
+    prepared = Run("efi", efi_app(body), MachineConfig())
+    result = prepared.execute()
+    assert "EFI_SUCCESS" in result.stop.describe(), result.stop

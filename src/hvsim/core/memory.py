@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from unicorn import UcError
 from unicorn.x86_const import (
@@ -39,6 +39,9 @@ class GuestMemory:
         self._uc = uc
         self._regions = sorted(regions)
         self._starts = [start for start, _ in self._regions]
+        # Called as ``after_write(address, size)`` after every write: the machine drops the
+        # engine's translations of code in the range (the engine does not see host stores).
+        self.after_write: Callable[[int, int], None] | None = None
 
     def add_region(self, start: int, size: int) -> None:
         """Make an engine-mapped range (``Machine.add_private_memory``) reachable through this accessor."""
@@ -72,6 +75,8 @@ class GuestMemory:
         self.check(address, len(data))
         if data:
             self._uc.mem_write(address, bytes(data))
+            if self.after_write is not None:
+                self.after_write(address, len(data))
 
     def fill(self, address: int, size: int, byte: int = 0) -> None:
         self.check(address, size)
@@ -81,6 +86,8 @@ class GuestMemory:
             n = min(len(chunk), size - done)
             self._uc.mem_write(address + done, chunk[:n])
             done += n
+        if size and self.after_write is not None:
+            self.after_write(address, size)
 
     def read_u8(self, address: int) -> int:
         return self.read(address, 1)[0]
@@ -168,6 +175,37 @@ class VirtualMemory:
             return (pde & 0xFFC0_0000) | (vaddr & 0x3F_FFFF)
         pte = self._read_entry((pde & 0xFFFF_F000) + ((vaddr >> 12) & 0x3FF) * 4, vaddr, 4)
         return (pte & 0xFFFF_F000) | (vaddr & 0xFFF)
+
+    def fetch_translation(self, vaddr: int, cpl: int) -> tuple[int, int] | None:
+        """Where a code fetch at ``vaddr`` from privilege level ``cpl`` would read, as (physical
+        address, bytes left in that translation's page), or None if the fetch would fault: not
+        present, non-canonical, execute-disabled (NX with EFER.NXE), a supervisor page from ring
+        3, or a user page from rings 0-2 under CR4.SMEP.  Long mode and paging off only (None
+        for legacy paging)."""
+        uc = self._uc
+        cr0, cr4, efer = uc.reg_read(UC_X86_REG_CR0), uc.reg_read(UC_X86_REG_CR4), uc.msr_read(MSR_EFER)
+        if not cr0 & (1 << 31):
+            return vaddr, PAGE_SIZE - vaddr % PAGE_SIZE
+        if not efer & (1 << 10) or not is_canonical(vaddr):
+            return None
+        table = uc.reg_read(UC_X86_REG_CR3) & _ADDR_MASK
+        user, nx = True, False
+        for shift in (39, 30, 21, 12):
+            try:
+                entry = self._phys.read_u64(table + ((vaddr >> shift) & 0x1FF) * 8)
+            except GuestMemoryError:
+                return None
+            if not entry & 1:
+                return None
+            user = user and bool(entry & 4)
+            nx = nx or bool(entry >> 63)
+            if shift == 12 or (shift in (30, 21) and entry & 0x80):
+                break
+            table = entry & _ADDR_MASK
+        if (nx and efer & (1 << 11)) or (cpl == 3 and not user) or (cpl < 3 and user and cr4 & (1 << 20)):
+            return None
+        mask = (1 << shift) - 1
+        return (entry & _ADDR_MASK & ~mask) | (vaddr & mask), (1 << shift) - (vaddr & mask)
 
     def _read_entry(self, paddr: int, vaddr: int, size: int) -> int:
         try:

@@ -55,7 +55,6 @@ def load(fw, layout: pe_loader.PeLayout, *, parent: int, options: bytes, path_na
     except GuestMemoryError as exc:
         fw.map.convert(base, base + pages * PAGE, efi.CONVENTIONAL_MEMORY)
         raise EfiError(efi.LOAD_ERROR, f"{layout.name}: {exc}") from None
-    fw.m.uc.ctl_flush_tb()      # the engine does not see host stores to code it translated
     options_at = fw.put(efi.BOOT_SERVICES_DATA, options, 8) if options else 0
     path = fw.put(efi.BOOT_SERVICES_DATA, file_path(path_name) + efi.END_DEVICE_PATH, 8)
     full_path = fw.put(efi.BOOT_SERVICES_DATA, fw.boot_device_path[:-4] + file_path(path_name) + efi.END_DEVICE_PATH, 8)
