@@ -212,3 +212,40 @@ g:  mov $2, %eax
     prepared = Run("efi", efi_app(body), MachineConfig())
     result = prepared.execute()
     assert "EFI_SUCCESS" in result.stop.describe(), result.stop
+
+
+# -- item 4: long host-side work -----------------------------------------------------------------------
+GIB = 1 << 30
+
+
+@pytest.mark.parametrize("call", [
+    f"mov $0x1000000, %rcx\n    mov ${GIB:#x}, %rdx\n    mov $0x5a, %r8\n    call *{bs('SetMem')}(%rax)",
+    f"mov $0x1000000, %rcx\n    mov $0x30000000, %rdx\n    mov $0x20000000, %r8\n    call *{bs('CopyMem')}(%rax)",
+    f"mov $0x1000000, %rcx\n    mov ${GIB:#x}, %rdx\n    lea crc(%rip), %r8\n    call *{bs('CalculateCrc32')}(%rax)",
+], ids=["SetMem", "CopyMem", "CalculateCrc32"])
+def test_a_gib_sized_service_in_a_loop_stops_at_the_wall_clock_budget(call):
+    """The app repeats a service over ~1 GiB of its RAM forever; the 0.5 s budget ends the run
+    within 0.2 s of the deadline (one service used to run 10-13 s inside one hook)."""
+    from hvsim.api import Run
+
+    body = f"""
+again:
+    mov ST_BS(%rbx), %rax
+    {call}
+    jmp again
+    .balign 8
+crc: .quad 0
+"""
+    result = Run("efi", efi_app(body), MachineConfig(memory="2G", timeout=0.5)).execute()
+    assert result.stop.kind == "timeout", result.stop
+    assert result.stats.wall_seconds < 0.7
+
+
+def test_set_mem_over_a_range_partly_outside_ram_writes_nothing():
+    size = (512 << 20) + 0x1000          # from the scratch area to beyond the end of 512 MiB of RAM
+    prepared, result, traced, symbols = script([
+        (BS, bs("SetMem"), scratch(0), size, 0x5A),
+    ], data=b"K" * 16)
+    assert result.stop.kind == "poweroff", result.stop
+    assert traced[0].result == "EFI_INVALID_PARAMETER"
+    assert prepared.machine.memory.read(symbols["scratch"], 16) == b"K" * 16

@@ -113,6 +113,10 @@ class Machine:
         self.traps = TrapDispatcher(self)
         self.add_core_msr(MSR_IA32_TSC, self.tsc, self._write_tsc)
         self.memory.after_write = self._forget_code
+        # Set (from any thread) when the run is interrupted or its wall-clock budget is spent:
+        # long host-side work (a 1 GiB SetMem, a batch of hypercalls) checks it between chunks
+        # and gives up, so the run stops within a chunk's time.
+        self.run_ending = False
 
     def tsc(self) -> int:
         """The guest's time-stamp counter: guest time in ns plus what a write to IA32_TSC set."""

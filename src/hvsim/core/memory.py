@@ -176,7 +176,18 @@ class VirtualMemory:
         pte = self._read_entry((pde & 0xFFFF_F000) + ((vaddr >> 12) & 0x3FF) * 4, vaddr, 4)
         return (pte & 0xFFFF_F000) | (vaddr & 0xFFF)
 
-    def fetch_translation(self, vaddr: int, cpl: int) -> tuple[int, int] | None:
+    def translate_extent(self, vaddr: int) -> tuple[int, int]:
+        """``translate`` and the bytes from ``vaddr`` to the end of its translation's page (a 4 KiB,
+        2 MiB or 1 GiB page, or the rest of a 4 KiB page when paging is off or not 4-level)."""
+        pa = self.translate(vaddr)
+        uc = self._uc
+        if uc.reg_read(UC_X86_REG_CR0) & (1 << 31) and uc.msr_read(MSR_EFER) & (1 << 10):
+            found = self.fetch_translation(vaddr, 0, permissions=False)
+            if found is not None and found[0] == pa:
+                return pa, found[1]
+        return pa, PAGE_SIZE - vaddr % PAGE_SIZE
+
+    def fetch_translation(self, vaddr: int, cpl: int, permissions: bool = True) -> tuple[int, int] | None:
         """Where a code fetch at ``vaddr`` from privilege level ``cpl`` would read, as (physical
         address, bytes left in that translation's page), or None if the fetch would fault: not
         present, non-canonical, execute-disabled (NX with EFER.NXE), a supervisor page from ring
@@ -202,7 +213,8 @@ class VirtualMemory:
             if shift == 12 or (shift in (30, 21) and entry & 0x80):
                 break
             table = entry & _ADDR_MASK
-        if (nx and efer & (1 << 11)) or (cpl == 3 and not user) or (cpl < 3 and user and cr4 & (1 << 20)):
+        if permissions and ((nx and efer & (1 << 11)) or (cpl == 3 and not user)
+                            or (cpl < 3 and user and cr4 & (1 << 20))):
             return None
         mask = (1 << shift) - 1
         return (entry & _ADDR_MASK & ~mask) | (vaddr & mask), (1 << shift) - (vaddr & mask)

@@ -162,7 +162,7 @@ def copy_mem(ctx):
     a = ctx.args
     if a["Length"] > MAX_COPY:
         raise EfiError(efi.INVALID_PARAMETER, f"Length {a['Length']:#x}")
-    ctx.write(a["Destination"], ctx.read(a["Source"], a["Length"]))
+    ctx.copy(a["Destination"], a["Source"], a["Length"])
     ctx.record["result"] = "void"
     return None
 
@@ -172,7 +172,7 @@ def set_mem(ctx):
     a = ctx.args
     if a["Size"] > MAX_COPY:
         raise EfiError(efi.INVALID_PARAMETER, f"Size {a['Size']:#x}")
-    ctx.write(a["Buffer"], bytes([a["Value"] & 0xFF]) * a["Size"])
+    ctx.fill(a["Buffer"], a["Size"], a["Value"] & 0xFF)
     ctx.record["result"] = "void"
     return None
 
@@ -183,7 +183,9 @@ def calculate_crc32(ctx):
     data_ptr, out = ctx.pointer("Data"), ctx.pointer("Crc32")
     if a["DataSize"] == 0 or a["DataSize"] > MAX_COPY:
         raise EfiError(efi.INVALID_PARAMETER, f"DataSize {a['DataSize']:#x}")
-    crc = zlib.crc32(ctx.read(data_ptr, a["DataSize"]))
+    crc = 0
+    for chunk in ctx.chunks(data_ptr, a["DataSize"]):
+        crc = zlib.crc32(chunk, crc)
     ctx.write_u32(out, crc)
     ctx.record["crc32"] = f"{crc:08x}"
     return efi.SUCCESS

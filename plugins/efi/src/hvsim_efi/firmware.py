@@ -38,7 +38,7 @@ from hvsim.core.layout import FOUR_GIB
 from hvsim.core.result import StopReason
 
 from . import console, protocols, tables
-from .calls import SERVICES, CallContext, EfiError
+from .calls import SERVICES, CallContext, Cancelled, EfiError
 from .console import ConsoleIn, Framebuffer, TextOutput
 from .events import EventTable
 from .images import Image
@@ -302,6 +302,10 @@ class Firmware:
         except GuestMemoryError as exc:
             status = efi.INVALID_PARAMETER
             ctx.record["error"] = str(exc)
+        except Cancelled:
+            m.emit(Call(interface="efi", name=f"{table}.{name}", args={**ctx.args, **ctx.record},
+                        result="cancelled: the run is ending", rip=ctx.return_address))
+            return                 # the run stops at the next block boundary (RunLoop)
         if ctx.blocked and status is None:
             return self._block(table, name, rsp)
         if status is not None:
