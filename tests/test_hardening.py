@@ -249,3 +249,34 @@ def test_set_mem_over_a_range_partly_outside_ram_writes_nothing():
     assert result.stop.kind == "poweroff", result.stop
     assert traced[0].result == "EFI_INVALID_PARAMETER"
     assert prepared.machine.memory.read(symbols["scratch"], 16) == b"K" * 16
+
+
+def _multicall_of_one_mmu_update(reqs: str, count: int, done: str) -> str:
+    from hvsim.abi import xen as x
+    from test_xen_pv_bad_input import hypercall, pv_hc
+
+    return (hypercall(x.HYPERCALL_NUMBERS["multicall"], "mc", 1, store=0)
+            + f"mov mc+8(%rip), %rax\n    mov %rax, results+16(%rip)\n    "
+            + "jmp 9f\n    .balign 8\nmc: .quad " + f"{pv_hc('mmu_update')}, 0, {reqs}, {count}, {done}, "
+            + f"{x.DOMID_SELF}, 0, 0\n9:\n    ")
+
+
+def test_a_long_mmu_update_inside_a_multicall_is_continued_and_completes():
+    from test_xen_pv_bad_input import DONE, LONG, assert_finished, calls, result_at, run_pv
+
+    result, m, symbols = run_pv(_multicall_of_one_mmu_update("reqs", 5000, "results+8") + DONE + LONG)
+    assert_finished(result, m, symbols)
+    assert [result_at(m, symbols, i) for i in range(3)] == [0, 5000, 0]     # multicall rc, done, entry rc
+    parts = calls(m, "multicall")
+    assert len(parts) == 5 and all(p.args.get("continued") for p in parts[:4])
+
+
+def test_a_runaway_mmu_update_inside_a_multicall_ends_at_the_wall_clock_limit():
+    from test_xen_pv_bad_input import DONE, calls, run_pv
+
+    source = (_multicall_of_one_mmu_update("zeros", (1 << 31) - 1, 0) + DONE
+              + "    .balign 4096\nzeros: .skip 16 << 20\n")
+    result, m, _ = run_pv(source, timeout=0.5)
+    assert result.stop.kind == "timeout", result.stop
+    assert result.stats.wall_seconds < 0.7
+    assert calls(m, "multicall")
