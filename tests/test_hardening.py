@@ -280,3 +280,35 @@ def test_a_runaway_mmu_update_inside_a_multicall_ends_at_the_wall_clock_limit():
     assert result.stop.kind == "timeout", result.stop
     assert result.stats.wall_seconds < 0.7
     assert calls(m, "multicall")
+
+
+# -- item 1: hvsim's SVM region is out of the guest's reach ----------------------------------------------
+def test_a_guest_mapping_hvsims_svm_region_gets_a_reserved_bit_page_fault():
+    """The guest maps a 2 MiB page at the physical address of hvsim's VMCB/MSR permission map and
+    reads the permission map through it: #PF with RSVD|P (error code 9), as on a CPU whose
+    physical addresses are 40 bits wide.  (The region used to be readable and writable, and a
+    guest setting EFER's bits in the permission map killed the host process.)"""
+    from guestcode import DATA, run_raw
+
+    from hvsim.core import svm
+
+    source = f"""
+    movabs ${svm.REGION | 0x83:#x}, %rax
+    mov %rax, 0x50000                      /* PD[0]: 2 MiB page at the region */
+    movq $0x50003, 0x11008                 /* PDPT[1] (1-2 GiB) -> that PD */
+    mov %cr3, %rax
+    mov %rax, %cr3
+    movb {0x4000_0000 + svm.MSRPM - svm.REGION:#x}, %al
+    movq $1, 0x80008                       /* not reached */
+    hlt
+pf_handler:
+    pop %rax
+    mov %rax, 0x80000
+    mov %cr2, %rax
+    mov %rax, 0x80010
+    hlt
+"""
+    result, m, _ = run_raw(source, gates={14: "pf_handler"})
+    assert result.stop.kind == "halt", result.stop
+    error, reached, cr2 = (m.memory.read_u64(DATA + k) for k in (0, 8, 0x10))
+    assert (error, reached, cr2) == (0x9, 0, 0x4000_2000)
