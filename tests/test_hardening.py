@@ -312,3 +312,29 @@ pf_handler:
     assert result.stop.kind == "halt", result.stop
     error, reached, cr2 = (m.memory.read_u64(DATA + k) for k in (0, 8, 0x10))
     assert (error, reached, cr2) == (0x9, 0, 0x4000_2000)
+
+
+# -- item 7: NX on the pages hvsim fills with data ---------------------------------------------------
+def _faults(result):
+    return [(e.vector, e.error_code, e.cr2) for e in result.events if e.kind == "Fault"]
+
+
+def test_a_bare_metal_guest_jumping_into_the_zero_page_takes_an_instruction_fetch_page_fault():
+    from guestcode import assemble
+
+    from hvsim.api import run
+    from hvsim_bare_metal import ZERO_PAGE
+
+    elf, _ = assemble(f"mov ${ZERO_PAGE:#x}, %eax\n    jmp *%rax")
+    result = run("bare_metal", elf, MachineConfig(memory="64M", timeout=10))
+    assert (14, 0x11, ZERO_PAGE) in _faults(result), (result.stop, _faults(result))   # I/D | P
+    assert result.state.registers["efer"] & (1 << 11)                                  # EFER.NXE
+
+
+def test_a_xen_pv_guest_jumping_into_start_info_takes_an_instruction_fetch_page_fault():
+    from test_xen_pv_bad_input import result_at, run_pv
+
+    result, m, symbols = run_pv("mov %r15, results(%rip)\n    jmp *%r15\n    ")   # R15 = start_info
+    start_info = result_at(m, symbols, 0)
+    assert _faults(result)[:1] == [(14, 0x11, start_info)], (result.stop, _faults(result))
+    assert result.state.registers["efer"] & (1 << 11)
