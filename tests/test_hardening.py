@@ -338,3 +338,12 @@ def test_a_xen_pv_guest_jumping_into_start_info_takes_an_instruction_fetch_page_
     start_info = result_at(m, symbols, 0)
     assert _faults(result)[:1] == [(14, 0x11, start_info)], (result.stop, _faults(result))
     assert result.state.registers["efer"] & (1 << 11)
+
+
+def test_an_efi_app_jumping_into_the_system_table_takes_an_instruction_fetch_page_fault():
+    from hvsim.api import Run
+
+    prepared = Run("efi", efi_app("jmp *%rbx"), MachineConfig())       # RBX = SystemTable
+    result = prepared.execute()
+    system_table = prepared.machine.plugin_state["efi"].system_table
+    assert _faults(result)[:1] == [(14, 0x11, system_table)], (result.stop, _faults(result))
