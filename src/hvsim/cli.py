@@ -17,8 +17,10 @@ are one line on stderr and a status from 2 to 5, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -317,22 +319,78 @@ def _run(pm, args) -> int:
     from .api import Run
 
     config = _config(args)
-    prepared = Run(args.env, args.kernel, config, options=vars(args), pm=pm,
-                   observers=[_ConsoleStreamer(args.trace)])
-    result = _execute_interruptibly(prepared)
-    if args.json:
-        _write_json(args.json, result.to_json(indent=2))
-    state = result.state
-    where = f" at {state.registers.get('rip', 0):#x}: {state.instruction}" if state and result.exit_status else ""
-    print(f"hvsim: {args.env}: {result.stop.describe()}{where} "
-          f"[{result.stats.wall_seconds:.2f} s, exit {result.exit_status}]", file=sys.stderr)
+    json_file = _open_json(args.json) if args.json else None     # a bad path fails before the guest runs
+    written = False
+    try:
+        prepared = Run(args.env, args.kernel, config, options=vars(args), pm=pm,
+                       observers=[_ConsoleStreamer(args.trace)])
+        with _stop_signals(prepared.loop.interrupt):       # held until the result is written
+            result = _execute_interruptibly(prepared)
+            state = result.state
+            where = f" at {state.registers.get('rip', 0):#x}: {state.instruction}" if state and result.exit_status else ""
+            stop_line = (f"hvsim: {args.env}: {result.stop.describe()}{where} "
+                         f"[{result.stats.wall_seconds:.2f} s, exit {result.exit_status}]")
+            try:
+                if json_file is not None:
+                    try:
+                        json_file.write(result.to_json(indent=2))
+                        json_file.flush()
+                        written = True
+                    except OSError as exc:
+                        raise UsageError(f"--json {args.json}: {exc.strerror or exc}") from None
+            finally:
+                print(stop_line, file=sys.stderr)      # the run's outcome is told even if the JSON is not
+    finally:
+        if json_file is not None:
+            _close_json(json_file, keep=written)
     return result.exit_status
 
 
+def _open_json(path: str):
+    """``--json FILE`` opened for writing now, so that a path it cannot write is a usage error
+    before the run rather than a result lost after it.  A file this creates is removed again if no
+    result is written into it (the image refused, an error before the run)."""
+    existed = os.path.lexists(path)
+    try:
+        handle = open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--json {path}: {exc.strerror or exc}") from None
+    handle.created = not existed
+    return handle
+
+
+def _close_json(handle, keep: bool) -> None:
+    try:
+        handle.close()
+        if not keep and handle.created:
+            os.unlink(handle.name)
+    except OSError:
+        pass
+
+
+# Signals that end a run the way Ctrl-C does: the run stops at the next block boundary and its
+# result (the JSON, the stop line) is still written.  Every further one asks again; none kills.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _stop_signals(stop):
+    """SIGINT and SIGTERM call ``stop`` (instead of raising or killing) until the block ends."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, lambda signum, frame: stop())
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _execute_interruptibly(prepared):
-    """Run the engine in a worker thread: the main thread stays free to take Ctrl-C (a signal
-    handler cannot run while the main thread is inside the engine) and stops the run through the
-    native stop flag, so the result is still recorded."""
+    """Run the engine in a worker thread: the main thread stays free to take SIGINT and SIGTERM (a
+    signal handler cannot run while the main thread is inside the engine) and stops the run
+    through the native stop flag, so the result is still recorded."""
     outcome: list = []
     done = threading.Event()
 
@@ -349,7 +407,7 @@ def _execute_interruptibly(prepared):
     while not done.is_set():
         try:
             done.wait(0.1)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:       # SIGINT where the default handler is still in place
             prepared.loop.interrupt()
     if isinstance(outcome[0], BaseException):
         raise outcome[0]

@@ -30,6 +30,8 @@ MSR_EFER = 0xC0000080
 PTE_PRESENT = 1 << 0
 PTE_WRITE = 1 << 1
 PTE_LARGE = 1 << 7
+PTE_NX = 1 << 63           # execute-disable (SDM vol. 3 §4.6.2); honoured with EFER.NXE, else reserved
+PTE_FLAGS_4K = 0xFFF       # the low flag bits a 4 KiB entry shares with a 2 MiB one (less PS; PAT not used here)
 RFLAGS_RESERVED = 1 << 1
 
 # Access byte and flag nibble of the usual flat descriptors.
@@ -131,6 +133,50 @@ class PageTableBuilder:
     def identity(self, start: int, size: int) -> None:
         self.map(start, start, size)
 
+    def no_execute(self, start: int, size: int) -> None:
+        """Mark the mapped pages of ``[start, start+size)`` execute-disable (``PTE_NX``, page
+        granular: a 2 MiB page only partly inside is split into 4 KiB pages first).  Unmapped
+        parts are left alone.  The guest must enter with EFER.NXE (``long_mode_entry(nx=True)``)."""
+        va, end = start - start % 0x1000, start + size
+        while va < end:
+            next_2m = (va | ((2 << 20) - 1)) + 1
+            pd = self._existing(self.pml4, (39, 30), va)
+            if pd is None:
+                va = next_2m
+                continue
+            slot = pd + ((va >> 21) & 0x1FF) * 8
+            entry = self.memory.read_u64(slot)
+            if not entry & PTE_PRESENT:
+                va = next_2m
+                continue
+            if entry & PTE_LARGE:
+                if va % (2 << 20) == 0 and end >= next_2m:
+                    self.memory.write_u64(slot, entry | PTE_NX)
+                    va = next_2m
+                    continue
+                pt = self._new_table()
+                base, flags = entry & 0x000F_FFFF_FFE0_0000, entry & PTE_FLAGS_4K & ~PTE_LARGE
+                self.memory.write(pt, b"".join(
+                    (base + i * 0x1000 | flags | entry & PTE_NX).to_bytes(8, "little") for i in range(512)))
+                self.memory.write_u64(slot, pt | PTE_PRESENT | PTE_WRITE | entry & 0x4)
+                entry = self.memory.read_u64(slot)
+            pt = entry & 0x000F_FFFF_FFFF_F000
+            while va < min(end, next_2m):
+                pte = pt + ((va >> 12) & 0x1FF) * 8
+                value = self.memory.read_u64(pte)
+                if value & PTE_PRESENT:
+                    self.memory.write_u64(pte, value | PTE_NX)
+                va += 0x1000
+            va = next_2m
+
+    def _existing(self, table: int, shifts, va: int) -> int | None:
+        for shift in shifts:
+            entry = self.memory.read_u64(table + ((va >> shift) & 0x1FF) * 8)
+            if not entry & PTE_PRESENT or entry & PTE_LARGE:
+                return None
+            table = entry & 0x000F_FFFF_FFFF_F000
+        return table
+
 
 @attrs.frozen
 class Segment:
@@ -208,11 +254,11 @@ class EntryState:
 
 
 def long_mode_entry(rip: int, *, cr3: int, gdt: tuple[int, int], cs: int, ds: int,
-                    idt: tuple[int, int] = (0, 0), rsp: int = 0) -> EntryState:
-    """64-bit long mode with paging on (CR0 = PE|ET|PG, CR4 = PAE, EFER = LME|LMA); ``cs`` must name
-    a 64-bit code descriptor."""
-    return EntryState(rip=rip, cr0=CR0_PE | CR0_ET | CR0_PG, cr3=cr3, cr4=CR4_PAE, efer=EFER_LME | EFER_LMA,
-                      cs=cs, ds=ds, gdt=gdt, idt=idt, rsp=rsp)
+                    idt: tuple[int, int] = (0, 0), rsp: int = 0, nx: bool = False) -> EntryState:
+    """64-bit long mode with paging on (CR0 = PE|ET|PG, CR4 = PAE, EFER = LME|LMA, and NXE with
+    ``nx``: needed when the page tables use ``PTE_NX``); ``cs`` must name a 64-bit code descriptor."""
+    return EntryState(rip=rip, cr0=CR0_PE | CR0_ET | CR0_PG, cr3=cr3, cr4=CR4_PAE,
+                      efer=EFER_LME | EFER_LMA | (EFER_NXE if nx else 0), cs=cs, ds=ds, gdt=gdt, idt=idt, rsp=rsp)
 
 
 def protected_mode32_entry(rip: int, *, gdt: tuple[int, int], cs: int, ds: int,

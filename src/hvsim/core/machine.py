@@ -27,7 +27,7 @@ from .errors import GuestMemoryError, LoadError
 from .events import ConsoleOutput, Event, Note, Shutdown
 from .exceptions import ExceptionDelivery
 from .layout import BIOS_AREA, PhysicalLayout
-from .memory import GuestMemory, VirtualMemory
+from .memory import PAGE_SIZE, GuestMemory, VirtualMemory
 from .native import NativeHooks
 from .result import StopReason
 from .svm import GuestMode
@@ -112,6 +112,11 @@ class Machine:
         self.delivery = ExceptionDelivery(self)
         self.traps = TrapDispatcher(self)
         self.add_core_msr(MSR_IA32_TSC, self.tsc, self._write_tsc)
+        self.memory.after_write = self._forget_code
+        # Set (from any thread) when the run is interrupted or its wall-clock budget is spent:
+        # long host-side work (a 1 GiB SetMem, a batch of hypercalls) checks it between chunks
+        # and gives up, so the run stops within a chunk's time.
+        self.run_ending = False
 
     def tsc(self) -> int:
         """The guest's time-stamp counter: guest time in ns plus what a write to IA32_TSC set."""
@@ -252,6 +257,34 @@ class Machine:
         not notice host stores to code it already translated, so its translations are dropped."""
         self.memory.write(address, data)
         self.uc.ctl_flush_tb()
+
+    def _forget_code(self, address: int, size: int) -> None:
+        """After a host write to guest-physical ``[address, address+size)``: drop the engine's
+        translations of code there, so the guest runs what is in memory now.
+
+        The engine's control (``ctl_remove_cache``) takes a linear address that it translates as a
+        code fetch (a fetch that faults would leave a phantom exception behind), so only ranges a
+        fetch reaches are given: every range while paging is off, and with paging on the pages
+        identity-mapped (linear = physical) and executable at the current privilege level, which
+        is how firmware (efi, bare_metal) maps memory.  Not covered: a page whose code runs
+        through another mapping only (a kernel's high text mapping written through a physical
+        pointer), which needs ``write_code``.  Nothing is done before the guest first ran.
+        """
+        if not self.native.control.blocks:
+            return
+        uc = self.uc
+        if not self.reg("cr0") & (1 << 31):
+            uc.ctl_remove_cache(address, address + size)
+            return
+        cpl = self.cpl()
+        at, end = address, address + size
+        while at < end:
+            found = self.vmem.fetch_translation(at, cpl)
+            step = found[1] if found else PAGE_SIZE - at % PAGE_SIZE
+            step = min(step, end - at)
+            if found and found[0] == at:
+                uc.ctl_remove_cache(at, at + step)
+            at += step
 
     def flush_tlb(self) -> None:
         """Drop the engine's cached translations, as ``invlpg``/a CR3 reload would: needed after the

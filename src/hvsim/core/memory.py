@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from unicorn import UcError
 from unicorn.x86_const import (
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 PAGE_SIZE = 0x1000
 _ADDR_MASK = 0x000F_FFFF_FFFF_F000
+# 4-level paging translates 48-bit linear addresses; bits 63:47 must all equal bit 47 (canonical),
+# else the access is #GP(0) (SDM vol. 1 §3.3.7.1).  5-level paging (CR4.LA57) is not modelled.
+LINEAR_ADDRESS_BITS = 48
 
 
 class GuestMemory:
@@ -36,6 +39,9 @@ class GuestMemory:
         self._uc = uc
         self._regions = sorted(regions)
         self._starts = [start for start, _ in self._regions]
+        # Called as ``after_write(address, size)`` after every write: the machine drops the
+        # engine's translations of code in the range (the engine does not see host stores).
+        self.after_write: Callable[[int, int], None] | None = None
 
     def add_region(self, start: int, size: int) -> None:
         """Make an engine-mapped range (``Machine.add_private_memory``) reachable through this accessor."""
@@ -69,6 +75,8 @@ class GuestMemory:
         self.check(address, len(data))
         if data:
             self._uc.mem_write(address, bytes(data))
+            if self.after_write is not None:
+                self.after_write(address, len(data))
 
     def fill(self, address: int, size: int, byte: int = 0) -> None:
         self.check(address, size)
@@ -78,6 +86,8 @@ class GuestMemory:
             n = min(len(chunk), size - done)
             self._uc.mem_write(address + done, chunk[:n])
             done += n
+        if size and self.after_write is not None:
+            self.after_write(address, size)
 
     def read_u8(self, address: int) -> int:
         return self.read(address, 1)[0]
@@ -122,11 +132,19 @@ class GuestMemory:
         self.write(address, record.pack())
 
 
+def is_canonical(vaddr: int) -> bool:
+    """``vaddr`` (an unsigned 64-bit value) has bits 63:47 all equal."""
+    top = (vaddr & 0xFFFF_FFFF_FFFF_FFFF) >> (LINEAR_ADDRESS_BITS - 1)
+    return top == 0 or top == (1 << (65 - LINEAR_ADDRESS_BITS)) - 1
+
+
 class VirtualMemory:
     """Guest-virtual access through the page tables the guest has live now (CR0/CR3/CR4/EFER).
 
     Handles paging off, 2-level 32-bit (4 MiB pages with PSE), 3-level PAE and 4-level long mode with
-    2 MiB and 1 GiB pages.  A non-present entry raises ``GuestMemoryError`` naming the virtual address.
+    2 MiB and 1 GiB pages.  A non-present entry raises ``GuestMemoryError`` naming the virtual address,
+    and so does, in long mode, a non-canonical address (the CPU's #GP(0)): its upper bits are never
+    dropped, so it cannot alias low memory.  Permissions (R/W, U/S, NX) are not checked.
     """
 
     def __init__(self, uc: "Uc", physical: GuestMemory):
@@ -144,6 +162,8 @@ class VirtualMemory:
         if not cr0 & (1 << 31):
             return vaddr & 0xFFFF_FFFF if not efer & (1 << 10) else vaddr
         if efer & (1 << 10):                      # long mode: 4-level
+            if not is_canonical(vaddr):
+                raise GuestMemoryError(vaddr, 1, "non-canonical address (#GP in long mode)")
             return self._walk(vaddr, cr3 & _ADDR_MASK, ((39, 8), (30, 8), (21, 8), (12, 8)), (30, 21))
         if cr4 & (1 << 5):                        # PAE: PDPT of 4 entries
             vaddr &= 0xFFFF_FFFF
@@ -155,6 +175,49 @@ class VirtualMemory:
             return (pde & 0xFFC0_0000) | (vaddr & 0x3F_FFFF)
         pte = self._read_entry((pde & 0xFFFF_F000) + ((vaddr >> 12) & 0x3FF) * 4, vaddr, 4)
         return (pte & 0xFFFF_F000) | (vaddr & 0xFFF)
+
+    def translate_extent(self, vaddr: int) -> tuple[int, int]:
+        """``translate`` and the bytes from ``vaddr`` to the end of its translation's page (a 4 KiB,
+        2 MiB or 1 GiB page, or the rest of a 4 KiB page when paging is off or not 4-level)."""
+        pa = self.translate(vaddr)
+        uc = self._uc
+        if uc.reg_read(UC_X86_REG_CR0) & (1 << 31) and uc.msr_read(MSR_EFER) & (1 << 10):
+            found = self.fetch_translation(vaddr, 0, permissions=False)
+            if found is not None and found[0] == pa:
+                return pa, found[1]
+        return pa, PAGE_SIZE - vaddr % PAGE_SIZE
+
+    def fetch_translation(self, vaddr: int, cpl: int, permissions: bool = True) -> tuple[int, int] | None:
+        """Where a code fetch at ``vaddr`` from privilege level ``cpl`` would read, as (physical
+        address, bytes left in that translation's page), or None if the fetch would fault: not
+        present, non-canonical, execute-disabled (NX with EFER.NXE), a supervisor page from ring
+        3, or a user page from rings 0-2 under CR4.SMEP.  Long mode and paging off only (None
+        for legacy paging)."""
+        uc = self._uc
+        cr0, cr4, efer = uc.reg_read(UC_X86_REG_CR0), uc.reg_read(UC_X86_REG_CR4), uc.msr_read(MSR_EFER)
+        if not cr0 & (1 << 31):
+            return vaddr, PAGE_SIZE - vaddr % PAGE_SIZE
+        if not efer & (1 << 10) or not is_canonical(vaddr):
+            return None
+        table = uc.reg_read(UC_X86_REG_CR3) & _ADDR_MASK
+        user, nx = True, False
+        for shift in (39, 30, 21, 12):
+            try:
+                entry = self._phys.read_u64(table + ((vaddr >> shift) & 0x1FF) * 8)
+            except GuestMemoryError:
+                return None
+            if not entry & 1:
+                return None
+            user = user and bool(entry & 4)
+            nx = nx or bool(entry >> 63)
+            if shift == 12 or (shift in (30, 21) and entry & 0x80):
+                break
+            table = entry & _ADDR_MASK
+        if permissions and ((nx and efer & (1 << 11)) or (cpl == 3 and not user)
+                            or (cpl < 3 and user and cr4 & (1 << 20))):
+            return None
+        mask = (1 << shift) - 1
+        return (entry & _ADDR_MASK & ~mask) | (vaddr & mask), (1 << shift) - (vaddr & mask)
 
     def _read_entry(self, paddr: int, vaddr: int, size: int) -> int:
         try:

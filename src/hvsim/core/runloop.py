@@ -60,10 +60,12 @@ class RunLoop:
     def interrupt(self) -> None:
         """Stop the run at the next block boundary (signal-handler and thread safe)."""
         self.interrupted = True
+        self.m.run_ending = True
         self.m.native.request_stop()
 
     def _on_deadline(self) -> None:
         self._deadline_passed = True
+        self.m.run_ending = True
         self.m.native.request_stop()
 
     def run(self) -> tuple[StopReason, float]:

@@ -13,7 +13,11 @@ entry state and two intercepts:
   leaves ``exception_is_int`` set after a software interrupt and the next MSR exit reports a stale RIP.
 
 The VMCB, the host save area, the permission map and the ``vmrun`` stub live in a small region mapped
-above any guest RAM; the guest's memory map never names it.  Unicorn never runs QEMU's ``do_vmexit``,
+at 2^40, just past the engine CPU's physical address width (MAXPHYADDR 40, Unicorn's
+TCG_PHYS_ADDR_BITS): the CPU's own accesses (VMRUN, the permission-map lookups) are physical and
+reach it, but no guest access can.  A page-table entry naming a frame there has reserved bits set
+and faults (#PF with the RSVD error bit) as on hardware; 32-bit and PSE-36 paging cannot form such an
+address, and without paging a linear address is at most 32 bits wide outside long mode.  Unicorn never runs QEMU's ``do_vmexit``,
 so the CPU stays in guest mode for the whole run.  Two rules follow (both enforced by the Machine):
 the host must never ``msr_read``/``msr_write`` an intercepted MSR (that exits from outside a
 translation block and kills the process), and EFER is never intercepted.
@@ -36,8 +40,11 @@ if TYPE_CHECKING:
     from .cpu import EntryState
     from .memory import GuestMemory
 
-# The hidden region: above the largest RAM a MachineConfig allows (64 GiB plus the hole).
-REGION = 0xFF_FFF0_0000
+# The hidden region: the first address past the engine CPU's 40-bit physical address width
+# (QEMU target/i386/cpu.h TCG_PHYS_ADDR_BITS; PG_HI_RSVD_MASK makes bits 51:40 of a paging entry
+# reserved), so out of every guest's reach; also above the largest RAM a MachineConfig allows.
+ENGINE_PHYS_ADDR_BITS = 40
+REGION = 1 << ENGINE_PHYS_ADDR_BITS
 VMCB = REGION
 HSAVE = REGION + 0x1000
 MSRPM = REGION + 0x2000            # 8 KiB

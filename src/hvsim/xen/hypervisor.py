@@ -112,8 +112,9 @@ class XenHypervisor:
 
     @property
     def preemptible(self) -> bool:
-        """A handler may raise ``Continuation`` (not inside a multicall, which runs to the end)."""
-        return self.depth == 1
+        """A handler may raise ``Continuation``: a call made directly, or an entry of a multicall
+        (the multicall then continues from that entry, with the entry's arguments updated)."""
+        return self.depth <= 2
 
     def register(self, nr: int, handler: Handler) -> None:
         """Answer hypercall ``nr`` with ``handler(args, info) -> result`` (an environment's own calls)."""

@@ -151,7 +151,7 @@ def hvsim_setup(machine, image, config, options):
     e820 = [r.to_tuple() for r in machine.layout.memory_map]
     machine.memory.write(ZERO_PAGE, boot_params.zero_page(
         header_bytes=plan.header_bytes, cmd_line_ptr=CMDLINE, ramdisk=ramdisk, e820=e820, rsdp=rsdp))
-    _enter(machine, plan)
+    _enter(machine, plan, ramdisk)
     return plan.entry_text
 
 
@@ -207,12 +207,24 @@ def _place_initrd(machine, image, plan: Plan, config) -> tuple[int, int] | None:
     return address, size
 
 
-def _enter(machine, plan: Plan) -> None:
+def _enter(machine, plan: Plan, ramdisk: tuple[int, int] | None) -> None:
+    """Long mode on an identity map of all RAM (and the first 4 GiB): executable except the pages
+    hvsim filled with data (boot structures, ACPI tables, the initrd), which are NX; EFER.NXE on,
+    as a 64-bit boot loader may leave it (Linux only ever sets it)."""
     machine.memory.write(GDT, gdt_bytes([0, 0, flat_descriptor(CODE64), flat_descriptor(DATA32)]))
     tables = PageTableBuilder(machine.memory, *PAGE_TABLES)
     tables.identity(0, max(FOUR_GIB, machine.layout.top_of_ram()))
+    # An entry point at the start of a page must have an executable page before it: the engine
+    # enters the guest by stopping at the entry (svm.py), and the empty translation block it makes
+    # there is checked against the page holding ``entry - 1`` (QEMU tb_gen_code's second-page
+    # check), so an NX page there would raise a #PF before the first instruction.
+    keep = (plan.entry - PAGE, plan.entry) if plan.entry % PAGE == 0 else (0, 0)
+    for _, where, size in _boot_structures() + ([("initrd", *ramdisk)] if ramdisk else []):
+        for start, end in ((where, min(where + size, keep[0])), (max(where, keep[1]), where + size)):
+            if start < end:
+                tables.no_execute(start, end - start)
     for name in ("rax", "rbx", "rcx", "rdx", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"):
         machine.set_reg(name, 0)
     machine.set_reg("rsi", ZERO_PAGE)
     machine.start(long_mode_entry(plan.entry, cr3=tables.pml4, gdt=(GDT, 0x1F), cs=BOOT_CS, ds=BOOT_DS,
-                                  rsp=STACK + PAGE - 0x10))
+                                  rsp=STACK + PAGE - 0x10, nx=True))

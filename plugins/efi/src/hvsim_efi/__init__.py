@@ -170,6 +170,7 @@ def hvsim_setup(machine, image, config, options):
         machine.set_reg("rsi", fw.system_table)
         machine.set_reg("rdx", _handover_boot_params(fw, image, config))
         text = f"handover: {image.name} at {image_record.base:#x}, entry {rip:#x}"
+    fw.protect_data()
     machine.start(EntryState(rip=rip, cr0=CR0, cr3=fw.page_tables.pml4, cr4=CR4, efer=EFER,
                              cs=GDT_CODE64, ds=GDT_DATA64, gdt=(fw.gdt, 8 * 8 - 1), idt=(fw.idt, IDT_VECTORS * 16 - 1),
                              rsp=rsp, rflags=RFLAGS_RESERVED | RFLAGS_IF))

@@ -47,7 +47,8 @@ def restore_tpl(ctx):
 def allocate_pages(ctx):
     out = ctx.pointer("Memory")
     a = ctx.args
-    address = ctx.read_u64(out) if a["Type"] in (efi.ALLOCATE_MAX_ADDRESS, efi.ALLOCATE_ADDRESS) else 0
+    given = ctx.read_u64(out)          # a Memory pointer the caller cannot reach fails before allocating
+    address = given if a["Type"] in (efi.ALLOCATE_MAX_ADDRESS, efi.ALLOCATE_ADDRESS) else 0
     start = ctx.fw.map.allocate(a["Type"], a["MemoryType"], a["Pages"], address)
     ctx.write_u64(out, start)
     ctx.record["address"] = start
@@ -161,7 +162,7 @@ def copy_mem(ctx):
     a = ctx.args
     if a["Length"] > MAX_COPY:
         raise EfiError(efi.INVALID_PARAMETER, f"Length {a['Length']:#x}")
-    ctx.write(a["Destination"], ctx.read(a["Source"], a["Length"]))
+    ctx.copy(a["Destination"], a["Source"], a["Length"])
     ctx.record["result"] = "void"
     return None
 
@@ -171,7 +172,7 @@ def set_mem(ctx):
     a = ctx.args
     if a["Size"] > MAX_COPY:
         raise EfiError(efi.INVALID_PARAMETER, f"Size {a['Size']:#x}")
-    ctx.write(a["Buffer"], bytes([a["Value"] & 0xFF]) * a["Size"])
+    ctx.fill(a["Buffer"], a["Size"], a["Value"] & 0xFF)
     ctx.record["result"] = "void"
     return None
 
@@ -182,7 +183,9 @@ def calculate_crc32(ctx):
     data_ptr, out = ctx.pointer("Data"), ctx.pointer("Crc32")
     if a["DataSize"] == 0 or a["DataSize"] > MAX_COPY:
         raise EfiError(efi.INVALID_PARAMETER, f"DataSize {a['DataSize']:#x}")
-    crc = zlib.crc32(ctx.read(data_ptr, a["DataSize"]))
+    crc = 0
+    for chunk in ctx.chunks(data_ptr, a["DataSize"]):
+        crc = zlib.crc32(chunk, crc)
     ctx.write_u32(out, crc)
     ctx.record["crc32"] = f"{crc:08x}"
     return efi.SUCCESS

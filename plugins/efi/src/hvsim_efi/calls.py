@@ -31,6 +31,16 @@ class EfiError(Exception):
         self.why = why
 
 
+class Cancelled(Exception):
+    """Long host-side work gave up because the run is ending (interrupted, wall-clock budget): the
+    service returns nothing and the run stops at the next block boundary."""
+
+
+# Long services work through guest memory this much at a time, checking between chunks whether
+# the run is ending (a chunk takes a few milliseconds).
+CHUNK = 1 << 21
+
+
 def service(table: str, name: str, *params: str):
     def register(fn):
         SERVICES[(table, name)] = (fn, params)
@@ -69,24 +79,68 @@ class CallContext:
     # change during a call, so each page is translated once per call), then read or written through
     # the bounds-checked physical accessor.
     def _pieces(self, address: int, size: int):
+        """(physical address, offset, length) of the runs that make up ``[address, address+size)``:
+        one per translation page (4 KiB, 2 MiB or 1 GiB)."""
         done = 0
         while done < size:
             va = (address + done) & 0xFFFF_FFFF_FFFF_FFFF
-            n = min(size - done, PAGE - va % PAGE)
             page = va - va % PAGE
-            pa = self._pages.get(page)
-            if pa is None:
-                pa = self._pages[page] = self.m.vmem.translate(page)
+            found = self._pages.get(page)
+            if found is None:
+                found = self._pages[page] = self.m.vmem.translate_extent(page)
+            pa, extent = found
+            n = min(size - done, extent - va % PAGE)
             yield pa + va % PAGE, done, n
             done += n
 
+    def _checked(self, address: int, size: int) -> list[tuple[int, int, int]]:
+        """Every run translated and inside guest RAM, before anything is written (all or nothing)."""
+        pieces = list(self._pieces(address, size))
+        for pa, _, n in pieces:
+            self.m.memory.check(pa, n)
+        return pieces
+
+    def check_range(self, address: int, size: int) -> None:
+        """GuestMemoryError unless the whole range is mapped guest RAM."""
+        self._checked(address, size)
+
+    def _continue(self) -> None:
+        if self.m.run_ending:
+            raise Cancelled()
+
     def read(self, address: int, size: int) -> bytes:
-        return b"".join(self.m.memory.read(pa, n) for pa, _, n in list(self._pieces(address, size)))
+        return b"".join(self.m.memory.read(pa, n) for pa, _, n in self._checked(address, size))
 
     def write(self, address: int, data: bytes) -> None:
-        pieces = list(self._pieces(address, len(data)))     # every page translated before any write
-        for pa, offset, n in pieces:
+        for pa, offset, n in self._checked(address, len(data)):
             self.m.memory.write(pa, data[offset:offset + n])
+
+    def fill(self, address: int, size: int, value: int) -> None:
+        """Set ``size`` bytes to ``value``, in chunks; ``Cancelled`` if the run is ending."""
+        for pa, _, n in self._checked(address, size):
+            for at in range(0, n, CHUNK):
+                self._continue()
+                self.m.memory.fill(pa + at, min(CHUNK, n - at), value)
+
+    def copy(self, destination: int, source: int, size: int) -> None:
+        """memmove in chunks (from the end when the destination overlaps the source above it);
+        both ranges are checked whole first.  ``Cancelled`` if the run is ending."""
+        self.check_range(source, size)
+        self.check_range(destination, size)
+        starts = range(0, size, CHUNK)
+        if source < destination < source + size:
+            starts = reversed(starts)
+        for at in starts:
+            self._continue()
+            n = min(CHUNK, size - at)
+            self.write(destination + at, self.read(source + at, n))
+
+    def chunks(self, address: int, size: int):
+        """The bytes of the range, a chunk at a time; ``Cancelled`` if the run is ending."""
+        self.check_range(address, size)
+        for at in range(0, size, CHUNK):
+            self._continue()
+            yield self.read(address + at, min(CHUNK, size - at))
 
     def read_u32(self, address: int) -> int:
         return struct.unpack("<I", self.read(address, 4))[0]

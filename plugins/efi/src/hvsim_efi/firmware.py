@@ -38,7 +38,7 @@ from hvsim.core.layout import FOUR_GIB
 from hvsim.core.result import StopReason
 
 from . import console, protocols, tables
-from .calls import SERVICES, CallContext, EfiError
+from .calls import SERVICES, CallContext, Cancelled, EfiError
 from .console import ConsoleIn, Framebuffer, TextOutput
 from .events import EventTable
 from .images import Image
@@ -54,6 +54,11 @@ from .variables import VariableStore
 PAGE = 0x1000
 GDT_CODE64, GDT_DATA64 = 0x38, 0x30
 STACK_SIZE = 128 * 1024
+# Data regions mapped NX (``protect_data``), and the spare page-table pages for splitting the
+# 2 MiB pages they share with other memory (two per region at most; firmware data clusters).
+NX_TYPES = (efi.LOADER_DATA, efi.BOOT_SERVICES_DATA, efi.RUNTIME_SERVICES_DATA, efi.ACPI_RECLAIM_MEMORY,
+            efi.ACPI_MEMORY_NVS)
+NX_SPLIT_TABLES = 64
 BOOT_TABLES = ("BS", "ConOut", "ConIn", "GOP", "LoadFile2")     # gone after ExitBootServices
 STUB_TABLES = (
     ("BS", efi.BOOT_SERVICES), ("RT", efi.RUNTIME_SERVICES), ("ConOut", efi.TEXT_OUTPUT_SERVICES),
@@ -228,11 +233,23 @@ class Firmware:
         gates[TIMER_VECTOR] = idt_gate64(self.timer_entry, GDT_CODE64)
         self.idt = self.put(efi.BOOT_SERVICES_DATA, b"".join(gates), 16)
         top = max(FOUR_GIB, m.layout.top_of_ram())
-        pages = 2 + -(-top // (1 << 39)) + -(-top // (1 << 30))
+        pages = 2 + -(-top // (1 << 39)) + -(-top // (1 << 30)) + NX_SPLIT_TABLES
         pool = self.alloc(efi.BOOT_SERVICES_DATA, pages * PAGE, PAGE)
         self.page_tables = PageTableBuilder(m.memory, pool, pool + pages * PAGE)
         self.page_tables.identity(0, top)
         self.stack_top = self.alloc(efi.BOOT_SERVICES_DATA, STACK_SIZE, PAGE) + STACK_SIZE
+
+    def protect_data(self) -> None:
+        """Mark the firmware's data NX in its identity map (EFER.NXE is on at entry): the regions
+        of the memory map whose type is data when the image is entered, as edk2's default
+        DXE NX policy does.  Memory allocated later (the image's own LoaderData included) keeps
+        the executable mapping it had as free memory: the tables are not rebuilt per allocation."""
+        try:
+            for region in list(self.map.regions):
+                if region.type in NX_TYPES:
+                    self.page_tables.no_execute(region.start, region.end - region.start)
+        except MemoryError as exc:
+            raise LoadError(f"efi: too many firmware data regions to map NX ({exc})") from None
 
     def install_config_table(self, guid: bytes, table: int) -> None:
         """InstallConfigurationTable semantics: add, replace, or (table 0) remove; NOT_FOUND when
@@ -302,6 +319,10 @@ class Firmware:
         except GuestMemoryError as exc:
             status = efi.INVALID_PARAMETER
             ctx.record["error"] = str(exc)
+        except Cancelled:
+            m.emit(Call(interface="efi", name=f"{table}.{name}", args={**ctx.args, **ctx.record},
+                        result="cancelled: the run is ending", rip=ctx.return_address))
+            return                 # the run stops at the next block boundary (RunLoop)
         if ctx.blocked and status is None:
             return self._block(table, name, rsp)
         if status is not None:

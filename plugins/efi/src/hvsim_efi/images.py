@@ -10,7 +10,7 @@ import struct
 import attrs
 
 from hvsim.abi import efi
-from hvsim.core.errors import GuestMemoryError, LoadError
+from hvsim.core.errors import GuestMemoryError
 
 from . import pe_loader
 from .calls import EfiError, service
@@ -20,6 +20,10 @@ PAGE = 0x1000
 TYPES = {10: (efi.LOADER_CODE, efi.LOADER_DATA), 11: (efi.BOOT_SERVICES_CODE, efi.BOOT_SERVICES_DATA),
          12: (efi.RUNTIME_SERVICES_CODE, efi.RUNTIME_SERVICES_DATA)}
 INITRD_MEDIA_GUID = efi.guid_bytes("5568e427-68fc-4f3d-ac74-ca555231cc68")
+# At most this many images loaded at once (the boot image included): LoadImage answers
+# EFI_OUT_OF_RESOURCES beyond it, so an image that loads and starts itself recursively ends there
+# instead of filling host memory with frames and copies.  hvsim's own limit; edk2 has none but RAM.
+MAX_LOADED_IMAGES = 64
 
 
 @attrs.define
@@ -45,11 +49,12 @@ def load(fw, layout: pe_loader.PeLayout, *, parent: int, options: bytes, path_na
                                        f"{wanted:#x}+{pages * PAGE:#x} is not free memory")
     else:
         base = fw.map.allocate(efi.ALLOCATE_ANY_PAGES, code_type, pages, by_allocate_pages=False)
+    memory = fw.m.memory
     try:
-        fw.m.write_code(base, pe_loader.image_bytes(layout, base))
-    except LoadError as exc:
+        pe_loader.place(layout, base, memory.read, memory.write)
+    except GuestMemoryError as exc:
         fw.map.convert(base, base + pages * PAGE, efi.CONVENTIONAL_MEMORY)
-        raise EfiError(efi.LOAD_ERROR, str(exc)) from None
+        raise EfiError(efi.LOAD_ERROR, f"{layout.name}: {exc}") from None
     options_at = fw.put(efi.BOOT_SERVICES_DATA, options, 8) if options else 0
     path = fw.put(efi.BOOT_SERVICES_DATA, file_path(path_name) + efi.END_DEVICE_PATH, 8)
     full_path = fw.put(efi.BOOT_SERVICES_DATA, fw.boot_device_path[:-4] + file_path(path_name) + efi.END_DEVICE_PATH, 8)
@@ -82,6 +87,8 @@ def load_image(ctx):
     a = ctx.args
     out = ctx.pointer("ImageHandle")
     _image(ctx, "ParentImageHandle")
+    if len(ctx.fw.images) >= MAX_LOADED_IMAGES:
+        raise EfiError(efi.OUT_OF_RESOURCES, f"{len(ctx.fw.images)} images are loaded, the most this firmware holds")
     if a["SourceBuffer"] == 0:
         raise EfiError(efi.NOT_FOUND, "no SourceBuffer, and this firmware has no file system to load a device path from")
     if a["SourceSize"] == 0 or a["SourceSize"] > (256 << 20):

@@ -7,11 +7,17 @@
   SizeOfRawData zero-filled; a section alignment below a page is accepted (RVA = file offset images);
 - base relocations (DIR64, HIGHLOW, ABSOLUTE padding) applied when the image lands away from its
   ImageBase; an image marked IMAGE_FILE_RELOCS_STRIPPED must get its ImageBase or is refused.
+  The relocation directory is checked whole when the image is parsed (block sizes of at least 8
+  bytes and a whole number of 16-bit entries, x64 types only, every fixup inside SizeOfImage), so
+  a corrupt one is a refusal before any memory is allocated;
+- the image is built once, in guest memory (``place``): never as a host copy of SizeOfImage bytes,
+  so a small file declaring a huge SizeOfImage costs guest pages, not host memory.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Callable
 
 import attrs
 
@@ -29,6 +35,9 @@ EFI_SUBSYSTEMS = (IMAGE_SUBSYSTEM_EFI_APPLICATION, IMAGE_SUBSYSTEM_EFI_BOOT_SERV
 IMAGE_FILE_RELOCS_STRIPPED = 0x0001
 IMAGE_REL_BASED_ABSOLUTE, IMAGE_REL_BASED_HIGHLOW, IMAGE_REL_BASED_DIR64 = 0, 3, 10
 PAGE = 0x1000
+RELOC_BLOCK_HEADER = 8                  # IMAGE_BASE_RELOCATION: VirtualAddress (u32), SizeOfBlock (u32)
+RELOC_WIDTHS = {IMAGE_REL_BASED_DIR64: 8, IMAGE_REL_BASED_HIGHLOW: 4}
+ZERO_CHUNK = 1 << 20                    # zero fill is written this much at a time
 
 
 class PeRefused(LoadError):
@@ -123,6 +132,9 @@ def parse(data: bytes, name: str) -> PeLayout:
         relocations = _image_bytes(ordered, rva, size)
         if relocations is None:
             refuse(f"base relocation directory {rva:#x}+{size:#x} lies in no section's raw data")
+        why = _check_relocations(relocations, size_of_image)
+        if why:
+            refuse(why)
     return PeLayout(name=name, image_base=opt.ImageBase, size_of_image=size_of_image,
                     headers=data[:headers_end], sections=tuple(ordered), entry_rva=opt.AddressOfEntryPoint,
                     subsystem=opt.Subsystem, relocations=relocations,
@@ -136,34 +148,69 @@ def _image_bytes(sections, rva: int, size: int) -> bytes | None:
     return None
 
 
-def image_bytes(layout: PeLayout, base: int) -> bytes:
-    """The image as it lies in memory at ``base``: headers, sections, zero fill, relocations."""
-    image = bytearray(layout.pages * PAGE)
-    image[:len(layout.headers)] = layout.headers
-    for s in layout.sections:
-        image[s.rva:s.rva + len(s.data)] = s.data
-    delta = (base - layout.image_base) & 0xFFFF_FFFF_FFFF_FFFF
-    if delta and layout.relocations:
-        _relocate(image, layout, delta)
-    return bytes(image)
-
-
-def _relocate(image: bytearray, layout: PeLayout, delta: int) -> None:
-    blob, offset = layout.relocations, 0
-    while offset + 8 <= len(blob):
+def _relocation_entries(blob: bytes):
+    """(kind, rva) of every entry of a base relocation directory already checked by
+    ``_check_relocations``."""
+    offset = 0
+    while offset + RELOC_BLOCK_HEADER <= len(blob):
         page_rva, block_size = struct.unpack_from("<II", blob, offset)
-        if block_size < 8 or offset + block_size > len(blob):
-            raise LoadError(f"{layout.name}: base relocation block at {offset:#x} has size {block_size:#x}")
-        for (entry,) in struct.iter_unpack("<H", blob[offset + 8:offset + block_size]):
-            kind, where = entry >> 12, page_rva + (entry & 0xFFF)
-            if kind == IMAGE_REL_BASED_ABSOLUTE:
-                continue
-            width = {IMAGE_REL_BASED_DIR64: 8, IMAGE_REL_BASED_HIGHLOW: 4}.get(kind)
-            if width is None:
-                raise LoadError(f"{layout.name}: base relocation type {kind} at RVA {where:#x} is not an x64 type")
-            if where + width > len(image):
-                raise LoadError(f"{layout.name}: base relocation at RVA {where:#x} lies outside the image")
-            fmt = "<Q" if width == 8 else "<I"
-            (value,) = struct.unpack_from(fmt, image, where)
-            struct.pack_into(fmt, image, where, (value + delta) & ((1 << (8 * width)) - 1))
+        for (entry,) in struct.iter_unpack("<H", blob[offset + RELOC_BLOCK_HEADER:offset + block_size]):
+            yield entry >> 12, page_rva + (entry & 0xFFF)
         offset += block_size
+
+
+def _check_relocations(blob: bytes, size_of_image: int) -> str | None:
+    """Why edk2 would refuse this base relocation directory, or None: a block whose size is below
+    its header, not a whole number of entries or past the directory; an entry type that is not an
+    x64 one; a fixup outside the image.  Trailing bytes too short for a block header are ignored."""
+    offset = 0
+    while offset + RELOC_BLOCK_HEADER <= len(blob):
+        block_size = struct.unpack_from("<I", blob, offset + 4)[0]
+        if block_size < RELOC_BLOCK_HEADER or block_size % 2 or offset + block_size > len(blob):
+            return (f"base relocation block at offset {offset:#x} has SizeOfBlock {block_size:#x} "
+                    f"(needs at least {RELOC_BLOCK_HEADER}, an even size, and to end inside the "
+                    f"{len(blob):#x}-byte directory)")
+        offset += block_size
+    for kind, where in _relocation_entries(blob):
+        if kind == IMAGE_REL_BASED_ABSOLUTE:
+            continue
+        width = RELOC_WIDTHS.get(kind)
+        if width is None:
+            return f"base relocation type {kind} at RVA {where:#x} is not an x64 type"
+        if where + width > size_of_image:
+            return f"base relocation at RVA {where:#x} lies outside the image ({size_of_image:#x})"
+    return None
+
+
+def place(layout: PeLayout, base: int, read: Callable[[int, int], bytes],
+          write: Callable[[int, bytes], None]) -> None:
+    """Build the image in guest memory at ``base`` through ``read``/``write`` (guest-physical
+    accessors): headers, sections, zero fill up to the page-rounded SizeOfImage, then the
+    relocations for ``base``.  Only the file's own bytes are held on the host."""
+    end = layout.pages * PAGE
+    pieces = [(0, layout.headers)] + [(s.rva, s.data) for s in layout.sections]
+    cursor = 0
+    for rva, data in sorted(pieces, key=lambda p: p[0]):
+        _zero(write, base, cursor, rva)
+        if data:
+            write(base + rva, data)
+        cursor = max(cursor, rva + len(data))
+    _zero(write, base, cursor, end)
+    delta = (base - layout.image_base) & 0xFFFF_FFFF_FFFF_FFFF
+    if not delta or not layout.relocations:
+        return
+    for kind, where in _relocation_entries(layout.relocations):
+        width = RELOC_WIDTHS.get(kind)
+        if width is None:
+            continue        # ABSOLUTE padding (other types were refused by parse)
+        fmt = "<Q" if width == 8 else "<I"
+        (value,) = struct.unpack(fmt, read(base + where, width))
+        write(base + where, struct.pack(fmt, (value + delta) & ((1 << (8 * width)) - 1)))
+
+
+def _zero(write: Callable[[int, bytes], None], base: int, start: int, end: int) -> None:
+    chunk = bytes(min(ZERO_CHUNK, max(end - start, 0)))
+    while start < end:
+        n = min(len(chunk), end - start)
+        write(base + start, chunk[:n] if n < len(chunk) else chunk)
+        start += n

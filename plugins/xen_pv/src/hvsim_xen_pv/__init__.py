@@ -252,6 +252,13 @@ def _multicall(d: PvDomain, a, info) -> int:
             result = -x.EINVAL
         else:
             result = d.xen.dispatch(op, tuple(args[:5]))
+            resume = d.xen.continuation
+            if resume is not None:
+                # The entry did part of its work (a long mmu_update): as Xen's do_multicall, its
+                # arguments are updated in place and the multicall continues from this entry,
+                # so the guest re-executes it and the run loop regains control in between.
+                mem.write(at + 16, struct.pack(f"<{len(resume)}Q", *resume))
+                raise Continuation((at, count - i))
         mem.write(at + 8, struct.pack("<q", result))
     return 0
 

@@ -8,7 +8,8 @@ pfn with SIF_MOD_START_PFN, as libxc does); the
 p2m list (pfn -> mfn, one u64 per page of the domain); start_info; for a domU the xenstore and
 console ring pages; the bootstrap page tables (L4, L3s, L2s, L1s mapping [VIRT_BASE, v_end) with
 4 KiB pages, flags 0x23 for data and 0x67 for tables, the table pages themselves read-only);
-one boot-stack page; padding to a 4 MiB boundary with at least 512 KiB to spare.
+one boot-stack page; padding to a 4 MiB boundary with at least 512 KiB to spare.  Unlike libxc,
+the pages from the end of the kernel to the boot stack (hvsim's data) are mapped NX.
 
 Xen's part of every L4: slot 256 maps the read-only M2P with 2 MiB pages, slot 260 the per-domain
 GDT area (pages 0-13 the guest's GDT frames once it calls set_gdt, page 14 the flat selectors).
@@ -195,6 +196,10 @@ def build_domain(machine: "Machine", dom: DomainMemory, area: XenArea, elf, note
             j = 0 if level == 4 else (base >> (shift + 9)) - (vbase >> (shift + 9))
             mem.write_u64(parents[j] + ((base >> shift) & 0x1FF) * 8, child | pv.L4_PROT)
     pt_end = pt_start + tables * PAGE
+    # From the end of the kernel: the mapped initrd, p2m list, start_info, the xenstore and console
+    # pages, the page tables and the boot stack are data hvsim wrote: mapped NX (EFER.NXE is on at
+    # entry).  The kernel's own pages and the spare space above the stack stay executable.
+    data_start = _page_up(kend)
     for i, l1 in enumerate(by_level[1]):
         first = ((vbase >> 21) + i) << 21
         entries = []
@@ -203,6 +208,8 @@ def build_domain(machine: "Machine", dom: DomainMemory, area: XenArea, elf, note
                 entries.append(0)
                 continue
             flags = pv.PTE_PRESENT | pv.PTE_ACCESSED if pt_start <= va < pt_end else pv.L1_PROT
+            if data_start <= va < pt_end + PAGE:        # hvsim's data: never executable
+                flags |= pv.PTE_NX
             entries.append(dom.mfn(pseudo(va) // PAGE) * PAGE | flags)
         mem.write(l1, struct.pack("<512Q", *entries))
     for slot, entry_value in area.l4_entries().items():
