@@ -1,10 +1,10 @@
 """Debian's Linux 6.1 boots to hvsim's own /init (``--init``) and powers off, under bare_metal (the ELF
-vmlinux and the bzImage), efi (the PE entry; the handover entry is in test_linux_efi.py) and kvm_pvh: /init prints what
-userspace sees, and the matrix compares it across entries.  Two runs of the same kernel and config
-print byte-identical consoles, printk timestamps included.
+vmlinux) and kvm_pvh: /init prints what userspace sees, and coverage of the whole boot names what one
+entry alone runs.  Two runs of the same kernel and config print byte-identical consoles, printk
+timestamps included.  The efi handover entry to /init is in test_linux_efi.py, and the matrix of
+the bzImage under every entry (/init included) in test_linux_matrix.py.
 
-Cost on a 2-core machine: the vmlinux boots in ~11 s; a bzImage adds its in-guest decompressor
-(~40 s).  The bzImage entries share one matrix run.
+Cost on a 2-core machine: the vmlinux boots to /init in ~11 s.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ import sys
 import pytest
 
 from hvsim import MachineConfig
-from hvsim.api import Run
 from hvsim.core.layout import PhysicalLayout
-from hvsim.kernels import init_cpio_path
-from hvsim.matrix import run_matrix
 from hvsim.semantics import FIRMWARE_MEMMAP_TYPES
 from hvsim.userspace_report import parse_userspace_report
 
@@ -86,21 +83,6 @@ def test_vmlinux_under_kvm_pvh_reaches_init(vmlinux):
     assert report is not None, console[-3000:]
     assert report["cmdline"] == CMDLINE and report["pid"] == 1
     assert report["hypervisor"] == ""                    # no /sys/hypervisor: KVM guests have none
-
-
-def test_matrix_of_the_bzimage_compares_what_userspace_saw_under_each_entry():
-    config = MachineConfig(memory="512M", cmdline=CMDLINE, timeout=300, initrd=init_cpio_path())
-    matrix = run_matrix(debian_vmlinuz(), config, ["bare_metal", "efi", "kvm_pvh"], jobs=2)
-    columns = matrix.columns
-    for env in ("bare_metal", "efi", "kvm_pvh"):
-        semantics = columns[env]["semantics"]
-        assert semantics["stop"] == "poweroff", (env, columns[env].get("stop"))
-        assert semantics["userspace_cmdline"] == CMDLINE, env
-        assert semantics["sources"]["userspace_cmdline"] == "userspace"
-    assert columns["bare_metal"]["semantics"]["userspace_efi"] == "no"
-    assert columns["efi"]["semantics"]["userspace_efi"].startswith("yes")
-    fields = {d.field for d in matrix.differences if d.environment == "efi"}
-    assert "userspace_efi" in fields
 
 
 def test_coverage_of_the_whole_boot_to_init_names_what_one_entry_runs(vmlinux, tmp_path):

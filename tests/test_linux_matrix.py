@@ -20,7 +20,7 @@ from linux_kernel import debian_vmlinuz
 pytestmark = pytest.mark.linux
 
 CMDLINE = "earlyprintk=serial,ttyS0 console=ttyS0 nokaslr"
-IN_TREE = ("bare_metal", "xen_pvh", "xen_pv", "efi")
+IN_TREE = ("bare_metal", "xen_pvh", "xen_pv", "efi", "kvm_pvh")     # kvm_pvh: the example third-party plugin
 # Functions only one boot entry runs, with the expected stop, per environment.  An environment that is
 # not installed (xen_pv and efi until their branches land) is skipped by name.
 ONLY_UNDER = {
@@ -75,8 +75,8 @@ def test_coverage_names_the_functions_only_one_entry_runs(coverage, env):
 def test_matrix_shows_what_linux_printed_under_every_environment(vmlinuz, tmp_path, capsys):
     envs = installed(IN_TREE)
     out = tmp_path / "matrix.json"
-    status = main(["matrix", str(vmlinuz), "--envs", ",".join(envs), "--cmdline", CMDLINE, "--timeout", "300",
-                   "--json", str(out)])
+    status = main(["matrix", str(vmlinuz), "--init", "--envs", ",".join(envs), "--cmdline", CMDLINE,
+                   "--timeout", "300", "--json", str(out)])
     table = capsys.readouterr().out
     data = json.loads(out.read_text())
 
@@ -90,8 +90,19 @@ def test_matrix_shows_what_linux_printed_under_every_environment(vmlinuz, tmp_pa
         assert "Linux version 6.1" in record["console"]
     bare = data["environments"]["bare_metal"]["semantics"]
     assert bare["memmap"] == layout and bare["calls"] == {}
-    # with no initramfs and no disk, Linux boots on until it finds no root file system and panics
-    assert bare["stop"] == "crash" and "VFS: Unable to mount root fs" in bare["stop_detail"]
+    # with hvsim's /init, Linux reaches userspace, which reports what it saw and powers off
+    assert bare["stop"] == "poweroff" and bare["stop_detail"] == "poweroff via acpi-pm1a-s5"
+    assert bare["sources"]["userspace_cmdline"] == "userspace" and bare["userspace_cmdline"] == CMDLINE
+    assert bare["userspace_efi"] == "no" and bare["clockevent"] == "lapic"
+    for env in {"efi", "kvm_pvh"} & set(envs):       # the other PC entries reach userspace too
+        record = data["environments"][env]["semantics"]
+        assert record["stop"] == "poweroff" and record["userspace_cmdline"] == CMDLINE, (env, record["stop_detail"])
+    if "efi" in envs:
+        assert data["environments"]["efi"]["semantics"]["userspace_efi"].startswith("yes")
+        declared = {d["field"] for d in data["differences"] if d["environment"] == "efi" and d["inherent"]}
+        assert {"userspace_efi", "userspace_memmap"} <= declared
+    if "kvm_pvh" in envs:
+        assert data["environments"]["kvm_pvh"]["semantics"]["clocksource"] == "kvm-clock"
     assert bare["rsdp"] == 0xE0000 and {"FACP", "APIC"} <= set(bare["acpi_tables"])
     if "xen_pvh" in envs:
         pvh = data["environments"]["xen_pvh"]["semantics"]
@@ -101,4 +112,4 @@ def test_matrix_shows_what_linux_printed_under_every_environment(vmlinuz, tmp_pa
         undeclared = {(d["environment"], d["field"]) for d in data["differences"] if not d["inherent"]}
         assert ("xen_pvh", "memmap") in undeclared and status == 1
         assert "! memmap" in table and "Hypervisor detected: Xen HVM" in table
-    assert "earlyprintk=serial,ttyS0" in table and "crash" in table
+    assert "earlyprintk=serial,ttyS0" in table and "poweroff" in table and "userspace_cmdline" in table
