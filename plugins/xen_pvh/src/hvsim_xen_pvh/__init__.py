@@ -25,13 +25,14 @@ from hvsim import Acceptance, Environment, InherentDifference, hookimpl, pvh
 from hvsim.abi import xen as x
 from hvsim.core.errors import LoadError
 from hvsim.xen import HypercallError, XenHypervisor
+from hvsim.xen.hvm_upcall import HvmUpcall
 
 ENV = "xen_pvh"
 PAGE = 0x1000
 STORE_PAGE = 0xFC000                  # in the reserved BIOS area (the ACPI tables use its start)
 CONSOLE_PAGE = 0xFD000
 FEATURES = (1 << x.XENFEAT_writable_page_tables | 1 << x.XENFEAT_auto_translated_physmap
-            | 1 << x.XENFEAT_hvm_callback_vector)
+            | 1 << x.XENFEAT_hvm_callback_vector | 1 << x.XENFEAT_hvm_safe_pvclock)
 
 
 @hookimpl
@@ -80,8 +81,11 @@ def hvsim_setup(machine, image, config, options):
     machine.attach_pc_devices(interrupts="lapic")     # Xen emulates a PVH guest's local APIC, no legacy PC devices
     memory_map = guest_memory_map(machine)
     start_info = pvh.load(machine, image, config, version=version, memory_map=memory_map)
-    machine.plugin_state[ENV] = XenHypervisor(machine, memory_map=memory_map, features=FEATURES,
-                                              console_page=CONSOLE_PAGE, store_page=STORE_PAGE)
+    xen = XenHypervisor(machine, memory_map=memory_map, features=FEATURES,
+                        console_page=CONSOLE_PAGE, store_page=STORE_PAGE)
+    # events reach the vCPU as Xen's HVM code delivers them: the callback or upcall vector
+    machine.interrupt_source = HvmUpcall(xen, machine.interrupt_source, machine.chipset.lapic, machine.kick)
+    machine.plugin_state[ENV] = xen
     pvh.enter(machine, entry, start_info)
     return f"pvh at {entry:#x}, hvm_start_info v{version} at {start_info:#x}"
 
