@@ -58,6 +58,11 @@ ETIME = 62                                        # errno.h: a single-shot timer
 # vcpu.h: the timer sub-operations; hvm/params.h: HVM_PARAM_CALLBACK_IRQ's type in bits 63:56
 VCPUOP_set_periodic_timer, VCPUOP_stop_periodic_timer = 6, 7
 VCPUOP_set_singleshot_timer, VCPUOP_stop_singleshot_timer = 8, 9
+VCPUOP_register_runstate_memory_area = 5
+# vcpu.h: struct vcpu_runstate_info {int state; u64 state_entry_time; u64 time[4]} (x86-64 and
+# compat alike: 4-byte pad after state), time[] indexed by RUNSTATE_running/runnable/blocked/offline
+RUNSTATE_FORMAT = "<i4xQQQQQ"
+RUNSTATE_running = 0
 VCPUOP_NAMES = {0: "initialise", 1: "up", 2: "down", 3: "is_up", 4: "get_runstate_info",
                 5: "register_runstate_memory_area", 6: "set_periodic_timer", 7: "stop_periodic_timer",
                 8: "set_singleshot_timer", 9: "stop_singleshot_timer", 10: "register_vcpu_info",
@@ -112,6 +117,8 @@ class XenHypervisor:
         # PVH replaces it with "an interrupt is pending at the vCPU".
         self.wakeup_pending: Callable[[], bool] = self._pv_events_pending
         self.undelivered_upcalls = 0
+        self.runstate_area: dict[int, int] = {}     # vcpu -> guest-virtual vcpu_runstate_info
+        self.blocked_ns = [0] * machine.config.smp
         self.timers = VcpuTimers(machine.clock, machine.config.smp, self._timer_fired)
         self.console: ConsoleRing | None = None
         if store_page is not None:
@@ -242,6 +249,7 @@ class XenHypervisor:
             if not self._wait(self.wakeup_pending):
                 self.m.stop(StopReason("idle", detail="SCHEDOP_block with no event that can wake the vCPU"))
             info["blocked_ns"] = self.m.clock.now() - started
+            self.blocked_ns[0] += info["blocked_ns"]
             return 0
         if cmd == x.SCHEDOP_POLL:
             info["op"] = "poll"
@@ -261,6 +269,7 @@ class XenHypervisor:
             if not woke:
                 self.m.stop(StopReason("idle", detail="SCHEDOP_poll with no event that can wake the vCPU"))
             info["blocked_ns"] = self.m.clock.now() - started
+            self.blocked_ns[0] += info["blocked_ns"]
             return 0
         if cmd in (x.SCHEDOP_SHUTDOWN, x.SCHEDOP_SHUTDOWN_CODE):
             info["op"] = "shutdown" if cmd == x.SCHEDOP_SHUTDOWN else "shutdown_code"
@@ -475,8 +484,30 @@ class XenHypervisor:
             else:
                 self.timers.stop_periodic(vcpu)
             return 0
-        info.update(op=f"cmd_{cmd}", vcpu=vcpu)
+        if cmd == VCPUOP_register_runstate_memory_area:
+            info.update(op=VCPUOP_NAMES[cmd], vcpu=vcpu)
+            (address,) = self.unpack("<I" if self.compat else "<Q", arg)
+            info["area"] = address
+            self.runstate_area[vcpu] = address
+            self.publish_runstate(vcpu)
+            return 0
+        info.update(op=VCPUOP_NAMES.get(cmd, f"cmd_{cmd}"), vcpu=vcpu)
         raise HypercallError(x.ENOSYS)
+
+    def publish_runstate(self, vcpu: int) -> None:
+        """Write ``struct vcpu_runstate_info`` to the registered area: the vCPU is running; its
+        time in ``blocked`` is what SCHEDOP_block/poll waited, in ``running`` the rest (it is never
+        runnable or offline: no steal time).  An area the guest unmapped is skipped, as Xen does."""
+        address = self.runstate_area.get(vcpu)
+        if address is None:
+            return
+        now = self.m.clock.now()
+        blocked = self.blocked_ns[vcpu]
+        area = struct.pack(RUNSTATE_FORMAT, RUNSTATE_running, now, now - blocked, 0, blocked, 0)
+        try:
+            self.write(address, area)
+        except GuestMemoryError:
+            pass
 
     # -- event_channel_op ----------------------------------------------------------------------
     def event_channel_op(self, a, info) -> int:
@@ -579,6 +610,7 @@ class XenHypervisor:
             address = self.events.vcpu_info_address(v)
             if address is not None:
                 publish_time(self.m.memory, address, system_time_ns=now, tsc=tsc & (2**64 - 1), ticks_per_s=TSC_HZ)
+            self.publish_runstate(v)
 
     def _timer_fired(self, vcpu: int) -> None:
         self.publish_time(vcpu)
