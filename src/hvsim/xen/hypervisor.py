@@ -12,17 +12,26 @@ unknown hypercall or sub-operation gets ``-ENOSYS``.  Each call is recorded as a
 
 What is answered, and how (anything else is -ENOSYS, recorded):
 - console_io: write (to channel ``xen``), read (no input: 0 bytes).
-- sched_op: yield, block (ends the run as ``idle``: no event source is modelled yet),
-  shutdown (poweroff, reboot, crash, watchdog; suspend is refused with -EINVAL), shutdown_code.
+- sched_op: yield; block (clears the upcall mask, then guest time skips from event to event
+  until ``wakeup_pending()``; the run ends as ``idle`` when nothing can wake the vCPU); poll (the
+  same, until one of the ports is pending or the timeout); shutdown (poweroff, reboot, crash,
+  watchdog; suspend is refused with -EINVAL), shutdown_code.
 - xen_version: version (4.17), extraversion, capabilities, changeset, compile_info, pagesize,
   get_features (``features`` given by the environment), commandline (empty).
 - memory_op: memory_map, maximum_reservation, current_reservation, maximum_gpfn,
   add_to_physmap for shared_info.
 - hvm_op: get_param/set_param (console and store pfn and event channel, callback irq, and any
   other parameter as a stored value), set_evtchn_upcall_vector, flush_tlbs, pagetable_dying.
-- vcpu_op: is_up, register_vcpu_info.
-- event_channel_op: alloc_unbound, bind_virq, bind_ipi, send (drains the console ring when sent to
-  the console's channel), close, unmask; init_control is -ENOSYS (the 2-level ABI).
+- vcpu_op: is_up, register_vcpu_info, register_runstate_memory_area, set/stop_singleshot_timer,
+  set/stop_periodic_timer; set_timer_op.  Timers run on ``machine.clock`` and raise VIRQ_TIMER.
+- event_channel_op (``evtchn.EventChannels``, the 2-level ABI): alloc_unbound, bind_interdomain,
+  bind_virq, bind_ipi, send (the console and xenstore channels reach hvsim's backends), close,
+  status, bind_vcpu, unmask; init_control is -ENOSYS.
+- Xen time: ``vcpu_time_info`` (system time = guest time, the TSC stamp what rdtsc returns) is
+  rewritten when shared_info or a vcpu_info is placed, on timer programming and at every upcall;
+  the wallclock is ``WALLCLOCK_EPOCH_S`` at system time 0.
+- Upcalls: ``deliver_upcall(vcpu)`` is the environment's (PVH: ``hvm_upcall.HvmUpcall``); with none
+  an event is recorded (one note) and stays pending.
 - grant_table_op: query_size.
 """
 
