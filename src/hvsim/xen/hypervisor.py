@@ -257,6 +257,10 @@ class XenHypervisor:
             started = self.m.clock.now()
             if not self._wait(self.wakeup_pending):
                 self.m.stop(StopReason("idle", detail="SCHEDOP_block with no event that can wake the vCPU"))
+            elif self.deliver_upcall is None:
+                # woken, but nothing would ever run the guest's handler: it would block again at once
+                self.m.stop(StopReason("idle", detail="SCHEDOP_block woken by an event that no upcall route "
+                                                      "delivers (PV event callbacks are not modelled)"))
             info["blocked_ns"] = self.m.clock.now() - started
             self.blocked_ns[0] += info["blocked_ns"]
             return 0
