@@ -368,4 +368,4 @@ def hvsim_finish(machine, result):
     if d is None:
         return None
     return {"hypercalls": d.xen.calls, "pinned_tables": len(d.mmu.pinned), "tlb_flushes": d.mmu.flushes,
-            "bounced_exceptions": d.cpu.bounces, "nr_pages": d.dom.nr_pages, "dom0": d.dom0}
+            "bounced_exceptions": d.cpu.bounces, "event_upcalls": d.cpu.upcalls, "nr_pages": d.dom.nr_pages, "dom0": d.dom0}

@@ -83,7 +83,7 @@ class PvCpu:
             return "domain crash (no trap handler)"
         flags, _cs, address = handler
         error_code = (exc.error_code or 0) if exc.vector in HAS_ERROR_CODE else None
-        if not self._push_bounce_frame(address, error_code, vector_name(exc.vector)):
+        if not self._push_bounce_frame(address, exc.rip, error_code, vector_name(exc.vector)):
             return "domain crash (bounce frame not writable)"
         if exc.vector == 14:
             self.m.memory.write_u64(self.vcpu_info() + VCPU_INFO_CR2, exc.cr2 or 0)
@@ -92,8 +92,8 @@ class PvCpu:
         self.bounces += 1
         return f"bounce frame to {address:#x}"
 
-    def _push_bounce_frame(self, address: int, error_code: int | None, what: str) -> bool:
-        """Xen's create_bounce_frame (kernel mode): push rcx, r11, [error code], rip, cs with the
+    def _push_bounce_frame(self, address: int, rip: int, error_code: int | None, what: str) -> bool:
+        """Xen's create_bounce_frame (kernel mode): push rcx, r11, [error code], ``rip``, cs with the
         saved upcall mask in bits 32+, rflags (IF = events unmasked), rsp, ss on the 16-byte-aligned
         stack, then continue at ``address``.  An unwritable stack crashes the domain (False)."""
         m = self.m
@@ -103,7 +103,7 @@ class PvCpu:
         frame = [m.reg("rcx"), m.reg("r11")]
         if error_code is not None:
             frame.append(error_code)
-        frame += [m.reg("rip"), KERNEL_CS | mask << 32, saved_rflags, m.reg("rsp"), KERNEL_SS]
+        frame += [rip, KERNEL_CS | mask << 32, saved_rflags, m.reg("rsp"), KERNEL_SS]
         rsp = (m.reg("rsp") & ~0xF) - 8 * len(frame)
         try:
             m.vmem.write(rsp, struct.pack(f"<{len(frame)}Q", *frame))
@@ -134,7 +134,7 @@ class PvCpu:
         """Bounce to the event callback (events masked during delivery, as Xen does); True if done."""
         if not self.event_deliverable():
             return False
-        if not self._push_bounce_frame(self.callbacks["event"][0], None, "event callback"):
+        if not self._push_bounce_frame(self.callbacks["event"][0], self.m.reg("rip"), None, "event callback"):
             return False
         self.set_upcall_mask(1)
         self.upcalls += 1
