@@ -12,17 +12,26 @@ unknown hypercall or sub-operation gets ``-ENOSYS``.  Each call is recorded as a
 
 What is answered, and how (anything else is -ENOSYS, recorded):
 - console_io: write (to channel ``xen``), read (no input: 0 bytes).
-- sched_op: yield, block (ends the run as ``idle``: no event source is modelled yet),
-  shutdown (poweroff, reboot, crash, watchdog; suspend is refused with -EINVAL), shutdown_code.
+- sched_op: yield; block (clears the upcall mask, then guest time skips from event to event
+  until ``wakeup_pending()``; the run ends as ``idle`` when nothing can wake the vCPU); poll (the
+  same, until one of the ports is pending or the timeout); shutdown (poweroff, reboot, crash,
+  watchdog; suspend is refused with -EINVAL), shutdown_code.
 - xen_version: version (4.17), extraversion, capabilities, changeset, compile_info, pagesize,
   get_features (``features`` given by the environment), commandline (empty).
 - memory_op: memory_map, maximum_reservation, current_reservation, maximum_gpfn,
   add_to_physmap for shared_info.
 - hvm_op: get_param/set_param (console and store pfn and event channel, callback irq, and any
   other parameter as a stored value), set_evtchn_upcall_vector, flush_tlbs, pagetable_dying.
-- vcpu_op: is_up, register_vcpu_info.
-- event_channel_op: alloc_unbound, bind_virq, bind_ipi, send (drains the console ring when sent to
-  the console's channel), close, unmask; init_control is -ENOSYS (the 2-level ABI).
+- vcpu_op: is_up, register_vcpu_info, register_runstate_memory_area, set/stop_singleshot_timer,
+  set/stop_periodic_timer; set_timer_op.  Timers run on ``machine.clock`` and raise VIRQ_TIMER.
+- event_channel_op (``evtchn.EventChannels``, the 2-level ABI): alloc_unbound, bind_interdomain,
+  bind_virq, bind_ipi, send (the console and xenstore channels reach hvsim's backends), close,
+  status, bind_vcpu, unmask; init_control is -ENOSYS.
+- Xen time: ``vcpu_time_info`` (system time = guest time, the TSC stamp what rdtsc returns) is
+  rewritten when shared_info or a vcpu_info is placed, on timer programming and at every upcall;
+  the wallclock is ``WALLCLOCK_EPOCH_S`` at system time 0.
+- Upcalls: ``deliver_upcall(vcpu)`` is the environment's (PVH: ``hvm_upcall.HvmUpcall``); with none
+  an event is recorded (one note) and stays pending.
 - grant_table_op: query_size.
 """
 
@@ -32,12 +41,16 @@ import struct
 from typing import TYPE_CHECKING, Callable
 
 from ..abi import xen as x
+from ..core.clock import TSC_HZ, WALLCLOCK_EPOCH_S
 from ..core.cpuid import LEAF1_ECX_HYPERVISOR
 from ..core.devices import ConsoleSink
 from ..core.errors import GuestMemoryError
 from ..core.events import Call, Shutdown
 from ..core.result import StopReason
+from . import evtchn as ev
 from .console import ConsoleRing
+from .pvclock import publish_time, publish_wallclock
+from .timer import MIN_PERIOD_NS, VCPU_SSHOTTMR_future, VcpuTimers
 
 if TYPE_CHECKING:
     from ..core.layout import MemoryRange
@@ -47,6 +60,26 @@ XEN_VERSION = (4, 17)
 EXTRAVERSION = b".0-hvsim"
 PAGE = 0x1000
 MAX_CONSOLE_WRITE = 1 << 16
+# An idle vCPU (SCHEDOP_block, poll) whose events never wake it would skip time forever; after this
+# much guest time it is stopped as idle (as the run loop does for hlt).
+MAX_BLOCK_NS = 3600 * 10**9
+ETIME = 62                                        # errno.h: a single-shot timer in the past
+# vcpu.h: the timer sub-operations; hvm/params.h: HVM_PARAM_CALLBACK_IRQ's type in bits 63:56
+VCPUOP_set_periodic_timer, VCPUOP_stop_periodic_timer = 6, 7
+VCPUOP_set_singleshot_timer, VCPUOP_stop_singleshot_timer = 8, 9
+VCPUOP_register_runstate_memory_area = 5
+# vcpu.h: struct vcpu_runstate_info {int state; u64 state_entry_time; u64 time[4]} (x86-64 and
+# compat alike: 4-byte pad after state), time[] indexed by RUNSTATE_running/runnable/blocked/offline
+RUNSTATE_FORMAT = "<i4xQQQQQ"
+RUNSTATE_running = 0
+VCPUOP_NAMES = {0: "initialise", 1: "up", 2: "down", 3: "is_up", 4: "get_runstate_info",
+                5: "register_runstate_memory_area", 6: "set_periodic_timer", 7: "stop_periodic_timer",
+                8: "set_singleshot_timer", 9: "stop_singleshot_timer", 10: "register_vcpu_info",
+                11: "send_nmi", 12: "get_physical_id", 13: "register_vcpu_time_memory_area"}
+HVM_PARAM_CALLBACK_TYPE_GSI, HVM_PARAM_CALLBACK_TYPE_PCI_INTX, HVM_PARAM_CALLBACK_TYPE_VECTOR = 0, 1, 2
+HVM_PARAM_CALLBACK_TYPE_SHIFT = 56
+SCHED_POLL_FORMAT = "<QIIQ"                       # {XEN_GUEST_HANDLE(port) ports; u32 nr_ports; pad; u64 timeout}
+SCHED_POLL_COMPAT_FORMAT = "<IIQ"                 # 32-bit caller: a 32-bit handle
 
 
 class HypercallError(Exception):
@@ -85,17 +118,26 @@ class XenHypervisor:
         self.console_io_sink = ConsoleSink(machine, "xen")
         machine.add_sink(self.console_io_sink)
         self.params: dict[int, int] = {}
-        self.next_port = 1
-        self.ports: dict[int, str] = {}
+        self.events = ev.EventChannels(machine.memory, machine.config.smp, domid=domid, notify=self._upcall)
+        # How an event reaches a vCPU whose evtchn_upcall_pending rose (the environment sets it: a
+        # vector at the local APIC for PVH, a bounce frame for PV); None: recorded, not delivered.
+        self.deliver_upcall: Callable[[int], bool] | None = None
+        # Whether a blocked vCPU has something to wake for (Xen's local_events_need_delivery);
+        # PVH replaces it with "an interrupt is pending at the vCPU".
+        self.wakeup_pending: Callable[[], bool] = self._pv_events_pending
+        self.undelivered_upcalls = 0
+        self.runstate_area: dict[int, int] = {}     # vcpu -> guest-virtual vcpu_runstate_info
+        self.blocked_ns = [0] * machine.config.smp
+        self.timers = VcpuTimers(machine.clock, machine.config.smp, self._timer_fired)
         self.console: ConsoleRing | None = None
         if store_page is not None:
             machine.memory.fill(store_page, PAGE)
             self.params[x.HVM_PARAM_STORE_PFN] = store_page // PAGE
-            self.params[x.HVM_PARAM_STORE_EVTCHN] = self._alloc_port("xenstore")
+            self.params[x.HVM_PARAM_STORE_EVTCHN] = self.events.bind_backend("xenstore", self._store_notified)
         if console_page is not None:
             self.console = ConsoleRing(machine, console_page)
             self.params[x.HVM_PARAM_CONSOLE_PFN] = console_page // PAGE
-            self.params[x.HVM_PARAM_CONSOLE_EVTCHN] = self._alloc_port("console")
+            self.params[x.HVM_PARAM_CONSOLE_EVTCHN] = self.events.bind_backend("console", self._drain)
         self.shared_info: int | None = None          # guest-physical address, once placed
         self.vcpu_info: dict[int, int] = {}          # vcpu -> guest-physical address
         self.upcall_vectors: dict[int, int] = {}
@@ -108,6 +150,7 @@ class XenHypervisor:
         self.handlers: dict[int, Handler] = {
             18: self.console_io, 29: self.sched_op, 17: self.xen_version, 12: self.memory_op,
             34: self.hvm_op, 24: self.vcpu_op, 32: self.event_channel_op, 20: self.grant_table_op,
+            15: self.set_timer_op,
         }
 
     @property
@@ -183,14 +226,6 @@ class XenHypervisor:
     def unpack(self, fmt: str, address: int) -> tuple:
         return struct.unpack(fmt, self.read(address, struct.calcsize(fmt)))
 
-    def _alloc_port(self, what: str) -> int:
-        if self.next_port >= x.NR_EVENT_CHANNELS_2L:
-            raise HypercallError(x.ENOSPC, "no free event channel")
-        port = self.next_port
-        self.next_port += 1
-        self.ports[port] = what
-        return port
-
     # -- console_io ----------------------------------------------------------------------------
     def console_io(self, a, info) -> int:
         cmd, count, buf = a[0], a[1] & 0xFFFF_FFFF, a[2]
@@ -219,7 +254,36 @@ class XenHypervisor:
         if cmd == x.SCHEDOP_BLOCK:
             info["op"] = "block"
             self._drain()
-            self.m.stop(StopReason("idle", detail="SCHEDOP_block with no event source modelled"))
+            self.events.set_upcall_mask(0, False)       # vcpu_block_enable_events
+            started = self.m.clock.now()
+            if not self._wait(self.wakeup_pending):
+                self.m.stop(StopReason("idle", detail="SCHEDOP_block with no event that can wake the vCPU"))
+            elif self.deliver_upcall is None:
+                # woken, but nothing would ever run the guest's handler: it would block again at once
+                self.m.stop(StopReason("idle", detail="SCHEDOP_block woken by an event that no upcall route "
+                                                      "delivers (PV event callbacks are not modelled)"))
+            info["blocked_ns"] = self.m.clock.now() - started
+            self.blocked_ns[0] += info["blocked_ns"]
+            return 0
+        if cmd == x.SCHEDOP_POLL:
+            info["op"] = "poll"
+            fmt = SCHED_POLL_COMPAT_FORMAT if self.compat else SCHED_POLL_FORMAT
+            fields = self.unpack(fmt, arg)
+            ports_at, nr_ports, timeout = fields[0], fields[1], fields[-1]
+            info.update(nr_ports=nr_ports, timeout=timeout)
+            if nr_ports > 128:                        # sched.c: nr_ports > 128 is -EINVAL
+                raise HypercallError(x.EINVAL, f"{nr_ports} ports")
+            ports = struct.unpack(f"<{nr_ports}I", self.read(ports_at, 4 * nr_ports)) if nr_ports else ()
+            if any(not 0 <= p < ev.NR_EVENT_CHANNELS for p in ports):
+                raise HypercallError(x.EINVAL, "a port out of range")
+            self._drain()
+            started = self.m.clock.now()
+            woke = self._wait(lambda: any(self.events.is_pending(p) for p in ports) or self.wakeup_pending(),
+                              timeout if timeout else None)
+            if not woke:
+                self.m.stop(StopReason("idle", detail="SCHEDOP_poll with no event that can wake the vCPU"))
+            info["blocked_ns"] = self.m.clock.now() - started
+            self.blocked_ns[0] += info["blocked_ns"]
             return 0
         if cmd in (x.SCHEDOP_SHUTDOWN, x.SCHEDOP_SHUTDOWN_CODE):
             info["op"] = "shutdown" if cmd == x.SCHEDOP_SHUTDOWN else "shutdown_code"
@@ -317,6 +381,9 @@ class XenHypervisor:
         self.m.memory.fill(address, PAGE)
         for vcpu in range(min(self.m.config.smp, x.SHARED_INFO_VCPUS)):
             self.m.memory.write_u8(address + vcpu * x.VCPU_INFO_SIZE + x.VCPU_INFO_UPCALL_MASK, 1)
+        publish_wallclock(self.m.memory, address, WALLCLOCK_EPOCH_S)
+        self.events.place_shared_info(address)
+        self.publish_time()
 
     # -- hvm_op --------------------------------------------------------------------------------
     def hvm_op(self, a, info) -> int:
@@ -332,6 +399,9 @@ class XenHypervisor:
             if cmd == x.HVMOP_set_param:
                 info["value"] = value
                 self.params[index] = value
+                if index == x.HVM_PARAM_CALLBACK_IRQ:
+                    info["callback"] = self._callback_via_name(value)
+                    self._reassert(0)
                 return 0
             value = self.params.get(index, 0)
             info["value"] = value
@@ -344,6 +414,7 @@ class XenHypervisor:
             if vcpu >= self.m.config.smp or vector < 0x10:
                 raise HypercallError(x.EINVAL)
             self.upcall_vectors[vcpu] = vector
+            self._reassert(vcpu)
             return 0
         if cmd == x.HVMOP_flush_tlbs:
             info["op"] = "flush_tlbs"
@@ -353,6 +424,33 @@ class XenHypervisor:
             raise HypercallError(x.ENOSYS)
         info["op"] = f"cmd_{cmd}"
         raise HypercallError(x.ENOSYS)
+
+    @property
+    def callback_vector(self) -> int | None:
+        """The vector of HVM_PARAM_CALLBACK_IRQ when its type is "vector", else None."""
+        value = self.params.get(x.HVM_PARAM_CALLBACK_IRQ, 0)
+        if value >> HVM_PARAM_CALLBACK_TYPE_SHIFT != HVM_PARAM_CALLBACK_TYPE_VECTOR:
+            return None
+        return value & 0xFF
+
+    @staticmethod
+    def _callback_via_name(value: int) -> str:
+        kind = value >> HVM_PARAM_CALLBACK_TYPE_SHIFT
+        if value == 0:
+            return "none"
+        if kind == HVM_PARAM_CALLBACK_TYPE_VECTOR:
+            return f"vector {value & 0xFF:#x}"
+        if kind == HVM_PARAM_CALLBACK_TYPE_GSI:
+            return f"gsi {value & 0xFFFF_FFFF}"
+        if kind == HVM_PARAM_CALLBACK_TYPE_PCI_INTX:
+            return "pci intx"
+        return f"type {kind}"
+
+    def _reassert(self, vcpu: int) -> None:
+        """A new upcall route: an event already pending goes out through it (as Xen's
+        hvm_set_callback_via and set_evtchn_upcall_vector re-assert the event interrupt)."""
+        if self.events.upcall_pending(vcpu) and self.deliver_upcall is not None:
+            self.deliver_upcall(vcpu)
 
     # -- vcpu_op -------------------------------------------------------------------------------
     def vcpu_op(self, a, info) -> int:
@@ -376,48 +474,173 @@ class XenHypervisor:
             content = self.m.memory.read(old, x.VCPU_INFO_SIZE) if old is not None else bytes(x.VCPU_INFO_SIZE)
             self.m.memory.write(address, content)
             self.vcpu_info[vcpu] = address
+            self.events.vcpu_info[vcpu] = address
+            self.publish_time(vcpu)
             return 0
-        info.update(op=f"cmd_{cmd}", vcpu=vcpu)
+        if cmd in (VCPUOP_set_singleshot_timer, VCPUOP_stop_singleshot_timer, VCPUOP_set_periodic_timer,
+                   VCPUOP_stop_periodic_timer):
+            info.update(op=VCPUOP_NAMES[cmd], vcpu=vcpu)
+            self.publish_time(vcpu)
+            if cmd == VCPUOP_set_singleshot_timer:
+                timeout, flags = self.unpack("<QI", arg)
+                info.update(timeout=timeout, flags=flags)
+                if flags & VCPU_SSHOTTMR_future and timeout < self.m.clock.now():
+                    raise HypercallError(ETIME, "the timeout is in the past")
+                self.timers.set_singleshot(vcpu, timeout if timeout < 1 << 63 else self.m.clock.now())
+            elif cmd == VCPUOP_stop_singleshot_timer:
+                self.timers.stop_singleshot(vcpu)
+            elif cmd == VCPUOP_set_periodic_timer:
+                (period,) = self.unpack("<Q", arg)
+                info["period"] = period
+                if period < MIN_PERIOD_NS or period >= 1 << 62:
+                    raise HypercallError(x.EINVAL, f"period {period} ns")
+                self.timers.set_periodic(vcpu, period)
+            else:
+                self.timers.stop_periodic(vcpu)
+            return 0
+        if cmd == VCPUOP_register_runstate_memory_area:
+            info.update(op=VCPUOP_NAMES[cmd], vcpu=vcpu)
+            (address,) = self.unpack("<I" if self.compat else "<Q", arg)
+            info["area"] = address
+            self.runstate_area[vcpu] = address
+            self.publish_runstate(vcpu)
+            return 0
+        info.update(op=VCPUOP_NAMES.get(cmd, f"cmd_{cmd}"), vcpu=vcpu)
         raise HypercallError(x.ENOSYS)
+
+    def publish_runstate(self, vcpu: int) -> None:
+        """Write ``struct vcpu_runstate_info`` to the registered area: the vCPU is running; its
+        time in ``blocked`` is what SCHEDOP_block/poll waited, in ``running`` the rest (it is never
+        runnable or offline: no steal time).  An area the guest unmapped is skipped, as Xen does."""
+        address = self.runstate_area.get(vcpu)
+        if address is None:
+            return
+        now = self.m.clock.now()
+        blocked = self.blocked_ns[vcpu]
+        area = struct.pack(RUNSTATE_FORMAT, RUNSTATE_running, now, now - blocked, 0, blocked, 0)
+        try:
+            self.write(address, area)
+        except GuestMemoryError:
+            pass
 
     # -- event_channel_op ----------------------------------------------------------------------
     def event_channel_op(self, a, info) -> int:
         cmd, arg = a[0], a[1]
-        ops = {x.EVTCHNOP_alloc_unbound: "alloc_unbound", x.EVTCHNOP_bind_virq: "bind_virq",
-               x.EVTCHNOP_bind_ipi: "bind_ipi", x.EVTCHNOP_send: "send", x.EVTCHNOP_close: "close",
-               x.EVTCHNOP_unmask: "unmask", x.EVTCHNOP_init_control: "init_control"}
-        info["op"] = ops.get(cmd, f"cmd_{cmd}")
-        if cmd == x.EVTCHNOP_alloc_unbound:
-            dom, remote = self.unpack("<HH", arg)
-            port = self._alloc_port(f"unbound(remote {remote:#x})")
-            info.update(remote_dom=remote, port=port)
-            self.write(arg + 4, struct.pack("<I", port))
-            return 0
-        if cmd == x.EVTCHNOP_bind_virq:
-            virq, vcpu = self.unpack("<II", arg)
-            port = self._alloc_port(f"virq {virq}")
-            info.update(virq=virq, vcpu=vcpu, port=port)
-            self.write(arg + 8, struct.pack("<I", port))
-            return 0
-        if cmd == x.EVTCHNOP_bind_ipi:
-            (vcpu,) = self.unpack("<I", arg)
-            port = self._alloc_port(f"ipi vcpu {vcpu}")
-            info.update(vcpu=vcpu, port=port)
-            self.write(arg + 4, struct.pack("<I", port))
-            return 0
-        if cmd in (x.EVTCHNOP_send, x.EVTCHNOP_close, x.EVTCHNOP_unmask):
-            (port,) = self.unpack("<I", arg)
-            info.update(port=port, channel=self.ports.get(port, "unbound"))
-            if port not in self.ports:
-                raise HypercallError(x.EINVAL, f"port {port} is not bound")
-            if cmd == x.EVTCHNOP_send and self.ports[port] == "console":
-                info["drained"] = self._drain()
-            if cmd == x.EVTCHNOP_send and self.ports[port] == "xenstore" and self.store is not None:
-                info["xenstore_requests"] = self.store.process()
-            if cmd == x.EVTCHNOP_close:
-                del self.ports[port]
-            return 0
+        info["op"] = ev.EVTCHNOP_NAMES.get(cmd, f"cmd_{cmd}")
+        events = self.events
+        try:
+            if cmd == ev.EVTCHNOP_alloc_unbound:
+                dom, remote, _ = self.unpack(ev.ALLOC_UNBOUND_FORMAT, arg)
+                info.update(remote_dom=remote)
+                port = info["port"] = events.alloc_unbound(dom, remote)
+                self.write(arg + 4, struct.pack("<I", port))
+                return 0
+            if cmd == ev.EVTCHNOP_bind_interdomain:
+                remote, remote_port, _ = self.unpack(ev.BIND_INTERDOMAIN_FORMAT, arg)
+                info.update(remote_dom=remote, remote_port=remote_port)
+                port = info["port"] = events.bind_interdomain(remote, remote_port)
+                self.write(arg + 8, struct.pack("<I", port))
+                return 0
+            if cmd == ev.EVTCHNOP_bind_virq:
+                virq, vcpu, _ = self.unpack(ev.BIND_VIRQ_FORMAT, arg)
+                info.update(virq=virq, vcpu=vcpu)
+                port = info["port"] = events.bind_virq(virq, vcpu)
+                self.write(arg + 8, struct.pack("<I", port))
+                return 0
+            if cmd == ev.EVTCHNOP_bind_ipi:
+                vcpu, _ = self.unpack(ev.BIND_IPI_FORMAT, arg)
+                info.update(vcpu=vcpu)
+                port = info["port"] = events.bind_ipi(vcpu)
+                self.write(arg + 4, struct.pack("<I", port))
+                return 0
+            if cmd in (ev.EVTCHNOP_send, ev.EVTCHNOP_close, ev.EVTCHNOP_unmask):
+                (port,) = self.unpack("<I", arg)
+                channel = events.ports.get(port)
+                info.update(port=port, channel=(channel.backend or channel.state) if channel else "free")
+                if cmd == ev.EVTCHNOP_send:
+                    answer = events.send(port)
+                    if channel is not None and channel.backend is not None:
+                        info["xenstore_requests" if channel.backend == "xenstore" else "drained"] = answer
+                elif cmd == ev.EVTCHNOP_close:
+                    events.close(port)
+                else:
+                    events.unmask(port)
+                return 0
+            if cmd == ev.EVTCHNOP_status:
+                dom, port, *_ = self.unpack(ev.STATUS_FORMAT, arg)
+                info.update(port=port)
+                self.write(arg + 8, events.status(dom, port))
+                return 0
+            if cmd == ev.EVTCHNOP_bind_vcpu:
+                port, vcpu = self.unpack(ev.BIND_VCPU_FORMAT, arg)
+                info.update(port=port, vcpu=vcpu)
+                events.bind_vcpu(port, vcpu)
+                return 0
+        except ev.EventError as exc:
+            raise HypercallError(exc.errno, str(exc)) from None
+        if cmd == ev.EVTCHNOP_init_control:
+            raise HypercallError(x.ENOSYS, "no FIFO event channels: the 2-level ABI")
         raise HypercallError(x.ENOSYS)
+
+    # -- event delivery and the vCPU's wait -----------------------------------------------------------
+    def _upcall(self, vcpu: int) -> None:
+        """evtchn_upcall_pending rose on ``vcpu``: the environment delivers the upcall."""
+        self.publish_time(vcpu)
+        if self.deliver_upcall is None or not self.deliver_upcall(vcpu):
+            self.undelivered_upcalls += 1
+            if self.undelivered_upcalls == 1:
+                self.m.note(f"xen: an event is pending for vcpu {vcpu} but no upcall is registered "
+                            "(HVM_PARAM_CALLBACK_IRQ, an upcall vector or a PV event callback): not delivered")
+
+    def _pv_events_pending(self) -> bool:
+        return self.events.upcall_pending(0) and not self.events.upcall_masked(0)
+
+    def _wait(self, wake: Callable[[], bool], timeout_ns: int | None = None) -> bool:
+        """The vCPU is descheduled until ``wake()`` (or guest time reaches ``timeout_ns``): guest time
+        skips from event to event, running them, as an idle ``hlt`` does.  False when nothing can
+        ever wake it (no event left, or none raises anything for MAX_BLOCK_NS)."""
+        clock = self.m.clock
+        started = clock.now()
+        deadline = clock.schedule(timeout_ns, lambda: None) if timeout_ns is not None else None
+        try:
+            while True:
+                clock.run_due()
+                if wake() or (timeout_ns is not None and clock.now() >= timeout_ns):
+                    return True
+                if clock.now() - started > MAX_BLOCK_NS or not clock.skip_to_next():
+                    return False
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+
+    # -- Xen time --------------------------------------------------------------------------------------
+    def publish_time(self, vcpu: int | None = None) -> None:
+        """Bring ``vcpu_time_info`` up to date for ``vcpu`` (or every vCPU): system time is guest time,
+        the TSC stamp what rdtsc returns at that moment."""
+        vcpus = range(self.m.config.smp) if vcpu is None else (vcpu,)
+        now = self.m.clock.now()
+        tsc = now + getattr(self.m.native.control, "tsc_offset", 0)
+        for v in vcpus:
+            address = self.events.vcpu_info_address(v)
+            if address is not None:
+                publish_time(self.m.memory, address, system_time_ns=now, tsc=tsc & (2**64 - 1), ticks_per_s=TSC_HZ)
+            self.publish_runstate(v)
+
+    def _timer_fired(self, vcpu: int) -> None:
+        self.publish_time(vcpu)
+        self.events.raise_virq(ev.VIRQ_TIMER, vcpu)
+
+    def set_timer_op(self, a, info) -> int:
+        """set_timer_op(timeout): arm the single-shot timer at absolute system time ``timeout``
+        (a 32-bit caller passes it in two registers); 0 stops it."""
+        timeout = a[0] | a[1] << 32 if self.compat else a[0]
+        info["timeout"] = timeout
+        self.publish_time(0)
+        if timeout == 0:
+            self.timers.stop_singleshot(0)
+        else:
+            self.timers.set_singleshot(0, timeout if timeout < 1 << 63 else self.m.clock.now())
+        return 0
 
     # -- grant_table_op ------------------------------------------------------------------------
     def grant_table_op(self, a, info) -> int:
@@ -461,6 +684,15 @@ class XenHypervisor:
             stub = b"\x0f\x0b" if nr == x.HYPERCALL_IRET else b"\xb8" + struct.pack("<I", nr) + insn + b"\xc3"
             page[nr * 32:nr * 32 + len(stub)] = stub
         return bytes(page)
+
+    def _store_notified(self) -> int:
+        """The guest notified the xenstore channel: answer the ring, then notify it back."""
+        if self.store is None:
+            return 0
+        answered = self.store.process()
+        if answered:
+            self.events.notify_guest("xenstore")
+        return answered
 
     def _drain(self) -> int:
         return self.console.drain() if self.console is not None else 0

@@ -36,6 +36,7 @@ class XenStore:
         self.page = page
         self.home = f"/local/domain/{domid}"
         self.requests = 0
+        self._partial = bytearray()          # request bytes taken off the ring, not yet a whole message
         kib = str(memory_kib)
         self.tree: dict[str, str] = {"/vm/" + UUID + "/name": "hvsim"}
         for key, value in {"name": "hvsim", "domid": str(domid), "vm": "/vm/" + UUID, "memory/target": kib,
@@ -51,24 +52,36 @@ class XenStore:
 
     # -- the ring ------------------------------------------------------------------------------------
     def process(self) -> int:
-        """Answer every complete request on the ring; returns how many were answered."""
+        """Take every byte the guest produced off the ring (as xenstored does: a message may arrive in
+        pieces, and the guest notifies again only when it finds the ring drained), then answer every
+        complete request; returns how many were answered.  A header announcing more than
+        XENSTORE_PAYLOAD_MAX bytes, or indices further apart than the ring, discards what was read."""
         mem, page = self.m.memory, self.page
+        cons, prod = mem.read_u32(page + x.XS_REQ_CONS), mem.read_u32(page + x.XS_REQ_PROD)
+        avail = (prod - cons) & 0xFFFF_FFFF
+        if avail > x.XS_RING_SIZE:
+            self.m.note(f"xenstore: req_prod - req_cons = {avail} exceeds the ring; ignored")
+            return 0
+        if avail:
+            self._partial += self._ring_read(cons, avail)
+            mem.write_u32(page + x.XS_REQ_CONS, prod)
         answered = 0
-        while True:
-            cons, prod = mem.read_u32(page + x.XS_REQ_CONS), mem.read_u32(page + x.XS_REQ_PROD)
-            avail = (prod - cons) & 0xFFFF_FFFF
-            header_size = struct.calcsize(x.XS_MSG_HEADER_FORMAT)
-            if avail < header_size or avail > x.XS_RING_SIZE:
-                return answered
-            kind, req_id, tx_id, length = struct.unpack(x.XS_MSG_HEADER_FORMAT, self._ring_read(cons, header_size))
-            if length > x.XENSTORE_PAYLOAD_MAX or avail < header_size + length:
-                return answered
-            payload = self._ring_read(cons + header_size, length)
-            mem.write_u32(page + x.XS_REQ_CONS, (cons + header_size + length) & 0xFFFF_FFFF)
+        header_size = struct.calcsize(x.XS_MSG_HEADER_FORMAT)
+        while len(self._partial) >= header_size:
+            kind, req_id, tx_id, length = struct.unpack_from(x.XS_MSG_HEADER_FORMAT, self._partial)
+            if length > x.XENSTORE_PAYLOAD_MAX:
+                self.m.note(f"xenstore: a request of {length} bytes exceeds {x.XENSTORE_PAYLOAD_MAX}; discarded")
+                self._partial.clear()
+                break
+            if len(self._partial) < header_size + length:
+                break
+            payload = bytes(self._partial[header_size:header_size + length])
+            del self._partial[:header_size + length]
             rkind, body = self.answer(kind, payload)
             self._respond(rkind, req_id, tx_id, body)
             answered += 1
             self.requests += 1
+        return answered
 
     def _ring_read(self, index: int, size: int) -> bytes:
         ring = self.m.memory.read(self.page + x.XS_RING_REQ, x.XS_RING_SIZE)

@@ -181,6 +181,8 @@ def hvsim_setup(machine, image, config, options):
     mmu.pinned[layout.l4 // PAGE] = 4                      # libxc pins the bootstrap L4 before boot
     mmu.adopt(layout.l4 // PAGE, 4)
     cpu = PvCpu(machine, dom, area, xen)
+    xen.deliver_upcall = cpu.upcall_raised          # events reach the guest's event callback
+    machine.interrupt_source = cpu
     domain = PvDomain(xen, dom, mmu, cpu, dom0, layout)
     machine.plugin_state[ENV] = domain
     _register(domain)
@@ -231,7 +233,7 @@ def _register(d: PvDomain) -> None:
         0: cpu.set_trap_table, 1: mmu.mmu_update, 2: cpu.set_gdt, 3: cpu.stack_switch,
         4: cpu.set_callbacks, 5: cpu.fpu_taskswitch, 8: cpu.set_debugreg, 9: cpu.get_debugreg,
         10: cpu.update_descriptor, 13: lambda a, info: _multicall(d, a, info), 14: mmu.update_va_mapping,
-        15: cpu.set_timer_op, 21: cpu.vm_assist, 25: cpu.set_segment_base, 26: mmu.mmuext_op,
+        21: cpu.vm_assist, 25: cpu.set_segment_base, 26: mmu.mmuext_op,
         23: cpu.iret, 30: cpu.callback_op, 33: cpu.physdev_op,
         12: lambda a, info: _memory_op(d, a, info), 24: lambda a, info: _vcpu_op(d, a, info),
         7: lambda a, info: _platform_op(d, a, info),
@@ -294,12 +296,6 @@ def _memory_op(d: PvDomain, a, info) -> int:
 
 
 def _vcpu_op(d: PvDomain, a, info) -> int:
-    cmd = a[0]
-    if cmd == x.VCPUOP_register_runstate_memory_area:
-        info.update(op="register_runstate_memory_area", vcpu=a[1])
-        if a[1] >= d.xen.m.config.smp:
-            raise HypercallError(x.ENOENT, f"vcpu {a[1]}")
-        return 0
     return d.xen.vcpu_op(a, info)
 
 
@@ -346,6 +342,7 @@ def hvsim_trap(machine, trap):
         registers = ("rdi", "rsi", "rdx", "r10", "r8")
         result = d.xen.dispatch(nr, tuple(machine.reg(r) for r in registers), rip=trap.rip)
         if nr == pv.HYPERCALL_IRET:              # the frame it popped set RAX and RIP
+            d.cpu.deliver_event()                # Xen's return path: pending events go out now
             return True
         if d.xen.continuation is not None:      # re-execute the syscall with the rest of the work
             for reg, value in zip(registers, d.xen.continuation):
@@ -355,6 +352,8 @@ def hvsim_trap(machine, trap):
         machine.set_reg("rax", result & 0xFFFF_FFFF_FFFF_FFFF)
         if machine.reg("rip") == trap.rip:
             machine.set_rip(trap.rip + 2)
+        if machine.stop_reason is None:
+            d.cpu.deliver_event()                # Xen's return path: pending events go out now
         return True
     if trap.kind == "invalid-opcode" and trap.code.startswith(pv.XEN_EMULATE_PREFIX + pv.CPUID_INSN):
         d.cpu.emulated_cpuid(trap.rip)
@@ -376,4 +375,4 @@ def hvsim_finish(machine, result):
     if d is None:
         return None
     return {"hypercalls": d.xen.calls, "pinned_tables": len(d.mmu.pinned), "tlb_flushes": d.mmu.flushes,
-            "bounced_exceptions": d.cpu.bounces, "nr_pages": d.dom.nr_pages, "dom0": d.dom0}
+            "bounced_exceptions": d.cpu.bounces, "event_upcalls": d.cpu.upcalls, "nr_pages": d.dom.nr_pages, "dom0": d.dom0}

@@ -60,8 +60,8 @@ class PvCpu:
         self.debugregs = {6: 0xFFFF0FF0, 7: 0x400}
         self.vm_assists: set[int] = set()
         self.gdt_frames: list[int] = []
-        self.timer_deadline: int | None = None
         self.bounces = 0
+        self.upcalls = 0
 
     # -- vcpu_info ---------------------------------------------------------------------------------
     def vcpu_info(self) -> int:
@@ -82,30 +82,76 @@ class PvCpu:
             self.m.stop(StopReason("crash", detail=f"domain crash: {why}"))
             return "domain crash (no trap handler)"
         flags, _cs, address = handler
+        error_code = (exc.error_code or 0) if exc.vector in HAS_ERROR_CODE else None
+        if not self._push_bounce_frame(address, exc.rip, error_code, vector_name(exc.vector)):
+            return "domain crash (bounce frame not writable)"
+        if exc.vector == 14:
+            self.m.memory.write_u64(self.vcpu_info() + VCPU_INFO_CR2, exc.cr2 or 0)
+        if flags & pv.TI_FLAG_CLEAR_IF:
+            self.set_upcall_mask(1)
+        self.bounces += 1
+        return f"bounce frame to {address:#x}"
+
+    def _push_bounce_frame(self, address: int, rip: int, error_code: int | None, what: str) -> bool:
+        """Xen's create_bounce_frame (kernel mode): push rcx, r11, [error code], ``rip``, cs with the
+        saved upcall mask in bits 32+, rflags (IF = events unmasked), rsp, ss on the 16-byte-aligned
+        stack, then continue at ``address``.  An unwritable stack crashes the domain (False)."""
         m = self.m
         mask = self.upcall_mask()
         rflags = m.reg("rflags")
         saved_rflags = (rflags & ~(RFLAGS_IF | RFLAGS_IOPL)) | (0 if mask else RFLAGS_IF) | self.iopl << 12
         frame = [m.reg("rcx"), m.reg("r11")]
-        if exc.vector in HAS_ERROR_CODE:
-            frame.append(exc.error_code or 0)
-        frame += [exc.rip, KERNEL_CS | mask << 32, saved_rflags, m.reg("rsp"), KERNEL_SS]
+        if error_code is not None:
+            frame.append(error_code)
+        frame += [rip, KERNEL_CS | mask << 32, saved_rflags, m.reg("rsp"), KERNEL_SS]
         rsp = (m.reg("rsp") & ~0xF) - 8 * len(frame)
         try:
             m.vmem.write(rsp, struct.pack(f"<{len(frame)}Q", *frame))
         except GuestMemoryError as err:
-            m.stop(StopReason("crash", detail=f"domain crash: cannot write the {vector_name(exc.vector)} "
-                                              f"bounce frame at {rsp:#x}: {err}"))
-            return "domain crash (bounce frame not writable)"
-        if exc.vector == 14:
-            m.memory.write_u64(self.vcpu_info() + VCPU_INFO_CR2, exc.cr2 or 0)
-        if flags & pv.TI_FLAG_CLEAR_IF:
-            self.set_upcall_mask(1)
+            m.stop(StopReason("crash", detail=f"domain crash: cannot write the {what} bounce frame at {rsp:#x}: {err}"))
+            return False
         m.set_reg("rsp", rsp)
         m.set_reg("rflags", rflags & ~RFLAGS_CLEARED_ON_BOUNCE)
         m.set_rip(address)
-        self.bounces += 1
-        return f"bounce frame to {address:#x}"
+        return True
+
+    # -- events: the upcall ---------------------------------------------------------------------------
+    def upcall_raised(self, vcpu: int) -> bool:
+        """The hypervisor's ``deliver_upcall``: evtchn_upcall_pending rose.  The upcall goes out at
+        the next return to the guest with events unmasked; False when no event callback is
+        registered (the hypervisor records it as not delivered)."""
+        if vcpu != 0 or not self.callbacks.get("event", (0, 0))[0]:
+            return False
+        self.m.kick()
+        return True
+
+    def event_deliverable(self) -> bool:
+        """Xen's test_all_events: an upcall is pending, events are unmasked, a callback exists."""
+        return (self.m.memory.read_u8(self.vcpu_info()) != 0 and not self.upcall_mask()
+                and bool(self.callbacks.get("event", (0, 0))[0]))
+
+    def deliver_event(self) -> bool:
+        """Bounce to the event callback (events masked during delivery, as Xen does); True if done."""
+        if not self.event_deliverable():
+            return False
+        if not self._push_bounce_frame(self.callbacks["event"][0], self.m.reg("rip"), None, "event callback"):
+            return False
+        self.set_upcall_mask(1)
+        self.upcalls += 1
+        return True
+
+    # -- the vCPU's interrupt input (machine.interrupt_source) -----------------------------------------
+    # A PV vCPU has no IDT and no local APIC: the run loop's "interrupt" is the event upcall, which
+    # ``acknowledge`` delivers itself as a bounce frame (so it returns no vector to the IDT path).
+    def interrupt_pending(self) -> bool:
+        return self.event_deliverable()
+
+    def nmi_pending(self) -> bool:
+        return False
+
+    def acknowledge(self) -> int | None:
+        self.deliver_event()
+        return None
 
     # -- hypercalls ----------------------------------------------------------------------------------
     def iret(self, _args, info) -> int:
@@ -248,11 +294,6 @@ class PvCpu:
         if cmd not in (pv.VMASST_CMD_enable, pv.VMASST_CMD_disable) or kind not in pv.VMASST_TYPES:
             raise HypercallError(x.EINVAL)
         (self.vm_assists.add if cmd == pv.VMASST_CMD_enable else self.vm_assists.discard)(kind)
-        return 0
-
-    def set_timer_op(self, a, info) -> int:
-        self.timer_deadline = a[0] or None
-        info["timeout"] = a[0]
         return 0
 
     def physdev_op(self, a, info) -> int:
