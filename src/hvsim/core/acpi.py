@@ -172,6 +172,9 @@ class AcpiPlatform:
     ioapic_id: int = attrs.field(
         default=attrs.Factory(_default_ioapic_id, takes_self=True), validator=_in_range(0, 0xFF)
     )
+    # False: a machine with local APICs only (Xen's PVH guests): no I/O APIC, no ISA interrupt
+    # overrides, no 8259s (MADT flag PCAT_COMPAT clear), as libxl builds a PVH guest's MADT.
+    io_apic: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     oem_id: str = attrs.field(default="HVSIM ", converter=_pad(6), validator=_oem_text(6))
     oem_table_id: str = attrs.field(default="HVSIMPC ", converter=_pad(8), validator=_oem_text(8))
     # No 8042 (Linux then skips i8042 probing), no VGA; add IAPC_CMOS_RTC_NOT_PRESENT if there is no RTC.
@@ -215,19 +218,20 @@ def _io_gas(port: int, length: int, access_size: int) -> bytes:
 
 
 def _madt_body(p: AcpiPlatform) -> bytes:
-    parts = [struct.pack("<II", p.lapic_address, MADT_PCAT_COMPAT)]
+    parts = [struct.pack("<II", p.lapic_address, MADT_PCAT_COMPAT if p.io_apic else 0)]
     for cpu in range(p.cpus):  # processor UID = APIC ID = cpu
         if cpu <= XAPIC_MAX_ID:
             parts.append(LOCAL_APIC_STRUCT.pack(MADT_LOCAL_APIC, 8, cpu, cpu, LAPIC_ENABLED))
         else:
             parts.append(LOCAL_X2APIC_STRUCT.pack(MADT_LOCAL_X2APIC, 16, cpu, LAPIC_ENABLED, cpu))
     override = INTERRUPT_OVERRIDE_STRUCT.pack
-    parts += [
-        IO_APIC_STRUCT.pack(MADT_IO_APIC, 12, p.ioapic_id, p.ioapic_address, 0),
-        override(MADT_INTERRUPT_OVERRIDE, 10, ISA_BUS, PIT_IRQ, PIT_GSI, MPS_INTI_CONFORMS),
-        override(MADT_INTERRUPT_OVERRIDE, 10, ISA_BUS, p.sci_irq, p.sci_irq, MPS_INTI_LEVEL_ACTIVE_HIGH),
-        LOCAL_APIC_NMI_STRUCT.pack(MADT_LOCAL_APIC_NMI, 6, ALL_PROCESSORS_UID, MPS_INTI_CONFORMS, NMI_LINT),
-    ]
+    if p.io_apic:
+        parts += [
+            IO_APIC_STRUCT.pack(MADT_IO_APIC, 12, p.ioapic_id, p.ioapic_address, 0),
+            override(MADT_INTERRUPT_OVERRIDE, 10, ISA_BUS, PIT_IRQ, PIT_GSI, MPS_INTI_CONFORMS),
+            override(MADT_INTERRUPT_OVERRIDE, 10, ISA_BUS, p.sci_irq, p.sci_irq, MPS_INTI_LEVEL_ACTIVE_HIGH),
+        ]
+    parts.append(LOCAL_APIC_NMI_STRUCT.pack(MADT_LOCAL_APIC_NMI, 6, ALL_PROCESSORS_UID, MPS_INTI_CONFORMS, NMI_LINT))
     if p.cpus > XAPIC_MAX_ID + 1:
         nmi = (MADT_LOCAL_X2APIC_NMI, 12, MPS_INTI_CONFORMS, ALL_X2APIC_PROCESSORS_UID, NMI_LINT)
         parts.append(LOCAL_X2APIC_NMI_STRUCT.pack(*nmi))

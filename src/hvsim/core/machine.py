@@ -307,7 +307,7 @@ class Machine:
         ``interrupts``: ``"pc"`` adds the interrupt and timer chipset (local APIC, I/O APIC, 8259 pair,
         PIT, RTC; ``devices/chipset.py``), ``"lapic"`` the local APIC alone, ``None`` none of them."""
         use_acpi = self.config.acpi if acpi_tables is None else acpi_tables
-        platform = acpi.AcpiPlatform(cpus=self.config.smp)
+        platform = acpi.AcpiPlatform(cpus=self.config.smp, io_apic=interrupts != "lapic")
         if interrupts is not None:
             self.chipset = PcChipset(self, level=interrupts, ioapic_id=platform.ioapic_id)
         serial = ConsoleSink(self, "serial0")

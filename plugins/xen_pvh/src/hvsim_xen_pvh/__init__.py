@@ -79,7 +79,6 @@ def hvsim_setup(machine, image, config, options):
     version = options.get("start_info_version")
     version = 1 if version is None else int(version)
     machine.attach_pc_devices(interrupts="lapic")     # Xen emulates a PVH guest's local APIC, no legacy PC devices
-    _madt_without_ioapic(machine)
     memory_map = guest_memory_map(machine)
     start_info = pvh.load(machine, image, config, version=version, memory_map=memory_map)
     xen = XenHypervisor(machine, memory_map=memory_map, features=FEATURES,
@@ -94,36 +93,6 @@ def hvsim_setup(machine, image, config, options):
     return f"pvh at {entry:#x}, hvm_start_info v{version} at {start_info:#x}"
 
 
-# ACPI 6.x, table 5.20 (MADT interrupt controller structure types): the entries of a machine with
-# an I/O APIC.  A PVH domU has none (Xen emulates only its local APICs; libxl's PVH MADT lists no
-# I/O APIC), so an MADT naming one sends the guest to write a device that is not there.
-MADT_ENTRIES_OFFSET = 44                    # the SDT header (36) + local APIC address (4) + flags (4)
-MADT_IO_APIC, MADT_INTERRUPT_OVERRIDE = 1, 2
-SDT_LENGTH, SDT_CHECKSUM = 4, 9
-
-
-def _madt_without_ioapic(machine) -> None:
-    """Drop the I/O APIC and its interrupt source overrides from the MADT the core built, in place
-    (the table shrinks; its length and checksum are rewritten).  Until the core can build an MADT
-    for a machine without an I/O APIC, this is where a PVH guest's MADT is made to match Xen's."""
-    tables = machine.acpi_tables
-    if tables is None or "APIC" not in tables.addresses:
-        return
-    address = tables.addresses["APIC"]
-    (length,) = struct.unpack("<I", machine.memory.read(address + SDT_LENGTH, 4))
-    table = machine.memory.read(address, length)
-    kept, offset = bytearray(table[:MADT_ENTRIES_OFFSET]), MADT_ENTRIES_OFFSET
-    while offset + 2 <= length:
-        kind, size = table[offset], table[offset + 1]
-        if size < 2:
-            break
-        if kind not in (MADT_IO_APIC, MADT_INTERRUPT_OVERRIDE):
-            kept += table[offset:offset + size]
-        offset += size
-    struct.pack_into("<I", kept, SDT_LENGTH, len(kept))
-    kept[SDT_CHECKSUM] = 0
-    kept[SDT_CHECKSUM] = -sum(kept) & 0xFF
-    machine.memory.write(address, bytes(kept) + bytes(length - len(kept)))
 
 
 def guest_memory_map(machine) -> list:
