@@ -25,8 +25,11 @@ from typing import TYPE_CHECKING
 
 from ..clock import WALLCLOCK_EPOCH_S
 from ..result import StopReason
-from .ioapic import IoApic
-from .lapic import LocalApic
+from .ioapic import DEFAULT_IOAPIC_ADDRESS, IOAPIC_WINDOW_SIZE, IoApic
+from .lapic import (
+    APIC_WINDOW_SIZE, DEFAULT_APIC_BASE_ADDRESS, DM_EXTINT, DM_NMI, IA32_APIC_BASE_MSR, IA32_TSC_DEADLINE_MSR,
+    LVT_DELIVERY_MODE_SHIFT, REG_LVT_LINT0, REG_LVT_LINT1, REG_SVR, SVR_ENABLE, SVR_POWER_ON, LocalApic,
+)
 from .line import IrqLine
 from .pic import Pic8259Pair
 from .pit import Pit8254
@@ -35,13 +38,6 @@ from .rtc import CmosRtc
 if TYPE_CHECKING:
     from ..machine import Machine
 
-LAPIC_BASE = 0xFEE0_0000
-IOAPIC_BASE = 0xFEC0_0000
-MMIO_WINDOW = 0x1000
-MSR_IA32_APIC_BASE = 0x1B          # Intel SDM vol. 4, table 2-2
-MSR_IA32_TSC_DEADLINE = 0x6E0
-SVR, LVT_LINT0, LVT_LINT1 = 0xF0, 0x350, 0x360      # xAPIC registers (SDM vol. 3, table 11-1)
-LVT_EXTINT, LVT_NMI = 0x700, 0x400                   # LVT delivery modes ExtINT and NMI, unmasked
 ISA_IRQS = 16
 PIT_IRQ, PIT_GSI = 0, 2            # acpi.py's MADT interrupt source override
 COM1_IRQ, RTC_IRQ = 4, 8
@@ -82,15 +78,15 @@ class PcChipset:
                                  deliver_nmi=self.lapic.nmi, ioapic_id=ioapic_id, accepts=self.lapic.accepts)
         # What the BIOS leaves (SeaBIOS, as QEMU boots a PC): the local APIC software-enabled in
         # virtual-wire mode, LINT0 passing the 8259's INTR as ExtINT and LINT1 as NMI.
-        self.lapic.write(SVR, 4, 0x1FF)
-        self.lapic.write(LVT_LINT0, 4, LVT_EXTINT)
-        self.lapic.write(LVT_LINT1, 4, LVT_NMI)
-        self._map(LAPIC_BASE, self.lapic, "local APIC")
-        machine.add_core_msr(MSR_IA32_APIC_BASE, lambda: self.lapic.apic_base, self._write_apic_base)
-        machine.add_core_msr(MSR_IA32_TSC_DEADLINE, lambda: self.lapic.tsc_deadline, self._write_tsc_deadline)
+        self.lapic.write(REG_SVR, 4, SVR_ENABLE | SVR_POWER_ON)
+        self.lapic.write(REG_LVT_LINT0, 4, DM_EXTINT << LVT_DELIVERY_MODE_SHIFT)
+        self.lapic.write(REG_LVT_LINT1, 4, DM_NMI << LVT_DELIVERY_MODE_SHIFT)
+        self._map(DEFAULT_APIC_BASE_ADDRESS, APIC_WINDOW_SIZE, self.lapic, "local APIC")
+        machine.add_core_msr(IA32_APIC_BASE_MSR, lambda: self.lapic.apic_base, self._write_apic_base)
+        machine.add_core_msr(IA32_TSC_DEADLINE_MSR, lambda: self.lapic.tsc_deadline, self._write_tsc_deadline)
         if self.legacy:
             self.isa_lines = [IrqLine(functools.partial(self._isa_irq, irq), name=f"IRQ{irq}") for irq in range(ISA_IRQS)]
-            self._map(IOAPIC_BASE, self.ioapic, "I/O APIC")
+            self._map(DEFAULT_IOAPIC_ADDRESS, IOAPIC_WINDOW_SIZE, self.ioapic, "I/O APIC")
             self.pit = Pit8254(machine.clock, irq0=self.isa_lines[PIT_IRQ])
             self.rtc = CmosRtc(machine.clock, irq8=self.isa_lines[RTC_IRQ], start_time=WALLCLOCK_EPOCH_S)
             for device in (self.pic, self.pit, self.rtc):
@@ -115,19 +111,18 @@ class PcChipset:
         if self.ioapic is not None:
             self.ioapic.eoi(vector)
 
-    def _map(self, base: int, device, what: str) -> None:
+    def _map(self, base: int, size: int, device, what: str) -> None:
         guard = _mmio_guarded(self.m, what)
 
         @guard
-        def read(uc, offset, size, _ud):
-            return device.read(offset, size)
+        def read(uc, offset, width, _ud):
+            return device.read(offset, width)
 
         @guard
-        def write(uc, offset, size, value, _ud):
-            device.write(offset, size, value)
+        def write(uc, offset, width, value, _ud):
+            device.write(offset, width, value)
 
-        self.m.uc.mmio_map(base, MMIO_WINDOW, read, None, write, None)
-        self._callbacks = getattr(self, "_callbacks", []) + [read, write]
+        self.m.uc.mmio_map(base, size, read, None, write, None)    # the binding keeps the callbacks
 
     def _write_apic_base(self, value: int) -> bool:
         return self.lapic.write_apic_base(value) is not False
