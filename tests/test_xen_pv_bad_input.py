@@ -263,11 +263,11 @@ def test_forced_emulation_cpuid_answers_xen_leaves_and_hides_pse():
     assert not result_at(m, symbols, 1) & (1 << 3)             # PSE hidden, as Xen's PV policy does
 
 
-def test_iret_to_user_mode_stops_the_run_saying_why():
+def test_iret_to_user_mode_without_a_user_page_table_crashes_the_domain():
     source = ("push $0x2b\n    push $0\n    push $0x202\n    push $0x33\n    push $0x1000\n    push $0\n"
               "    push %r11\n    push %rcx\n    push %rax\n    mov $23, %eax\n    syscall\n    " + DONE)
     result, _, _ = run_pv(source)
-    assert result.stop.kind == "unhandled-trap" and "user mode is not modelled" in result.stop.detail
+    assert result.stop.kind == "crash" and "no user page table" in result.stop.detail
 
 
 # -- the privilege model: what the guest observes ----------------------------------------------------

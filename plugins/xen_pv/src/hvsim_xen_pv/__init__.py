@@ -48,7 +48,7 @@ from hvsim.xen import Continuation, HypercallError, XenHypervisor, XenStore
 from hvsim.core.clock import TSC_HZ, WALLCLOCK_EPOCH_S
 from hvsim.xen.pvclock import vcpu_time_info
 
-from .builder import KERNEL_CS, KERNEL_SS, build_domain, build_xen_area
+from .builder import KERNEL_CS, build_domain, build_xen_area
 from .cpu import PvCpu
 from .memory import PAGE, DomainMemory
 from .mmu import BATCH, PvMmu
@@ -58,9 +58,9 @@ DOMU_FEATURES = (1 << 5 | 1 << 6 | 1 << 7 | 1 << 13 | 1 << 17)  # preserve_ad hi
 CR0 = 0x8005_0033                          # PG AM WP NE ET MP PE
 CR4 = 0x620                                # OSXMMEXCPT OSFXSR PAE
 EFER = 0xD01                               # NXE LMA LME SCE
-CODE64 = Segment(KERNEL_CS, 0xA9B, 0xFFFF_FFFF, 0)
-DATA = Segment(KERNEL_SS, 0xC93, 0xFFFF_FFFF, 0)
+CODE64 = Segment(KERNEL_CS, 0xA9F, 0xFFFF_FFFF, 0)
 NULL = Segment(0, 0, 0, 0)
+INT_N_OPCODE = b"\xcd"                     # int imm8 (SDM vol. 2A INT n)
 SHARED_INFO_WC_VERSION, SHARED_INFO_ARCH_MAX_PFN = 3072, 3088
 
 
@@ -181,6 +181,7 @@ def hvsim_setup(machine, image, config, options):
     mmu.pinned[layout.l4 // PAGE] = 4                      # libxc pins the bootstrap L4 before boot
     mmu.adopt(layout.l4 // PAGE, 4)
     cpu = PvCpu(machine, dom, area, xen)
+    cpu.mmu = mmu
     xen.deliver_upcall = cpu.upcall_raised          # events reach the guest's event callback
     machine.interrupt_source = cpu
     domain = PvDomain(xen, dom, mmu, cpu, dom0, layout)
@@ -193,7 +194,7 @@ def hvsim_setup(machine, image, config, options):
     for name in ("rax", "rbx", "rcx", "rdx", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"):
         machine.set_reg(name, 0)
     machine.set_reg("rsi", layout.start_info)
-    machine.start(EntryState(rip=entry, cr0=CR0, cs=CODE64, ds=NULL, ss=DATA, es=NULL,
+    machine.start(EntryState(rip=entry, cr0=CR0, cs=CODE64, ds=NULL, ss=NULL, es=NULL,
                              gdt=(pv.PERDOMAIN_VIRT_START, pv.GDT_LIMIT), cr3=layout.l4, cr4=CR4, efer=EFER,
                              rsp=layout.stack_top, rflags=0x202))
     kind = "dom0" if dom0 else f"domU {domid}"
@@ -337,6 +338,14 @@ def hvsim_trap(machine, trap):
     d = _domain(machine)
     if d is None:
         return None
+    if trap.kind == "syscall" and not d.cpu.kernel_mode:     # user space's system call, not a hypercall
+        d.cpu.user_syscall(trap.rip)
+        if machine.stop_reason is None:
+            d.cpu.deliver_event()
+        return True
+    if trap.kind == "int" and not d.cpu.kernel_mode and trap.code[:1] == INT_N_OPCODE:
+        d.cpu.user_software_interrupt(trap.vector, trap.rip, trap.length)
+        return True
     if trap.kind == "syscall":
         nr = machine.reg("rax")
         registers = ("rdi", "rsi", "rdx", "r10", "r8")
@@ -375,4 +384,5 @@ def hvsim_finish(machine, result):
     if d is None:
         return None
     return {"hypercalls": d.xen.calls, "pinned_tables": len(d.mmu.pinned), "tlb_flushes": d.mmu.flushes,
-            "bounced_exceptions": d.cpu.bounces, "event_upcalls": d.cpu.upcalls, "nr_pages": d.dom.nr_pages, "dom0": d.dom0}
+            "bounced_exceptions": d.cpu.bounces, "event_upcalls": d.cpu.upcalls,
+            "user_entries": d.cpu.user_entries, "user_syscalls": d.cpu.user_syscalls, "nr_pages": d.dom.nr_pages, "dom0": d.dom0}

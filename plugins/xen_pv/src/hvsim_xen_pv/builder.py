@@ -37,17 +37,22 @@ M2P_SLOT = (pv.MACH2PHYS_VIRT_START >> 39) & 0x1FF
 PERDOMAIN_SLOT = (pv.PERDOMAIN_VIRT_START >> 39) & 0x1FF
 XEN_SLOTS = (M2P_SLOT, PERDOMAIN_SLOT)
 GDT_AREA_PAGES = 16
-# The flat selectors in GDT page 14 (xen-x86_64.h), as hvsim's ring-0 model needs them: the guest
-# kernel runs at CPL 0 on FLAT_KERNEL_CS64 & ~3 and FLAT_KERNEL_SS64 & ~3, whose descriptors are
-# DPL 0 here (Xen's are DPL 3: it runs the kernel in ring 3).
+# The flat selectors in GDT page 14 (xen-x86_64.h FLAT_*), as hvsim's privilege model needs them:
+# the guest kernel runs at CPL 0 on FLAT_KERNEL_CS64 & ~3 with a NULL SS (what a 64-bit CPU loads on
+# entry to ring 0), its user space at CPL 3 on the FLAT_RING3 selectors or its own GDT's.  One
+# descriptor serves the kernel's 0xe030 and user space's 0xe033: a conforming DPL-0 64-bit code
+# segment, loadable with RPL 0 at CPL 0 and with RPL 3 at CPL 3 (SDM vol. 3, 5.8.1.2).  0xe028 is
+# Xen's DPL-3 flat data segment (FLAT_RING3_DS32/SS32/SS64 0xe02b), loadable into a data segment
+# register in either ring and into SS in ring 3.  (Xen's own descriptors are DPL 3 throughout: it
+# runs the kernel in ring 3.)
 KERNEL_CS = pv.FLAT_KERNEL_CS64 & ~3          # 0xe030
-KERNEL_SS = pv.FLAT_KERNEL_SS64 & ~3          # 0xe028
+KERNEL_SS = pv.FLAT_KERNEL_SS64 & ~3          # 0xe028: pushed as SS in kernel-mode bounce frames
 XEN_GDT_ENTRIES = {
     0x08: flat_descriptor((0x9B, 0xA)),       # Xen's own code64 (__HYPERVISOR_CS 0xe008)
     0x10: flat_descriptor((0x93, 0xC)),       # Xen's own data
-    0x20: flat_descriptor((0xFB, 0xC)),       # FLAT_RING3_CS32 0xe023
-    KERNEL_SS - 0xE000: flat_descriptor((0x93, 0xC)),
-    KERNEL_CS - 0xE000: flat_descriptor((0x9B, 0xA)),
+    (pv.FLAT_RING3_CS32 & ~7) - 0xE000: flat_descriptor((0xFB, 0xC)),     # FLAT_RING3_CS32 0xe023
+    (pv.FLAT_RING3_DS32 & ~7) - 0xE000: flat_descriptor((0xF3, 0xC)),     # FLAT_RING3_DS32/SS 0xe02b
+    (pv.FLAT_RING3_CS64 & ~7) - 0xE000: flat_descriptor((0x9F, 0xA)),     # 0xe030 kernel, 0xe033 user
 }
 
 

@@ -7,6 +7,19 @@ the engine's own ``iretq``, ``mov %cr4``, ``rdmsr`` work as instructions.  Excep
 through an IDT (a PV guest has none): each one is bounced to the handler ``set_trap_table`` named,
 with Xen's frame (xen-abi.md §3.5; xen/arch/x86/x86_64/entry.S create_bounce_frame), and the guest
 returns with the iret hypercall.  An exception with no handler crashes the domain, as on Xen.
+
+User mode as Xen runs it for a 64-bit PV guest (xen/arch/x86/pv/iret.c do_iret, x86_64/entry.S
+lstar_enter/switch_to_kernel/create_bounce_frame, pv/domain.c toggle_guest_mode): the guest's user
+space runs at CPL 3 on the selectors of the iret frame (FLAT_RING3_* or the guest's own GDT's).  The
+iret hypercall to an RPL-3 CS switches to user mode: the GS bases swap (the kernel's goes to the
+shadow) and CR3 becomes the MMUEXT_NEW_USER_BASEPTR table (no user table: domain crash).  A
+``syscall`` from user mode, an exception or an event switches back: GS swaps again, CR3 is the
+kernel table, and the bounce frame is pushed on the stack stack_switch named, with the user's CS
+and SS in it (a syscall's carries FLAT_USER_CS64/FLAT_KERNEL_SS and RCX/R11 as the instruction
+left them).  ``int $n`` from user mode reaches its handler only if the trap table's DPL is 3, else
+#GP(n * 8 + 2).  Not modelled: the LDT, 32-bit (compat) user space's syscall32/sysenter callbacks,
+the failsafe callback (a bad user CS/SS in an iret frame crashes the domain instead), the
+architectural_iopl assist for user-mode port I/O.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from hvsim.abi import xen as x
 from hvsim.abi import xen_pv as pv
+from hvsim.core.engine_state import SegmentCache
 from hvsim.core.errors import GuestMemoryError
 from hvsim.core.exceptions import HAS_ERROR_CODE, vector_name
 from hvsim.core.result import StopReason
@@ -32,10 +46,21 @@ if TYPE_CHECKING:
     from .memory import DomainMemory
 
 PAGE = 0x1000
-RFLAGS_IF, RFLAGS_IOPL = 1 << 9, 3 << 12
+RFLAGS_IF, RFLAGS_IOPL, RFLAGS_DF, RFLAGS_RF, RFLAGS_VM = 1 << 9, 3 << 12, 1 << 10, 1 << 16, 1 << 17
+RFLAGS_ALL = 0x3F7FD5              # the architecturally defined RFLAGS bits (Xen's X86_EFLAGS_ALL)
 RFLAGS_CLEARED_ON_BOUNCE = (1 << 8) | (1 << 14) | (1 << 16) | (1 << 17) | (1 << 18)   # TF NT RF VM AC
 MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE = 0xC000_0100, 0xC000_0101, 0xC000_0102
 VCPU_INFO_CR2 = 16
+SYSCALL_INSN_LENGTH = 2
+GP_VECTOR, UD_VECTOR = 13, 6
+IDT_ERROR_FLAG = 2                 # #GP error code naming an IDT entry (SDM vol. 3, 6.13)
+# Segment descriptor high-dword bits (SDM vol. 3, 3.4.5); the selector's TI bit names the LDT.
+DESC_TYPE_CODE, DESC_TYPE_CONFORMING, DESC_TYPE_RW = 1 << 11, 1 << 10, 1 << 9
+DESC_S, DESC_P, DESC_L, DESC_B, DESC_G, DESC_ACCESSED = 1 << 12, 1 << 15, 1 << 21, 1 << 22, 1 << 23, 1 << 8
+SELECTOR_TI = 1 << 2
+# The SS a 64-bit CPU loads on entering ring 0 (NULL, RPL 0) and hvsim's kernel runs on.
+KERNEL_NULL_SS = SegmentCache(0, 0, 0, 0)
+KERNEL_CS_CACHE = SegmentCache(KERNEL_CS, 0, 0xFFFF_FFFF, 0x00AF_9F00)    # the GDT descriptor, accessed
 
 # CPUID bits Xen's PV policy hides (cpufeatureset.h: not tagged for PV guests).  PSE matters most:
 # with it Linux builds 2 MiB mappings a PV guest may not have (linux-pv-on-unicorn.md §5).
@@ -62,6 +87,11 @@ class PvCpu:
         self.gdt_frames: list[int] = []
         self.bounces = 0
         self.upcalls = 0
+        self.mmu = None                    # the domain's PvMmu (its NEW_USER_BASEPTR), set by the plugin
+        self.kernel_mode = True            # Xen's TF_kernel_mode
+        self.kernel_cr3 = 0                # the kernel page table while user mode runs
+        self.user_entries = 0
+        self.user_syscalls = 0
 
     # -- vcpu_info ---------------------------------------------------------------------------------
     def vcpu_info(self) -> int:
@@ -83,6 +113,7 @@ class PvCpu:
             return "domain crash (no trap handler)"
         flags, _cs, address = handler
         error_code = (exc.error_code or 0) if exc.vector in HAS_ERROR_CODE else None
+        from_user = not self.kernel_mode
         if not self._push_bounce_frame(address, exc.rip, error_code, vector_name(exc.vector)):
             return "domain crash (bounce frame not writable)"
         if exc.vector == 14:
@@ -90,30 +121,135 @@ class PvCpu:
         if flags & pv.TI_FLAG_CLEAR_IF:
             self.set_upcall_mask(1)
         self.bounces += 1
-        return f"bounce frame to {address:#x}"
+        return f"bounce frame to {address:#x}" + (" from user mode" if from_user else "")
 
-    def _push_bounce_frame(self, address: int, rip: int, error_code: int | None, what: str) -> bool:
-        """Xen's create_bounce_frame (kernel mode): push rcx, r11, [error code], ``rip``, cs with the
-        saved upcall mask in bits 32+, rflags (IF = events unmasked), rsp, ss on the 16-byte-aligned
-        stack, then continue at ``address``.  An unwritable stack crashes the domain (False)."""
+    def _push_bounce_frame(self, address: int, rip: int, error_code: int | None, what: str, *,
+                           syscall: bool = False) -> bool:
+        """Xen's create_bounce_frame: push rcx, r11, [error code], ``rip``, cs with the saved upcall
+        mask in bits 32+, rflags (IF = events unmasked), rsp, ss on the 16-byte-aligned stack, then
+        continue at ``address`` in kernel mode.  From kernel mode the frame goes on the current
+        stack with the kernel's CS; from user mode Xen first switches to kernel mode (GS, page
+        table) and uses the stack stack_switch named, and the frame keeps the user's CS and SS
+        (FLAT_USER_CS64 and FLAT_KERNEL_SS for a ``syscall``, as lstar_enter records them).  An
+        unwritable stack crashes the domain (False)."""
         m = self.m
         mask = self.upcall_mask()
         rflags = m.reg("rflags")
         saved_rflags = (rflags & ~(RFLAGS_IF | RFLAGS_IOPL)) | (0 if mask else RFLAGS_IF) | self.iopl << 12
+        from_user = not self.kernel_mode
+        if from_user:
+            if syscall:
+                cs, ss = pv.FLAT_USER_CS64, pv.FLAT_KERNEL_SS64
+            else:
+                cs, ss = m.reg("cs"), m.reg("ss")
+            user_rsp = m.reg("rsp")
+            self._toggle_guest_mode()
+            frame_rsp, saved_rsp = self.kernel_stack[1], user_rsp
+        else:
+            cs, ss = KERNEL_CS, KERNEL_SS
+            frame_rsp = saved_rsp = m.reg("rsp")
         frame = [m.reg("rcx"), m.reg("r11")]
         if error_code is not None:
             frame.append(error_code)
-        frame += [rip, KERNEL_CS | mask << 32, saved_rflags, m.reg("rsp"), KERNEL_SS]
-        rsp = (m.reg("rsp") & ~0xF) - 8 * len(frame)
+        frame += [rip, cs | mask << 32, saved_rflags, saved_rsp, ss]
+        rsp = (frame_rsp & ~0xF) - 8 * len(frame)
         try:
-            m.vmem.write(rsp, struct.pack(f"<{len(frame)}Q", *frame))
+            m.vmem.write(rsp, struct.pack(f"<{len(frame)}Q", *(v & 0xFFFF_FFFF_FFFF_FFFF for v in frame)))
         except GuestMemoryError as err:
             m.stop(StopReason("crash", detail=f"domain crash: cannot write the {what} bounce frame at {rsp:#x}: {err}"))
             return False
+        if from_user:
+            m.engine.load_segments(cs=KERNEL_CS_CACHE, ss=KERNEL_NULL_SS, cpl=0)
         m.set_reg("rsp", rsp)
-        m.set_reg("rflags", rflags & ~RFLAGS_CLEARED_ON_BOUNCE)
+        m.set_reg("rflags", rflags & ~(RFLAGS_CLEARED_ON_BOUNCE | (RFLAGS_DF if syscall else 0)))
         m.set_rip(address)
         return True
+
+    # -- guest kernel and user mode ------------------------------------------------------------------
+    def _toggle_guest_mode(self) -> None:
+        """Xen's toggle_guest_mode: swap the active and the inactive GS base (swapgs) and switch
+        between the kernel page table and the user one (MMUEXT_NEW_USER_BASEPTR)."""
+        m = self.m
+        active, inactive = m.msr_read(MSR_GS_BASE), m.msr_read(MSR_KERNEL_GS_BASE)
+        m.msr_write(MSR_GS_BASE, inactive)
+        m.msr_write(MSR_KERNEL_GS_BASE, active)
+        if self.kernel_mode:
+            self.kernel_cr3 = m.reg("cr3")
+            m.set_reg("cr3", self.user_baseptr() * PAGE)
+        else:
+            m.set_reg("cr3", self.kernel_cr3)
+        self.kernel_mode = not self.kernel_mode
+
+    def user_baseptr(self) -> int:
+        return self.mmu.user_baseptr if self.mmu is not None else 0
+
+    def _descriptor(self, selector: int) -> SegmentCache | None:
+        """The descriptor ``selector`` names in the GDT the CPU uses (None: NULL, LDT, beyond the
+        GDT, unreadable)."""
+        if selector & ~3 == 0 or selector & SELECTOR_TI or (selector | 7) > pv.GDT_LIMIT:
+            return None
+        try:
+            low, high = struct.unpack("<II", self.m.vmem.read(pv.PERDOMAIN_VIRT_START + (selector & ~7), 8))
+        except GuestMemoryError:
+            return None
+        base = (low >> 16) | (high & 0xFF) << 16 | (high & 0xFF00_0000)
+        limit = (low & 0xFFFF) | (high & 0x000F_0000)
+        if high & DESC_G:
+            limit = limit << 12 | 0xFFF
+        return SegmentCache(selector, base, limit, high | DESC_ACCESSED)
+
+    def _user_segments(self, cs: int, ss: int) -> tuple[SegmentCache, SegmentCache] | str:
+        """The CS and SS caches a ring-3 ``iretq`` would load for the frame's selectors (RPL 3),
+        or why the CPU would refuse them (SDM vol. 2A IRET, return to outer privilege level)."""
+        code, stack = self._descriptor(cs), self._descriptor(ss)
+        if code is None or not code.flags & DESC_S or not code.flags & DESC_TYPE_CODE:
+            return f"CS {cs:#x} is not a code segment"
+        if code.dpl != 3 and not code.flags & DESC_TYPE_CONFORMING:
+            return f"CS {cs:#x} has DPL {code.dpl}, not 3"
+        if not code.flags & DESC_P:
+            return f"CS {cs:#x} is not present"
+        if stack is None or not stack.flags & DESC_S or stack.flags & DESC_TYPE_CODE or not stack.flags & DESC_TYPE_RW:
+            return f"SS {ss:#x} is not a writable data segment"
+        if stack.dpl != 3 or not stack.flags & DESC_P:
+            return f"SS {ss:#x} is not a present DPL-3 segment"
+        return code, stack
+
+    def user_syscall(self, rip: int) -> None:
+        """``syscall`` in user mode (Xen's lstar_enter then switch_to_kernel): RCX/R11 as the
+        instruction sets them, then a bounce to the syscall callback on the kernel stack, events
+        masked if it was registered with CALLBACKF_mask_events; with no callback, #UD at the
+        instruction through the trap table."""
+        m = self.m
+        next_rip = rip + SYSCALL_INSN_LENGTH
+        m.set_reg("rcx", next_rip)
+        m.set_reg("r11", m.reg("rflags") & ~RFLAGS_RF)
+        address, flags = self.callbacks.get("syscall", (0, 0))
+        if not address:
+            handler = self.traps.get(UD_VECTOR)
+            if handler is None or handler[2] == 0:
+                m.stop(StopReason("crash", detail=f"domain crash: syscall at {rip:#x} from user mode with no "
+                                                  "syscall callback and no #UD handler"))
+                return
+            if self._push_bounce_frame(handler[2], rip, None, "#UD"):
+                if handler[0] & pv.TI_FLAG_CLEAR_IF:
+                    self.set_upcall_mask(1)
+                self.bounces += 1
+            return
+        if self._push_bounce_frame(address, next_rip, None, "syscall callback", syscall=True):
+            if flags & pv.CALLBACKF_mask_events:
+                self.set_upcall_mask(1)
+            self.user_syscalls += 1
+
+    def user_software_interrupt(self, vector: int, rip: int, length: int) -> None:
+        """``int $n`` in user mode: Xen's permit_softint wants the trap table's DPL at 3; else the
+        guest gets #GP with the IDT-flavoured error code at the instruction."""
+        from hvsim.core.plugin_types import GuestException
+
+        handler = self.traps.get(vector)
+        if handler is not None and handler[0] & 3 == 3:
+            self.bounce(GuestException(vector, rip + length, None, None))
+        else:
+            self.bounce(GuestException(GP_VECTOR, rip, vector * 8 + IDT_ERROR_FLAG, None))
 
     # -- events: the upcall ---------------------------------------------------------------------------
     def upcall_raised(self, vcpu: int) -> bool:
@@ -164,12 +300,10 @@ class PvCpu:
         except GuestMemoryError as err:
             m.stop(StopReason("crash", detail=f"domain crash: the iret frame is not readable: {err}"))
             raise
-        rax, r11, rcx, flags, rip, cs, rflags, rsp, _ss = struct.unpack(pv.IRET_CONTEXT_FORMAT, context)
+        rax, r11, rcx, flags, rip, cs, rflags, rsp, ss = struct.unpack(pv.IRET_CONTEXT_FORMAT, context)
         info.update(rip=hex(rip), cs=hex(cs), rsp=hex(rsp), flags=flags)
         if cs & 3 == 3:
-            m.stop(StopReason("unhandled-trap", detail=f"iret to user mode (cs {cs:#x}, rip {rip:#x}): "
-                                                       "guest user mode is not modelled"))
-            return 0
+            return self._iret_to_user(rax, r11, rcx, flags, rip, cs, rflags, rsp, ss)
         m.set_reg("rax", rax)
         if not flags & pv.VGCF_IN_SYSCALL:
             m.set_reg("r11", r11)
@@ -179,6 +313,37 @@ class PvCpu:
         m.set_reg("rflags", (rflags & ~RFLAGS_IOPL) | RFLAGS_IF | 2)
         m.set_reg("rsp", rsp)
         m.set_rip(rip)
+        return 0
+
+    def _iret_to_user(self, rax, r11, rcx, flags, rip, cs, rflags, rsp, ss) -> int:
+        """do_iret's return to user mode: no user page table crashes the domain; else toggle to
+        user mode and resume at CPL 3 on the frame's selectors (RPL forced to 3).  With
+        VGCF_in_syscall Xen leaves by ``sysretq``, so RCX and R11 are the RIP and RFLAGS loaded."""
+        m = self.m
+        if not self.user_baseptr():
+            m.stop(StopReason("crash", detail="domain crash: iret to user mode with no user page table "
+                                              "(MMUEXT_NEW_USER_BASEPTR)"))
+            return 0
+        segments = self._user_segments(cs | 3, ss | 3)
+        if isinstance(segments, str):
+            m.stop(StopReason("crash", detail=f"domain crash: iret to user mode at {rip:#x}: {segments}"))
+            return 0
+        code, stack = segments
+        new_rflags = (rflags & RFLAGS_ALL & ~(RFLAGS_IOPL | RFLAGS_VM)) | RFLAGS_IF | 2
+        self._toggle_guest_mode()
+        m.engine.load_segments(cs=code, ss=stack, cpl=3)
+        m.set_reg("rax", rax)
+        if flags & pv.VGCF_IN_SYSCALL:
+            m.set_reg("rcx", rip)
+            m.set_reg("r11", new_rflags)
+        else:
+            m.set_reg("r11", r11)
+            m.set_reg("rcx", rcx)
+        self.set_upcall_mask(0 if rflags & RFLAGS_IF else 1)
+        m.set_reg("rflags", new_rflags)
+        m.set_reg("rsp", rsp)
+        m.set_rip(rip)
+        self.user_entries += 1
         return 0
 
     def set_trap_table(self, a, info) -> int:
@@ -232,19 +397,38 @@ class PvCpu:
         return 0
 
     def set_segment_base(self, a, info) -> int:
+        """do_set_segment_base (kernel mode): FS, the kernel's GS base (active) and the user's
+        (the inactive one, swapped in on the way to user mode) take canonical bases; GS_USER_SEL
+        loads a selector into GS for user mode, its base from the descriptor becoming the user's
+        GS base, the kernel's staying active.  A selector the CPU would refuse loads NULL instead
+        (Xen's fault fixup) and the call still succeeds."""
         which, value = a[0] & 0xFFFF_FFFF, a[1]
         names = {pv.SEGBASE_FS: ("fs", MSR_FS_BASE), pv.SEGBASE_GS_USER: ("gs_user", MSR_KERNEL_GS_BASE),
                  pv.SEGBASE_GS_KERNEL: ("gs_kernel", MSR_GS_BASE)}
         if which in names:
             name, msr = names[which]
             info.update(which=name, base=hex(value))
+            if not _canonical(value):
+                raise HypercallError(x.EINVAL, f"base {value:#x} is not canonical")
             self.m.msr_write(msr, value)
             return 0
         if which == pv.SEGBASE_GS_USER_SEL:
-            info.update(which="gs_user_sel", selector=hex(value))
-            if value & 0xFFFF & ~3:
-                raise HypercallError(x.EINVAL, "user GS selectors other than null are not modelled")
-            self.m.msr_write(MSR_KERNEL_GS_BASE, 0)
+            selector = value & 0xFFFF
+            if selector > 3:
+                selector |= 3
+            desc = self._descriptor(selector)
+            loadable = desc is not None and desc.flags & DESC_S and desc.flags & DESC_P and (
+                not desc.flags & DESC_TYPE_CODE or desc.flags & DESC_TYPE_RW) and (
+                desc.flags & DESC_TYPE_CODE and desc.flags & DESC_TYPE_CONFORMING or desc.dpl == 3)
+            if not loadable:
+                selector, base = 0, 0
+            else:
+                base = desc.base
+            info.update(which="gs_user_sel", selector=hex(value), loaded=hex(selector))
+            kernel_base = self.m.msr_read(MSR_GS_BASE)
+            self.m.set_reg("gs", selector)
+            self.m.msr_write(MSR_GS_BASE, kernel_base)
+            self.m.msr_write(MSR_KERNEL_GS_BASE, base)
             return 0
         raise HypercallError(x.EINVAL, f"segment base {which}")
 
@@ -344,3 +528,9 @@ class PvCpu:
         for reg, value in zip(("rax", "rbx", "rcx", "rdx"), answer):
             m.set_reg(reg, value & 0xFFFF_FFFF)
         m.set_rip(rip + len(pv.XEN_EMULATE_PREFIX) + len(pv.CPUID_INSN))
+
+
+def _canonical(address: int) -> bool:
+    """A 48-bit canonical address (bits 63-47 all equal)."""
+    top = address >> 47
+    return top == 0 or top == (1 << 17) - 1

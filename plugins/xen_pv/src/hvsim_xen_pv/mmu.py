@@ -233,7 +233,11 @@ class PvMmu:
             self.install_xen_slots(arg1)
             self.adopt(arg1, 4)
             self.m.set_reg("cr3", arg1 * PAGE)          # a CR3 load flushes the engine's TLB
-        elif cmd == pv.MMUEXT_NEW_USER_BASEPTR:
+        elif cmd == pv.MMUEXT_NEW_USER_BASEPTR:      # 0: no user table; else an L4 of the domain's
+            if arg1:
+                self._own(arg1)
+                self.install_xen_slots(arg1)
+                self.adopt(arg1, 4)
             self.user_baseptr = arg1
         elif cmd in (pv.MMUEXT_TLB_FLUSH_LOCAL, pv.MMUEXT_TLB_FLUSH_MULTI, pv.MMUEXT_TLB_FLUSH_ALL,
                      pv.MMUEXT_INVLPG_LOCAL, pv.MMUEXT_INVLPG_MULTI, pv.MMUEXT_INVLPG_ALL):
