@@ -191,3 +191,66 @@ def test_a_ring_3_process_makes_a_syscall_returns_by_iret_and_faults_to_the_kern
     assert result_at(m, symbols, 15) & 0xFFFF == pv.FLAT_USER_CS64
     extra = result.extra["xen_pv"]
     assert (extra["user_entries"], extra["user_syscalls"]) == (2, 1)
+
+
+def run_user(user: str, *, handlers: str = "", setup: str = SETUP):
+    """SETUP, then ``user`` as the ring-3 code; ``handlers`` replaces the trap handlers' ``hlt``."""
+    tail = HANDLERS.replace("ud_handler:\ngp_handler:\nint80_handler:\n    hlt\n", handlers)
+    source = setup + tail + USER.replace(USER[USER.index("user_code:") + 11:USER.index("    .balign 4096\nuser_data")],
+                                         user)
+    return run_pv(source)
+
+
+FRAME_TO_RESULTS = ("    mov 16(%rsp), %rbx\n    mov %rbx, results+112(%rip)\n"
+                    "    mov 24(%rsp), %rbx\n    mov %rbx, results+120(%rip)\n" + DONE)
+
+
+def test_int_n_from_user_mode_reaches_a_dpl_3_handler_and_a_dpl_0_one_raises_gp():
+    result, m, symbols = run_user("    int $0x80\nafter_int:\n    hlt\n",
+                                  handlers="int80_handler:\n    mov 16(%rsp), %rbx\n    mov %rbx, results+112(%rip)\n"
+                                           "    mov 24(%rsp), %rbx\n    mov %rbx, results+120(%rip)\n" + DONE
+                                           + "ud_handler:\ngp_handler:\n    hlt\n")
+    assert result.stop.kind == "poweroff", result.stop
+    assert result_at(m, symbols, 14) == symbols["after_int"]          # no error code: rip, cs
+    assert result_at(m, symbols, 15) & 0xFFFF == pv.FLAT_USER_CS64
+
+    result, m, symbols = run_user("    int $0x81\n    hlt\n",
+                                  handlers="gp_handler:\n" + FRAME_TO_RESULTS + "ud_handler:\nint80_handler:\n    hlt\n")
+    assert result.stop.kind == "poweroff", result.stop
+    assert result_at(m, symbols, 14) == 0x81 * 8 + 2                   # #GP naming the vector
+
+
+def test_a_user_syscall_without_a_syscall_callback_is_ud_at_the_instruction():
+    setup = SETUP.replace(hypercall(30, pv.CALLBACKOP_register, "cb", store=1), "")
+    result, m, symbols = run_user("user_syscall:\n    syscall\n    hlt\n", setup=setup,
+                                  handlers="ud_handler:\n    mov 16(%rsp), %rbx\n    mov %rbx, results+112(%rip)\n"
+                                           + DONE + "gp_handler:\nint80_handler:\n    hlt\n")
+    assert result.stop.kind == "poweroff", result.stop
+    assert result_at(m, symbols, 14) == symbols["user_syscall"]
+
+
+def test_an_iret_frame_with_a_kernel_only_stack_segment_crashes_the_domain():
+    # 0xe010 is Xen's own DPL-0 data segment: a ring-3 SS cannot be loaded from it.
+    setup = SETUP.replace("push $0xe02b                /* iret_context", "push $0xe010                /* iret_context")
+    result, _, _ = run_user("    hlt\n", setup=setup, handlers="ud_handler:\ngp_handler:\nint80_handler:\n    hlt\n")
+    assert result.stop.kind == "crash" and "SS 0xe013" in result.stop.detail
+
+
+def test_segment_bases_are_checked_and_gs_user_sel_loads_from_the_gdt():
+    source = (hypercall(25, pv.SEGBASE_FS, 0x8000_0000_0000_0000, store=0)
+              + hypercall(25, pv.SEGBASE_GS_KERNEL, 0x5000, store=1)
+              + hypercall(25, pv.SEGBASE_GS_USER_SEL, 0xE02B, store=2)
+              + "mov %gs, %ax\n    mov %ax, results+24(%rip)\n    "
+              + hypercall(25, pv.SEGBASE_GS_USER_SEL, 0xE010, store=4)          # DPL 0: NULL instead
+              + "mov %gs, %ax\n    mov %ax, results+40(%rip)\n    "
+              + "mov $0xc0000101, %ecx\n    rdmsr\n    mov %eax, results+48(%rip)\n    "
+              + "mov $0xe02b, %eax\n    mov %eax, %ds\n    mov %eax, %es\n    mov %ds, %ax\n    mov %ax, results+56(%rip)\n    "
+              + DONE)
+    result, m, symbols = run_pv(source)
+    assert result.stop.kind == "poweroff", result.stop
+    assert result_at(m, symbols, 0) == -22                              # not canonical: -EINVAL
+    assert [result_at(m, symbols, i) for i in (1, 2, 4)] == [0, 0, 0]  # GS_USER_SEL never fails
+    assert result_at(m, symbols, 3) & 0xFFFF == 0xE02B
+    assert result_at(m, symbols, 5) & 0xFFFF == 0
+    assert result_at(m, symbols, 6) & 0xFFFF_FFFF == 0x5000             # the kernel's GS base stays active
+    assert result_at(m, symbols, 7) & 0xFFFF == 0xE02B                  # FLAT_RING3_DS32 loads in ring 0
