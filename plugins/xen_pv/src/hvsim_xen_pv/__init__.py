@@ -16,14 +16,15 @@ private memory, never in the domain's.
 
 The start-of-day layout (builder.py) is libxc's; the entry registers are xg_dom_x86.c's, except the
 privilege level.  **Privilege model**: Xen runs a 64-bit PV kernel in ring 3 and emulates what it
-may not execute; hvsim runs it in ring 0 on the same flat selectors with RPL 0 (CS 0xe030, SS
-0xe028, whose descriptors in Xen's GDT page are DPL 0).  What the guest observes differently:
-``mov %cs`` reads 0xe030 not 0xe033; ``rdmsr``/``wrmsr``, ``mov %cr4`` and ``in``/``out`` execute on
+may not execute; hvsim runs it in ring 0 on CS 0xe030 (the FLAT_KERNEL_CS64 descriptor with RPL 0,
+conforming DPL 0 in Xen's GDT page so user space loads it as 0xe033) and a NULL SS.  What the guest
+observes differently: ``mov %cs`` reads 0xe030 not 0xe033, ``mov %ss`` 0 not 0xe02b, and loading
+0xe02b into SS in kernel mode faults; ``rdmsr``/``wrmsr``, ``mov %cr4`` and ``in``/``out`` execute on
 the emulated CPU instead of trapping to Xen's emulator (no MSR/CR4 filtering; I/O ports are the
 machine's PC devices); ``cli``/``popf`` change the real IF, which no injected interrupt observes.
 The same things happen either way for what the kernel asks Xen to do (every hypercall), and
-exceptions are bounced to its trap table as Xen does.  User mode is not modelled: an ``iret`` to
-ring 3 stops the run.
+exceptions are bounced to its trap table as Xen does.  User space runs in ring 3 as on Xen (cpu.py:
+the iret hypercall, user syscalls, exceptions and events from user mode, the user page table).
 
 Hypercalls arrive by ``syscall`` (Linux inlines them) or through the hypercall page when the image
 has a HYPERCALL_PAGE note (Xen's 64-bit PV stubs are written there).  The shared Xen layer
