@@ -2,7 +2,7 @@
 GDT, debug registers, and the PV CPUID policy.
 
 Privilege model (decided for hvsim, documented in the plugin's docstring): the guest kernel runs at
-CPL 0 on FLAT_KERNEL_CS64/SS64 with RPL 0 (0xe030/0xe028, DPL-0 descriptors in Xen's GDT page), so
+CPL 0 on FLAT_KERNEL_CS64 with RPL 0 (0xe030, a conforming DPL-0 descriptor) and a NULL SS, so
 the engine's own ``iretq``, ``mov %cr4``, ``rdmsr`` work as instructions.  Exceptions never go
 through an IDT (a PV guest has none): each one is bounced to the handler ``set_trap_table`` named,
 with Xen's frame (xen-abi.md §3.5; xen/arch/x86/x86_64/entry.S create_bounce_frame), and the guest
