@@ -11,12 +11,16 @@ import attrs
 
 from hvsim.abi import efi
 from hvsim.core.errors import GuestMemoryError
+from hvsim.core.layout import FOUR_GIB
 
 from . import file_system, pe_loader
 from .calls import EfiError, service
 from .protocols import device_path_node, file_path, read_device_path
 
 PAGE = 0x1000
+# Where each image type is placed (code; data is the same type's data), as edk2's image loader does:
+# an application in LoaderCode, a boot-service driver in BootServicesCode, a runtime driver in
+# RuntimeServicesCode (PE subsystems 10, 11, 12; UEFI 2.10 §7.4.1 LoadImage, §2.1.2-2.1.4).
 TYPES = {10: (efi.LOADER_CODE, efi.LOADER_DATA), 11: (efi.BOOT_SERVICES_CODE, efi.BOOT_SERVICES_DATA),
          12: (efi.RUNTIME_SERVICES_CODE, efi.RUNTIME_SERVICES_DATA)}
 INITRD_MEDIA_GUID = efi.guid_bytes("5568e427-68fc-4f3d-ac74-ca555231cc68")
@@ -46,13 +50,17 @@ def load(fw, layout: pe_loader.PeLayout, *, parent: int, options: bytes, path_na
     code_type, data_type = TYPES[layout.subsystem]
     pages = layout.pages
     wanted = layout.image_base
-    if wanted and wanted % PAGE == 0 and fw.map.is_type(wanted, wanted + pages * PAGE, efi.CONVENTIONAL_MEMORY):
+    align = layout.alignment
+    if wanted and wanted % align == 0 and fw.map.is_type(wanted, wanted + pages * PAGE, efi.CONVENTIONAL_MEMORY):
         base = fw.map.allocate(efi.ALLOCATE_ADDRESS, code_type, pages, wanted, by_allocate_pages=False)
     elif not layout.relocatable:
         raise EfiError(efi.LOAD_ERROR, f"{layout.name}: relocations are stripped and its ImageBase "
-                                       f"{wanted:#x}+{pages * PAGE:#x} is not free memory")
+                                       f"{wanted:#x}+{pages * PAGE:#x} is not free memory aligned to {align:#x}")
     else:
-        base = fw.map.allocate(efi.ALLOCATE_ANY_PAGES, code_type, pages, by_allocate_pages=False)
+        found = fw.map.find_free(pages, FOUR_GIB - 1, align)
+        if found is None:
+            raise EfiError(efi.OUT_OF_RESOURCES, f"{layout.name}: no {pages} free pages aligned to {align:#x}")
+        base = fw.map.allocate(efi.ALLOCATE_ADDRESS, code_type, pages, found, by_allocate_pages=False)
     memory = fw.m.memory
     try:
         pe_loader.place(layout, base, memory.read, memory.write)
