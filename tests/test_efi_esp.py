@@ -131,7 +131,7 @@ def test_removable_media_boot_reads_a_file_gets_its_info_and_lists_the_root(tmp_
     assert fs_info[8] == 1 and struct.unpack_from("<I", fs_info, 0x20)[0] == fat.CLUSTER   # ReadOnly
     assert fs_info[0x24:0x24 + 2 * len(fat.DEFAULT_LABEL)].decode("utf-16-le") == fat.DEFAULT_LABEL
     fw = prepared.machine.plugin_state["efi"]
-    assert not fw.esp.files or len(fw.esp.files) == 1              # the root stays open, the file was closed
+    assert len(fw.esp.files) == 1              # the root stays open, the file was closed
     loaded = fw.images[fw.main_image].protocol
     device_handle, file_path = struct.unpack("<QQ", prepared.machine.memory.read(loaded + 0x18, 16))
     assert device_handle == fw.esp.handle

@@ -14,6 +14,11 @@ through the 8259s, as OVMF: ``tick.py``), at TPL_APPLICATION with interrupts on,
   startup_32 + ``handover_offset`` + 0x200, with RDI = ImageHandle, RSI = SystemTable, RDX = a
   boot_params page holding the kernel's setup header and the command line (as GRUB does).
 
+- ``--esp DIR`` (``esp``, ``file_system``): DIR served read-only (``--esp-writable``: writable) as
+  the EFI system partition, a SIMPLE_FILE_SYSTEM handle with a hard-drive device path that is the
+  DeviceHandle of the images loaded; with no kernel named (``kernel`` None in the options) the
+  boot manager (``boot_manager``) boots a Boot#### option of BootOrder or \\EFI\\BOOT\\BOOTX64.EFI.
+
 Firmware: ``firmware`` (tables, memory, call dispatch), ``boot_services``, ``protocols``,
 ``images``, ``events``, ``console``, ``runtime_services``, ``variables``.  The PC devices and the
 ACPI tables of the other environments are there too and stay after ExitBootServices.
