@@ -14,6 +14,11 @@ through the 8259s, as OVMF: ``tick.py``), at TPL_APPLICATION with interrupts on,
   startup_32 + ``handover_offset`` + 0x200, with RDI = ImageHandle, RSI = SystemTable, RDX = a
   boot_params page holding the kernel's setup header and the command line (as GRUB does).
 
+- ``--esp DIR`` (``esp``, ``file_system``): DIR served read-only (``--esp-writable``: writable) as
+  the EFI system partition, a SIMPLE_FILE_SYSTEM handle with a hard-drive device path that is the
+  DeviceHandle of the images loaded; with no kernel named (``kernel`` None in the options) the
+  boot manager (``boot_manager``) boots a Boot#### option of BootOrder or \\EFI\\BOOT\\BOOTX64.EFI.
+
 Firmware: ``firmware`` (tables, memory, call dispatch), ``boot_services``, ``protocols``,
 ``images``, ``events``, ``console``, ``runtime_services``, ``variables``.  The PC devices and the
 ACPI tables of the other environments are there too and stay after ExitBootServices.
@@ -30,10 +35,11 @@ from hvsim.abi import linux_boot as lb
 from hvsim.core.cpu import RFLAGS_RESERVED, EntryState
 from hvsim.core.errors import LoadError, UsageError
 from hvsim.core.layout import FOUR_GIB
+from hvsim.image import load_image
 
 # Importing the service modules registers their services.
 from . import boot_services, events, images, protocols, runtime_services, variables  # noqa: F401
-from . import console, pe_loader
+from . import boot_manager, console, esp, pe_loader
 from .calls import EfiError
 from .firmware import ENTRY_RETURNED, GDT_CODE64, GDT_DATA64, IDT_VECTORS, RFLAGS_IF, Firmware
 from .memory_map import DESCRIPTOR_SIZE
@@ -87,6 +93,11 @@ def hvsim_add_options(parser):
     group.add_argument("--keys-file", default=None, help="efi: read the keys from this file (same syntax)")
     group.add_argument("--framebuffer-png", default=None,
                        help="efi: offer Graphics Output (800x600) and save its framebuffer as this PNG")
+    group.add_argument("--esp", default=None, metavar="DIR",
+                       help="efi: serve DIR as the EFI system partition (read-only); with no kernel, boot what "
+                            "its Boot####/BootOrder variables or \\EFI\\BOOT\\BOOTX64.EFI name")
+    group.add_argument("--esp-writable", action="store_true", default=False,
+                       help="efi: let the guest create, write and delete files on the --esp directory")
     group.add_argument("--efi-vars", default=None,
                        help="efi: keep non-volatile EFI variables in this JSON file (read at start, written on change)")
 
@@ -126,16 +137,24 @@ def _options(options) -> dict:
     png = options.get("framebuffer_png")
     if png and not Path(png).resolve().parent.is_dir():
         raise UsageError(f"--framebuffer-png {png}: no such directory")
+    esp_volume = None
+    if options.get("esp"):
+        esp_volume = esp.EspVolume(options["esp"], writable=bool(options.get("esp_writable")))
+    elif options.get("esp_writable"):
+        raise UsageError("--esp-writable needs --esp DIR")
     return {"keys": keys, "framebuffer": (*FRAMEBUFFER, png) if png else None,
-            "variables": variables.VariableStore(options.get("efi_vars"))}
+            "variables": variables.VariableStore(options.get("efi_vars")), "esp_volume": esp_volume}
+
+
+def _boots_from_esp(options) -> bool:
+    """``--esp`` with no kernel named: the CLI passes ``kernel`` None; API callers ask the same
+    way, with ``options={"esp": DIR, "kernel": None}``."""
+    return bool(options.get("esp")) and "kernel" in options and options["kernel"] is None
 
 
 @hookimpl
 def hvsim_setup(machine, image, config, options):
     entry = options.get("entry") or "pe"
-    layout = pe_loader.parse(image.data, image.name)
-    if entry == "handover" and _handover(image) is None:
-        raise LoadError(f"{image.name}: --entry handover needs a bzImage with XLF_EFI_HANDOVER_64")
     try:
         cmdline = config.cmdline_bytes().decode("utf-8")
     except UnicodeDecodeError:
@@ -145,8 +164,19 @@ def hvsim_setup(machine, image, config, options):
     machine.plugin_state[ENV] = fw
     fw.build()
     load_options = (cmdline + "\0").encode("utf-16-le") if cmdline else b""
+    path_name, device, booted = BOOT_PATH, None, ""
+    if fw.esp is not None:
+        device = (fw.esp.handle, fw.esp.device_path)
+    if _boots_from_esp(options):
+        choice = boot_manager.choose(fw)
+        image = load_image(choice.data, name=choice.path)
+        path_name, booted = choice.path, f" from the ESP ({choice.how})"
+        load_options = choice.options or load_options
+    layout = pe_loader.parse(image.data, image.name)
+    if entry == "handover" and _handover(image) is None:
+        raise LoadError(f"{image.name}: --entry handover needs a bzImage with XLF_EFI_HANDOVER_64")
     try:
-        image_record = images.load(fw, layout, parent=0, options=load_options, path_name=BOOT_PATH)
+        image_record = images.load(fw, layout, parent=0, options=load_options, path_name=path_name, device=device)
     except EfiError as exc:
         raise LoadError(exc.why) from None
     fw.main_image = image_record.handle
@@ -163,7 +193,7 @@ def hvsim_setup(machine, image, config, options):
         rip = image_record.entry
         machine.set_reg("rcx", image_record.handle)
         machine.set_reg("rdx", fw.system_table)
-        text = f"pe: {image.name} at {image_record.base:#x}, entry {rip:#x}"
+        text = f"pe: {image.name}{booted} at {image_record.base:#x}, entry {rip:#x}"
     else:
         rip = image_record.base + image.bzimage.pm_offset + _handover(image).address
         machine.set_reg("rdi", image_record.handle)

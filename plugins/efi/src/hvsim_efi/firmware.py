@@ -37,7 +37,7 @@ from hvsim.core.exceptions import HAS_ERROR_CODE, IDT_ERROR_FLAG, vector_name
 from hvsim.core.layout import FOUR_GIB
 from hvsim.core.result import StopReason
 
-from . import console, protocols, tables
+from . import console, file_system, protocols, tables
 from .calls import SERVICES, CallContext, Cancelled, EfiError
 from .console import ConsoleIn, Framebuffer, TextOutput
 from .events import EventTable
@@ -59,10 +59,11 @@ STACK_SIZE = 128 * 1024
 NX_TYPES = (efi.LOADER_DATA, efi.BOOT_SERVICES_DATA, efi.RUNTIME_SERVICES_DATA, efi.ACPI_RECLAIM_MEMORY,
             efi.ACPI_MEMORY_NVS)
 NX_SPLIT_TABLES = 64
-BOOT_TABLES = ("BS", "ConOut", "ConIn", "GOP", "LoadFile2")     # gone after ExitBootServices
+BOOT_TABLES = ("BS", "ConOut", "ConIn", "GOP", "LoadFile2", "SFS", "File")     # gone after ExitBootServices
 STUB_TABLES = (
     ("BS", efi.BOOT_SERVICES), ("RT", efi.RUNTIME_SERVICES), ("ConOut", efi.TEXT_OUTPUT_SERVICES),
     ("ConIn", efi.TEXT_INPUT_SERVICES), ("GOP", efi.GOP_SERVICES), ("LoadFile2", ("LoadFile",)),
+    ("SFS", file_system.SFS_SERVICES), ("File", file_system.FILE_SERVICES),
 )
 ENTRY_RETURNED, CALLBACK_RETURNED, TIMER_TICK, FAULT_BASE = 0x1000, 0x1001, 0x1002, 0x1100
 NONVOLATILE = ("rbx", "rbp", "rdi", "rsi", "r12", "r13", "r14", "r15")
@@ -86,8 +87,11 @@ class Frame:
 
 
 class Firmware:
-    def __init__(self, machine, *, keys=(), variables: VariableStore | None = None, framebuffer=None):
+    def __init__(self, machine, *, keys=(), variables: VariableStore | None = None, framebuffer=None,
+                 esp_volume=None):
         self.m = machine
+        self.esp_volume = esp_volume          # an esp.EspVolume (``--esp DIR``), served once built
+        self.esp: file_system.Esp | None = None
         self.map = MemoryMap.from_layout(machine.layout)
         self.pool = Pool(self.map)
         self.db = ProtocolDatabase()
@@ -196,6 +200,8 @@ class Firmware:
         if self.framebuffer_request is not None:
             self.gop = console.install_gop(self, *self.framebuffer_request)
         protocols.install_boot_device(self)
+        if self.esp_volume is not None:
+            file_system.install(self, self.esp_volume)
         self.write_system_table()
         self._build_cpu_tables()
         self.timer.start()

@@ -11,12 +11,16 @@ import attrs
 
 from hvsim.abi import efi
 from hvsim.core.errors import GuestMemoryError
+from hvsim.core.layout import FOUR_GIB
 
-from . import pe_loader
+from . import file_system, pe_loader
 from .calls import EfiError, service
-from .protocols import device_path_node, file_path
+from .protocols import device_path_node, file_path, read_device_path
 
 PAGE = 0x1000
+# Where each image type is placed (code; data is the same type's data), as edk2's image loader does:
+# an application in LoaderCode, a boot-service driver in BootServicesCode, a runtime driver in
+# RuntimeServicesCode (PE subsystems 10, 11, 12; UEFI 2.10 §7.4.1 LoadImage, §2.1.2-2.1.4).
 TYPES = {10: (efi.LOADER_CODE, efi.LOADER_DATA), 11: (efi.BOOT_SERVICES_CODE, efi.BOOT_SERVICES_DATA),
          12: (efi.RUNTIME_SERVICES_CODE, efi.RUNTIME_SERVICES_DATA)}
 INITRD_MEDIA_GUID = efi.guid_bytes("5568e427-68fc-4f3d-ac74-ca555231cc68")
@@ -37,18 +41,26 @@ class Image:
     started: bool = False
 
 
-def load(fw, layout: pe_loader.PeLayout, *, parent: int, options: bytes, path_name: str) -> Image:
-    """Place and relocate ``layout`` (EfiError on failure) and install its protocols."""
+def load(fw, layout: pe_loader.PeLayout, *, parent: int, options: bytes, path_name: str,
+         device: tuple[int, bytes] | None = None) -> Image:
+    """Place and relocate ``layout`` (EfiError on failure) and install its protocols.  ``device``:
+    (DeviceHandle, its device path without the End node) the image came from; by default hvsim's
+    boot device."""
+    device_handle, device_path = device if device is not None else (fw.boot_device, fw.boot_device_path[:-4])
     code_type, data_type = TYPES[layout.subsystem]
     pages = layout.pages
     wanted = layout.image_base
-    if wanted and wanted % PAGE == 0 and fw.map.is_type(wanted, wanted + pages * PAGE, efi.CONVENTIONAL_MEMORY):
+    align = layout.alignment
+    if wanted and wanted % align == 0 and fw.map.is_type(wanted, wanted + pages * PAGE, efi.CONVENTIONAL_MEMORY):
         base = fw.map.allocate(efi.ALLOCATE_ADDRESS, code_type, pages, wanted, by_allocate_pages=False)
     elif not layout.relocatable:
         raise EfiError(efi.LOAD_ERROR, f"{layout.name}: relocations are stripped and its ImageBase "
-                                       f"{wanted:#x}+{pages * PAGE:#x} is not free memory")
+                                       f"{wanted:#x}+{pages * PAGE:#x} is not free memory aligned to {align:#x}")
     else:
-        base = fw.map.allocate(efi.ALLOCATE_ANY_PAGES, code_type, pages, by_allocate_pages=False)
+        found = fw.map.find_free(pages, FOUR_GIB - 1, align)
+        if found is None:
+            raise EfiError(efi.OUT_OF_RESOURCES, f"{layout.name}: no {pages} free pages aligned to {align:#x}")
+        base = fw.map.allocate(efi.ALLOCATE_ADDRESS, code_type, pages, found, by_allocate_pages=False)
     memory = fw.m.memory
     try:
         pe_loader.place(layout, base, memory.read, memory.write)
@@ -57,10 +69,10 @@ def load(fw, layout: pe_loader.PeLayout, *, parent: int, options: bytes, path_na
         raise EfiError(efi.LOAD_ERROR, f"{layout.name}: {exc}") from None
     options_at = fw.put(efi.BOOT_SERVICES_DATA, options, 8) if options else 0
     path = fw.put(efi.BOOT_SERVICES_DATA, file_path(path_name) + efi.END_DEVICE_PATH, 8)
-    full_path = fw.put(efi.BOOT_SERVICES_DATA, fw.boot_device_path[:-4] + file_path(path_name) + efi.END_DEVICE_PATH, 8)
+    full_path = fw.put(efi.BOOT_SERVICES_DATA, device_path + file_path(path_name) + efi.END_DEVICE_PATH, 8)
     protocol = fw.alloc(efi.BOOT_SERVICES_DATA, efi.LOADED_IMAGE_SIZE, 8)
     fw.m.memory.write(protocol, struct.pack(
-        efi.LOADED_IMAGE_FORMAT, efi.LOADED_IMAGE_REVISION, parent, fw.system_table, fw.boot_device, path, 0,
+        efi.LOADED_IMAGE_FORMAT, efi.LOADED_IMAGE_REVISION, parent, fw.system_table, device_handle, path, 0,
         len(options), options_at, base, pages * PAGE, code_type, data_type, 0))
     handle = fw.db.install(fw, 0, efi.LOADED_IMAGE_PROTOCOL_GUID, protocol)
     fw.db.install(fw, handle, efi.LOADED_IMAGE_DEVICE_PATH_PROTOCOL_GUID, full_path)
@@ -89,16 +101,24 @@ def load_image(ctx):
     _image(ctx, "ParentImageHandle")
     if len(ctx.fw.images) >= MAX_LOADED_IMAGES:
         raise EfiError(efi.OUT_OF_RESOURCES, f"{len(ctx.fw.images)} images are loaded, the most this firmware holds")
+    device = None
     if a["SourceBuffer"] == 0:
-        raise EfiError(efi.NOT_FOUND, "no SourceBuffer, and this firmware has no file system to load a device path from")
-    if a["SourceSize"] == 0 or a["SourceSize"] > (256 << 20):
-        raise EfiError(efi.LOAD_ERROR, f"SourceSize {a['SourceSize']:#x}")
-    data = ctx.read(a["SourceBuffer"], a["SourceSize"])
+        if a["DevicePath"] == 0:
+            raise EfiError(efi.NOT_FOUND, "neither SourceBuffer nor DevicePath")
+        name = file_system.file_path_name(ctx.fw, read_device_path(ctx, a["DevicePath"]))
+        ctx.record["file"] = name
+        path_name, data = file_system.read_file(ctx.fw, name)
+        device = (ctx.fw.esp.handle, ctx.fw.esp.device_path)
+    else:
+        if a["SourceSize"] == 0 or a["SourceSize"] > (256 << 20):
+            raise EfiError(efi.LOAD_ERROR, f"SourceSize {a['SourceSize']:#x}")
+        data = ctx.read(a["SourceBuffer"], a["SourceSize"])
+        path_name = f"\\image{len(ctx.fw.images)}.efi"
     try:
-        layout = pe_loader.parse(data, f"image at {a['SourceBuffer']:#x}")
+        layout = pe_loader.parse(data, path_name if device else f"image at {a['SourceBuffer']:#x}")
     except pe_loader.PeRefused as exc:
         raise EfiError(efi.UNSUPPORTED if exc.unsupported else efi.LOAD_ERROR, str(exc)) from None
-    image = load(ctx.fw, layout, parent=a["ParentImageHandle"], options=b"", path_name=f"\\image{len(ctx.fw.images)}.efi")
+    image = load(ctx.fw, layout, parent=a["ParentImageHandle"], options=b"", path_name=path_name, device=device)
     ctx.write_u64(out, image.handle)
     ctx.record.update(handle=image.handle, base=image.base)
     return efi.SUCCESS

@@ -5,6 +5,8 @@
   or the entry point outside SizeOfImage, a section alignment that is not a power of two;
 - the headers (SizeOfHeaders) at the image base, each section at its RVA with VirtualSize beyond
   SizeOfRawData zero-filled; a section alignment below a page is accepted (RVA = file offset images);
+- placed at a multiple of SectionAlignment when it is above a page (``PeLayout.alignment``: edk2
+  aligns the allocation so, and xen.efi's 2 MiB alignment needs it);
 - base relocations (DIR64, HIGHLOW, ABSOLUTE padding) applied when the image lands away from its
   ImageBase; an image marked IMAGE_FILE_RELOCS_STRIPPED must get its ImageBase or is refused.
   The relocation directory is checked whole when the image is parsed (block sizes of at least 8
@@ -70,10 +72,16 @@ class PeLayout:
     subsystem: int
     relocations: bytes | None        # the .reloc directory's bytes, None without one
     relocs_stripped: bool
+    section_alignment: int = PAGE
 
     @property
     def pages(self) -> int:
         return -(-self.size_of_image // PAGE)
+
+    @property
+    def alignment(self) -> int:
+        """Where the image may start: a page, or SectionAlignment when larger."""
+        return max(PAGE, self.section_alignment)
 
     @property
     def relocatable(self) -> bool:
@@ -138,7 +146,8 @@ def parse(data: bytes, name: str) -> PeLayout:
     return PeLayout(name=name, image_base=opt.ImageBase, size_of_image=size_of_image,
                     headers=data[:headers_end], sections=tuple(ordered), entry_rva=opt.AddressOfEntryPoint,
                     subsystem=opt.Subsystem, relocations=relocations,
-                    relocs_stripped=bool(hdr.Characteristics & IMAGE_FILE_RELOCS_STRIPPED))
+                    relocs_stripped=bool(hdr.Characteristics & IMAGE_FILE_RELOCS_STRIPPED),
+                    section_alignment=align)
 
 
 def _image_bytes(sections, rva: int, size: int) -> bytes | None:
