@@ -10,7 +10,9 @@
 
 Guest console output streams to stdout; hvsim's own messages go to stderr.  The exit status of
 ``run`` says how the guest stopped (table in hvsim.core.result: clean poweroff is 0); that of
-``matrix`` is 0 when every difference is declared inherent by the plugins and 1 otherwise.  Errors
+``matrix`` is 0 when every difference is declared inherent by the plugins, 1 otherwise, and 6 when
+the reference column did not boot to a comparable record (nothing was compared).  On a terminal,
+``run`` and ``matrix`` show a live progress line on stderr after 2 s (``--quiet``: none).  Errors
 are one line on stderr and a status from 2 to 5, never a traceback.
 """
 
@@ -90,6 +92,8 @@ def _parser(pm) -> argparse.ArgumentParser:
     _config_options(run)
     run.add_argument("--json", metavar="FILE", help="write the run result as JSON to FILE")
     run.add_argument("--trace", action="store_true", help="print every event (faults, calls, shutdown) to stderr")
+    run.add_argument("--system-map", help="System.map naming the kernel's functions in the stop line (default: "
+                                          "the ELF's .symtab, if it has one)")
     _plugin_options(run, pm)
 
     matrix = sub.add_parser("matrix", help="run a kernel under every environment that accepts it and compare "
@@ -366,6 +370,7 @@ def _run(pm, args) -> int:
         lines = _progress_lines(args, [args.env])
         prepared = Run(args.env, args.kernel, config, options=vars(args), pm=pm,
                        observers=[_ConsoleStreamer(args.trace, lines)])
+        symbols = _symbols(prepared.image, args.system_map)     # a bad --system-map fails before the run
         with _stop_signals(prepared.loop.interrupt):       # held until the result is written
             try:
                 result = _execute_interruptibly(prepared, lines)
@@ -373,8 +378,12 @@ def _run(pm, args) -> int:
                 if lines is not None:
                     lines.clear()
             state = result.state
-            where = f" at {state.registers.get('rip', 0):#x}: {state.instruction}" if state and result.exit_status else ""
-            stop_line = (f"hvsim: {args.env}: {result.stop.describe()}{where} "
+            where = ""
+            if state and result.exit_status:
+                rip = state.registers.get("rip", 0)
+                function = symbols.resolve(rip) if symbols is not None else None
+                where = f" at {rip:#x}{f' in {function}' if function else ''}: {state.instruction}"
+            stop_line = (f"hvsim: {args.env}: {_describe_stop(result.stop)}{where} "
                          f"[{result.stats.wall_seconds:.2f} s, exit {result.exit_status}]")
             try:
                 if json_file is not None:
@@ -390,6 +399,30 @@ def _run(pm, args) -> int:
         if json_file is not None:
             _close_json(json_file, keep=written)
     return result.exit_status
+
+
+def _describe_stop(stop) -> str:
+    """The stop's text; a bad access also says what a PC has at that address (hvsim.pc_regions)."""
+    from .pc_regions import explain
+
+    text = stop.describe()
+    what = explain(stop.detail) if stop.kind == "bad-access" else None
+    return f"{text}; {what}" if what else text
+
+
+def _symbols(image, system_map: str | None):
+    """The ``SymbolTable`` naming the guest's functions in the stop line: ``--system-map``, else the
+    image's ELF .symtab (a bzImage's payload's), else None (Debian's vmlinux has no .symtab: give
+    its System.map)."""
+    from .symbols import SymbolTable, image_elf
+
+    try:
+        elf = image_elf(image)
+    except HvsimError:               # a payload that does not decompress names nothing
+        elf = None
+    if system_map:
+        return SymbolTable.from_system_map(system_map, elf)
+    return SymbolTable.from_elf(elf, str(image.name)) if elf is not None else None
 
 
 def _open_json(path: str):
