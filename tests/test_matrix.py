@@ -59,8 +59,9 @@ def test_probe_matrix_shows_every_installed_environment_and_no_undeclared_differ
     assert all(d["inherent"] and d["reason"] for d in pvh_diffs.values())
     assert "~ xen_pvh.entry_mode: PVH enters in 32-bit protected mode" in table
     assert "UNDECLARED" not in table
-    header = next(line for line in table.splitlines() if line.startswith("field"))
-    assert header.split() == ["field", *sorted(installed)]
+    headers = [line.split() for line in table.splitlines() if line.startswith("field")]
+    assert [env for header in headers for env in header[1:]] == sorted(installed)
+    assert all(header[0] == "field" for header in headers)
 
 
 def test_a_plugin_that_gets_the_memory_map_wrong_is_caught(tmp_path, capsys, monkeypatch):
@@ -150,3 +151,66 @@ def test_every_compared_field_is_documented_in_the_hook_contract():
 def test_matrix_usage_errors_are_one_line(capsys):
     assert main(["matrix", "--envs", "bare_metal,nowhere"]) == 2
     assert "unknown environment 'nowhere'" in capsys.readouterr().err
+
+
+def test_a_reference_that_did_not_finish_is_not_compared_against(tmp_path, capsys):
+    from guests import PRINT_THEN_SPIN, elf_guest
+
+    guest = tmp_path / "spin.elf"
+    guest.write_bytes(elf_guest(PRINT_THEN_SPIN))
+    out = tmp_path / "matrix.json"
+    status = main(["matrix", str(guest), "--envs", "bare_metal", "--timeout", "0.5", "--json", str(out)])
+    captured = capsys.readouterr()
+    data = json.loads(out.read_text())
+
+    assert status == 6
+    column = data["environments"]["bare_metal"]
+    assert column["ok"] is False and column["error"].startswith("did not finish: the wall-clock budget")
+    assert column["semantics"]["stop"] == "timeout"          # the record is kept for reading
+    assert data["reference_failure"] == column["error"] and data["exit_status"] == 6
+    assert data["schema_version"] >= 2 and data["hvsim_version"]
+    assert "the reference bare_metal did not boot to a comparable record: did not finish" in captured.err
+    assert "nothing was compared" in captured.err
+    assert "NOTHING COMPARED: the reference bare_metal did not boot to a comparable record" in captured.out
+
+
+def test_a_reference_that_printed_nothing_is_not_compared_against():
+    import hvsim_bare_metal
+    from hvsim.matrix import REFERENCE_FAILED, not_comparable
+
+    silent = {"ok": True, "error": None, "semantics": {"kernel": "other", "console": "", "stop": "halt"}}
+    assert "printed nothing comparable" in not_comparable(silent)
+    assert not_comparable({**silent, "semantics": {**silent["semantics"], "console": "hi\n"}}) is None
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[hvsim_bare_metal])
+    from guests import HALT, elf_guest
+
+    matrix = run_matrix(elf_guest(HALT), MachineConfig(timeout=10), pm=pm)
+    assert matrix.reference_failure.startswith("the guest printed nothing comparable")
+    assert matrix.exit_status == REFERENCE_FAILED
+
+
+def test_the_table_fits_the_terminal_with_a_legend_hex_addresses_and_plurals(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    status, data, table = matrix_json(tmp_path, capsys, "--envs", "bare_metal,xen_pvh,xen_pv,efi")
+
+    assert status == 0
+    assert max(len(line) for line in table.splitlines()) <= 100, max(table.splitlines(), key=len)
+    headers = [line.split() for line in table.splitlines() if line.startswith("field")]
+    assert len(headers) >= 2 and [e for h in headers for e in h[1:]] == ["bare_metal", "efi", "xen_pv", "xen_pvh"]
+    # every mark the table uses is explained
+    assert "marks: ! a field with an undeclared difference; ~ differences all declared" in table
+    assert "a cell ending in * differs" in " ".join(table.split())
+    # call names are whole (wrapped, never cut)
+    calls = data["environments"]["xen_pv"]["semantics"]["calls"]
+    longest = max(calls, key=len)
+    assert longest in table or longest in "".join(line.strip() for line in table.splitlines())
+    assert "…" not in table.split("marks:")[0]
+    # the probe's console row says what it held; addresses are hex
+    assert "(only the probe report)" in table and "(empty)" not in table.split("marks:")[0]
+    assert "0x100000 +0x" in table
+
+
+def test_the_summary_line_has_correct_plurals(tmp_path, capsys):
+    status = main(["matrix", "--envs", "bare_metal", "--json", str(tmp_path / "m.json")])
+    assert status == 0
+    assert "hvsim: matrix of 1 environment: 0 undeclared differences [exit 0]" in capsys.readouterr().err

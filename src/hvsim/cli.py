@@ -10,7 +10,9 @@
 
 Guest console output streams to stdout; hvsim's own messages go to stderr.  The exit status of
 ``run`` says how the guest stopped (table in hvsim.core.result: clean poweroff is 0); that of
-``matrix`` is 0 when every difference is declared inherent by the plugins and 1 otherwise.  Errors
+``matrix`` is 0 when every difference is declared inherent by the plugins, 1 otherwise, and 6 when
+the reference column did not boot to a comparable record (nothing was compared).  On a terminal,
+``run`` and ``matrix`` show a live progress line on stderr after 2 s (``--quiet``: none).  Errors
 are one line on stderr and a status from 2 to 5, never a traceback.
 """
 
@@ -40,14 +42,17 @@ class _ConsoleStreamer:
     terminal's encoding; a closed stdout (``| head``) stops the streaming, not the run.
     """
 
-    def __init__(self, trace: bool):
+    def __init__(self, trace: bool, progress=None):
         self.trace = trace
         self.stdout_open = True
+        self.progress = progress           # a ProgressLine to clear before writing to the terminal
 
     @hookimpl
     def hvsim_event(self, machine, event):
         if isinstance(event, ConsoleOutput):
             if self.stdout_open:
+                if self.progress is not None:
+                    self.progress.clear()
                 try:
                     out = getattr(sys.stdout, "buffer", None)
                     if out is not None:
@@ -57,7 +62,11 @@ class _ConsoleStreamer:
                     sys.stdout.flush()
                 except (OSError, ValueError, UnicodeError):
                     self.stdout_open = False
+                if self.progress is not None:
+                    self.progress.wrote(event.text)
         elif self.trace:
+            if self.progress is not None:
+                self.progress.clear()
             print(f"hvsim: trace: {json.dumps(event.to_dict())}", file=sys.stderr, flush=True)
 
 
@@ -83,6 +92,8 @@ def _parser(pm) -> argparse.ArgumentParser:
     _config_options(run)
     run.add_argument("--json", metavar="FILE", help="write the run result as JSON to FILE")
     run.add_argument("--trace", action="store_true", help="print every event (faults, calls, shutdown) to stderr")
+    run.add_argument("--system-map", help="System.map naming the kernel's functions in the stop line (default: "
+                                          "the ELF's .symtab, if it has one)")
     _plugin_options(run, pm)
 
     matrix = sub.add_parser("matrix", help="run a kernel under every environment that accepts it and compare "
@@ -158,6 +169,8 @@ def _config_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--no-acpi", action="store_true", help="no ACPI tables")
     run.add_argument("--timeout", type=float, default=60.0, help="wall-clock budget in seconds (default 60; 0 = none)")
     run.add_argument("--max-instructions", type=int, help="exact instruction budget (slows emulation ~15x)")
+    run.add_argument("--quiet", action="store_true", help="no live progress line on stderr (it is shown only when "
+                                                          "stderr is a terminal, after 2 s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,17 +300,49 @@ def _matrix(pm, args) -> int:
     from .matrix import run_matrix
     from .matrix_table import render
 
-    matrix = run_matrix(args.kernel, _config(args), _env_list(args.envs), options=vars(args), pm=pm,
-                        jobs=args.jobs)
+    lines = _progress_lines(args, _env_list(args.envs) or sorted(environments(pm)))
+    try:
+        matrix = run_matrix(args.kernel, _config(args), _env_list(args.envs), options=vars(args), pm=pm,
+                            jobs=args.jobs, progress=lines.update if lines else None)
+    finally:
+        if lines:
+            lines.clear()
     if not matrix.columns:
         raise UsageError(f"{matrix.kernel}: no environment accepts it: "
                          + "; ".join(f"{env}: {why}" for env, why in matrix.refused.items()))
     sys.stdout.write(render(matrix))
     if args.json:
         _write_json(args.json, json.dumps(matrix.to_dict(), indent=2))
-    print(f"hvsim: matrix of {len(matrix.columns)} environments: {len(matrix.undeclared)} undeclared "
-          f"difference(s) [exit {matrix.exit_status}]", file=sys.stderr)
+    if matrix.reference_failure is not None:
+        print(f"hvsim: matrix: the reference {matrix.reference} did not boot to a comparable record: "
+              f"{matrix.reference_failure}; nothing was compared [exit {matrix.exit_status}]", file=sys.stderr)
+    else:
+        print(f"hvsim: matrix of {_plural(len(matrix.columns), 'environment')}: "
+              f"{_plural(len(matrix.undeclared), 'undeclared difference')} [exit {matrix.exit_status}]",
+              file=sys.stderr)
     return matrix.exit_status
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _progress_lines(args, names: list[str]):
+    """A ``ProgressLine`` on stderr when it is a terminal and ``--quiet`` is not given, else None."""
+    if args.quiet or not _isatty(sys.stderr):
+        return None
+    import shutil
+
+    from .progress import ProgressLine
+
+    return ProgressLine(sys.stderr, names, width=shutil.get_terminal_size().columns)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _coverage(pm, args) -> int:
@@ -322,13 +367,23 @@ def _run(pm, args) -> int:
     json_file = _open_json(args.json) if args.json else None     # a bad path fails before the guest runs
     written = False
     try:
+        lines = _progress_lines(args, [args.env])
         prepared = Run(args.env, args.kernel, config, options=vars(args), pm=pm,
-                       observers=[_ConsoleStreamer(args.trace)])
+                       observers=[_ConsoleStreamer(args.trace, lines)])
+        symbols = _symbols(prepared.image, args.system_map)     # a bad --system-map fails before the run
         with _stop_signals(prepared.loop.interrupt):       # held until the result is written
-            result = _execute_interruptibly(prepared)
+            try:
+                result = _execute_interruptibly(prepared, lines)
+            finally:
+                if lines is not None:
+                    lines.clear()
             state = result.state
-            where = f" at {state.registers.get('rip', 0):#x}: {state.instruction}" if state and result.exit_status else ""
-            stop_line = (f"hvsim: {args.env}: {result.stop.describe()}{where} "
+            where = ""
+            if state and result.exit_status:
+                rip = state.registers.get("rip", 0)
+                function = symbols.resolve(rip) if symbols is not None else None
+                where = f" at {rip:#x}{f' in {function}' if function else ''}: {state.instruction}"
+            stop_line = (f"hvsim: {args.env}: {_describe_stop(result.stop)}{where} "
                          f"[{result.stats.wall_seconds:.2f} s, exit {result.exit_status}]")
             try:
                 if json_file is not None:
@@ -344,6 +399,30 @@ def _run(pm, args) -> int:
         if json_file is not None:
             _close_json(json_file, keep=written)
     return result.exit_status
+
+
+def _describe_stop(stop) -> str:
+    """The stop's text; a bad access also says what a PC has at that address (hvsim.pc_regions)."""
+    from .pc_regions import explain
+
+    text = stop.describe()
+    what = explain(stop.detail) if stop.kind == "bad-access" else None
+    return f"{text}; {what}" if what else text
+
+
+def _symbols(image, system_map: str | None):
+    """The ``SymbolTable`` naming the guest's functions in the stop line: ``--system-map``, else the
+    image's ELF .symtab (a bzImage's payload's), else None (Debian's vmlinux has no .symtab: give
+    its System.map)."""
+    from .symbols import SymbolTable, image_elf
+
+    try:
+        elf = image_elf(image)
+    except HvsimError:               # a payload that does not decompress names nothing
+        elf = None
+    if system_map:
+        return SymbolTable.from_system_map(system_map, elf)
+    return SymbolTable.from_elf(elf, str(image.name)) if elf is not None else None
 
 
 def _open_json(path: str):
@@ -387,10 +466,14 @@ def _stop_signals(stop):
             signal.signal(signum, handler)
 
 
-def _execute_interruptibly(prepared):
+def _execute_interruptibly(prepared, lines=None):
     """Run the engine in a worker thread: the main thread stays free to take SIGINT and SIGTERM (a
     signal handler cannot run while the main thread is inside the engine) and stops the run
-    through the native stop flag, so the result is still recorded."""
+    through the native stop flag, so the result is still recorded.  While it waits, the main
+    thread samples the run for ``lines`` (a ``ProgressLine``), ten times a second."""
+    from .progress import sample
+
+    started = __import__("time").monotonic()
     outcome: list = []
     done = threading.Event()
 
@@ -407,6 +490,8 @@ def _execute_interruptibly(prepared):
     while not done.is_set():
         try:
             done.wait(0.1)
+            if lines is not None and not done.is_set():
+                lines.update(prepared.env, sample(prepared, started))
         except KeyboardInterrupt:       # SIGINT where the default handler is still in place
             prepared.loop.interrupt()
     if isinstance(outcome[0], BaseException):

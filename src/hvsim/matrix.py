@@ -10,8 +10,14 @@ run in its own process; the canonical records (``hvsim.semantics``) compared fie
 Every environment is compared with a reference (``bare_metal`` when it is in the matrix, else the
 first environment by name).  A field that differs is *inherent* when the environment or the
 reference declared it through ``hvsim_inherent_differences`` (with a reason); otherwise it is
-*undeclared*.  A run that fails (a plugin error, a crashed process) is a failed column and an
-undeclared difference in the field ``run``; it never raises.
+*undeclared*.  A run that fails (a plugin error, a crashed process) or does not finish (the wall-clock
+or instruction budget ran out, a host error, an interrupt: ``UNFINISHED_STOPS``) is a failed column
+(``ok: false``, ``error`` says why; an unfinished run keeps its record) and an undeclared difference
+in the field ``run``; it never raises.
+
+Nothing is compared with a reference that did not boot to a comparable record (it failed, did not
+finish, or printed nothing hvsim can read): ``Matrix.reference_failure`` says why, the other
+columns are shown but not compared, and ``exit_status`` is ``REFERENCE_FAILED``.
 
 Runs go to child processes (``fork`` where the platform has it, so the plugin manager and an
 already-decompressed image are inherited, not pickled); at most ``jobs`` run at once.  A child
@@ -24,6 +30,8 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -39,6 +47,17 @@ from .image import KernelImage
 from .semantics import COMPARED_FIELDS, semantics_of
 
 REFERENCE = "bare_metal"
+# Stops that end a run before the guest did (hvsim.core.result): their records are cut short at a
+# point that depends on the host's speed or the budget, so they are not compared.
+UNFINISHED_STOPS = {
+    "timeout": "did not finish: the wall-clock budget (--timeout) ran out",
+    "budget": "did not finish: the instruction budget (--max-instructions) ran out",
+    "interrupted": "did not finish: interrupted",
+    "host-error": "host error",
+}
+# The matrix's exit status when the reference column has no comparable record (1: undeclared differences).
+REFERENCE_FAILED = 6
+SCHEMA_VERSION = 2
 Kernel = "str | Path | bytes | KernelImage | None"
 
 
@@ -66,6 +85,7 @@ class Matrix:
     declared: dict[str, list[InherentDifference]]    # environment -> what its plugin declared
     refused: dict[str, str]                          # environment -> why it does not boot the kernel
     differences: list[Difference]
+    reference_failure: str | None = None             # why nothing was compared (None: it was)
 
     @property
     def undeclared(self) -> list[Difference]:
@@ -73,14 +93,22 @@ class Matrix:
 
     @property
     def exit_status(self) -> int:
-        """0 when every difference is declared inherent, 1 otherwise."""
+        """``REFERENCE_FAILED`` when the reference has no comparable record; else 0 when every
+        difference is declared inherent, 1 otherwise."""
+        if self.reference_failure is not None:
+            return REFERENCE_FAILED
         return 1 if self.undeclared else 0
 
     def to_dict(self) -> dict[str, Any]:
+        from . import __version__
+
         return {
+            "schema_version": SCHEMA_VERSION,
+            "hvsim_version": __version__,
             "kernel": self.kernel,
             "config": self.config,
             "reference": self.reference,
+            "reference_failure": self.reference_failure,
             "environments": self.columns,
             "declared": {env: [attrs.asdict(d) for d in decl] for env, decl in self.declared.items()},
             "refused": self.refused,
@@ -92,9 +120,11 @@ class Matrix:
 
 def run_matrix(kernel: Kernel = None, config: MachineConfig | None = None, envs: Iterable[str] | None = None,
                *, options: dict[str, Any] | None = None, pm: pluggy.PluginManager | None = None,
-               jobs: int | None = None) -> Matrix:
+               jobs: int | None = None, progress: Callable[[str, dict], None] | None = None) -> Matrix:
     """Run ``kernel`` (default: the embedded probe) under ``envs`` (default: every installed
-    environment that accepts it) and compare what it observed."""
+    environment that accepts it) and compare what it observed.  ``progress(env, sample)``, when
+    given, is called in this process with each column's ``hvsim.progress.sample`` about twice a
+    second while it runs."""
     from .api import open_image
 
     pm = pm or get_plugin_manager()
@@ -108,10 +138,37 @@ def run_matrix(kernel: Kernel = None, config: MachineConfig | None = None, envs:
         chosen, refused = accepting_environments(image, pm, envs)
         images, name = {env: image for env in chosen}, str(image.name)
     declared = {env: inherent_differences(pm, env) for env in chosen}
-    columns = run_columns(chosen, images, config, options=options, pm=pm, jobs=jobs)
+    columns = {env: mark_unfinished(column)
+               for env, column in run_columns(chosen, images, config, options=options, pm=pm, jobs=jobs,
+                                              progress=progress).items()}
     reference = REFERENCE if REFERENCE in columns else (min(columns) if columns else None)
+    failure = None if reference is None else not_comparable(columns[reference])
     return Matrix(kernel=name, config=config.to_dict(), reference=reference, columns=columns,
-                  declared=declared, refused=refused, differences=compare(columns, reference, declared))
+                  declared=declared, refused=refused, differences=compare(columns, reference, declared),
+                  reference_failure=failure)
+
+
+def mark_unfinished(column: dict) -> dict:
+    """``column`` with ``ok: false`` and the reason in ``error`` when its run stopped before the
+    guest did (``UNFINISHED_STOPS``); its record is kept for reading, not compared."""
+    if not column["ok"] or column["semantics"] is None:
+        return column
+    kind = column["semantics"]["stop"].split(" ")[0]
+    if kind not in UNFINISHED_STOPS:
+        return column
+    detail = column["semantics"]["stop_detail"]
+    return {**column, "ok": False, "error": UNFINISHED_STOPS[kind] + (f" ({detail})" if detail else "")}
+
+
+def not_comparable(column: dict) -> str | None:
+    """Why ``column`` cannot serve as the reference, or None when it can: its run failed or did not
+    finish, or the guest printed nothing at all (no probe report, no Linux console, no text)."""
+    if not column["ok"]:
+        return column["error"] or "the run failed"
+    record = column["semantics"]
+    if record["kernel"] == "other" and not record["console"]:
+        return f"the guest printed nothing comparable (no console output; it stopped: {record['stop']})"
+    return None
 
 
 def probe_for_each(pm: pluggy.PluginManager, envs: Iterable[str] | None = None
@@ -180,15 +237,16 @@ def compare(columns: dict[str, dict], reference: str | None,
         return []
     ref = columns[reference]
     out = []
-    if not ref["ok"]:
-        out.append(Difference("run", reference, None, None, False, ref["error"]))
+    failure = not_comparable(ref)
+    if failure is not None:
+        out.append(Difference("run", reference, None, None, False, failure))
     for env, column in sorted(columns.items()):
         if env == reference:
             continue
         if not column["ok"]:
             out.append(Difference("run", env, None, None, False, column["error"]))
             continue
-        if not ref["ok"]:
+        if failure is not None:
             continue
         reasons = {d.field: d.reason for d in declared.get(reference, [])}
         reasons.update({d.field: d.reason for d in declared.get(env, [])})
@@ -203,7 +261,8 @@ def compare(columns: dict[str, dict], reference: str | None,
 
 def run_columns(envs: list[str], kernel: "Kernel | dict[str, KernelImage]", config: MachineConfig, *, options: dict[str, Any] | None = None,
                 pm: pluggy.PluginManager | None = None, jobs: int | None = None,
-                observe: Callable[[Any], Callable[[Any], dict]] | None = None) -> dict[str, dict]:
+                observe: Callable[[Any], Callable[[Any], dict]] | None = None,
+                progress: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
     """Run ``kernel`` (or ``kernel[env]`` when it is a dict) under each of ``envs`` in its own
     process, at most ``jobs`` at once (default: the CPU count), and return environment -> column::
 
@@ -211,7 +270,9 @@ def run_columns(envs: list[str], kernel: "Kernel | dict[str, KernelImage]", conf
 
     ``observe(prepared_run)``, when given, is called in the child before the run starts and returns a
     function of the ``RunResult`` whose dict is stored in the column under ``"observed"`` (coverage
-    uses it to attach its block recorder)."""
+    uses it to attach its block recorder).  ``progress(env, sample)``, when given, receives each
+    running column's ``hvsim.progress.sample`` every ``PROGRESS_INTERVAL`` seconds, sent by a
+    thread in the child beside the pipe's final column."""
     jobs = max(1, jobs or os.cpu_count() or 1)
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
     pending = list(envs)
@@ -224,17 +285,23 @@ def run_columns(envs: list[str], kernel: "Kernel | dict[str, KernelImage]", conf
                 receiver, sender = context.Pipe(duplex=False)
                 image = kernel[env] if isinstance(kernel, dict) else kernel
                 process = context.Process(target=_child, name=f"hvsim-matrix-{env}", daemon=True,
-                                          args=(sender, env, image, config, options, pm, observe))
+                                          args=(sender, env, image, config, options, pm, observe,
+                                                progress is not None))
                 process.start()
                 sender.close()
                 running[receiver] = (env, process)
             for receiver in multiprocessing.connection.wait(list(running)):
-                env, process = running.pop(receiver)
+                env, process = running[receiver]
                 try:
-                    columns[env] = receiver.recv()
+                    kind, payload = receiver.recv()
+                    if kind == "progress":
+                        progress(env, payload)
+                        continue
+                    columns[env] = payload
                 except (EOFError, OSError):
                     process.join()
                     columns[env] = _failed(env, f"the run's process died (exit code {process.exitcode})")
+                del running[receiver]
                 receiver.close()
                 process.join()
     finally:
@@ -250,24 +317,53 @@ def _failed(env: str, error: str, **extra: Any) -> dict:
             "wall_seconds": None, "semantics": None, **extra}
 
 
-def _child(sender, env, kernel, config, options, pm, observe) -> None:
+# How often a column's child samples its run for the parent's progress lines, in seconds.
+PROGRESS_INTERVAL = 0.5
+
+
+def _child(sender, env, kernel, config, options, pm, observe, send_progress) -> None:
+    lock = threading.Lock()            # the sampling thread and this one share the pipe
+
+    def send(kind: str, payload: dict) -> None:
+        with lock:
+            sender.send((kind, payload))
+
+    report = (lambda sample: send("progress", sample)) if send_progress else None
     try:
-        column = run_column(env, kernel, config, options=options, pm=pm, observe=observe)
+        column = run_column(env, kernel, config, options=options, pm=pm, observe=observe, report=report)
     except BaseException as exc:  # noqa: BLE001 - whatever happens, the parent gets a failed column
         detail = str(exc) if isinstance(exc, HvsimError) else f"{type(exc).__name__}: {exc}"
         column = _failed(env, detail, traceback=traceback.format_exc())
-    sender.send(column)
+    send("column", column)
     sender.close()
 
 
 def run_column(env: str, kernel: Kernel, config: MachineConfig, *, options: dict[str, Any] | None = None,
-               pm: pluggy.PluginManager | None = None, observe=None) -> dict:
-    """One column, in this process (``run_columns`` calls it in a child)."""
+               pm: pluggy.PluginManager | None = None, observe=None,
+               report: Callable[[dict], None] | None = None) -> dict:
+    """One column, in this process (``run_columns`` calls it in a child).  ``report(sample)``, when
+    given, is called from a thread every ``PROGRESS_INTERVAL`` seconds while the run executes."""
     from .api import Run
+    from .progress import sample
 
     prepared = Run(env, kernel, config, options=options, pm=pm)
     finish = observe(prepared) if observe is not None else None
-    result = prepared.execute()
+    done = threading.Event()
+    if report is not None:
+        started = time.monotonic()
+
+        def sampler() -> None:
+            while not done.wait(PROGRESS_INTERVAL):
+                try:
+                    report(sample(prepared, started))
+                except (OSError, ValueError):       # the parent went away: the run goes on
+                    return
+
+        threading.Thread(target=sampler, name=f"hvsim-progress-{env}", daemon=True).start()
+    try:
+        result = prepared.execute()
+    finally:
+        done.set()
     column = {
         "environment": env,
         "ok": True,

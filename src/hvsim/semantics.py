@@ -269,4 +269,4 @@ def _calls(result: RunResult) -> dict[str, int]:
 def console_digest(text: str) -> str:
     """A short stand-in for a console text in tables: line count and CRC-32."""
     lines = text.count("\n") + (1 if text and not text.endswith("\n") else 0)
-    return f"{lines} lines, crc32 {zlib.crc32(text.encode('utf-8', 'surrogateescape')):08x}" if text else "(empty)"
+    return f"{lines} line{'' if lines == 1 else 's'}, crc32 {zlib.crc32(text.encode('utf-8', 'surrogateescape')):08x}" if text else "(empty)"
