@@ -20,7 +20,9 @@ from linux_kernel import debian_vmlinuz
 pytestmark = pytest.mark.linux
 
 CMDLINE = "earlyprintk=serial,ttyS0 console=ttyS0 nokaslr"
-IN_TREE = ("bare_metal", "xen_pvh", "xen_pv", "efi", "kvm_pvh")     # kvm_pvh: the example third-party plugin
+# kvm_pvh: the example third-party plugin.  xen_pv boots to /init in test_linux_xen_init.py; it is left
+# out of this matrix for time (a PV boot is the slowest, ~100 s).
+IN_TREE = ("bare_metal", "xen_pvh", "efi", "kvm_pvh")
 # Functions only one boot entry runs, with the expected stop, per environment.  An environment that is
 # not installed (xen_pv and efi until their branches land) is skipped by name.
 ONLY_UNDER = {

@@ -52,8 +52,8 @@ INFO_NAMES = {FILE_INFO_GUID: "FILE_INFO", FILE_SYSTEM_INFO_GUID: "FILE_SYSTEM_I
 # §8.3 EFI_TIME.TimeZone when the time is local time of no known zone.
 UNSPECIFIED_TIMEZONE = 0x07FF
 # Appendix D status codes not in hvsim.abi.efi.
-WARN_DELETE_FAILURE = 2
-VOLUME_FULL = efi.ERROR_BIT | 11
+WARN_DELETE_FAILURE = efi.WARN_DELETE_FAILURE
+VOLUME_FULL = efi.VOLUME_FULL
 # FAT (Microsoft FAT32 specification, "Long Directory Entries"): at most 255 characters, and these
 # are not allowed in a long name (nor characters below 0x20).
 MAX_NAME = 255

@@ -23,7 +23,7 @@ from . import esp as fat
 from .calls import EfiError, service
 from .protocols import device_path_node
 
-SIMPLE_FILE_SYSTEM_PROTOCOL_GUID = efi.guid_bytes("964e5b22-6459-11d2-8e39-00a0c969723b")   # §13.4
+SIMPLE_FILE_SYSTEM_PROTOCOL_GUID = efi.SIMPLE_FILE_SYSTEM_PROTOCOL_GUID
 SIMPLE_FILE_SYSTEM_REVISION = 0x00010000
 FILE_PROTOCOL_REVISION = 0x00010000                                                       # §13.5.1
 FILE_SERVICES = ("Open", "Close", "Delete", "Read", "Write", "GetPosition", "SetPosition", "GetInfo",
@@ -32,7 +32,7 @@ FILE_PROTOCOL_SIZE = 8 + 8 * len(FILE_SERVICES)
 SFS_SERVICES = ("OpenVolume",)
 END_OF_FILE = 0xFFFF_FFFF_FFFF_FFFF           # SetPosition: the end of the file
 # §10.3.5.1 Hard Drive media device path: type 4, subtype 1, 42 bytes.
-MEDIA_HARDDRIVE_DP = 0x01
+MEDIA_HARDDRIVE_DP = efi.MEDIA_HARDDRIVE_DP
 HARDDRIVE_FORMAT = "<IQQ16sBB"                # PartitionNumber, Start, Size (LBAs), Signature, MBRType, SignatureType
 MBR_TYPE_GPT, SIGNATURE_TYPE_GUID = 0x02, 0x02
 ESP_PARTITION_GUID = efi.guid_bytes("6e9b4f3e-7a5c-4c2f-9a1d-68767369e5b0")   # hvsim's ESP partition
