@@ -324,3 +324,16 @@ def test_a_guest_that_disables_its_local_apic_reads_nothing_there_and_takes_8259
     assert m.memory.read_u32(DATA + 0x18) == 0xFFFFFFFF
     assert result.stats.interrupts.get("0x20", 0) >= 10
     assert_pit_ticks(m)
+
+
+def test_hlt_waiting_on_a_masked_periodic_timer_ends_as_idle_without_spinning_forever():
+    # The timer keeps counting while its LVT entry is masked, but it can never wake the guest.
+    source = LAPIC_SETUP + f"""
+    movl $0x30044, {LVT_TIMER:#x}(%rbx)   /* periodic, masked, vector 0x44 */
+    movl $1000, {TIMER_INIT:#x}(%rbx)     /* every microsecond */
+    sti
+    hlt
+"""
+    result, _, _ = run_raw(source, map_bytes=4 << 30, timeout=60)
+    assert result.stop.kind == "idle" and "no interrupt arriving" in result.stop.detail, result.stop
+    assert result.stats.wall_seconds < 30 and result.stats.interrupts_delivered == 0

@@ -46,8 +46,10 @@ if TYPE_CHECKING:
 RFLAGS_IF = 1 << 9
 HLT = 0xF4
 # An idle guest whose events never raise an interrupt (a periodic timer whose line is masked) would
-# skip time forever; after this much guest time without an interrupt it is stopped as idle.
+# skip time forever; after this much guest time, or this many events, without an interrupt it is
+# stopped as idle.
 MAX_IDLE_NS = 3600 * 10**9
+MAX_IDLE_EVENTS = 100_000
 
 
 class RunLoop:
@@ -140,7 +142,7 @@ class RunLoop:
         pending (True), or report that none will come (False)."""
         m = self.m
         started = m.clock.now()
-        while True:
+        for _ in range(MAX_IDLE_EVENTS):
             m.clock.run_due()
             source = m.interrupt_source
             if source is not None and source.interrupt_pending():
@@ -149,6 +151,7 @@ class RunLoop:
                 return True     # resume: the native hook stops at once and the stop is classified
             if m.clock.now() - started > MAX_IDLE_NS or not m.clock.skip_to_next():
                 return False
+        return False
 
     def _deliver_interrupt(self) -> None:
         """Deliver the interrupt the CPU's interrupt input offers, if the guest can take it now;
