@@ -93,7 +93,7 @@ def _parser(pm) -> argparse.ArgumentParser:
     run.add_argument("--json", metavar="FILE", help="write the run result as JSON to FILE")
     run.add_argument("--trace", action="store_true", help="print every event (faults, calls, shutdown) to stderr")
     run.add_argument("--system-map", help="System.map naming the kernel's functions in the stop line (default: "
-                                          "the ELF's .symtab, if it has one)")
+                                          "the ELF's .symtab, else its kallsyms tables)")
     _plugin_options(run, pm)
 
     matrix = sub.add_parser("matrix", help="run a kernel under every environment that accepts it and compare "
@@ -103,7 +103,7 @@ def _parser(pm) -> argparse.ArgumentParser:
     coverage = sub.add_parser("coverage", help="record the code each environment runs and report, by symbol, "
                                                "what runs under one environment only, every one, and none")
     coverage.add_argument("--system-map", help="System.map naming the kernel's functions (default: the "
-                                               "ELF's .symtab, if it has one)")
+                                               "ELF's .symtab, else its kallsyms tables)")
     _every_environment_options(coverage, pm, "the report")
     return parser
 
@@ -412,8 +412,8 @@ def _describe_stop(stop) -> str:
 
 def _symbols(image, system_map: str | None):
     """The ``SymbolTable`` naming the guest's functions in the stop line: ``--system-map``, else the
-    image's ELF .symtab (a bzImage's payload's), else None (Debian's vmlinux has no .symtab: give
-    its System.map)."""
+    image's ELF .symtab (a bzImage's payload's), else its kallsyms tables (Debian's vmlinux), else
+    None."""
     from .symbols import SymbolTable, image_elf
 
     try:
@@ -422,7 +422,7 @@ def _symbols(image, system_map: str | None):
         elf = None
     if system_map:
         return SymbolTable.from_system_map(system_map, elf)
-    return SymbolTable.from_elf(elf, str(image.name)) if elf is not None else None
+    return SymbolTable.from_image_elf(elf, str(image.name)) if elf is not None else None
 
 
 def _open_json(path: str):

@@ -94,7 +94,7 @@ def _symbols(image, system_map: str | Path | None) -> SymbolTable | None:
     elf = image_elf(image)
     if system_map is not None:
         return SymbolTable.from_system_map(system_map, elf)
-    return SymbolTable.from_elf(elf, image.name) if elf is not None else None
+    return SymbolTable.from_image_elf(elf, image.name) if elf is not None else None
 
 
 def _probe_per_environment(pm: pluggy.PluginManager, envs: Iterable[str] | None):

@@ -1,5 +1,6 @@
-"""Code symbols of a kernel, to name the blocks a run executed: from a ``System.map`` or from the
-ELF's ``.symtab``.
+"""Code symbols of a kernel, to name the blocks a run executed: from a ``System.map``, the ELF's
+``.symtab``, or (Debian's vmlinux has no ``.symtab``) the image's own kallsyms tables
+(``hvsim.kallsyms``).
 
 A symbol covers ``[address, next code symbol's address)``.  Block addresses come as the guest executed
 them: virtual (Linux after it switched to its own page tables) or physical (entry code that runs
@@ -83,6 +84,22 @@ class SymbolTable:
         if not symbols:
             return None
         return cls(symbols, f"{name} .symtab", _segments(elf))
+
+    @classmethod
+    def from_kallsyms(cls, elf, name: str) -> "SymbolTable | None":
+        """The code symbols of the image's kallsyms tables, or ``None`` when it has none."""
+        from .kallsyms import read_kallsyms
+
+        found = read_kallsyms(elf.segments)
+        symbols = [(address, sym) for address, kind, sym in found or () if kind in _CODE_TYPES]
+        if not symbols:
+            return None
+        return cls(symbols, f"{name} kallsyms", _segments(elf))
+
+    @classmethod
+    def from_image_elf(cls, elf, name: str) -> "SymbolTable | None":
+        """The ELF's ``.symtab``, else its kallsyms tables, else ``None``."""
+        return cls.from_elf(elf, name) or cls.from_kallsyms(elf, name)
 
 
 def _segments(elf) -> list[tuple[int, int, int]]:
