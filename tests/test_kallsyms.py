@@ -138,3 +138,52 @@ def test_debian_vmlinux_names_match_its_system_map():
     assert table.source == "vmlinux kallsyms"
     assert table.resolve(sample["start_kernel"] + 3) == "start_kernel"
     assert table.resolve(sample["start_kernel"] - 0xFFFFFFFF80000000) == "start_kernel"  # physical
+
+
+def test_a_system_map_of_another_build_is_flagged(tmp_path):
+    segment = Seg(BASE - 0x1000, kallsyms_blob(sample_symbols()))
+
+    class Elf:
+        segments = [segment]
+        symbols: dict = {}
+        entry = 0x1000000
+
+    good = tmp_path / "good.map"
+    good.write_text(f"{BASE + 0x20:016x} T function_2\n{BASE + 0x10:016x} t function_1\n")
+    assert SymbolTable.from_system_map(good, Elf()).mismatch is None
+    other = tmp_path / "other.map"
+    other.write_text(f"{BASE + 0x30:016x} T start_kernel\n{BASE:016x} T function_0\n")
+    assert SymbolTable.from_system_map(other, Elf()).mismatch is None     # start_kernel: not in the image
+    shifted = tmp_path / "shifted.map"
+    shifted.write_text(f"{BASE + 0x1000:016x} T startup_64\n{BASE - 0x1000:016x} D linux_banner\n")
+
+    class Linux(Elf):
+        segments = [Seg(BASE - 0x1000, b"Linux version 6.1\x00".ljust(24, b"\x00") + kallsyms_blob(
+            [(BASE, "T", "startup_64"), *sample_symbols()[1:]])[24:])]
+
+    why = SymbolTable.from_system_map(shifted, Linux()).mismatch
+    assert why == f"startup_64 is {BASE + 0x1000:#x} in the map, {BASE:#x} in the image's kallsyms"
+    shifted.write_text(f"{BASE:016x} T startup_64\n{BASE - 0x1000 + 1:016x} D linux_banner\n")
+    why = SymbolTable.from_system_map(shifted, Linux()).mismatch
+    assert why.startswith(f"its linux_banner {BASE - 0x1000 + 1:#x} holds b'inux version 6' in the image")
+
+
+@pytest.mark.linux
+def test_the_run_warns_of_a_system_map_from_another_build(tmp_path, capsys):
+    from hvsim.cli import main
+
+    vmlinuz = debian_vmlinuz()
+    lines = vmlinuz.with_name("System.map").read_text().splitlines()
+    shifted = tmp_path / "System.map"
+    shifted.write_text("".join(f"{int(a, 16) + 0x1000:016x} {t} {n}\n"
+                               for a, t, n in (line.split()[:3] for line in lines)))
+    vmlinux = tmp_path / "vmlinux"
+    vmlinux.write_bytes(load_image(vmlinuz).payload_elf().data)
+    main(["run", "--env", "xen_pvh", str(vmlinux), "--timeout", "0.05", "--system-map", str(shifted)])
+    err = capsys.readouterr().err
+    assert f"hvsim: warning: --system-map {shifted} does not match" in err
+    assert "startup_64 is 0xffffffff81001000 in the map, 0xffffffff81000000 in the image's kallsyms" in err
+    capsys.readouterr()
+    main(["run", "--env", "xen_pvh", str(vmlinux), "--timeout", "0.05",
+          "--system-map", str(vmlinuz.with_name("System.map"))])
+    assert "warning" not in capsys.readouterr().err

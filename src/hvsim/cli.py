@@ -353,6 +353,8 @@ def _coverage(pm, args) -> int:
     if not report.columns:
         raise UsageError(f"{report.kernel}: no environment accepts it: "
                          + "; ".join(f"{env}: {why}" for env, why in report.refused.items()))
+    for warning in report.warnings:
+        print(f"hvsim: warning: {warning}", file=sys.stderr)
     sys.stdout.write(render(report))
     if args.json:
         _write_json(args.json, json.dumps(report.to_dict(), indent=2))
@@ -421,7 +423,11 @@ def _symbols(image, system_map: str | None):
     except HvsimError:               # a payload that does not decompress names nothing
         elf = None
     if system_map:
-        return SymbolTable.from_system_map(system_map, elf)
+        table = SymbolTable.from_system_map(system_map, elf)
+        if table.mismatch:
+            print(f"hvsim: warning: --system-map {system_map} does not match {image.name}: {table.mismatch}",
+                  file=sys.stderr)
+        return table
     return SymbolTable.from_image_elf(elf, str(image.name)) if elf is not None else None
 
 
