@@ -36,19 +36,32 @@ INTERNAL_ERROR = 70
 
 
 class _ConsoleStreamer:
-    """Observer for one CLI run: guest console to stdout, other events to stderr with --trace.
+    """Observer for one CLI run: guest console to stdout, other events to stderr with --trace and
+    every event (console output included) as JSON lines to ``trace_file``, both as ``trace_filter``
+    (``hvsim.trace``) allows; console output goes to the stderr trace only when the filter names it.
 
     The guest's bytes go out as they came (UTF-8, undecodable bytes restored), whatever the
     terminal's encoding; a closed stdout (``| head``) stops the streaming, not the run.
     """
 
-    def __init__(self, trace: bool, progress=None):
+    def __init__(self, trace: bool, progress=None, trace_file=None, trace_filter=None):
+        from .trace import TraceFilter
+
         self.trace = trace
+        self.trace_file = trace_file       # an open text file, or None
+        self.trace_filter = trace_filter or TraceFilter()
         self.stdout_open = True
         self.progress = progress           # a ProgressLine to clear before writing to the terminal
 
     @hookimpl
     def hvsim_event(self, machine, event):
+        if self.trace_file is not None and self.trace_filter.accepts(event):
+            try:
+                self.trace_file.write(json.dumps(event.to_dict()) + "\n")
+            except (OSError, ValueError) as exc:        # a full disk ends the file, not the run
+                print(f"hvsim: --trace-file: {getattr(exc, 'strerror', None) or exc}; no more events written",
+                      file=sys.stderr)
+                self.trace_file = None
         if isinstance(event, ConsoleOutput):
             if self.stdout_open:
                 if self.progress is not None:
@@ -64,7 +77,9 @@ class _ConsoleStreamer:
                     self.stdout_open = False
                 if self.progress is not None:
                     self.progress.wrote(event.text)
-        elif self.trace:
+            if not self.trace_filter.names(event.kind):
+                return
+        if self.trace and self.trace_filter.accepts(event):
             if self.progress is not None:
                 self.progress.clear()
             print(f"hvsim: trace: {json.dumps(event.to_dict())}", file=sys.stderr, flush=True)
@@ -92,6 +107,12 @@ def _parser(pm) -> argparse.ArgumentParser:
     _config_options(run)
     run.add_argument("--json", metavar="FILE", help="write the run result as JSON to FILE")
     run.add_argument("--trace", action="store_true", help="print every event (faults, calls, shutdown) to stderr")
+    run.add_argument("--trace-file", metavar="FILE", help="write every event (console output included) to FILE, "
+                                                          "one JSON object a line")
+    run.add_argument("--trace-filter", metavar="KIND[,INTERFACE...]",
+                     help="trace only these event kinds (Call, Fault, ConsoleOutput, Shutdown, Note) and calls of "
+                          "these interfaces (xen-hypercall, efi-boot-services, cpuid, msr, ...); without "
+                          "--trace-file it implies --trace")
     run.add_argument("--system-map", help="System.map naming the kernel's functions in the stop line (default: "
                                           "the ELF's .symtab, else its kallsyms tables)")
     _plugin_options(run, pm)
@@ -368,10 +389,17 @@ def _run(pm, args) -> int:
     config = _config(args)
     json_file = _open_json(args.json) if args.json else None     # a bad path fails before the guest runs
     written = False
+    trace_file = None
     try:
+        from .trace import TraceFilter
+
+        trace_filter = TraceFilter.parse(args.trace_filter)
+        if args.trace_file:
+            trace_file = _open_trace(args.trace_file)      # like --json: a bad path fails before the run
+        trace = args.trace or (args.trace_filter is not None and trace_file is None)
         lines = _progress_lines(args, [args.env])
         prepared = Run(args.env, args.kernel, config, options=vars(args), pm=pm,
-                       observers=[_ConsoleStreamer(args.trace, lines)])
+                       observers=[_ConsoleStreamer(trace, lines, trace_file, trace_filter)])
         symbols = _symbols(prepared.image, args.system_map)     # a bad --system-map fails before the run
         with _stop_signals(prepared.loop.interrupt):       # held until the result is written
             try:
@@ -400,7 +428,19 @@ def _run(pm, args) -> int:
     finally:
         if json_file is not None:
             _close_json(json_file, keep=written)
+        if trace_file is not None:
+            try:
+                trace_file.close()
+            except OSError as exc:
+                print(f"hvsim: --trace-file {args.trace_file}: {exc.strerror or exc}", file=sys.stderr)
     return result.exit_status
+
+
+def _open_trace(path: str):
+    try:
+        return open(path, "w", encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise UsageError(f"--trace-file {path}: {exc.strerror or exc}") from None
 
 
 def _describe_stop(stop) -> str:
