@@ -120,6 +120,8 @@ def _parser(pm) -> argparse.ArgumentParser:
     matrix = sub.add_parser("matrix", help="run a kernel under every environment that accepts it and compare "
                                            "what it observed")
     _every_environment_options(matrix, pm, "the matrix")
+    matrix.add_argument("--only-differences", action="store_true",
+                        help="show only the fields that differ and the environments that differ from the reference")
 
     coverage = sub.add_parser("coverage", help="record the code each environment runs and report, by symbol, "
                                                "what runs under one environment only, every one, and none")
@@ -331,7 +333,7 @@ def _matrix(pm, args) -> int:
     if not matrix.columns:
         raise UsageError(f"{matrix.kernel}: no environment accepts it: "
                          + "; ".join(f"{env}: {why}" for env, why in matrix.refused.items()))
-    sys.stdout.write(render(matrix))
+    sys.stdout.write(render(matrix, only_differences=args.only_differences))
     if args.json:
         _write_json(args.json, json.dumps(matrix.to_dict(), indent=2))
     if matrix.reference_failure is not None:
