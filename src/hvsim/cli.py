@@ -3,9 +3,11 @@
     hvsim envs                          installed environments
     hvsim inspect KERNEL [--json]       boot entries found, and which environments accept the image
     hvsim run --env ENV [KERNEL] ...    run (the embedded probe kernel when KERNEL is omitted);
-                                        --init boots hvsim's own /init as the initrd
+                                        --init boots hvsim's own /init as the initrd;
+                                        --trace / --trace-file FILE, --trace-filter KIND[,INTERFACE...]
     hvsim extract KERNEL -o VMLINUX     write the ELF vmlinux inside a bzImage's payload
     hvsim matrix [KERNEL] [--envs A,B]  run under every environment and compare what the kernel saw
+                                        (--only-differences: the fields and environments that differ)
     hvsim coverage KERNEL [--envs A,B]  which functions run under one environment only, every one, none
 
 Guest console output streams to stdout; hvsim's own messages go to stderr.  The exit status of
@@ -13,7 +15,9 @@ Guest console output streams to stdout; hvsim's own messages go to stderr.  The 
 ``matrix`` is 0 when every difference is declared inherent by the plugins, 1 otherwise, and 6 when
 the reference column did not boot to a comparable record (nothing was compared).  On a terminal,
 ``run`` and ``matrix`` show a live progress line on stderr after 2 s (``--quiet``: none).  Errors
-are one line on stderr and a status from 2 to 5, never a traceback.
+are one line on stderr and a status from 2 to 5, never a traceback.  Functions in stop lines and
+coverage are named by ``--system-map`` (with a warning when it is another build's), else the ELF's
+``.symtab``, else the image's own kallsyms tables (``hvsim.kallsyms``).
 """
 
 from __future__ import annotations
