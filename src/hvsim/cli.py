@@ -406,7 +406,8 @@ def _run(pm, args) -> int:
         lines = _progress_lines(args, [args.env])
         prepared = Run(args.env, args.kernel, config, options=vars(args), pm=pm,
                        observers=[_ConsoleStreamer(trace, lines, trace_file, trace_filter)])
-        symbols = _symbols(prepared.image, args.system_map)     # a bad --system-map fails before the run
+        # a bad --system-map fails before the run; the image's own symbols are read only for a stop line
+        symbols = _symbols(prepared.image, args.system_map) if args.system_map else None
         with _stop_signals(prepared.loop.interrupt):       # held until the result is written
             try:
                 result = _execute_interruptibly(prepared, lines)
@@ -417,6 +418,8 @@ def _run(pm, args) -> int:
             where = ""
             if state and result.exit_status:
                 rip = state.registers.get("rip", 0)
+                if symbols is None:
+                    symbols = _symbols(prepared.image, None)
                 function = symbols.resolve(rip) if symbols is not None else None
                 where = f" at {rip:#x}{f' in {function}' if function else ''}: {state.instruction}"
             stop_line = (f"hvsim: {args.env}: {_describe_stop(result.stop)}{where} "
