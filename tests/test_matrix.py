@@ -214,3 +214,39 @@ def test_the_summary_line_has_correct_plurals(tmp_path, capsys):
     status = main(["matrix", "--envs", "bare_metal", "--json", str(tmp_path / "m.json")])
     assert status == 0
     assert "hvsim: matrix of 1 environment: 0 undeclared differences [exit 0]" in capsys.readouterr().err
+
+
+def test_only_differences_keeps_the_rows_and_columns_that_differ(tmp_path, capsys, monkeypatch):
+    import attrs
+
+    from hvsim.matrix_table import render
+
+    def wrong_map(machine):
+        ranges = list(machine.layout.memory_map)
+        last = ranges[-1]
+        return ranges[:-1] + [MemoryRange(last.start, last.size - 0x10000, MemoryType.RAM)]
+
+    monkeypatch.setattr(hvsim_xen_pvh, "guest_memory_map", wrong_map)
+    status, data, table = matrix_json(tmp_path, capsys, "--envs", "bare_metal,kvm_pvh,xen_pvh",
+                                      "--only-differences")
+    assert status == 1
+    rows = [line.split()[1] for line in table.splitlines() if line[:2] in ("! ", "~ ")]
+    differing = {d["field"] for d in data["differences"]}
+    assert "memmap" in rows and set(rows) == differing
+    assert "  cmdline" not in table and "  modules" not in table and "* xen_pvh.memmap:" in table
+    assert set(data["environments"]) == {"bare_metal", "kvm_pvh", "xen_pvh"}     # the JSON keeps all
+    # an environment without differences loses its column
+    matrix = run_matrix(None, MachineConfig(), ["bare_metal", "kvm_pvh", "xen_pvh"])
+    only_xen = attrs.evolve(matrix, differences=[d for d in matrix.differences if d.environment == "xen_pvh"])
+    text = render(only_xen, width=200, only_differences=True)
+    header = next(line.split() for line in text.splitlines() if line.startswith("field"))
+    assert header == ["field", "bare_metal", "xen_pvh"]
+    kept = [line.split()[1] for line in text.splitlines() if line[:2] in ("! ", "~ ")]
+    assert "memmap" in kept and set(kept) == {d.field for d in only_xen.differences}
+
+
+def test_only_differences_without_any_says_so(tmp_path, capsys):
+    status, data, table = matrix_json(tmp_path, capsys, "--envs", "bare_metal", "--only-differences")
+    assert status == 0 and not data["differences"]
+    assert "no differences: every compared field is the same under bare_metal" in table
+    assert not any(line.startswith("field") for line in table.splitlines())

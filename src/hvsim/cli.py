@@ -3,9 +3,11 @@
     hvsim envs                          installed environments
     hvsim inspect KERNEL [--json]       boot entries found, and which environments accept the image
     hvsim run --env ENV [KERNEL] ...    run (the embedded probe kernel when KERNEL is omitted);
-                                        --init boots hvsim's own /init as the initrd
+                                        --init boots hvsim's own /init as the initrd;
+                                        --trace / --trace-file FILE, --trace-filter KIND[,INTERFACE...]
     hvsim extract KERNEL -o VMLINUX     write the ELF vmlinux inside a bzImage's payload
     hvsim matrix [KERNEL] [--envs A,B]  run under every environment and compare what the kernel saw
+                                        (--only-differences: the fields and environments that differ)
     hvsim coverage KERNEL [--envs A,B]  which functions run under one environment only, every one, none
 
 Guest console output streams to stdout; hvsim's own messages go to stderr.  The exit status of
@@ -13,7 +15,9 @@ Guest console output streams to stdout; hvsim's own messages go to stderr.  The 
 ``matrix`` is 0 when every difference is declared inherent by the plugins, 1 otherwise, and 6 when
 the reference column did not boot to a comparable record (nothing was compared).  On a terminal,
 ``run`` and ``matrix`` show a live progress line on stderr after 2 s (``--quiet``: none).  Errors
-are one line on stderr and a status from 2 to 5, never a traceback.
+are one line on stderr and a status from 2 to 5, never a traceback.  Functions in stop lines and
+coverage are named by ``--system-map`` (with a warning when it is another build's), else the ELF's
+``.symtab``, else the image's own kallsyms tables (``hvsim.kallsyms``).
 """
 
 from __future__ import annotations
@@ -36,19 +40,32 @@ INTERNAL_ERROR = 70
 
 
 class _ConsoleStreamer:
-    """Observer for one CLI run: guest console to stdout, other events to stderr with --trace.
+    """Observer for one CLI run: guest console to stdout, other events to stderr with --trace and
+    every event (console output included) as JSON lines to ``trace_file``, both as ``trace_filter``
+    (``hvsim.trace``) allows; console output goes to the stderr trace only when the filter names it.
 
     The guest's bytes go out as they came (UTF-8, undecodable bytes restored), whatever the
     terminal's encoding; a closed stdout (``| head``) stops the streaming, not the run.
     """
 
-    def __init__(self, trace: bool, progress=None):
+    def __init__(self, trace: bool, progress=None, trace_file=None, trace_filter=None):
+        from .trace import TraceFilter
+
         self.trace = trace
+        self.trace_file = trace_file       # an open text file, or None
+        self.trace_filter = trace_filter or TraceFilter()
         self.stdout_open = True
         self.progress = progress           # a ProgressLine to clear before writing to the terminal
 
     @hookimpl
     def hvsim_event(self, machine, event):
+        if self.trace_file is not None and self.trace_filter.accepts(event):
+            try:
+                self.trace_file.write(json.dumps(event.to_dict()) + "\n")
+            except (OSError, ValueError) as exc:        # a full disk ends the file, not the run
+                print(f"hvsim: --trace-file: {getattr(exc, 'strerror', None) or exc}; no more events written",
+                      file=sys.stderr)
+                self.trace_file = None
         if isinstance(event, ConsoleOutput):
             if self.stdout_open:
                 if self.progress is not None:
@@ -64,7 +81,9 @@ class _ConsoleStreamer:
                     self.stdout_open = False
                 if self.progress is not None:
                     self.progress.wrote(event.text)
-        elif self.trace:
+            if not self.trace_filter.names(event.kind):
+                return
+        if self.trace and self.trace_filter.accepts(event):
             if self.progress is not None:
                 self.progress.clear()
             print(f"hvsim: trace: {json.dumps(event.to_dict())}", file=sys.stderr, flush=True)
@@ -92,18 +111,26 @@ def _parser(pm) -> argparse.ArgumentParser:
     _config_options(run)
     run.add_argument("--json", metavar="FILE", help="write the run result as JSON to FILE")
     run.add_argument("--trace", action="store_true", help="print every event (faults, calls, shutdown) to stderr")
+    run.add_argument("--trace-file", metavar="FILE", help="write every event (console output included) to FILE, "
+                                                          "one JSON object a line")
+    run.add_argument("--trace-filter", metavar="KIND[,INTERFACE...]",
+                     help="trace only these event kinds (Call, Fault, ConsoleOutput, Shutdown, Note) and calls of "
+                          "these interfaces (xen-hypercall, efi-boot-services, cpuid, msr, ...); without "
+                          "--trace-file it implies --trace")
     run.add_argument("--system-map", help="System.map naming the kernel's functions in the stop line (default: "
-                                          "the ELF's .symtab, if it has one)")
+                                          "the ELF's .symtab, else its kallsyms tables)")
     _plugin_options(run, pm)
 
     matrix = sub.add_parser("matrix", help="run a kernel under every environment that accepts it and compare "
                                            "what it observed")
     _every_environment_options(matrix, pm, "the matrix")
+    matrix.add_argument("--only-differences", action="store_true",
+                        help="show only the fields that differ and the environments that differ from the reference")
 
     coverage = sub.add_parser("coverage", help="record the code each environment runs and report, by symbol, "
                                                "what runs under one environment only, every one, and none")
     coverage.add_argument("--system-map", help="System.map naming the kernel's functions (default: the "
-                                               "ELF's .symtab, if it has one)")
+                                               "ELF's .symtab, else its kallsyms tables)")
     _every_environment_options(coverage, pm, "the report")
     return parser
 
@@ -310,7 +337,7 @@ def _matrix(pm, args) -> int:
     if not matrix.columns:
         raise UsageError(f"{matrix.kernel}: no environment accepts it: "
                          + "; ".join(f"{env}: {why}" for env, why in matrix.refused.items()))
-    sys.stdout.write(render(matrix))
+    sys.stdout.write(render(matrix, only_differences=args.only_differences))
     if args.json:
         _write_json(args.json, json.dumps(matrix.to_dict(), indent=2))
     if matrix.reference_failure is not None:
@@ -353,6 +380,8 @@ def _coverage(pm, args) -> int:
     if not report.columns:
         raise UsageError(f"{report.kernel}: no environment accepts it: "
                          + "; ".join(f"{env}: {why}" for env, why in report.refused.items()))
+    for warning in report.warnings:
+        print(f"hvsim: warning: {warning}", file=sys.stderr)
     sys.stdout.write(render(report))
     if args.json:
         _write_json(args.json, json.dumps(report.to_dict(), indent=2))
@@ -366,11 +395,19 @@ def _run(pm, args) -> int:
     config = _config(args)
     json_file = _open_json(args.json) if args.json else None     # a bad path fails before the guest runs
     written = False
+    trace_file = None
     try:
+        from .trace import TraceFilter
+
+        trace_filter = TraceFilter.parse(args.trace_filter)
+        if args.trace_file:
+            trace_file = _open_trace(args.trace_file)      # like --json: a bad path fails before the run
+        trace = args.trace or (args.trace_filter is not None and trace_file is None)
         lines = _progress_lines(args, [args.env])
         prepared = Run(args.env, args.kernel, config, options=vars(args), pm=pm,
-                       observers=[_ConsoleStreamer(args.trace, lines)])
-        symbols = _symbols(prepared.image, args.system_map)     # a bad --system-map fails before the run
+                       observers=[_ConsoleStreamer(trace, lines, trace_file, trace_filter)])
+        # a bad --system-map fails before the run; the image's own symbols are read only for a stop line
+        symbols = _symbols(prepared.image, args.system_map) if args.system_map else None
         with _stop_signals(prepared.loop.interrupt):       # held until the result is written
             try:
                 result = _execute_interruptibly(prepared, lines)
@@ -381,6 +418,8 @@ def _run(pm, args) -> int:
             where = ""
             if state and result.exit_status:
                 rip = state.registers.get("rip", 0)
+                if symbols is None:
+                    symbols = _symbols(prepared.image, None)
                 function = symbols.resolve(rip) if symbols is not None else None
                 where = f" at {rip:#x}{f' in {function}' if function else ''}: {state.instruction}"
             stop_line = (f"hvsim: {args.env}: {_describe_stop(result.stop)}{where} "
@@ -398,7 +437,19 @@ def _run(pm, args) -> int:
     finally:
         if json_file is not None:
             _close_json(json_file, keep=written)
+        if trace_file is not None:
+            try:
+                trace_file.close()
+            except OSError as exc:
+                print(f"hvsim: --trace-file {args.trace_file}: {exc.strerror or exc}", file=sys.stderr)
     return result.exit_status
+
+
+def _open_trace(path: str):
+    try:
+        return open(path, "w", encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise UsageError(f"--trace-file {path}: {exc.strerror or exc}") from None
 
 
 def _describe_stop(stop) -> str:
@@ -412,8 +463,8 @@ def _describe_stop(stop) -> str:
 
 def _symbols(image, system_map: str | None):
     """The ``SymbolTable`` naming the guest's functions in the stop line: ``--system-map``, else the
-    image's ELF .symtab (a bzImage's payload's), else None (Debian's vmlinux has no .symtab: give
-    its System.map)."""
+    image's ELF .symtab (a bzImage's payload's), else its kallsyms tables (Debian's vmlinux), else
+    None."""
     from .symbols import SymbolTable, image_elf
 
     try:
@@ -421,8 +472,12 @@ def _symbols(image, system_map: str | None):
     except HvsimError:               # a payload that does not decompress names nothing
         elf = None
     if system_map:
-        return SymbolTable.from_system_map(system_map, elf)
-    return SymbolTable.from_elf(elf, str(image.name)) if elf is not None else None
+        table = SymbolTable.from_system_map(system_map, elf)
+        if table.mismatch:
+            print(f"hvsim: warning: --system-map {system_map} does not match {image.name}: {table.mismatch}",
+                  file=sys.stderr)
+        return table
+    return SymbolTable.from_image_elf(elf, str(image.name)) if elf is not None else None
 
 
 def _open_json(path: str):

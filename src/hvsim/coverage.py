@@ -37,6 +37,7 @@ class CoverageReport:
     only: dict[str, list[str]]         # env -> functions run under it and no other environment
     every: list[str]                   # functions run under every environment
     none: list[str]                    # functions of the table run under no environment
+    warnings: list[str] = attrs.field(factory=list)   # e.g. a System.map that is not the image's build
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -86,15 +87,20 @@ def run_coverage(kernel, config: MachineConfig | None = None, envs: Iterable[str
     sources = [*dict.fromkeys(t.source for t in distinct), *(unnamed if named else [])]
     return CoverageReport(kernel=name, symbols="; ".join(sources) or "none",
                           functions_total=len(known), columns=columns, refused=refused,
-                          only=only, every=every, none=none)
+                          only=only, every=every, none=none,
+                          warnings=[*dict.fromkeys(f"--system-map {system_map} does not match {t.mismatch}"
+                                                   for t in distinct if t.mismatch)])
 
 
 def _symbols(image, system_map: str | Path | None) -> SymbolTable | None:
     """The table naming ``image``'s code: ``system_map`` when given, else the ELF's own symbols."""
     elf = image_elf(image)
     if system_map is not None:
-        return SymbolTable.from_system_map(system_map, elf)
-    return SymbolTable.from_elf(elf, image.name) if elf is not None else None
+        table = SymbolTable.from_system_map(system_map, elf)
+        if table.mismatch:
+            table.mismatch = f"{image.name}: {table.mismatch}"
+        return table
+    return SymbolTable.from_image_elf(elf, image.name) if elf is not None else None
 
 
 def _probe_per_environment(pm: pluggy.PluginManager, envs: Iterable[str] | None):

@@ -9,6 +9,10 @@ reasons, and the undeclared ones.
 The table fits ``width`` columns (default: the terminal's, which honours ``COLUMNS``): a cell's
 text wraps within its column instead of being cut, and environments that do not fit side by side
 go to further tables below, each with the field names.  Addresses and sizes are in hex.
+
+``only_differences`` (``hvsim matrix --only-differences``) keeps the rows of the fields that
+differ somewhere (the ``stop`` row too when a run failed) and the columns of the reference and of
+the environments that differ from it; with nothing differing, one line says so.
 """
 
 from __future__ import annotations
@@ -32,13 +36,21 @@ LEGEND = ("marks: ! a field with an undeclared difference; ~ differences all dec
 HEX_FIELDS = frozenset({"memmap", "userspace_memmap", "userspace_iomem", "module_addresses", "rsdp"})
 
 
-def render(matrix: Matrix, width: int | None = None) -> str:
+def render(matrix: Matrix, width: int | None = None, only_differences: bool = False) -> str:
     width = width or shutil.get_terminal_size((120, 24)).columns
     envs = list(matrix.columns)
     marks = {(d.environment, d.field): ("~" if d.inherent else "*") for d in matrix.differences}
+    fields = list(COMPARED_FIELDS)
+    if only_differences:
+        differing = {d.field for d in matrix.differences}
+        if "run" in differing:
+            differing.add("stop")
+        fields = [f for f in fields if f in differing]
+        envs = [env for env in envs if env == matrix.reference
+                or any(d.environment == env for d in matrix.differences)]
     names: list[str] = []
     cells: dict[str, list[list[str]]] = {env: [] for env in envs}      # env -> per field: lines
-    for field in COMPARED_FIELDS:
+    for field in fields:
         field_marks = {marks.get((env, field)) for env in envs} - {None}
         names.append(f"{'!' if '*' in field_marks else '~' if field_marks else ' '} {field}")
         for env in envs:
@@ -47,9 +59,9 @@ def render(matrix: Matrix, width: int | None = None) -> str:
             if mark:
                 lines[-1] = f"{lines[-1]} {mark}"
             cells[env].append(lines)
-    name_width = max(len("field"), *(len(n) for n in names))
+    name_width = max(len("field"), *(len(n) for n in names)) if names else len("field")
     room = max(12, width - name_width - len(GAP))                    # for the environment columns
-    natural = {env: min(CELL_WIDTH, max(len(env), *(len(line) for lines in cells[env] for line in lines)))
+    natural = {env: min(CELL_WIDTH, max([len(env), *(len(line) for lines in cells[env] for line in lines)]))
                for env in envs}
     groups: list[list[str]] = []
     for env in envs:
@@ -64,6 +76,9 @@ def render(matrix: Matrix, width: int | None = None) -> str:
     if matrix.reference_failure is not None:
         out += _wrap_text(f"NOTHING COMPARED: the reference {matrix.reference} did not boot to a comparable "
                           f"record: {matrix.reference_failure}", width)
+    if only_differences and not fields:
+        out += ["", f"no differences: every compared field is the same under {', '.join(matrix.columns)}"]
+        groups = []
     for group in groups:
         widths = [name_width] + [natural[env] for env in group]
         out.append("")
