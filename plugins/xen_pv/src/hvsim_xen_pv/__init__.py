@@ -268,7 +268,7 @@ def _multicall(d: PvDomain, a, info) -> int:
 
 
 def _memory_op(d: PvDomain, a, info) -> int:
-    cmd, arg = a[0] & 0xF, a[1]
+    cmd, arg = a[0] & x.MEMOP_CMD_MASK, a[1]
     mem = d.xen.m.vmem
     if cmd == pv.XENMEM_machphys_mapping:
         info["op"] = "machphys_mapping"
