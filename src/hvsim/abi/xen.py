@@ -114,7 +114,7 @@ MAX_GRANT_FRAMES = 32
 
 # --- every sub-operation's name, by hypercall: the trace and the matrix name a call "hypercall.op" ---
 # (console.h, sched.h, version.h, memory.h, hvm/hvm_op.h, vcpu.h, event_channel.h, grant_table.h,
-# physdev.h, callback.h, xen.h VMASST_CMD_*)
+# physdev.h, callback.h, pmu.h, xen.h VMASST_CMD_*)
 CONSOLEIO_NAMES = {0: "write", 1: "read"}
 SCHEDOP_NAMES = {0: "yield", 1: "block", 2: "shutdown", 3: "poll", 4: "remote_shutdown", 5: "shutdown_code",
                  6: "watchdog", 7: "pin_override"}
@@ -158,6 +158,8 @@ PHYSDEVOP_NAMES = {
     28: "pirq_eoi_gmfn_v2", 29: "dbgp_op", 30: "prepare_msix", 31: "release_msix", 32: "pci_device_reset",
 }
 CALLBACKOP_NAMES = {0: "register", 1: "unregister"}
+XENPMU_NAMES = {0: "mode_get", 1: "mode_set", 2: "feature_get", 3: "feature_set", 4: "init", 5: "finish",
+                6: "lvtpc_set", 7: "flush"}
 VMASST_CMD_NAMES = {0: "enable", 1: "disable"}
 # hypercall name -> (its sub-operation table, the mask of the command argument)
 SUB_OPS = {
@@ -166,7 +168,7 @@ SUB_OPS = {
     "hvm_op": (HVMOP_NAMES, 0xFFFF_FFFF), "vcpu_op": (VCPUOP_NAMES, 0xFFFF_FFFF),
     "event_channel_op": (EVTCHNOP_NAMES, 0xFFFF_FFFF), "grant_table_op": (GNTTABOP_NAMES, 0xFFFF_FFFF),
     "physdev_op": (PHYSDEVOP_NAMES, 0xFFFF_FFFF), "callback_op": (CALLBACKOP_NAMES, 0xFFFF_FFFF),
-    "vm_assist": (VMASST_CMD_NAMES, 0xFFFF_FFFF),
+    "vm_assist": (VMASST_CMD_NAMES, 0xFFFF_FFFF), "xenpmu_op": (XENPMU_NAMES, 0xFFFF_FFFF),
 }
 
 
