@@ -163,7 +163,7 @@ def test_unknown_calls_and_bad_sub_operations_are_refused():
     assert_finished(result, m, symbols)
     assert [result_at(m, symbols, i) for i in range(5)] == [ENOSYS, EINVAL, EINVAL, EINVAL, ENOSYS]
     assert {e.name for e in calls(m) if e.result in (EINVAL, ENOSYS)} >= {
-        "hypercall_99", "vm_assist", "set_segment_base", "set_gdt", "hvm_op"}
+        "hypercall_99", "vm_assist.enable", "set_segment_base", "set_gdt", "hvm_op.get_param"}
 
 
 # -- page-table updates that would map memory the domain does not own ------------------------------

@@ -86,8 +86,101 @@ EVTCHNOP_alloc_unbound, EVTCHNOP_bind_ipi, EVTCHNOP_unmask, EVTCHNOP_init_contro
 NR_EVENT_CHANNELS_2L = 64 * 64                  # 2-level ABI on a 64-bit guest
 
 # --- grant_table.h: grant_table_op ---------------------------------------------------------------
-GNTTABOP_query_size = 6
+GNTTABOP_map_grant_ref, GNTTABOP_unmap_grant_ref, GNTTABOP_setup_table, GNTTABOP_dump_table = 0, 1, 2, 3
+GNTTABOP_transfer, GNTTABOP_copy, GNTTABOP_query_size, GNTTABOP_unmap_and_replace = 4, 5, 6, 7
+GNTTABOP_set_version, GNTTABOP_get_status_frames, GNTTABOP_get_version = 8, 9, 10
+GNTTABOP_swap_grant_ref, GNTTABOP_cache_flush = 11, 12
 GNTTAB_QUERY_SIZE_FORMAT = "<H2xIIh"            # {u16 dom; u32 nr_frames; u32 max_nr_frames; i16 status}
+# struct gnttab_setup_table {domid_t dom; u32 nr_frames; i16 status (out); XEN_GUEST_HANDLE(xen_pfn_t)
+# frame_list}: the handle is 8-byte aligned (at 16) for a 64-bit caller, a 32-bit one at 12 (compat)
+GNTTAB_SETUP_TABLE_FORMAT = "<H2xIh6xQ"
+GNTTAB_SETUP_TABLE_COMPAT_FORMAT = "<H2xIh2xI"
+GNTTAB_SETUP_TABLE_STATUS = 8
+# struct gnttab_get_status_frames {u32 nr_frames; domid_t dom; i16 status (out); XEN_GUEST_HANDLE(u64)
+# frame_list}: the list holds uint64_t frame numbers for every caller
+GNTTAB_GET_STATUS_FRAMES_FORMAT = "<IHhQ"
+GNTTAB_GET_STATUS_FRAMES_COMPAT_FORMAT = "<IHhI"
+GNTTAB_GET_STATUS_FRAMES_STATUS = 6
+GNTTAB_GET_VERSION_FORMAT = "<H2xI"             # {domid_t dom; u16 pad; u32 version (out)}
+# grant_table.h GNTST_*: the per-operation status a grant_table_op writes back (the call itself returns 0)
+GNTST_okay, GNTST_general_error, GNTST_bad_domain = 0, -1, -2
+# grant_table.h: the version-1 entry is 8 bytes, version-2 16; version 2 keeps a u16 status per entry
+# in separate frames (grant_to_status_frames in common/grant_table.c)
+GRANT_ENTRY_V1_SIZE, GRANT_ENTRY_V2_SIZE, GRANT_STATUS_SIZE = 8, 16, 2
+# memory.h: XENMAPIDX_grant_table_status -- an add_to_physmap index of a grant status frame
+XENMAPIDX_grant_table_status = 1 << 31
+# libxl_types.idl / xl.cfg max_grant_frames: the toolstack's default limit for a domU
+MAX_GRANT_FRAMES = 32
+
+# --- every sub-operation's name, by hypercall: the trace and the matrix name a call "hypercall.op" ---
+# (console.h, sched.h, version.h, memory.h, hvm/hvm_op.h, vcpu.h, event_channel.h, grant_table.h,
+# physdev.h, callback.h, pmu.h, xen.h VMASST_CMD_*)
+CONSOLEIO_NAMES = {0: "write", 1: "read"}
+SCHEDOP_NAMES = {0: "yield", 1: "block", 2: "shutdown", 3: "poll", 4: "remote_shutdown", 5: "shutdown_code",
+                 6: "watchdog", 7: "pin_override"}
+XENVER_NAMES = {0: "version", 1: "extraversion", 2: "compile_info", 3: "capabilities", 4: "changeset",
+                5: "platform_parameters", 6: "get_features", 7: "pagesize", 8: "guest_handle",
+                9: "commandline", 10: "build_id", 11: "extraversion2", 12: "capabilities2",
+                13: "changeset2", 14: "commandline2"}
+XENMEM_NAMES = {
+    0: "increase_reservation", 1: "decrease_reservation", 2: "maximum_ram_page", 3: "current_reservation",
+    4: "maximum_reservation", 5: "machphys_mfn_list", 6: "populate_physmap", 7: "add_to_physmap",
+    8: "exchange", 9: "memory_map", 10: "machine_memory_map", 11: "set_memory_map",
+    12: "machphys_mapping", 13: "set_pod_target", 14: "maximum_gpfn", 15: "remove_from_physmap",
+    16: "get_pod_target", 17: "get_sharing_freed_pages", 18: "get_sharing_shared_pages",
+    19: "access_op", 20: "claim_pages", 21: "sharing_op", 22: "paging_op", 23: "add_to_physmap_batch",
+    24: "machphys_compat_mfn_list", 25: "get_vnumainfo", 26: "reserved_device_memory_map",
+    27: "acquire_resource", 28: "get_mem_access_op", 29: "get_paging_op",
+}
+MEMOP_CMD_MASK = (1 << 6) - 1                   # memory.h: MEMOP_EXTENT_SHIFT; bits above: a start extent
+HVMOP_NAMES = {0: "set_param", 1: "get_param", 4: "set_pci_intx_level", 5: "flush_tlbs",
+               6: "set_isa_irq_level", 7: "set_pci_link_route", 9: "pagetable_dying", 10: "get_time",
+               12: "set_mem_type", 14: "xentrace", 15: "get_mem_type", 16: "inject_trap",
+               17: "altp2m", 20: "guest_request_vm_event", 23: "set_evtchn_upcall_vector", 24: "inject_msi"}
+VCPUOP_NAMES = {0: "initialise", 1: "up", 2: "down", 3: "is_up", 4: "get_runstate_info",
+                5: "register_runstate_memory_area", 6: "set_periodic_timer", 7: "stop_periodic_timer",
+                8: "set_singleshot_timer", 9: "stop_singleshot_timer", 10: "register_vcpu_info",
+                11: "send_nmi", 12: "get_physical_id", 13: "register_vcpu_time_memory_area"}
+EVTCHNOP_NAMES = {
+    0: "bind_interdomain", 1: "bind_virq", 2: "bind_pirq", 3: "close", 4: "send", 5: "status",
+    6: "alloc_unbound", 7: "bind_ipi", 8: "bind_vcpu", 9: "unmask", 10: "reset", 11: "init_control",
+    12: "expand_array", 13: "set_priority", 14: "reset_cont",
+}
+GNTTABOP_NAMES = {0: "map_grant_ref", 1: "unmap_grant_ref", 2: "setup_table", 3: "dump_table", 4: "transfer",
+                  5: "copy", 6: "query_size", 7: "unmap_and_replace", 8: "set_version",
+                  9: "get_status_frames", 10: "get_version", 11: "swap_grant_ref", 12: "cache_flush"}
+PHYSDEVOP_NAMES = {
+    5: "irq_status_query", 6: "set_iopl", 7: "set_iobitmap", 8: "apic_read", 9: "apic_write",
+    10: "alloc_irq_vector", 11: "free_irq_vector", 12: "eoi", 13: "map_pirq", 14: "unmap_pirq",
+    15: "manage_pci_add", 16: "manage_pci_remove", 17: "pirq_eoi_gmfn_v1", 19: "restore_msi",
+    20: "manage_pci_add_ext", 21: "setup_gsi", 22: "get_nr_pirqs", 23: "get_free_pirq",
+    24: "pci_mmcfg_reserved", 25: "pci_device_add", 26: "pci_device_remove", 27: "restore_msi_ext",
+    28: "pirq_eoi_gmfn_v2", 29: "dbgp_op", 30: "prepare_msix", 31: "release_msix", 32: "pci_device_reset",
+}
+CALLBACKOP_NAMES = {0: "register", 1: "unregister"}
+XENPMU_NAMES = {0: "mode_get", 1: "mode_set", 2: "feature_get", 3: "feature_set", 4: "init", 5: "finish",
+                6: "lvtpc_set", 7: "flush"}
+VMASST_CMD_NAMES = {0: "enable", 1: "disable"}
+# hypercall name -> (its sub-operation table, the mask of the command argument)
+SUB_OPS = {
+    "console_io": (CONSOLEIO_NAMES, 0xFFFF_FFFF), "sched_op": (SCHEDOP_NAMES, 0xFFFF_FFFF),
+    "xen_version": (XENVER_NAMES, 0xFFFF_FFFF), "memory_op": (XENMEM_NAMES, MEMOP_CMD_MASK),
+    "hvm_op": (HVMOP_NAMES, 0xFFFF_FFFF), "vcpu_op": (VCPUOP_NAMES, 0xFFFF_FFFF),
+    "event_channel_op": (EVTCHNOP_NAMES, 0xFFFF_FFFF), "grant_table_op": (GNTTABOP_NAMES, 0xFFFF_FFFF),
+    "physdev_op": (PHYSDEVOP_NAMES, 0xFFFF_FFFF), "callback_op": (CALLBACKOP_NAMES, 0xFFFF_FFFF),
+    "vm_assist": (VMASST_CMD_NAMES, 0xFFFF_FFFF), "xenpmu_op": (XENPMU_NAMES, 0xFFFF_FFFF),
+}
+
+
+def sub_op_name(hypercall: str, cmd: int) -> str | None:
+    """The public headers' name of sub-operation ``cmd`` of ``hypercall`` (its first argument), or
+    None when the hypercall has no sub-operations or the number is not one the headers define."""
+    table = SUB_OPS.get(hypercall)
+    if table is None:
+        return None
+    names, mask = table
+    return names.get(cmd & mask)
+
 
 # --- xen.h: shared_info and vcpu_info (x86-64) --------------------------------------------------
 VCPU_INFO_SIZE = 64                             # upcall_pending u8, upcall_mask u8, pending_sel u64 @8, arch @16, time @32

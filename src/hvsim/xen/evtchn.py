@@ -29,6 +29,8 @@ from typing import Callable, Protocol
 
 import attrs
 
+from ..abi.xen import EVTCHNOP_NAMES  # noqa: F401  (re-exported: the names live with the other sub-ops)
+
 # --- xen/include/public/event_channel.h: sub-operations --------------------------------------
 EVTCHNOP_bind_interdomain = 0
 EVTCHNOP_bind_virq = 1
@@ -44,11 +46,6 @@ EVTCHNOP_reset = 10
 EVTCHNOP_init_control = 11
 EVTCHNOP_expand_array = 12
 EVTCHNOP_set_priority = 13
-EVTCHNOP_NAMES = {
-    0: "bind_interdomain", 1: "bind_virq", 2: "bind_pirq", 3: "close", 4: "send", 5: "status",
-    6: "alloc_unbound", 7: "bind_ipi", 8: "bind_vcpu", 9: "unmask", 10: "reset", 11: "init_control",
-    12: "expand_array", 13: "set_priority",
-}
 # struct evtchn_status: status values
 EVTCHNSTAT_closed, EVTCHNSTAT_unbound, EVTCHNSTAT_interdomain = 0, 1, 2
 EVTCHNSTAT_pirq, EVTCHNSTAT_virq, EVTCHNSTAT_ipi = 3, 4, 5

@@ -11,7 +11,8 @@ unknown hypercall or sub-operation gets ``-ENOSYS``.  Each call is recorded as a
 (interface ``"xen-hypercall"``) with its decoded arguments and its result.
 
 What is answered, and how (anything else is -ENOSYS, recorded):
-- console_io: write (to channel ``xen``), read (no input: 0 bytes).
+- console_io: write (to channel ``xen``), read (no input: 0 bytes); a domain that is not the
+  console domain gets -EPERM, except a write when ``debug_build`` (Xen's debug builds allow it).
 - sched_op: yield; block (clears the upcall mask, then guest time skips from event to event
   until ``wakeup_pending()``; the run ends as ``idle`` when nothing can wake the vCPU); poll (the
   same, until one of the ports is pending or the timeout); shutdown (poweroff, reboot, crash,
@@ -19,7 +20,7 @@ What is answered, and how (anything else is -ENOSYS, recorded):
 - xen_version: version (4.17), extraversion, capabilities, changeset, compile_info, pagesize,
   get_features (``features`` given by the environment), commandline (empty).
 - memory_op: memory_map, maximum_reservation, current_reservation, maximum_gpfn,
-  add_to_physmap for shared_info.
+  add_to_physmap for shared_info and grant frames.
 - hvm_op: get_param/set_param (console and store pfn and event channel, callback irq, and any
   other parameter as a stored value), set_evtchn_upcall_vector, flush_tlbs, pagetable_dying.
 - vcpu_op: is_up, register_vcpu_info, register_runstate_memory_area, set/stop_singleshot_timer,
@@ -32,7 +33,12 @@ What is answered, and how (anything else is -ENOSYS, recorded):
   the wallclock is ``WALLCLOCK_EPOCH_S`` at system time 0.
 - Upcalls: ``deliver_upcall(vcpu)`` is the environment's (PVH: ``hvm_upcall.HvmUpcall``); with none
   an event is recorded (one note) and stays pending.
-- grant_table_op: query_size.
+- grant_table_op (``grant_table.GrantTable``): query_size, setup_table, set_version, get_version,
+  get_status_frames; map/unmap/copy/transfer and the rest are -ENOSYS with the reason recorded
+  (no other domain shares grants).  memory_op add_to_physmap places shared_info and grant frames
+  (shared and status) at any gpfn, a hole of the memory map included (``back_gpfn``).
+- Every sub-operation is named in the trace from the public headers (``abi.xen.sub_op_name``),
+  answered or not.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from ..core.events import Call, Shutdown
 from ..core.result import StopReason
 from . import evtchn as ev
 from .console import ConsoleRing
+from .grant_table import GrantError, GrantTable
 from .pvclock import publish_time, publish_wallclock
 from .timer import MIN_PERIOD_NS, VCPU_SSHOTTMR_future, VcpuTimers
 
@@ -72,10 +79,7 @@ VCPUOP_register_runstate_memory_area = 5
 # compat alike: 4-byte pad after state), time[] indexed by RUNSTATE_running/runnable/blocked/offline
 RUNSTATE_FORMAT = "<i4xQQQQQ"
 RUNSTATE_running = 0
-VCPUOP_NAMES = {0: "initialise", 1: "up", 2: "down", 3: "is_up", 4: "get_runstate_info",
-                5: "register_runstate_memory_area", 6: "set_periodic_timer", 7: "stop_periodic_timer",
-                8: "set_singleshot_timer", 9: "stop_singleshot_timer", 10: "register_vcpu_info",
-                11: "send_nmi", 12: "get_physical_id", 13: "register_vcpu_time_memory_area"}
+VCPUOP_NAMES = x.VCPUOP_NAMES
 HVM_PARAM_CALLBACK_TYPE_GSI, HVM_PARAM_CALLBACK_TYPE_PCI_INTX, HVM_PARAM_CALLBACK_TYPE_VECTOR = 0, 1, 2
 HVM_PARAM_CALLBACK_TYPE_SHIFT = 56
 SCHED_POLL_FORMAT = "<QIIQ"                       # {XEN_GUEST_HANDLE(port) ports; u32 nr_ports; pad; u64 timeout}
@@ -105,9 +109,12 @@ class XenHypervisor:
     def __init__(self, machine: "Machine", *, memory_map: "list[MemoryRange]", features: int,
                  console_page: int | None = None, store_page: int | None = None,
                  domid: int = 1, capabilities: str = "hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64",
-                 console_io: bool = True):
+                 console_io: bool = True, debug_build: bool = False):
         self.m = machine
         self.console_io_allowed = console_io      # False: not the console domain (-EPERM, as Xen's XSM)
+        # A debug build of Xen (CONFIG_VERBOSE_DEBUG): the dummy XSM lets any domain write with
+        # console_io (reading stays the console domain's), as XTF's output relies on.
+        self.debug_build = debug_build
         self.store = None                         # a XenStore answering the store ring, if any
         self.memory_map = list(memory_map)
         self.features = features
@@ -147,6 +154,9 @@ class XenHypervisor:
         self._after_call: Callable[[], None] | None = None   # runs once the call is recorded
         self.depth = 0                                # nesting: multicall dispatches its entries
         self.continuation: tuple[int, ...] | None = None    # set when the last call must be re-entered
+        # The domain's grant table; a PV environment replaces it with one whose frames Xen allocates
+        # (``GrantTable(..., allocate=...)``), an auto-translated guest places them with add_to_physmap.
+        self.grants = GrantTable(machine.memory)
         self.handlers: dict[int, Handler] = {
             18: self.console_io, 29: self.sched_op, 17: self.xen_version, 12: self.memory_op,
             34: self.hvm_op, 24: self.vcpu_op, 32: self.event_channel_op, 20: self.grant_table_op,
@@ -207,6 +217,8 @@ class XenHypervisor:
         finally:
             self.depth -= 1
         op = info.pop("op", None)
+        if (op is None or op.startswith("cmd_")) and args:
+            op = x.sub_op_name(name, args[0]) or op       # a sub-operation hvsim does not answer: named
         if handler is None or (result == -x.ENOSYS and op is None):
             info.setdefault("args", [hex(a) for a in args])
         self.m.emit(Call(interface="xen-hypercall", name=f"{name}.{op}" if op else name,
@@ -229,9 +241,11 @@ class XenHypervisor:
     # -- console_io ----------------------------------------------------------------------------
     def console_io(self, a, info) -> int:
         cmd, count, buf = a[0], a[1] & 0xFFFF_FFFF, a[2]
-        if not self.console_io_allowed:
+        if not self.console_io_allowed and not (self.debug_build and cmd == x.CONSOLEIO_WRITE):
             info["op"] = {x.CONSOLEIO_WRITE: "write", x.CONSOLEIO_READ: "read"}.get(cmd, f"cmd_{cmd}")
-            raise HypercallError(x.EPERM, "the domain is not the console domain")
+            raise HypercallError(x.EPERM, "the domain is not the console domain"
+                                          + ("" if self.debug_build else " (a debug build of Xen, --xen-debug, "
+                                                                         "lets it write)"))
         if cmd == x.CONSOLEIO_WRITE:
             info.update(op="write", count=count)
             if count > MAX_CONSOLE_WRITE:
@@ -338,7 +352,7 @@ class XenHypervisor:
 
     # -- memory_op -----------------------------------------------------------------------------
     def memory_op(self, a, info) -> int:
-        cmd, arg = a[0] & 0xF, a[1]          # bits above 4 carry a continuation start extent
+        cmd, arg = a[0] & x.MEMOP_CMD_MASK, a[1]     # the bits above carry a continuation start extent
         if cmd == x.XENMEM_memory_map:
             info["op"] = "memory_map"
             capacity, buffer = self.unpack(x.MEMORY_MAP_COMPAT_FORMAT if self.compat else x.MEMORY_MAP_FORMAT, arg)
@@ -363,16 +377,42 @@ class XenHypervisor:
             fmt = x.ADD_TO_PHYSMAP_COMPAT_FORMAT if self.compat else x.ADD_TO_PHYSMAP_FORMAT
             domid, _size, space, idx, gpfn = self.unpack(fmt, arg)
             info.update(space=space, idx=idx, gpfn=gpfn)
-            if space != x.XENMAPSPACE_shared_info:
-                raise HypercallError(x.ENOSYS, f"map space {space}")
-            if idx != 0:
-                raise HypercallError(x.EINVAL, f"shared_info index {idx}")
-            if not self.m.memory.contains(gpfn * PAGE, PAGE):
-                raise HypercallError(x.EINVAL, f"gpfn {gpfn:#x} is not guest memory")
-            self.place_shared_info(gpfn * PAGE)
-            return 0
+            if domid not in (x.DOMID_SELF, self.domid):
+                raise HypercallError(x.ESRCH, f"domain {domid:#x}")
+            if space == x.XENMAPSPACE_shared_info:
+                if idx != 0:
+                    raise HypercallError(x.EINVAL, f"shared_info index {idx}")
+                self.back_gpfn(gpfn)
+                self.place_shared_info(gpfn * PAGE)
+                return 0
+            if space == x.XENMAPSPACE_grant_table:
+                if idx & ~x.XENMAPIDX_grant_table_status >= self.grants.max_frames:
+                    raise HypercallError(x.EINVAL, f"grant frame {idx & ~x.XENMAPIDX_grant_table_status} beyond "
+                                                   f"the maximum {self.grants.max_frames}")
+                try:
+                    info["frame"] = self.grants.place(idx, gpfn * PAGE, lambda: self.back_gpfn(gpfn))
+                except GrantError as exc:
+                    raise HypercallError(exc.errno, str(exc)) from None
+                return 0
+            raise HypercallError(x.ENOSYS, f"map space {space}")
         info["op"] = f"cmd_{cmd}"
         raise HypercallError(x.ENOSYS)
+
+    def back_gpfn(self, gpfn: int) -> None:
+        """Let guest frame ``gpfn`` hold a page Xen maps there (add_to_physmap): a frame of RAM is
+        reused; a frame in a hole of the memory map gets a page of its own, as Xen's p2m takes an
+        entry at any gfn below the guest's physical address width.  A frame that is a device's
+        MMIO window (the local APIC, the I/O APIC) or beyond that width is refused (-EINVAL)."""
+        address = gpfn * PAGE
+        if self.m.memory.contains(address, PAGE):
+            return
+        bits = self.m.native_cpuid(0x8000_0008, 0)[0] & 0xFF or 36     # CPUID: physical address bits
+        if address + PAGE > 1 << bits:
+            raise HypercallError(x.EINVAL, f"gpfn {gpfn:#x} is beyond the {bits}-bit physical address space")
+        if any(begin <= address + PAGE - 1 and address <= end for begin, end, _ in self.m.uc.mem_regions()):
+            raise HypercallError(x.EINVAL, f"gpfn {gpfn:#x} is a device's MMIO window")
+        self.m.add_private_memory(address, PAGE)
+        self.max_gpfn = max(self.max_gpfn, gpfn)
 
     def place_shared_info(self, address: int) -> None:
         """shared_info now lives at guest-physical ``address``: zeroed (no event pending or
@@ -644,15 +684,83 @@ class XenHypervisor:
 
     # -- grant_table_op ------------------------------------------------------------------------
     def grant_table_op(self, a, info) -> int:
-        cmd, arg, count = a[0], a[1], a[2]
+        """grant_table_op(cmd, arg, count): the control of the domain's own table.  Each answered
+        operation takes one structure (count 1, else -EINVAL as Xen's gnttab_* do for these) and
+        reports its own failures in the structure's status (GNTST_*), the call returning 0."""
+        cmd, arg, count = a[0], a[1], a[2] & 0xFFFF_FFFF
+        info.update(op=x.GNTTABOP_NAMES.get(cmd, f"cmd_{cmd}"), count=count)
+        table = self.grants
+        if cmd in (x.GNTTABOP_map_grant_ref, x.GNTTABOP_unmap_grant_ref, x.GNTTABOP_copy,
+                   x.GNTTABOP_transfer, x.GNTTABOP_unmap_and_replace, x.GNTTABOP_swap_grant_ref,
+                   x.GNTTABOP_cache_flush, x.GNTTABOP_dump_table):
+            raise HypercallError(x.ENOSYS, "no other domain shares grants with this one in hvsim: "
+                                           "mapping, copying and transferring grants are not modelled")
+        if cmd not in (x.GNTTABOP_query_size, x.GNTTABOP_setup_table, x.GNTTABOP_set_version,
+                       x.GNTTABOP_get_version, x.GNTTABOP_get_status_frames):
+            raise HypercallError(x.ENOSYS)
+        if count != 1:
+            raise HypercallError(x.EINVAL, f"count {count}: one structure per call")
+        invalid = 0xFFFF_FFFF if self.compat else (1 << 64) - 1        # INVALID_GFN as xen_pfn_t
         if cmd == x.GNTTABOP_query_size:
-            info.update(op="query_size", count=count)
             (dom,) = self.unpack("<H", arg)
-            status = 0 if dom in (x.DOMID_SELF, self.domid) else -x.ESRCH
-            self.write(arg, struct.pack(x.GNTTAB_QUERY_SIZE_FORMAT, dom, 1, 32, status))
+            status = x.GNTST_okay if dom in (x.DOMID_SELF, self.domid) else x.GNTST_bad_domain
+            self.write(arg, struct.pack(x.GNTTAB_QUERY_SIZE_FORMAT, dom, table.nr_frames, table.max_frames, status))
+            info.update(nr_frames=table.nr_frames, status=status)
             return 0
-        info["op"] = f"cmd_{cmd}"
-        raise HypercallError(x.ENOSYS)
+        if cmd == x.GNTTABOP_setup_table:
+            fmt = x.GNTTAB_SETUP_TABLE_COMPAT_FORMAT if self.compat else x.GNTTAB_SETUP_TABLE_FORMAT
+            dom, nr_frames, _, frame_list = self.unpack(fmt, arg)
+            info.update(nr_frames=nr_frames)
+            status = x.GNTST_okay
+            if dom not in (x.DOMID_SELF, self.domid):
+                status = x.GNTST_bad_domain
+            elif nr_frames > table.max_frames:
+                status = x.GNTST_general_error
+                info["why"] = f"{nr_frames} frames exceed the maximum {table.max_frames}"
+            else:
+                table.grow(nr_frames)
+                frames = table.frame_numbers(False, nr_frames, invalid)
+                info["frames"] = [hex(f) for f in frames]
+                self.write(frame_list, struct.pack(f"<{nr_frames}{'I' if self.compat else 'Q'}",
+                                                   *(f & invalid for f in frames)))
+            info["status"] = status
+            self.write(arg + x.GNTTAB_SETUP_TABLE_STATUS, struct.pack("<h", status))
+            return 0
+        if cmd == x.GNTTABOP_set_version:
+            (version,) = self.unpack("<I", arg)
+            info["version"] = version
+            try:
+                table.set_version(version)
+            except GrantError as exc:
+                raise HypercallError(exc.errno, str(exc)) from None
+            self.write(arg, struct.pack("<I", table.version))
+            return 0
+        if cmd == x.GNTTABOP_get_version:
+            dom, _ = self.unpack(x.GNTTAB_GET_VERSION_FORMAT, arg)
+            if dom not in (x.DOMID_SELF, self.domid):
+                raise HypercallError(x.ESRCH, f"domain {dom:#x}")
+            info["version"] = table.version
+            self.write(arg + 4, struct.pack("<I", table.version))
+            return 0
+        fmt = x.GNTTAB_GET_STATUS_FRAMES_COMPAT_FORMAT if self.compat else x.GNTTAB_GET_STATUS_FRAMES_FORMAT
+        nr_frames, dom, _, frame_list = self.unpack(fmt, arg)
+        info.update(nr_frames=nr_frames)
+        status = x.GNTST_okay
+        if dom not in (x.DOMID_SELF, self.domid):
+            status = x.GNTST_bad_domain
+        elif table.version != 2:
+            status = x.GNTST_general_error
+            info["why"] = f"status frames exist only in version 2 (the table is version {table.version})"
+        elif nr_frames > table.nr_status_frames:
+            status = x.GNTST_general_error
+            info["why"] = f"{nr_frames} status frames asked, the table has {table.nr_status_frames}"
+        else:
+            frames = table.frame_numbers(True, nr_frames, (1 << 64) - 1)
+            info["frames"] = [hex(f) for f in frames]
+            self.write(frame_list, struct.pack(f"<{nr_frames}Q", *frames))
+        info["status"] = status
+        self.write(arg + x.GNTTAB_GET_STATUS_FRAMES_STATUS, struct.pack("<h", status))
+        return 0
 
     # -- CPUID and the hypercall page ------------------------------------------------------------
     def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int] | None:

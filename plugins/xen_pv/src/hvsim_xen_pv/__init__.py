@@ -31,7 +31,9 @@ has a HYPERCALL_PAGE note (Xen's 64-bit PV stubs are written there).  The shared
 (``hvsim.xen``) answers the common calls; this plugin adds the PV MMU (mmu.py), the PV vCPU (cpu.py),
 multicall, the PV memory_op commands, vcpu_op's runstate area, physdev_op, platform_op for dom0,
 and the forced-emulation CPUID.  Consoles: dom0 writes with console_io; a domU gets -EPERM there
-(it is not the console domain) and uses the console ring, drained on each event-channel notify.
+(it is not the console domain) and uses the console ring, drained on each event-channel notify;
+with ``--xen-debug`` (Xen's debug builds) a domU may write with console_io too.  Grant frames
+(``GrantTable``) are Xen's pages outside the domain's RAM, listed by setup_table and mappable.
 The xenstore ring is answered by ``hvsim.xen.XenStore`` (its docstring lists the keys).
 """
 
@@ -47,6 +49,7 @@ from hvsim.core.errors import LoadError
 from hvsim.core.layout import MemoryRange, MemoryType
 from hvsim.xen import Continuation, HypercallError, XenHypervisor, XenStore
 from hvsim.core.clock import TSC_HZ, WALLCLOCK_EPOCH_S
+from hvsim.xen.grant_table import GrantTable
 from hvsim.xen.pvclock import vcpu_time_info
 
 from .builder import KERNEL_CS, build_domain, build_xen_area
@@ -96,6 +99,9 @@ def hvsim_add_options(parser):
     parser.add_argument("--dom0", action="store_true", default=None,
                         help="xen_pv: boot as the initial domain (SIF_INITDOMAIN, console_io, the "
                              "machine memory map, ACPI) instead of a domU")
+    parser.add_argument("--xen-debug", action="store_true", default=None,
+                        help="xen_pv: behave as a debug build of Xen, which lets a domU write to Xen's "
+                             "console with console_io (release builds refuse it: -EPERM)")
 
 
 @hookimpl
@@ -170,13 +176,16 @@ def hvsim_setup(machine, image, config, options):
     xen = XenHypervisor(machine, memory_map=memory_map, features=features,
                         console_page=None if dom0 else layout.console_mfn * PAGE,
                         store_page=None if dom0 else layout.store_mfn * PAGE, domid=domid,
-                        console_io=dom0, capabilities="xen-3.0-x86_64")
+                        console_io=dom0, capabilities="xen-3.0-x86_64",
+                        debug_build=bool(options.get("xen_debug")))
     if not dom0 and (xen.params[x.HVM_PARAM_STORE_EVTCHN], xen.params[x.HVM_PARAM_CONSOLE_EVTCHN]) != (1, 2):
         raise LoadError("internal: xenstore/console event channels are not 1 and 2 as start_info says")
     if not dom0:
         xen.store = XenStore(machine, layout.store_mfn * PAGE, domid=domid, config=config,
                              memory_kib=dom.nr_pages * PAGE >> 10, console=(layout.console_mfn, 2))
     xen.unregister(34)                                       # hvm_op: not for PV guests
+    # A PV domain's grant frames are Xen's pages outside its RAM; setup_table lists their MFNs.
+    xen.grants = GrantTable(machine.memory, allocate=dom.private_page)
     _init_shared_info(machine, xen, area.shared_info, dom)
     mmu = PvMmu(machine, dom, area, xen, dom0=dom0, domid=domid)
     mmu.pinned[layout.l4 // PAGE] = 4                      # libxc pins the bootstrap L4 before boot
@@ -268,7 +277,7 @@ def _multicall(d: PvDomain, a, info) -> int:
 
 
 def _memory_op(d: PvDomain, a, info) -> int:
-    cmd, arg = a[0] & 0xF, a[1]
+    cmd, arg = a[0] & x.MEMOP_CMD_MASK, a[1]
     mem = d.xen.m.vmem
     if cmd == pv.XENMEM_machphys_mapping:
         info["op"] = "machphys_mapping"

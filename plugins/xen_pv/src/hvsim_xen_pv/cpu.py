@@ -31,6 +31,7 @@ from hvsim.abi import xen as x
 from hvsim.abi import xen_pv as pv
 from hvsim.core.engine_state import SegmentCache
 from hvsim.core.errors import GuestMemoryError
+from hvsim.core.memory import is_canonical
 from hvsim.core.exceptions import HAS_ERROR_CODE, vector_name
 from hvsim.core.result import StopReason
 from hvsim.xen import HypercallError
@@ -363,8 +364,15 @@ class PvCpu:
         return 0
 
     def set_callbacks(self, a, info) -> int:
-        self.callbacks.update(event=(a[0], 0), failsafe=(a[1], 0), syscall=(a[2], 0))
+        """set_callbacks(event, failsafe, syscall): each registered as CALLBACKOP_register would,
+        and, as Xen's do_set_callbacks, the call answers 0 whatever each registration said: a
+        non-canonical address is left unregistered (recorded under ``refused``)."""
         info.update(event=hex(a[0]), failsafe=hex(a[1]), syscall=hex(a[2]))
+        for name, address in (("event", a[0]), ("failsafe", a[1]), ("syscall", a[2])):
+            if is_canonical(address):
+                self.callbacks[name] = (address, 0)
+            else:
+                info.setdefault("refused", []).append(name)
         return 0
 
     def callback_op(self, a, info) -> int:
@@ -375,6 +383,8 @@ class PvCpu:
             info.update(op="register", type=name or kind, address=hex(address))
             if name is None:
                 raise HypercallError(x.EINVAL, f"callback type {kind}")
+            if not is_canonical(address):          # x86_64/traps.c register_guest_callback
+                raise HypercallError(x.EINVAL, f"{name} callback {address:#x} is not canonical")
             self.callbacks[name] = (address, flags)
             return 0
         if cmd == pv.CALLBACKOP_unregister:

@@ -108,7 +108,7 @@ class PvMmu:
                 raise HypercallError(x.EINVAL, f"L{level} entry names frame {mfn:#x}, not the domain's")
             return
         if self.dom.is_private(mfn):
-            if mfn != self.area.shared_info // PAGE:
+            if mfn != self.area.shared_info // PAGE and mfn not in self.xen.grants.machine_frames():
                 raise HypercallError(x.EINVAL, f"frame {mfn:#x} is Xen's own memory")
             return
         if not self.dom.owns(mfn):

@@ -1,0 +1,91 @@
+"""xen_pv: grant-table setup with frames outside the domain's RAM that the kernel then maps and
+writes, callbacks at non-canonical addresses, and the debug-build flavour's console_io, driven by
+small 64-bit PV kernels (as in test_xen_pv_bad_input.py)."""
+
+from __future__ import annotations
+
+import struct
+
+from test_xen_pv_bad_input import DONE, assert_finished, calls, hypercall, result_at, run_pv
+
+from hvsim.abi import xen as x
+from hvsim.abi import xen_pv as pv
+from hvsim.core.events import ConsoleOutput
+
+EPERM, EINVAL = -x.EPERM, -x.EINVAL
+NONCANONICAL = 0x0000_8000_0000_1000
+
+
+def update_va_mapping(va: str, pte: str, store: int) -> str:
+    return (f"lea {va}(%rip), %rdi\n    mov {pte}, %rsi\n    xor %edx, %edx\n    mov $14, %eax\n    syscall\n    "
+            f"mov %rax, results+{8 * store}(%rip)\n    ")
+
+
+def test_setup_table_gives_frames_outside_ram_that_the_kernel_maps_and_writes():
+    source = (hypercall(20, x.GNTTABOP_setup_table, "setup", 1, store=0)
+              + "mov frames(%rip), %r12\n    shl $12, %r12\n    or $0x67, %r12\n    "   # P RW A D U
+              + update_va_mapping("window", "%r12", 1)
+              + "movl $0x600dcafe, window+8(%rip)\n    "
+              + hypercall(20, x.GNTTABOP_query_size, "query", 1, store=2)
+              + hypercall(20, x.GNTTABOP_setup_table, "too_many", 1, store=3)
+              + DONE
+              + f".balign 8\nsetup: .short {x.DOMID_SELF}, 0\n    .long 4\n    .short 7, 0, 0, 0\n    .quad frames\n"
+              + f"too_many: .short {x.DOMID_SELF}, 0\n    .long {x.MAX_GRANT_FRAMES + 1}\n    .short 7, 0, 0, 0\n"
+              + "    .quad frames\n"
+              + f"query: .short {x.DOMID_SELF}, 0\n    .long 0, 0\n    .short 7, 0\n"
+              + "frames: .quad 0, 0, 0, 0\n.balign 4096\nwindow: .skip 4096\n")
+    result, m, symbols = run_pv(source)
+    assert_finished(result, m, symbols)
+    assert [result_at(m, symbols, i) for i in range(4)] == [0, 0, 0, 0]
+    frames = struct.unpack("<4Q", m.vmem.read(symbols["frames"], 32))
+    domain = m.plugin_state["xen_pv"]
+    assert len(set(frames)) == 4 and not any(domain.dom.owns(f) for f in frames)
+    assert m.memory.read_u32(frames[0] * 0x1000 + 8) == 0x600DCAFE
+    assert struct.unpack("<h", m.vmem.read(symbols["setup"] + x.GNTTAB_SETUP_TABLE_STATUS, 2)) == (0,)
+    assert struct.unpack("<h", m.vmem.read(symbols["too_many"] + x.GNTTAB_SETUP_TABLE_STATUS, 2)) == (
+        x.GNTST_general_error,)
+    assert struct.unpack("<II", m.vmem.read(symbols["query"] + 4, 8)) == (4, x.MAX_GRANT_FRAMES)
+
+
+def test_a_callback_address_that_is_not_canonical_is_refused():
+    source = (f"movabs ${NONCANONICAL:#x}, %rax\n    mov %rax, cb+8(%rip)\n    "
+              + hypercall(30, pv.CALLBACKOP_register, "cb", store=0)
+              + f"movabs ${NONCANONICAL:#x}, %rsi\n    mov $4, %eax\n    xor %edi, %edi\n    xor %edx, %edx\n"
+              + "    syscall\n    mov %rax, results+8(%rip)\n    "
+              + DONE + ".balign 8\ncb: .short 0, 0, 0, 0\n    .quad 0\n")
+    result, m, symbols = run_pv(source)
+    assert_finished(result, m, symbols)
+    # CALLBACKOP_register says -EINVAL; set_callbacks answers 0 (Xen ignores each registration's
+    # result there) and leaves the non-canonical failsafe callback unregistered
+    assert [result_at(m, symbols, i) for i in range(2)] == [EINVAL, 0]
+    domain = m.plugin_state["xen_pv"]
+    assert domain.cpu.callbacks.get("event") == (0, 0) and "failsafe" not in domain.cpu.callbacks
+    assert "not canonical" in calls(m, "callback_op.register")[0].args["why"]
+    assert calls(m, "set_callbacks")[0].args["refused"] == ["failsafe"]
+
+
+def run_console_io(debug: bool):
+    from hvsim import MachineConfig
+    from hvsim.api import Run
+    from test_xen_pv_bad_input import PROLOGUE, pv_image
+
+    source = (hypercall(18, x.CONSOLEIO_WRITE, 6, "msg", store=0) + hypercall(18, x.CONSOLEIO_READ, 5, "buf", store=1)
+              + DONE + 'msg: .ascii "hello\\n"\nbuf: .skip 8\n')
+    image, symbols = pv_image(PROLOGUE + source)
+    prepared = Run("xen_pv", image, MachineConfig(memory="64M", timeout=10), options={"xen_debug": debug})
+    result = prepared.execute()
+    return result, prepared.machine, symbols
+
+
+def test_a_debug_build_lets_a_domu_write_with_console_io_but_not_read():
+    result, m, symbols = run_console_io(True)
+    assert_finished(result, m, symbols)
+    assert [result_at(m, symbols, i) for i in range(2)] == [0, EPERM]
+    assert [e.text for e in m.events if isinstance(e, ConsoleOutput) and e.channel == "xen"] == ["hello\n"]
+
+
+def test_a_release_build_refuses_a_domu_console_io_and_names_the_debug_flavour():
+    result, m, symbols = run_console_io(False)
+    assert_finished(result, m, symbols)
+    assert [result_at(m, symbols, i) for i in range(2)] == [EPERM, EPERM]
+    assert "--xen-debug" in calls(m, "console_io.write")[0].args["why"]
