@@ -98,6 +98,9 @@ def hvsim_add_options(parser):
                             "its Boot####/BootOrder variables or \\EFI\\BOOT\\BOOTX64.EFI name")
     group.add_argument("--esp-writable", action="store_true", default=False,
                        help="efi: let the guest create, write and delete files on the --esp directory")
+    group.add_argument("--legacy-bios-area", action="store_true", default=False,
+                       help="efi: also put a copy of the RSDP at 0xE0000, where a BIOS's is (as a CSM does); "
+                            "by default it is reached through the configuration table only, as under OVMF")
     group.add_argument("--efi-vars", default=None,
                        help="efi: keep non-volatile EFI variables in this JSON file (read at start, written on change)")
 
@@ -143,7 +146,8 @@ def _options(options) -> dict:
     elif options.get("esp_writable"):
         raise UsageError("--esp-writable needs --esp DIR")
     return {"keys": keys, "framebuffer": (*FRAMEBUFFER, png) if png else None,
-            "variables": variables.VariableStore(options.get("efi_vars")), "esp_volume": esp_volume}
+            "variables": variables.VariableStore(options.get("efi_vars")), "esp_volume": esp_volume,
+            "legacy_bios_area": bool(options.get("legacy_bios_area"))}
 
 
 def _boots_from_esp(options) -> bool:
@@ -159,8 +163,8 @@ def hvsim_setup(machine, image, config, options):
         cmdline = config.cmdline_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise LoadError("efi: the command line is not UTF-8, so it cannot be given as UTF-16 LoadOptions") from None
-    machine.attach_pc_devices()
     fw = Firmware(machine, **_options(options))
+    machine.attach_pc_devices(acpi_placement=fw.place_acpi)
     machine.plugin_state[ENV] = fw
     fw.build()
     load_options = (cmdline + "\0").encode("utf-16-le") if cmdline else b""
