@@ -11,7 +11,7 @@ import attrs
 import pytest
 from probe_boot import boot
 
-from test_efi import config_view, runtime_ranges
+from test_efi import config_view, firmware_ranges
 
 from hvsim import MachineConfig
 from hvsim.kernels import probe_path
@@ -102,4 +102,4 @@ def test_reports_agree_with_bare_metal_field_by_field(tmp_path, variant, kernel,
     # what the probe read from CPUID: no hypervisor on a bare PC or under its firmware; Xen under Xen
     assert a["hypervisor"] is None and b["hypervisor"] == ("XenVMMXenVMM" if env.startswith("xen") else None)
     if env == "efi":      # the named memory-map difference is exactly the firmware's
-        assert config_view(other.memmap, runtime_ranges(result)) == bare.memmap
+        assert config_view(other.memmap, firmware_ranges(result)) == bare.memmap
