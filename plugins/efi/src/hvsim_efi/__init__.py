@@ -21,7 +21,10 @@ through the 8259s, as OVMF: ``tick.py``), at TPL_APPLICATION with interrupts on,
 
 Firmware: ``firmware`` (tables, memory, call dispatch), ``boot_services``, ``protocols``,
 ``images``, ``events``, ``console``, ``runtime_services``, ``variables``.  The PC devices and the
-ACPI tables of the other environments are there too and stay after ExitBootServices.
+ACPI tables of the other environments are there too and stay after ExitBootServices; as under
+OVMF the tables are in ACPIReclaimMemory and the FACS in ACPIMemoryNVS that the firmware
+allocated, the RSDP reached through the configuration table only (``--legacy-bios-area``: a copy
+at 0xE0000 too).
 """
 
 from __future__ import annotations
@@ -66,15 +69,20 @@ def hvsim_inherent_differences(env):
         return None
     return [
         InherentDifference("entry", "an EFI application is entered at its PE entry point (or the handover entry)"),
-        InherentDifference("memmap", "the firmware keeps its runtime services code and data reserved, and EFI "
-                                     "maps are page-granular (the EBDA's whole page is reserved)"),
+        InherentDifference("memmap", "the firmware keeps its runtime services code and data reserved, its ACPI "
+                                     "tables in ACPI reclaim and the FACS in ACPI NVS memory it allocated from "
+                                     "RAM, and EFI maps are page-granular (the EBDA's whole page is reserved)"),
+        InherentDifference("rsdp", "a UEFI firmware's RSDP is in the ACPI reclaim memory it allocated, reached "
+                                   "through the configuration table, not in the BIOS area at 0xE0000 (as OVMF)"),
         InherentDifference("module_addresses", "the initrd is where the application's own allocation put it"),
         InherentDifference("console_channels", "an EFI application writes through ConOut before it owns the UART"),
         InherentDifference("stop_detail", "an EFI application powers off through ResetSystem"),
         InherentDifference("calls", "an EFI application calls boot and runtime services"),
-        InherentDifference("userspace_memmap", "the firmware keeps its runtime services memory reserved "
+        InherentDifference("userspace_memmap", "the firmware keeps its runtime services memory reserved and "
+                                               "its ACPI tables in ACPI data and NVS ranges of RAM "
                                                "(/sys/firmware/memmap is the map the kernel got)"),
-        InherentDifference("userspace_iomem", "the firmware keeps its runtime services memory reserved"),
+        InherentDifference("userspace_iomem", "the firmware keeps its runtime services memory reserved and "
+                                              "its ACPI tables in ACPI data and NVS ranges of RAM"),
         InherentDifference("userspace_efi", "an EFI boot leaves /sys/firmware/efi and its runtime services"),
         InherentDifference("userspace_dmi", "the firmware publishes SMBIOS tables, which Linux shows in "
                                             "/sys/firmware/dmi"),
