@@ -116,6 +116,36 @@ def test_tables_are_aligned_and_facs_is_64_byte_aligned():
     assert tables.end == tables.base + len(tables.blob)
 
 
+@pytest.mark.parametrize("cpus", [1, 4, 300])
+def test_a_facs_placed_apart_is_what_the_fadt_names_and_the_blob_leaves_it_out(cpus):
+    """A UEFI firmware's layout: tables from one page, the FACS in another (ACPI NVS) page."""
+    platform = AcpiPlatform(cpus=cpus)
+    tables_size, facs_size = acpi.acpi_sizes(platform)
+    base, facs_base = 0x7F00_0000, 0x7F10_0040
+    tables = build_acpi_tables(platform, base, facs_base=facs_base)
+    assert len(tables.blob) == tables_size and len(tables.facs) == facs_size == 64
+    assert tables.addresses["FACS"] == facs_base
+    assert [address for address, _ in tables.writes()] == [base, facs_base]
+    assert all(base <= a < tables.end for name, a in tables.addresses.items() if name != "FACS")
+    together = build_acpi_tables(platform, base)
+    assert len(tables.blob) < len(together.blob) and together.facs == b"" and len(together.writes()) == 1
+    memory = GuestMemory(base, facs_base + 0x1000 - base)
+    for address, data in tables.writes():
+        memory.write(address, data)
+    info = read_acpi(memory.read, tables.rsdp_address)
+    assert not info.errors and info.cpus == cpus
+    assert {t.signature: t.address for t in info.tables}["FACS"] == facs_base
+    fadt = table_bytes(tables, "FACP")
+    assert struct.unpack_from("<I", fadt, acpi.FADT_FIRMWARE_CTRL)[0] == facs_base
+    assert struct.unpack_from("<Q", fadt, acpi.FADT_X_FIRMWARE_CTRL)[0] == facs_base
+
+
+@pytest.mark.parametrize("facs_base", [0x1000_0010, -64, 1 << 32])
+def test_a_facs_address_that_is_not_64_byte_aligned_below_4_gib_is_refused(facs_base):
+    with pytest.raises(UsageError, match="FACS address"):
+        build_acpi_tables(AcpiPlatform(cpus=1), 0x1000_0000, facs_base=facs_base)
+
+
 def test_fadt_advertises_the_pm_blocks_reset_register_and_acpi_mode():
     platform = AcpiPlatform(
         cpus=1, pm1a_evt_port=0xB000, pm1a_cnt_port=0xB004, pm_tmr_port=0xB008, sci_irq=10

@@ -11,7 +11,7 @@ import attrs
 import pytest
 from probe_boot import boot
 
-from test_efi import config_view, runtime_ranges
+from test_efi import config_view, firmware_ranges
 
 from hvsim import MachineConfig
 from hvsim.kernels import probe_path
@@ -57,8 +57,11 @@ INEVITABLE = {
         "initrd_address": "each loader chooses where the initrd goes (the probe under efi: pages it "
                           "allocates before loading it through LoadFile2)",
         "memmap": "the firmware keeps its runtime services code and data reserved after ExitBootServices, "
+                  "its ACPI tables in ACPI reclaim and its FACS in ACPI NVS pages it allocated from RAM, "
                   "and EFI maps are page-granular, so the EBDA page 0x9f000 is reserved whole "
                   "(undone by config_view below, the maps are equal)",
+        "rsdp": "a UEFI firmware's RSDP is in ACPI reclaim memory it allocated, reached through the "
+                "configuration table, not at the BIOS area's 0xE0000 (as OVMF; test_efi_acpi_memory.py)",
     },
 }
 ENTRY_NAMES = {"xen_pvh": "pvh", "xen_pv domU": "pv", "xen_pv dom0": "pv", "efi": "efi"}
@@ -102,4 +105,7 @@ def test_reports_agree_with_bare_metal_field_by_field(tmp_path, variant, kernel,
     # what the probe read from CPUID: no hypervisor on a bare PC or under its firmware; Xen under Xen
     assert a["hypervisor"] is None and b["hypervisor"] == ("XenVMMXenVMM" if env.startswith("xen") else None)
     if env == "efi":      # the named memory-map difference is exactly the firmware's
-        assert config_view(other.memmap, runtime_ranges(result)) == bare.memmap
+        assert config_view(other.memmap, firmware_ranges(result)) == bare.memmap
+        # the same tables, reached from an RSDP in the firmware's ACPI memory instead of the BIOS area
+        assert b["acpi_tables"] == a["acpi_tables"] and a["rsdp"] == 0xE0000
+        assert any(s <= b["rsdp"] < s + n and kind == 3 for s, n, kind in other.memmap)

@@ -53,14 +53,14 @@ def e820_of(descriptors) -> tuple:
     return tuple(tuple(r) for r in out)
 
 
-def config_view(memmap, firmware_reserved) -> tuple:
+def config_view(memmap, firmware_ranges) -> tuple:
     """The probe's E820 view with what firmware makes inevitable undone: the ranges the firmware
-    keeps for itself after ExitBootServices (runtime services code and data) go back to RAM, and
-    the EBDA starts at its byte address again (EFI maps are page-granular, so the firmware reserves
-    all of page 0x9f000)."""
+    keeps for itself after ExitBootServices (runtime services code and data: E820 reserved; its
+    ACPI tables and FACS: E820 ACPI and NVS) go back to RAM, and the EBDA starts at its byte address
+    again (EFI maps are page-granular, so the firmware reserves all of page 0x9f000)."""
     ranges = []
     for start, size, kind in memmap:
-        if kind == 2 and any(s <= start and start + size <= s + n for s, n in firmware_reserved):
+        if kind in (2, 3, 4) and any(s <= start and start + size <= s + n for s, n in firmware_ranges):
             kind = 1
         if (start, size, kind) == (0x9F000, 0x1000, 2):
             start, size = 0x9FC00, 0x400
@@ -76,17 +76,22 @@ def config_view(memmap, firmware_reserved) -> tuple:
     return tuple(tuple(r) for r in merged)
 
 
-def runtime_ranges(result) -> list[tuple[int, int]]:
-    """The runtime-services code and data ranges at ExitBootServices, adjacent ones merged."""
+FIRMWARE_TYPES = {"RuntimeServicesCode": 2, "RuntimeServicesData": 2, "ACPIReclaim": 3, "ACPIMemoryNVS": 4}
+
+
+def firmware_ranges(result) -> list[tuple[int, int]]:
+    """The ranges the firmware keeps past ExitBootServices, as the map at ExitBootServices gives
+    them: runtime-services code and data, the ACPI tables (reclaim) and the FACS (NVS); adjacent
+    ones of one E820 type merged."""
     out: list[list[int]] = []
     for d in result.extra["efi"]["memory_map_at_exit_boot_services"]:
-        if d["type"] not in ("RuntimeServicesCode", "RuntimeServicesData"):
+        if (kind := FIRMWARE_TYPES.get(d["type"])) is None:
             continue
-        if out and out[-1][0] + out[-1][1] == d["start"]:
+        if out and out[-1][0] + out[-1][1] == d["start"] and out[-1][2] == kind:
             out[-1][1] += d["pages"] * 0x1000
         else:
-            out.append([d["start"], d["pages"] * 0x1000])
-    return [tuple(r) for r in out]
+            out.append([d["start"], d["pages"] * 0x1000, kind])
+    return [(start, size) for start, size, _ in out]
 
 
 def expected_memmap(config):
@@ -110,7 +115,7 @@ def test_probe_reports_the_whole_machine_config(tmp_path):
     # the map is what GetMemoryMap said at ExitBootServices, and the config's once the firmware's
     # own reservations are named
     assert report.memmap == e820_of(result.extra["efi"]["memory_map_at_exit_boot_services"])
-    assert config_view(report.memmap, runtime_ranges(result)) == expected_memmap(config)
+    assert config_view(report.memmap, firmware_ranges(result)) == expected_memmap(config)
     # how: LoadedImage for the command line, LoadFile2 for the initrd, the map, then out
     names = calls(result)
     assert names[:2] == ["BS.HandleProtocol", "BS.LocateDevicePath"]
@@ -123,8 +128,8 @@ def test_probe_reports_the_whole_machine_config(tmp_path):
 def test_memory_map_is_the_configs_less_the_firmwares_reservations(memory):
     config = MachineConfig(memory=memory)
     _, result, report = boot_probe(config)
-    assert config_view(report.memmap, runtime_ranges(result)) == expected_memmap(config)
-    reserved = runtime_ranges(result)
+    assert config_view(report.memmap, firmware_ranges(result)) == expected_memmap(config)
+    reserved = firmware_ranges(result)
     assert reserved and all(start + size <= min(memory, 3 * GiB) for start, size in reserved)
 
 

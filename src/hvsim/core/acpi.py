@@ -185,17 +185,25 @@ class AcpiPlatform:
 
 @attrs.frozen
 class AcpiTables:
-    """Every table laid out contiguously from ``base`` (RSDP first), each at least 16-byte aligned."""
+    """The tables laid out contiguously from ``base`` (RSDP first), each at least 16-byte aligned;
+    the FACS among them, or on its own at ``addresses["FACS"]`` (``facs``) when the builder was
+    given a separate place for it (a UEFI firmware keeps it in ACPI NVS memory, the rest in ACPI
+    reclaim memory: the OS may reuse the latter, never the former)."""
 
     base: int
     blob: bytes
     rsdp_address: int
     addresses: dict[str, int]  # "RSDP", "XSDT", "RSDT", "FACP", "FACS", "DSDT", "APIC" -> address
+    facs: bytes = b""  # the FACS when it lies apart from ``blob``; empty when ``blob`` holds it
 
     @property
     def end(self) -> int:
         """First guest-physical address after the tables (what an E820 ACPI range must cover)."""
         return self.base + len(self.blob)
+
+    def writes(self) -> tuple[tuple[int, bytes], ...]:
+        """(address, bytes) runs to store in guest memory: the blob, then the FACS if apart."""
+        return ((self.base, self.blob),) + (((self.addresses["FACS"], self.facs),) if self.facs else ())
 
 
 def _checksum(data: bytes) -> int:
@@ -261,16 +269,28 @@ def _fadt_body(p: AcpiPlatform, facs: int, dsdt: int) -> bytes:
     return bytes(fadt[HEADER_LENGTH:])
 
 
-def build_acpi_tables(platform: AcpiPlatform, base: int) -> AcpiTables:
-    """Lay out RSDP, XSDT, RSDT, FACP, FACS, DSDT and APIC from ``base`` (16-byte aligned, below 4 GiB)."""
+def acpi_sizes(platform: AcpiPlatform) -> tuple[int, int]:
+    """(bytes from a page-aligned base for every table but the FACS, bytes of the FACS): what a
+    firmware allocates before ``build_acpi_tables(platform, base, facs_base)``."""
+    return len(build_acpi_tables(platform, 0, facs_base=0).blob), FACS_LENGTH
+
+
+def build_acpi_tables(platform: AcpiPlatform, base: int, facs_base: int | None = None) -> AcpiTables:
+    """Lay out RSDP, XSDT, RSDT, FACP, FACS, DSDT and APIC from ``base`` (16-byte aligned, below 4 GiB);
+    with ``facs_base`` (64-byte aligned, below 4 GiB) the FACS goes there instead, outside the blob."""
     if base % TABLE_ALIGN or base < 0:
         raise UsageError(f"ACPI tables base {base:#x}: must be a 16-byte aligned guest-physical address")
+    if facs_base is not None and (facs_base % FACS_ALIGN or not 0 <= facs_base <= (1 << 32) - FACS_LENGTH):
+        raise UsageError(f"FACS address {facs_base:#x}: must be 64-byte aligned and below 4 GiB")
     madt = _sdt(b"APIC", MADT_REVISION, _madt_body(platform), platform)
     dsdt = _sdt(b"DSDT", DSDT_REVISION, acpi_aml.dsdt_aml(platform.s5_sleep_type), platform)
     facs = FACS_STRUCT.pack(FACS_SIGNATURE, FACS_LENGTH, 0, 0, 0, 0, 0, FACS_VERSION)
     sizes = {"RSDP": RSDP_LENGTH, "XSDT": HEADER_LENGTH + 16, "RSDT": HEADER_LENGTH + 8, "FACP": FADT_LENGTH}
     sizes |= {"FACS": len(facs), "DSDT": len(dsdt), "APIC": len(madt)}
     a, cursor = {}, base  # a: signature -> address
+    if facs_base is not None:
+        a["FACS"] = facs_base
+        del sizes["FACS"]
     for signature, size in sizes.items():
         align = FACS_ALIGN if signature == "FACS" else TABLE_ALIGN
         a[signature] = cursor = -(-cursor // align) * align
@@ -286,7 +306,10 @@ def build_acpi_tables(platform: AcpiPlatform, base: int) -> AcpiTables:
     rsdp[8] = _checksum(rsdp[:RSDP_V1_LENGTH])
     rsdp[32] = _checksum(rsdp)
     blob = bytearray(cursor - base)
-    tables = {"RSDP": rsdp, "XSDT": xsdt, "RSDT": rsdt, "FACP": fadt, "FACS": facs, "DSDT": dsdt}
-    for signature, data in (tables | {"APIC": madt}).items():
+    tables = {"RSDP": rsdp, "XSDT": xsdt, "RSDT": rsdt, "FACP": fadt, "DSDT": dsdt, "APIC": madt}
+    if facs_base is None:
+        tables["FACS"] = facs
+    for signature, data in tables.items():
         blob[a[signature] - base : a[signature] - base + len(data)] = data
-    return AcpiTables(base=base, blob=bytes(blob), rsdp_address=a["RSDP"], addresses=a)
+    return AcpiTables(base=base, blob=bytes(blob), rsdp_address=a["RSDP"], addresses=a,
+                      facs=facs if facs_base is not None else b"")

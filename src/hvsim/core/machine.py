@@ -6,7 +6,7 @@ Plugins never touch the engine for memory: they go through ``machine.memory`` (p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 from unicorn import UC_PROT_ALL
@@ -301,9 +301,13 @@ class Machine:
         self.memory.add_region(start, size)
 
     # -- devices ---------------------------------------------------------------------------
-    def attach_pc_devices(self, *, acpi_tables: bool | None = None, interrupts: str | None = "pc") -> None:
+    def attach_pc_devices(self, *, acpi_tables: bool | None = None, interrupts: str | None = "pc",
+                          acpi_placement: Callable[[acpi.AcpiPlatform], tuple[int, int | None]] | None = None,
+                          ) -> None:
         """The devices of a PC: COM1, the 0xE9 debug console, the exit port, reset control, and,
-        when ACPI is on, the ACPI tables in the BIOS area plus the PM1a block they describe.
+        when ACPI is on, the ACPI tables plus the PM1a block they describe.  The tables go in the BIOS
+        area unless ``acpi_placement`` (a firmware's allocator) gives, for the platform, the base of
+        the tables and the FACS's own address (None: the FACS stays with the tables).
         ``interrupts``: ``"pc"`` adds the interrupt and timer chipset (local APIC, I/O APIC, 8259 pair,
         PIT, RTC; ``devices/chipset.py``), ``"lapic"`` the local APIC alone, ``None`` none of them."""
         use_acpi = self.config.acpi if acpi_tables is None else acpi_tables
@@ -318,8 +322,10 @@ class Machine:
         self.ports.attach(ExitPort(self))
         self.ports.attach(ResetControl(self))
         if use_acpi:
-            self.acpi_tables = acpi.build_acpi_tables(platform, BIOS_AREA)
-            self.memory.write(BIOS_AREA, self.acpi_tables.blob)
+            base, facs_base = acpi_placement(platform) if acpi_placement is not None else (BIOS_AREA, None)
+            self.acpi_tables = acpi.build_acpi_tables(platform, base, facs_base)
+            for address, data in self.acpi_tables.writes():
+                self.memory.write(address, data)
             self.ports.attach(AcpiPm(self, evt_port=platform.pm1a_evt_port, cnt_port=platform.pm1a_cnt_port,
                                      tmr_port=platform.pm_tmr_port, s5_sleep_type=platform.s5_sleep_type))
 

@@ -21,7 +21,10 @@ through the 8259s, as OVMF: ``tick.py``), at TPL_APPLICATION with interrupts on,
 
 Firmware: ``firmware`` (tables, memory, call dispatch), ``boot_services``, ``protocols``,
 ``images``, ``events``, ``console``, ``runtime_services``, ``variables``.  The PC devices and the
-ACPI tables of the other environments are there too and stay after ExitBootServices.
+ACPI tables of the other environments are there too and stay after ExitBootServices; as under
+OVMF the tables are in ACPIReclaimMemory and the FACS in ACPIMemoryNVS that the firmware
+allocated, the RSDP reached through the configuration table only (``--legacy-bios-area``: a copy
+at 0xE0000 too).
 """
 
 from __future__ import annotations
@@ -66,15 +69,20 @@ def hvsim_inherent_differences(env):
         return None
     return [
         InherentDifference("entry", "an EFI application is entered at its PE entry point (or the handover entry)"),
-        InherentDifference("memmap", "the firmware keeps its runtime services code and data reserved, and EFI "
-                                     "maps are page-granular (the EBDA's whole page is reserved)"),
+        InherentDifference("memmap", "the firmware keeps its runtime services code and data reserved, its ACPI "
+                                     "tables in ACPI reclaim and the FACS in ACPI NVS memory it allocated from "
+                                     "RAM, and EFI maps are page-granular (the EBDA's whole page is reserved)"),
+        InherentDifference("rsdp", "a UEFI firmware's RSDP is in the ACPI reclaim memory it allocated, reached "
+                                   "through the configuration table, not in the BIOS area at 0xE0000 (as OVMF)"),
         InherentDifference("module_addresses", "the initrd is where the application's own allocation put it"),
         InherentDifference("console_channels", "an EFI application writes through ConOut before it owns the UART"),
         InherentDifference("stop_detail", "an EFI application powers off through ResetSystem"),
         InherentDifference("calls", "an EFI application calls boot and runtime services"),
-        InherentDifference("userspace_memmap", "the firmware keeps its runtime services memory reserved "
+        InherentDifference("userspace_memmap", "the firmware keeps its runtime services memory reserved and "
+                                               "its ACPI tables in ACPI data and NVS ranges of RAM "
                                                "(/sys/firmware/memmap is the map the kernel got)"),
-        InherentDifference("userspace_iomem", "the firmware keeps its runtime services memory reserved"),
+        InherentDifference("userspace_iomem", "the firmware keeps its runtime services memory reserved and "
+                                              "its ACPI tables in ACPI data and NVS ranges of RAM"),
         InherentDifference("userspace_efi", "an EFI boot leaves /sys/firmware/efi and its runtime services"),
         InherentDifference("userspace_dmi", "the firmware publishes SMBIOS tables, which Linux shows in "
                                             "/sys/firmware/dmi"),
@@ -98,6 +106,9 @@ def hvsim_add_options(parser):
                             "its Boot####/BootOrder variables or \\EFI\\BOOT\\BOOTX64.EFI name")
     group.add_argument("--esp-writable", action="store_true", default=False,
                        help="efi: let the guest create, write and delete files on the --esp directory")
+    group.add_argument("--legacy-bios-area", action="store_true", default=False,
+                       help="efi: also put a copy of the RSDP at 0xE0000, where a BIOS's is (as a CSM does); "
+                            "by default it is reached through the configuration table only, as under OVMF")
     group.add_argument("--efi-vars", default=None,
                        help="efi: keep non-volatile EFI variables in this JSON file (read at start, written on change)")
 
@@ -143,7 +154,8 @@ def _options(options) -> dict:
     elif options.get("esp_writable"):
         raise UsageError("--esp-writable needs --esp DIR")
     return {"keys": keys, "framebuffer": (*FRAMEBUFFER, png) if png else None,
-            "variables": variables.VariableStore(options.get("efi_vars")), "esp_volume": esp_volume}
+            "variables": variables.VariableStore(options.get("efi_vars")), "esp_volume": esp_volume,
+            "legacy_bios_area": bool(options.get("legacy_bios_area"))}
 
 
 def _boots_from_esp(options) -> bool:
@@ -159,8 +171,8 @@ def hvsim_setup(machine, image, config, options):
         cmdline = config.cmdline_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise LoadError("efi: the command line is not UTF-8, so it cannot be given as UTF-16 LoadOptions") from None
-    machine.attach_pc_devices()
     fw = Firmware(machine, **_options(options))
+    machine.attach_pc_devices(acpi_placement=fw.place_acpi)
     machine.plugin_state[ENV] = fw
     fw.build()
     load_options = (cmdline + "\0").encode("utf-16-le") if cmdline else b""

@@ -3,7 +3,8 @@
 Memory (types as edk2 gives them): the trap stubs in RuntimeServicesCode; the system table, the
 runtime-services table, the configuration-table array, the vendor string and SMBIOS in
 RuntimeServicesData; the boot-services table, protocol interfaces, handles, GDT, IDT, stack and page
-tables in BootServicesData.  All of it is allocated top-down below 4 GiB from the map, so it is
+tables in BootServicesData; the ACPI tables (RSDP included) in ACPIReclaimMemory and the FACS in
+ACPIMemoryNVS (``place_acpi``).  All of it is allocated top-down below 4 GiB from the map, so it is
 what GetMemoryMap shows.
 
 Control transfers into the guest (StartImage, event notification functions) use one mechanism,
@@ -29,6 +30,7 @@ from typing import Callable
 import attrs
 
 from hvsim.abi import efi
+from hvsim.core import acpi
 from hvsim.core.cpu import CODE32, CODE64, DATA32, PageTableBuilder, flat_descriptor, gdt_bytes, idt_gate64
 from hvsim.core.disasm import disassemble_one
 from hvsim.core.errors import GuestMemoryError, LoadError
@@ -88,8 +90,9 @@ class Frame:
 
 class Firmware:
     def __init__(self, machine, *, keys=(), variables: VariableStore | None = None, framebuffer=None,
-                 esp_volume=None):
+                 esp_volume=None, legacy_bios_area: bool = False):
         self.m = machine
+        self.legacy_bios_area = legacy_bios_area   # also copy the RSDP to 0xE0000 (``place_acpi``)
         self.esp_volume = esp_volume          # an esp.EspVolume (``--esp DIR``), served once built
         self.esp: file_system.Esp | None = None
         self.map = MemoryMap.from_layout(machine.layout)
@@ -140,6 +143,17 @@ class Firmware:
         self._arenas[memory_type] = [base + size, base + pages * PAGE]
         return base
 
+    def place_acpi(self, platform) -> tuple[int, int]:
+        """Where the machine's ACPI tables go (``Machine.attach_pc_devices(acpi_placement=)``): as
+        edk2's AcpiTableDxe puts them, the RSDP and the tables in EfiACPIReclaimMemory (the OS may
+        reuse it once it has read them), the FACS, which the OS and firmware share for the life of
+        the system, in EfiACPIMemoryNVS; both allocated top-down below 4 GiB like the firmware's
+        other memory.  Nothing goes in the legacy BIOS area: the RSDP is reached through the
+        configuration table (``build``) unless ``legacy_bios_area`` asks for a copy at 0xE0000."""
+        tables_size, facs_size = acpi.acpi_sizes(platform)
+        return (self.alloc(efi.ACPI_RECLAIM_MEMORY, tables_size, PAGE),
+                self.alloc(efi.ACPI_MEMORY_NVS, facs_size, acpi.FACS_ALIGN))
+
     def put(self, memory_type: int, data: bytes, align: int = 16) -> int:
         address = self.alloc(memory_type, max(len(data), 1), align)
         self.m.memory.write(address, data)
@@ -187,6 +201,9 @@ class Firmware:
         if m.acpi_tables is not None:
             self.config_tables.append((efi.ACPI_20_TABLE_GUID, m.acpi_tables.rsdp_address))
             self.config_tables.append((efi.ACPI_10_TABLE_GUID, m.acpi_tables.rsdp_address))
+            if self.legacy_bios_area:      # a CSM-style copy where a BIOS OSPM scans (ACPI 6.5 §5.2.5.1)
+                rsdp = m.memory.read(m.acpi_tables.rsdp_address, acpi.RSDP_LENGTH)
+                m.memory.write(acpi.BIOS_AREA_START, rsdp)
         entry_at = self.alloc(efi.RUNTIME_SERVICES_DATA, 0x18, 16)
         entry, structures = tables.smbios3(0)
         structures_at = self.put(efi.RUNTIME_SERVICES_DATA, structures)
