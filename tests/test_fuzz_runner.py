@@ -39,7 +39,7 @@ def _campaign(tmp_path, *args) -> tuple[subprocess.CompletedProcess, dict]:
     return proc, json.loads(report.read_text())
 
 
-@pytest.mark.parametrize("target, cases", [("image", 200), ("xen-hypercall", 40), ("efi-service", 40)])
+@pytest.mark.parametrize("target, cases", [("image", 150), ("xen-hypercall", 25), ("efi-service", 30)])
 def test_bounded_campaign_finds_nothing(tmp_path, target, cases):
     proc, report = _campaign(tmp_path, "--target", target, "--cases", str(cases), "--seed", str(SEED),
                              "--case-timeout", "15")
@@ -119,7 +119,7 @@ def _efi_rows(draw):
     return rows
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_efi_rows())
 def test_random_efi_service_calls_end_in_a_guest_visible_stop(rows):
     target = _efi_target()
