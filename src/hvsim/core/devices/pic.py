@@ -24,6 +24,8 @@ slave then IR2 of the master, spurious IRQ7/15 detection through the ISR).
 
 from __future__ import annotations
 
+from .isa_bus import BytePorts
+
 from .line import IrqLine
 
 # Port numbers (IBM PC/AT; Intel 82371 PIIX for the ELCR).
@@ -207,7 +209,7 @@ class Pic8259:
         return self.isr if self.read_isr else self.irr
 
 
-class Pic8259Pair:
+class Pic8259Pair(BytePorts):
     """The cascaded master/slave pair as on a PC, with the ELCR; see the module docstring."""
 
     def __init__(self, *, intr: IrqLine):
@@ -254,17 +256,6 @@ class Pic8259Pair:
         return vector
 
     # --- ports ------------------------------------------------------------------------------
-    def read(self, port: int, size: int) -> int:
-        """Wider accesses are split into byte cycles on consecutive ports, as the ISA bus does."""
-        value = 0
-        for i in range(max(size, 1)):
-            value |= self._read_byte(port + i) << (8 * i)
-        return value
-
-    def write(self, port: int, size: int, value: int) -> None:
-        for i in range(max(size, 1)):
-            self._write_byte(port + i, (value >> (8 * i)) & 0xFF)
-
     def _read_byte(self, port: int) -> int:
         if port == MASTER_COMMAND:
             value = self.master.read_command()

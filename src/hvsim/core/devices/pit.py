@@ -30,6 +30,8 @@ Sources: Intel 8254 datasheet (order no. 231164); Linux arch/x86/kernel/tsc.c
 
 from __future__ import annotations
 
+from .isa_bus import BytePorts
+
 from typing import Callable
 
 from .line import IrqLine
@@ -263,7 +265,7 @@ class PitCounter:
         return value >> 8 & 0xFF if high else value & 0xFF
 
 
-class Pit8254:
+class Pit8254(BytePorts):
     """The PIT and port 0x61; see the module docstring."""
 
     def __init__(self, clock, *, irq0: IrqLine):
@@ -301,16 +303,6 @@ class Pit8254:
         self._schedule_after(ticks)
 
     # --- ports ---------------------------------------------------------------------------------
-    def read(self, port: int, size: int) -> int:
-        value = 0
-        for i in range(max(size, 1)):
-            value |= self._read_byte(port + i) << (8 * i)
-        return value
-
-    def write(self, port: int, size: int, value: int) -> None:
-        for i in range(max(size, 1)):
-            self._write_byte(port + i, (value >> (8 * i)) & 0xFF)
-
     def _read_byte(self, port: int) -> int:
         now = self.clock.now()
         if port in COUNTER_PORTS:

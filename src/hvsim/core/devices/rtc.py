@@ -30,6 +30,8 @@ arch/x86/kernel/rtc.c.
 
 from __future__ import annotations
 
+from .isa_bus import BytePorts
+
 import calendar
 import time
 
@@ -75,7 +77,7 @@ def _unbcd(value: int) -> int:
     return (value >> 4) * 10 + (value & 0x0F)
 
 
-class CmosRtc:
+class CmosRtc(BytePorts):
     """The RTC and CMOS RAM; see the module docstring."""
 
     def __init__(self, clock, *, irq8: IrqLine, start_time: int):
@@ -219,16 +221,6 @@ class CmosRtc:
         self._reschedule()
 
     # --- ports -------------------------------------------------------------------------------
-    def read(self, port: int, size: int) -> int:
-        value = 0
-        for i in range(max(size, 1)):
-            value |= self._read_byte(port + i) << (8 * i)
-        return value
-
-    def write(self, port: int, size: int, value: int) -> None:
-        for i in range(max(size, 1)):
-            self._write_byte(port + i, (value >> (8 * i)) & 0xFF)
-
     def _read_byte(self, port: int) -> int:
         if port != DATA_PORT:
             return 0xFF                  # the index port is write-only

@@ -38,6 +38,8 @@ test in serial8250_do_startup) for what the driver checks.
 
 from __future__ import annotations
 
+from .isa_bus import BytePorts
+
 from collections import deque
 from typing import Callable
 
@@ -74,7 +76,7 @@ MSR_DELTAS = 0x0F
 MODEM_INPUTS_CONNECTED = MSR_CTS | MSR_DSR | MSR_DCD
 
 
-class Uart16550A:
+class Uart16550A(BytePorts):
     """The UART; see the module docstring."""
 
     def __init__(self, *, irq: IrqLine, output: Callable[[bytes], None], base: int = COM1_BASE):
@@ -152,16 +154,6 @@ class Uart16550A:
         self._lines = new
 
     # --- ports -------------------------------------------------------------------------------
-    def read(self, port: int, size: int) -> int:
-        value = 0
-        for i in range(max(size, 1)):
-            value |= self._read_byte(port + i) << (8 * i)
-        return value
-
-    def write(self, port: int, size: int, value: int) -> None:
-        for i in range(max(size, 1)):
-            self._write_byte(port + i, (value >> (8 * i)) & 0xFF)
-
     def _read_byte(self, port: int) -> int:
         reg = port - self.base
         if not 0 <= reg < 8:
