@@ -5,6 +5,7 @@ environment that does not own them, and sizes echoed in the units they were type
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import subprocess
 import sys
 import tomllib
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 import hvsim
+import hvsim.core.result
+import hvsim.kernels
 from hvsim.core.config import format_size
 from hvsim.core.errors import UsageError
 
@@ -58,6 +61,24 @@ def test_pyproject_ships_the_typing_marker_and_describes_the_project():
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "hvsim.__version__"}
     classifiers = importlib.metadata.metadata("hvsim").get_all("Classifier")
     assert "Typing :: Typed" in classifiers and "Topic :: System :: Emulators" in classifiers
+    assert project["project"]["license"] == {"text": "MIT"}
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
+    for plugin in [*ROOT.glob("plugins/*/pyproject.toml"), ROOT / "examples/kvm_pvh/pyproject.toml"]:
+        assert tomllib.loads(plugin.read_text())["project"]["license"] == {"text": "MIT"}, plugin
+
+
+def test_every_command_writes_json_to_a_file_and_run_results_carry_their_schema(tmp_path):
+    inspected, envs, result = tmp_path / "inspect.json", tmp_path / "envs.json", tmp_path / "run.json"
+    assert hvsim_cli("inspect", str(hvsim.kernels.probe_path("elf")), "--json", str(inspected)).returncode == 0
+    assert json.loads(inspected.read_text())["format"] == "elf64"
+    assert hvsim_cli("envs", "--json", str(envs)).returncode == 0
+    assert "bare_metal" in json.loads(envs.read_text())
+    done = hvsim_cli("inspect", str(hvsim.kernels.probe_path("elf")), "--json")     # no FILE: stdout
+    assert json.loads(done.stdout)["format"] == "elf64"
+    assert hvsim_cli("run", "--env", "bare_metal", "--json", str(result)).returncode == 0
+    record = json.loads(result.read_text())
+    assert record["schema_version"] == hvsim.core.result.SCHEMA_VERSION and record["hvsim_version"] == hvsim.__version__
 
 
 @pytest.mark.parametrize(("args", "owner"), [

@@ -1,7 +1,7 @@
 """The ``hvsim`` command line.
 
     hvsim envs                          installed environments
-    hvsim inspect KERNEL [--json]       boot entries found, and which environments accept the image
+    hvsim inspect KERNEL [--json [FILE]] boot entries found, and which environments accept the image
     hvsim run --env ENV [KERNEL] ...    run (the embedded probe kernel when KERNEL is omitted);
                                         --init boots hvsim's own /init as the initrd;
                                         --trace / --trace-file FILE, --trace-filter KIND[,INTERFACE...]
@@ -95,11 +95,12 @@ def _parser(pm) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     envs = sub.add_parser("envs", help="list installed environments")
-    envs.add_argument("--json", action="store_true", help="print JSON")
+    envs.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write JSON to FILE (stdout without FILE or with -)")
 
     inspect = sub.add_parser("inspect", help="show a kernel image's boot entries and which environments accept it")
     inspect.add_argument("kernel")
-    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                         help="write JSON to FILE (stdout without FILE or with -)")
 
     extract = sub.add_parser("extract", help="write the ELF vmlinux decompressed from a bzImage payload")
     extract.add_argument("kernel")
@@ -209,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hvsim: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:      # `hvsim envs --json | head`: the reader left; say nothing, as cat would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13      # SIGPIPE's shell status
     except Exception as exc:  # noqa: BLE001 - the user gets one line; HVSIM_DEBUG=1 re-raises
         if os.environ.get("HVSIM_DEBUG"):
             raise
@@ -242,8 +246,8 @@ def _main(argv: list[str] | None) -> int:
 def _envs(pm, args) -> int:
     envs = environments(pm)
     if args.json:
-        print(json.dumps({name: {"summary": env.summary, "plugin": pm.get_name(plugin)}
-                          for name, (env, plugin) in sorted(envs.items())}, indent=2))
+        _write_json(args.json, json.dumps({name: {"summary": env.summary, "plugin": pm.get_name(plugin)}
+                                           for name, (env, plugin) in sorted(envs.items())}, indent=2))
     else:
         for name, (env, _) in sorted(envs.items()):
             print(f"{name:14} {env.summary}")
@@ -255,7 +259,7 @@ def _inspect(pm, args) -> int:
 
     report = inspect(args.kernel, pm)
     if args.json:
-        print(json.dumps(report, indent=2, default=str))
+        _write_json(args.json, json.dumps(report, indent=2, default=str))
         return 0
     print(f"{report.get('name', args.kernel)}: {report['format']}, {report['size']} bytes")
     bz = report.get("bzimage") or {}
@@ -308,6 +312,10 @@ def _config(args) -> MachineConfig:
 
 
 def _write_json(path: str, text: str) -> None:
+    """Write ``text`` to ``path``; ``-`` is stdout."""
+    if path == "-":
+        print(text)
+        return
     try:
         Path(path).write_text(text)
     except OSError as exc:

@@ -28,6 +28,9 @@ import attrs
 
 from .events import ConsoleOutput, Event
 
+# The layout of ``RunResult.to_dict`` (``hvsim run --json``): raised when a key changes meaning or goes.
+SCHEMA_VERSION = 1
+
 EXIT_STATUS = {
     "poweroff": 0,
     "exit": 1,
@@ -119,7 +122,11 @@ class RunResult:
         )
 
     def to_dict(self) -> dict:
+        from .. import __version__
+
         return {
+            "schema_version": SCHEMA_VERSION,
+            "hvsim_version": __version__,
             "environment": self.environment,
             "image": self.image,
             "entry": self.entry,
