@@ -62,7 +62,7 @@ def test_pyproject_ships_the_typing_marker_and_describes_the_project():
 
 @pytest.mark.parametrize(("args", "owner"), [
     (["--dom0"], "xen_pv"),
-    (["--keys", "y", "--framebuffer-png", "screen.png"], "efi"),
+    (["--framebuffer-png", "screen.png"], "efi"),
     (["--start-info-version", "0"], "xen_pvh"),
 ])
 def test_an_option_of_another_environment_is_a_usage_error_naming_its_owner(args, owner):
