@@ -125,7 +125,7 @@ class VgaText:
     def _capture(self, final: bool = False) -> None:
         self._frame = None
         rows = self.rows()
-        scrolled = next((k for k in range(1, ROWS) if any(self.shown[k:]) and rows[:ROWS - k] == self.shown[k:]), 0)
+        scrolled = next((k for k in range(ROWS) if self._moved_up_by(k, rows)), 0)
         if scrolled:
             self.sent = self.sent[scrolled:] + [""] * scrolled
         held = None if final else self.cursor_row()
@@ -134,7 +134,13 @@ class VgaText:
                 self.sent[row] = text
                 if text:
                     self.console(CHANNEL, text + "\n")
-        self.shown = rows
+        self.shown = [self.sent[row] for row in range(ROWS)]
+
+    def _moved_up_by(self, k: int, rows: list[str]) -> bool:
+        """Whether the rows sent at the last frame are still there, ``k`` rows higher (rows sent
+        blank, and rows written since to places that were blank, do not count against it)."""
+        compared = [(rows[i], self.shown[i + k]) for i in range(ROWS - k) if self.shown[i + k]]
+        return bool(compared) and all(now == before for now, before in compared) or (k == 0 and not compared)
 
     def flush(self) -> None:
         """The run ended: send what is on the screen and not yet sent, the cursor's row included."""
