@@ -82,7 +82,7 @@ def test_a_key_wait_gets_the_scripted_keys_then_stops_idle():
     ])
     # the event handle: read it from ConIn at run time is not possible in the script, so the test
     # passes it in: the firmware's ConIn.WaitForKey is known once the firmware is built
-    prepared = Run("efi", app, MachineConfig(), options={"keys": "a{esc}"})
+    prepared = Run("efi", app, MachineConfig(keys="a{esc}"))
     fw = prepared.machine.plugin_state["efi"]
     prepared.machine.memory.write_u64(sym["scratch"] + 0x100, fw.con_in.wait_for_key)
     result = prepared.execute()

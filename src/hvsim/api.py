@@ -102,6 +102,8 @@ class Run:
             result.extra["unclaimed_ports"] = {f"{p:#x}": n for p, n in sorted(m.unclaimed_ports.items())}
         if m.host_traceback:
             result.extra["host_traceback"] = m.host_traceback
+        if self.config.vga_png:
+            _save_vga_png(m, self.config.vga_png, result.extra)
         for impl in self.pm.hook.hvsim_finish.get_hookimpls():
             try:
                 extra = impl.function(machine=m, result=result)
@@ -111,6 +113,18 @@ class Run:
             if extra is not None:
                 result.extra[impl.plugin_name] = extra
         return result
+
+
+def _save_vga_png(m: Machine, path, extra: dict) -> None:
+    vga = m.chipset.vga if m.chipset is not None else None
+    if vga is None:
+        extra["vga_png_error"] = f"{path}: this machine has no VGA text screen"
+        return
+    try:
+        Path(path).write_bytes(vga.png())
+        extra["vga_png"] = str(path)
+    except OSError as exc:
+        extra["vga_png_error"] = f"{path}: {exc.strerror or exc}"
 
 
 def _hypervisor_leaf(m: Machine) -> dict | None:

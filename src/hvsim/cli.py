@@ -197,6 +197,10 @@ def _config_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--no-acpi", action="store_true", help="no ACPI tables")
     run.add_argument("--timeout", type=float, default=60.0, help="wall-clock budget in seconds (default 60; 0 = none)")
     run.add_argument("--max-instructions", type=int, help="exact instruction budget (slows emulation ~15x)")
+    run.add_argument("--keys", default="", help="keys typed on the machine's keyboard (EFI's ConIn takes them "
+                                                "until ExitBootServices): characters, {enter}, {esc}, {up}, {f1}...")
+    run.add_argument("--keys-file", help="read the keys from this file (same syntax), after --keys")
+    run.add_argument("--vga-png", metavar="FILE", help="save the VGA text screen as this PNG when the run ends")
     run.add_argument("--quiet", action="store_true", help="no live progress line on stderr (it is shown only when "
                                                           "stderr is a terminal, after 2 s)")
 
@@ -305,9 +309,17 @@ def _config(args) -> MachineConfig:
         from .kernels import init_cpio_path
 
         initrd = init_cpio_path()
+    keys = args.keys
+    if args.keys_file:
+        try:
+            keys += Path(args.keys_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--keys-file {args.keys_file}: {exc.strerror or exc}") from None
+    if args.vga_png and not Path(args.vga_png).resolve().parent.is_dir():
+        raise UsageError(f"--vga-png {args.vga_png}: no such directory")
     return MachineConfig(
         memory=args.memory, cmdline=args.cmdline, initrd=initrd, smp=args.smp, acpi=not args.no_acpi,
-        timeout=args.timeout or None, max_instructions=args.max_instructions,
+        timeout=args.timeout or None, max_instructions=args.max_instructions, keys=keys, vga_png=args.vga_png,
     )
 
 

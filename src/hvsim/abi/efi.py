@@ -162,7 +162,7 @@ UNSPECIFIED_TIMEZONE = 0x07FF
 # Scan codes (§12.3 Table 12-3) for --keys: names users can write.
 SCAN_CODES = {"up": 0x01, "down": 0x02, "right": 0x03, "left": 0x04, "home": 0x05, "end": 0x06,
               "insert": 0x07, "delete": 0x08, "pageup": 0x09, "pagedown": 0x0A,
-              **{f"f{n}": 0x0A + n for n in range(1, 11)}, "esc": 0x17}
+              **{f"f{n}": 0x0A + n for n in range(1, 11)}, "f11": 0x15, "f12": 0x16, "esc": 0x17}
 
 # --- device paths (§10.3) -------------------------------------------------------------------------
 END_DEVICE_PATH = bytes([0x7F, 0xFF, 4, 0])

@@ -74,6 +74,15 @@ def _check_budget(instance, attribute, value: int | None) -> None:
         raise UsageError(f"max-instructions {value}: must be between 1 and 2**64-1")
 
 
+def _check_keys(instance, attribute, value: str) -> None:
+    from .devices.keyboard import parse_keys
+
+    try:
+        parse_keys(value)
+    except ValueError as exc:
+        raise UsageError(f"--keys: {exc}") from None
+
+
 @attrs.frozen
 class MachineConfig:
     """RAM, command line, modules, vCPUs and budgets of one simulated machine.
@@ -81,6 +90,9 @@ class MachineConfig:
     ``initrd`` is a path; its bytes are read when a run starts (``initrd_bytes``).
     ``timeout`` is wall-clock seconds for the guest's execution; ``max_instructions`` counts guest
     instructions exactly, at a large cost in speed (a per-instruction native counter).
+    ``keys`` are typed on the machine's keyboard (``--keys`` syntax, ``devices.keyboard.parse_keys``;
+    a firmware may take them first, as EFI's ConIn does); ``vga_png`` is where the VGA text screen
+    is saved as a PNG when the run ends.
     """
 
     memory: int = attrs.field(default=512 * MiB, converter=parse_size, validator=_check_memory)
@@ -90,6 +102,8 @@ class MachineConfig:
     acpi: bool = True
     timeout: float | None = attrs.field(default=60.0, validator=_check_timeout)
     max_instructions: int | None = attrs.field(default=None, validator=_check_budget)
+    keys: str = attrs.field(default="", validator=_check_keys)
+    vga_png: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
 
     def cmdline_bytes(self) -> bytes:
         """The command line as the guest gets it: UTF-8, with bytes that came undecodable from the
@@ -113,4 +127,6 @@ class MachineConfig:
             "acpi": self.acpi,
             "timeout": self.timeout,
             "max_instructions": self.max_instructions,
+            "keys": self.keys,
+            "vga_png": str(self.vga_png) if self.vga_png else None,
         }

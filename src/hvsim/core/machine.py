@@ -19,6 +19,7 @@ from .cpuid import LEAF1_ECX_HYPERVISOR, LEAF1_ECX_OSXSAVE, CpuidTable
 from .clock import NS_PER_BLOCK, GuestClock
 from .devices import AcpiPm, ConsoleSink, DebugCon, ExitPort, ResetControl
 from .devices.chipset import COM1_IRQ, PcChipset
+from .devices.keyboard import parse_keys
 from .devices.line import IrqLine
 from .devices.uart import Uart16550A
 from .engine import new_engine
@@ -303,13 +304,16 @@ class Machine:
     # -- devices ---------------------------------------------------------------------------
     def attach_pc_devices(self, *, acpi_tables: bool | None = None, interrupts: str | None = "pc",
                           acpi_placement: Callable[[acpi.AcpiPlatform], tuple[int, int | None]] | None = None,
-                          ) -> None:
+                          type_keys: bool = True) -> None:
         """The devices of a PC: COM1, the 0xE9 debug console, the exit port, reset control, and,
         when ACPI is on, the ACPI tables plus the PM1a block they describe.  The tables go in the BIOS
         area unless ``acpi_placement`` (a firmware's allocator) gives, for the platform, the base of
         the tables and the FACS's own address (None: the FACS stays with the tables).
         ``interrupts``: ``"pc"`` adds the interrupt and timer chipset (local APIC, I/O APIC, 8259 pair,
-        PIT, RTC; ``devices/chipset.py``), ``"lapic"`` the local APIC alone, ``None`` none of them."""
+        PIT, RTC, i8042 and keyboard, VGA text; ``devices/chipset.py``), ``"lapic"`` the local APIC
+        alone, ``None`` none of them.  The configuration's scripted keys are typed on the keyboard
+        from the start unless ``type_keys`` is false (a firmware that hands them on later, through
+        ``chipset.typing.start``); a machine without a keyboard notes that they go nowhere."""
         use_acpi = self.config.acpi if acpi_tables is None else acpi_tables
         platform = acpi.AcpiPlatform(cpus=self.config.smp, io_apic=interrupts != "lapic")
         if interrupts is not None:
@@ -320,7 +324,13 @@ class Machine:
         self.ports.attach(Uart16550A(irq=irq4 or IrqLine(name="IRQ4"), output=serial.put))
         self.ports.attach(DebugCon(self))
         self.ports.attach(ExitPort(self))
-        self.ports.attach(ResetControl(self))
+        legacy = self.chipset is not None and self.chipset.legacy
+        self.ports.attach(ResetControl(self, kbc_port=not legacy))
+        if self.config.keys and type_keys:
+            if legacy:
+                self.chipset.typing.start(parse_keys(self.config.keys))
+            else:
+                self.note("scripted keys given, but this machine has no keyboard: they are not typed")
         if use_acpi:
             base, facs_base = acpi_placement(platform) if acpi_placement is not None else (BIOS_AREA, None)
             self.acpi_tables = acpi.build_acpi_tables(platform, base, facs_base)

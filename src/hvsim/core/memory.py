@@ -48,6 +48,17 @@ class GuestMemory:
         self._regions = sorted(self._regions + [(start, size)])
         self._starts = [s for s, _ in self._regions]
 
+    def remove_region(self, start: int, size: int) -> None:
+        """Take ``[start, start+size)`` out of this accessor (the engine maps a device there instead)."""
+        end, kept = start + size, []
+        for s, n in self._regions:
+            if s < end and start < s + n:
+                kept += [(a, b - a) for a, b in ((s, start), (end, s + n)) if b > a]
+            else:
+                kept.append((s, n))
+        self._regions = sorted(kept)
+        self._starts = [s for s, _ in self._regions]
+
     @property
     def regions(self) -> tuple[tuple[int, int], ...]:
         return tuple(self._regions)

@@ -36,6 +36,7 @@ from hvsim.abi import boot_params
 from hvsim.abi import efi
 from hvsim.abi import linux_boot as lb
 from hvsim.core.cpu import RFLAGS_RESERVED, EntryState
+from hvsim.core.devices.keyboard import parse_keys
 from hvsim.core.errors import LoadError, UsageError
 from hvsim.core.layout import FOUR_GIB
 from hvsim.image import load_image
@@ -96,9 +97,6 @@ def hvsim_add_options(parser):
     group = parser.add_argument_group("efi environment")
     group.add_argument("--entry", choices=("pe", "handover"), default=None,
                        help="efi: enter at the PE entry point (default) or a bzImage's EFI handover entry")
-    group.add_argument("--keys", default=None,
-                       help="efi: keys ConIn delivers, in order ({enter}, {esc}, {up}, {f1}...)")
-    group.add_argument("--keys-file", default=None, help="efi: read the keys from this file (same syntax)")
     group.add_argument("--framebuffer-png", default=None,
                        help="efi: offer Graphics Output (800x600) and save its framebuffer as this PNG")
     group.add_argument("--esp", default=None, metavar="DIR",
@@ -134,17 +132,8 @@ def _handover(image):
     return next((e for e in image.header_entries if e.kind == "efi_handover64"), None)
 
 
-def _options(options) -> dict:
-    keys_text = options.get("keys") or ""
-    if options.get("keys_file"):
-        try:
-            keys_text += Path(options["keys_file"]).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--keys-file {options['keys_file']}: {exc.strerror or exc}") from None
-    try:
-        keys = console.parse_keys(keys_text)
-    except ValueError as exc:
-        raise UsageError(f"--keys: {exc}") from None
+def _options(options, config) -> dict:
+    keys = parse_keys(config.keys)          # ConIn's until ExitBootServices, then the PS/2 keyboard's
     png = options.get("framebuffer_png")
     if png and not Path(png).resolve().parent.is_dir():
         raise UsageError(f"--framebuffer-png {png}: no such directory")
@@ -171,8 +160,8 @@ def hvsim_setup(machine, image, config, options):
         cmdline = config.cmdline_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise LoadError("efi: the command line is not UTF-8, so it cannot be given as UTF-16 LoadOptions") from None
-    fw = Firmware(machine, **_options(options))
-    machine.attach_pc_devices(acpi_placement=fw.place_acpi)
+    fw = Firmware(machine, **_options(options, config))
+    machine.attach_pc_devices(acpi_placement=fw.place_acpi, type_keys=False)
     machine.plugin_state[ENV] = fw
     fw.build()
     load_options = (cmdline + "\0").encode("utf-16-le") if cmdline else b""

@@ -114,6 +114,9 @@ def exit_boot_services(ctx):
     fw.write_system_table()
     fw.stop_timer()                      # the tick stops, the IDT loses its gate, interrupts off
     fw.events.exit_boot_services()
+    if fw.keys and fw.m.chipset is not None and fw.m.chipset.typing is not None:
+        fw.m.chipset.typing.start(fw.keys)      # keys ConIn did not take: typed on the PS/2 keyboard
+        fw.keys = []
     return efi.SUCCESS
 
 

@@ -1,4 +1,5 @@
-"""The consoles: SimpleTextOutput (ConOut, StdErr), SimpleTextInput (ConIn, scripted keys) and
+"""The consoles: SimpleTextOutput (ConOut, StdErr), SimpleTextInput (ConIn, the machine's scripted keys until ExitBootServices hands those left to the
+PS/2 keyboard) and
 Graphics Output (a framebuffer in firmware-reserved memory, saved as a PNG when the run ends).
 
 Text output goes to the run's console channels ``efi-conout`` and ``efi-stderr`` as the guest wrote
@@ -8,14 +9,14 @@ specification requires); the cursor follows what was written.
 
 from __future__ import annotations
 
-import re
 import struct
-import zlib
 
 import attrs
 
 from hvsim.abi import efi
+from hvsim.core import png
 from hvsim.core.devices import ConsoleSink
+from hvsim.core.devices.keyboard import Key
 
 from .calls import EfiError, service
 from .events import Event
@@ -83,33 +84,11 @@ def install_text_input(fw) -> ConsoleIn:
     return ConsoleIn(handle, interface, wait)
 
 
-def parse_keys(text: str) -> list[tuple[int, int]]:
-    """``--keys`` syntax: characters as typed, a newline or ``{enter}`` is Enter (CR), ``{name}``
-    a scan-code key (``{esc}``, ``{up}``, ``{f1}``...), ``{{`` a literal brace."""
-    keys: list[tuple[int, int]] = []
-    for match in re.finditer(r"\{\{|\{([a-z0-9]+)\}|(?s:.)", text):
-        token, name = match.group(0), match.group(1)
-        if token == "{{":
-            keys.append((0, ord("{")))
-        elif name is not None:
-            if name == "enter":
-                keys.append((0, 0x0D))
-            elif name == "tab":
-                keys.append((0, 0x09))
-            elif name == "backspace":
-                keys.append((0, 0x08))
-            elif name in efi.SCAN_CODES:
-                keys.append((efi.SCAN_CODES[name], 0))
-            else:
-                raise ValueError(f"unknown key {{{name}}}; known: enter, tab, backspace, "
-                                 + ", ".join(sorted(efi.SCAN_CODES)))
-        elif token == "\n":
-            keys.append((0, 0x0D))
-        elif ord(token) > 0xFFFF:
-            raise ValueError(f"key {token!r} is outside UCS-2")
-        else:
-            keys.append((0, ord(token)))
-    return keys
+def efi_input_key(key: Key) -> tuple[int, int]:
+    """A scripted key as ConIn reports it: (ScanCode, UnicodeChar)."""
+    if key.name is not None:
+        return efi.SCAN_CODES[key.name], 0
+    return 0, ord(key.char)
 
 
 def _output(ctx) -> TextOutput:
@@ -220,7 +199,7 @@ def read_key_stroke(ctx):
     out = ctx.pointer("Key")
     if not ctx.fw.keys:
         return efi.NOT_READY
-    scan, char = ctx.fw.keys.pop(0)
+    scan, char = efi_input_key(ctx.fw.keys.pop(0))
     ctx.write(out, struct.pack(efi.INPUT_KEY_FORMAT, scan, char))
     ctx.record["key"] = f"scan {scan:#x}" if scan else repr(chr(char))
     return efi.SUCCESS
@@ -322,16 +301,6 @@ def gop_blt(ctx):
 def framebuffer_png(memory, fb: Framebuffer) -> bytes:
     """The framebuffer (BGRX pixels) as an RGB PNG."""
     pixels = memory.read(fb.base, fb.size)
-    rows = bytearray()
-    for y in range(fb.height):
-        rows.append(0)
-        line = pixels[y * fb.width * 4:(y + 1) * fb.width * 4]
-        for x in range(fb.width):
-            b, g, r = line[4 * x], line[4 * x + 1], line[4 * x + 2]
-            rows += bytes((r, g, b))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", fb.width, fb.height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(rows))) + chunk(b"IEND", b"")
+    rgb = bytearray(fb.width * fb.height * 3)
+    rgb[0::3], rgb[1::3], rgb[2::3] = pixels[2::4], pixels[1::4], pixels[0::4]
+    return png.encode_rgb(fb.width, fb.height, bytes(rgb))

@@ -8,7 +8,8 @@ attached to (``Machine.ports.attach``).  The port table is a dict, so dispatch i
   powers off.  SCI_EN reads as set: the FADT declares no SMI command port, so ACPI is always on.
 - ``ExitPort``: an isa-debug-exit style port (QEMU's default iobase 0x501): the byte written is
   the guest's exit code, 0 meaning success.
-- ``ResetControl``: 0xCF9 (reset control register) and the 8042's 0xFE pulse on 0x64: reboot.
+- ``ResetControl``: 0xCF9 (reset control register) and, on a machine without the i8042 model
+  (``i8042.py``, in the PC chipset), the 8042's 0xFE pulse on 0x64: reboot.
 """
 
 from __future__ import annotations
@@ -118,9 +119,9 @@ class ExitPort:
 
 
 class ResetControl:
-    def __init__(self, machine: "Machine"):
+    def __init__(self, machine: "Machine", *, kbc_port: bool = True):
         self.machine = machine
-        self.ports = [RESET_CONTROL_PORT, KBC_COMMAND_PORT]
+        self.ports = [RESET_CONTROL_PORT, KBC_COMMAND_PORT] if kbc_port else [RESET_CONTROL_PORT]
         self.value = 0
 
     def read(self, port: int, size: int) -> int:

@@ -3,6 +3,7 @@
     PIT ch0 ──IRQ0──┬─► 8259 pair IR0 ─INTR─► LAPIC LINT0 (ExtINT) ─┐
     RTC ─────IRQ8───┤                                               ├─► CPU (Machine.interrupt_source)
     COM1 ────IRQ4───┤                                               │
+    i8042 ───IRQ1───┤  (keyboard; IRQ12 for the empty aux port)     │
     ACPI SCI ─IRQ9──┴─► I/O APIC pin (IRQ0 → GSI 2, as the MADT's ──► LAPIC IRR
                         interrupt source override says; others 1:1)
 
@@ -15,6 +16,10 @@ IA32_TSC_DEADLINE.
 
 ``level="lapic"`` attaches the local APIC alone (a machine without legacy devices, as Xen's PVH
 guests have).  The chipset is the machine's ``interrupt_source``.
+
+The legacy level also has the i8042 keyboard controller with its PS/2 keyboard (ports 0x60/0x64;
+``typing`` types scripted keys on it) and VGA text mode (0xB8000-0xBFFFF over the RAM there, CRTC
+ports 0x3D4/0x3D5; its screen is console channel ``vga``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import traceback
 from typing import TYPE_CHECKING
 
 from ..clock import WALLCLOCK_EPOCH_S
+from ..events import Shutdown
 from ..result import StopReason
 from .ioapic import DEFAULT_IOAPIC_ADDRESS, IOAPIC_WINDOW_SIZE, IoApic
 from .lapic import (
@@ -33,14 +39,17 @@ from .lapic import (
 from .line import IrqLine
 from .pic import Pic8259Pair
 from .pit import Pit8254
+from .i8042 import I8042
+from .keyboard import ScriptedTyping
 from .rtc import CmosRtc
+from .vga_text import TEXT_BASE, TEXT_SIZE, CrtcPorts, VgaText
 
 if TYPE_CHECKING:
     from ..machine import Machine
 
 ISA_IRQS = 16
 PIT_IRQ, PIT_GSI = 0, 2            # acpi.py's MADT interrupt source override
-COM1_IRQ, RTC_IRQ = 4, 8
+KEYBOARD_IRQ, COM1_IRQ, RTC_IRQ, AUX_IRQ = 1, 4, 8, 12
 
 
 def _mmio_guarded(machine: "Machine", what: str):
@@ -65,7 +74,7 @@ class PcChipset:
     def __init__(self, machine: "Machine", *, level: str = "pc", ioapic_id: int = 1):
         self.m = machine
         self.legacy = level == "pc"
-        self.pic = self.ioapic = self.pit = self.rtc = None
+        self.pic = self.ioapic = self.pit = self.rtc = self.i8042 = self.typing = self.vga = None
         self.isa_lines: list[IrqLine] = []
         self.pic_intr = IrqLine(self._pic_intr, name="8259 INTR")
         if self.legacy:
@@ -89,8 +98,16 @@ class PcChipset:
             self._map(DEFAULT_IOAPIC_ADDRESS, IOAPIC_WINDOW_SIZE, self.ioapic, "I/O APIC")
             self.pit = Pit8254(machine.clock, irq0=self.isa_lines[PIT_IRQ])
             self.rtc = CmosRtc(machine.clock, irq8=self.isa_lines[RTC_IRQ], start_time=WALLCLOCK_EPOCH_S)
-            for device in (self.pic, self.pit, self.rtc):
+            self.i8042 = I8042(irq1=self.isa_lines[KEYBOARD_IRQ], irq12=self.isa_lines[AUX_IRQ],
+                               reset=self._reset, note=machine.note)
+            self.typing = ScriptedTyping(machine.clock, self.i8042.keyboard, machine.note)
+            self.vga = VgaText(machine.clock, machine.console_text)
+            for device in (self.pic, self.pit, self.rtc, self.i8042, CrtcPorts(self.vga)):
                 machine.ports.attach(device)
+            machine.add_sink(self.vga)
+            machine.uc.mem_unmap(TEXT_BASE, TEXT_SIZE)          # RAM until now: the window replaces it
+            machine.memory.remove_region(TEXT_BASE, TEXT_SIZE)
+            self._map(TEXT_BASE, TEXT_SIZE, self.vga, "VGA text buffer")
         machine.interrupt_source = self
 
     # -- wiring ----------------------------------------------------------------------------------
@@ -100,6 +117,9 @@ class PcChipset:
     def _isa_irq(self, irq: int, level: bool) -> None:
         self.pic.set_irq(irq, level)
         self.ioapic.set_irq(PIT_GSI if irq == PIT_IRQ else irq, level)
+
+    def _reset(self, source: str) -> None:
+        self.m.shutdown(Shutdown(reason="reboot", source=source))
 
     def _pic_intr(self, level: bool) -> None:
         self.lapic.set_lint0(level)
