@@ -196,3 +196,59 @@ def test_the_probe_elf_sees_under_qemus_pvh_loader_what_it_sees_under_hvsim(qemu
     assert real["cmdline"] == ours["cmdline"] == CMDLINE and real["entry"] == "pvh"
     assert real["rsdp_in"] == ours["rsdp_in"] == "the BIOS area"
     assert_only_declared(real, ours, ENV_DIFFERENCES[env])
+
+
+# -- Linux to /init: QEMU's PVH loader against hvsim ------------------------------------------------------
+LINUX_CMDLINE = "console=ttyS0"
+
+
+@pytest.fixture(scope="module")
+def qemu_linux_init(tmp_path_factory):
+    from linux_kernel import debian_vmlinuz
+
+    need_qemu()
+    vmlinux = debian_vmlinuz().with_name("vmlinux")     # scripts/fetch-linux keeps the ELF beside the bzImage
+    if not vmlinux.is_file():
+        pytest.fail(f"{vmlinux}: scripts/fetch-linux keeps Debian's vmlinux there", pytrace=False)
+    console = run_qemu(tmp_path_factory.mktemp("qemu-linux"), "-kernel", str(vmlinux),
+                       "-initrd", str(init_cpio_path()), "-append", LINUX_CMDLINE)
+    report = parse_userspace_report(console)
+    assert report is not None, console[-3000:]
+    return vmlinux, report
+
+
+LINUX_DIFFERENCES = {
+    "iomem": "QEMU's pc machine has PCI buses, an HPET and flash that hvsim does not model, and SeaBIOS "
+             "reserves the top 128 KiB of RAM",
+    "memmap": "SeaBIOS reserves the top 128 KiB of RAM; QEMU's E820 lists the BIOS flash and AMD's "
+              "HyperTransport hole",
+    "memtotal_kb": "the RAM SeaBIOS and hvsim's PC leave usable differs (see memmap)",
+    "clocksources": "QEMU's pc machine has an HPET, which hvsim does not model",
+    "acpi_tables": "QEMU's pc machine has an HPET (hvsim models none) and a WAET for Windows",
+    "dmi": "SeaBIOS publishes SMBIOS tables; hvsim's bare PC has none",
+    "rtc": "QEMU's RTC is an ACPI/PnP device (00:05) in its DSDT; hvsim's DSDT describes none, so Linux "
+           "finds the RTC at its legacy ports",
+    "cpu_model": "QEMU's default TCG CPU is 'QEMU Virtual CPU'; hvsim's is Unicorn's EPYC model",
+    "cpu_flags": "QEMU's default TCG CPU has the hypervisor bit and lacks pdpe1gb, rdtscp, xsave, arat, smep "
+                 "and smap, which hvsim's EPYC model has",
+    "irqs": "QEMU's pc machine has an i8042 (IRQs 1 and 12), which hvsim does not model",
+}
+LINUX_ENV_DIFFERENCES = {
+    "bare_metal": {"boot_params_version": "under PVH Linux builds its boot_params itself (version 2.12); "
+                                          "bare_metal's boot loader hands over the bzImage's (2.15)"},
+    "kvm_pvh": {"clocksource": "kvm_pvh offers kvmclock, which Linux prefers to the TSC"},
+}
+
+
+@pytest.mark.linux
+@pytest.mark.parametrize("env", ["bare_metal", "kvm_pvh"])
+def test_linux_init_sees_under_qemu_what_it_sees_under_hvsim(qemu_linux_init, env):
+    import sys
+
+    vmlinux, real = qemu_linux_init
+    done = subprocess.run([sys.executable, "-m", "hvsim", "run", "--env", env, str(vmlinux), "--init",
+                           "--cmdline", LINUX_CMDLINE, "--timeout", "300"], capture_output=True, timeout=900)
+    ours = parse_userspace_report(done.stdout.decode("utf-8", "surrogateescape"))
+    assert done.returncode == 0 and ours is not None, done.stderr[-2000:]
+    assert real["cmdline"] == ours["cmdline"] == LINUX_CMDLINE and real["kernel"] == ours["kernel"]
+    assert_only_declared(real, ours, {**LINUX_DIFFERENCES, **LINUX_ENV_DIFFERENCES[env]})
