@@ -127,9 +127,11 @@ OVMF_DIFFERENCES = {
                    "note to Windows about its emulated RTC and PM timer",
     "memmap_below_1m": "OVMF's map leaves 0xA0000-0xFFFFF out and keeps no EBDA; hvsim's PC layout (shared "
                        "with bare_metal) reserves the EBDA's page and the BIOS area 0xE0000-0xFFFFF",
-    "memmap_ranges_per_kind": "OVMF keeps S3-resume memory as ACPI NVS (its SEC/PEI work areas at "
-                              "0x800000-0x8FFFFF and PEI's reserved top of RAM) and PEI runtime data; "
-                              "hvsim has no S3 resume and no PEI phase",
+    "memmap_ranges_per_kind": "both have edk2's memory type bins (runtime data and code, reserved, ACPI "
+                              "reclaim, ACPI NVS: OVMF's sizes, tests/test_efi_acpi_memory.py), but OVMF also "
+                              "keeps S3-resume memory as ACPI NVS (its SEC/PEI work areas at 0x800000-0x8FFFFF "
+                              "and PEI's reserved top of RAM), PEI runtime data, and runtime pool beyond its "
+                              "bin; hvsim has no S3 resume and no PEI phase",
     "memmap_above_ram": "OVMF describes its flash (code and variables, 0xFFE00000) as runtime MMIO; hvsim "
                         "models no flash: its variables live in the firmware's store, not in guest memory",
 }
