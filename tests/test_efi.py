@@ -76,16 +76,18 @@ def config_view(memmap, firmware_ranges) -> tuple:
     return tuple(tuple(r) for r in merged)
 
 
-FIRMWARE_TYPES = {"RuntimeServicesCode": 2, "RuntimeServicesData": 2, "ACPIReclaim": 3, "ACPIMemoryNVS": 4}
+FIRMWARE_TYPES = {"RuntimeServicesCode": 2, "RuntimeServicesData": 2, "ACPIReclaim": 3, "ACPIMemoryNVS": 4,
+                  "Reserved": 2}
 
 
 def firmware_ranges(result) -> list[tuple[int, int]]:
     """The ranges the firmware keeps past ExitBootServices, as the map at ExitBootServices gives
-    them: runtime-services code and data, the ACPI tables (reclaim) and the FACS (NVS); adjacent
-    ones of one E820 type merged."""
+    them: runtime-services code and data, the ACPI tables (reclaim) and the FACS (NVS), and the bin
+    of reserved memory (above 1 MiB: the reserved ranges below are the PC's own); adjacent ones of
+    one E820 type merged."""
     out: list[list[int]] = []
     for d in result.extra["efi"]["memory_map_at_exit_boot_services"]:
-        if (kind := FIRMWARE_TYPES.get(d["type"])) is None:
+        if (kind := FIRMWARE_TYPES.get(d["type"])) is None or (d["type"] == "Reserved" and d["start"] < 1 << 20):
             continue
         if out and out[-1][0] + out[-1][1] == d["start"] and out[-1][2] == kind:
             out[-1][1] += d["pages"] * 0x1000

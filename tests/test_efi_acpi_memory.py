@@ -83,3 +83,44 @@ def test_legacy_bios_area_adds_a_copy_a_bios_scan_finds():
     assert read(copy, 36) == read(report.rsdp, 36)
     legacy, firmware = read_acpi(read, copy), read_acpi(read, report.rsdp)
     assert not legacy.errors and legacy.tables[1:] == firmware.tables[1:]
+
+
+def test_the_map_has_ovmfs_memory_type_bins_in_ovmfs_order_and_sizes():
+    """As OVMF 2022.11 hands them over (QEMU 7.2 pc, 512 MiB; tests/test_firmware_diff.py compares
+    the rest): runtime data 1 MiB, runtime code 1 MiB, reserved 512 KiB, ACPI reclaim 72 KiB and ACPI
+    NVS 512 KiB, one above the other, whole in the map however much of each is used."""
+    prepared, result, report = boot_probe(MachineConfig(memory="512M"))
+    fw = prepared.machine.plugin_state["efi"]
+    exit_map = result.extra["efi"]["memory_map_at_exit_boot_services"]
+    kept = [(d["type"], d["pages"]) for d in exit_map
+            if d["type"] in ("RuntimeServicesData", "RuntimeServicesCode", "Reserved", "ACPIReclaim", "ACPIMemoryNVS")
+            and d["start"] >= 1 << 20]
+    assert kept == [("RuntimeServicesData", 0x100), ("RuntimeServicesCode", 0x100), ("Reserved", 0x80),
+                    ("ACPIReclaim", 0x12), ("ACPIMemoryNVS", 0x80)]
+    starts = [d["start"] for d in exit_map if d["type"] in ("RuntimeServicesData", "ACPIMemoryNVS")]
+    assert starts[-1] + 0x80 * 0x1000 == 512 << 20           # the bins end at the top of RAM, NVS highest
+    for d in exit_map:
+        if d["type"] in ("RuntimeServicesData", "RuntimeServicesCode"):
+            assert d["attribute"] & efi.MEMORY_RUNTIME
+    # the firmware's own runtime data and the ACPI tables are inside their bins, which are mostly free
+    bins = fw.map.bins
+    assert bins[efi.RUNTIME_SERVICES_DATA][0] <= fw.system_table < bins[efi.RUNTIME_SERVICES_DATA][1]
+    assert bins[efi.ACPI_RECLAIM_MEMORY][0] <= prepared.machine.acpi_tables.rsdp_address < bins[efi.ACPI_RECLAIM_MEMORY][1]
+    assert fw.map.type_at(bins[efi.RESERVED_MEMORY][0]) == efi.CONVENTIONAL_MEMORY
+    # the E820 view: one reserved range for the runtime and reserved bins, then ACPI, then NVS
+    assert report.memmap[-3:] == ((bins[efi.RUNTIME_SERVICES_DATA][0], 0x280000, 2),
+                                  (bins[efi.ACPI_RECLAIM_MEMORY][0], 0x12000, E820_ACPI),
+                                  (bins[efi.ACPI_MEMORY_NVS][0], 0x80000, E820_NVS))
+
+
+def test_allocations_of_a_binned_type_come_from_its_bin_and_others_from_below_the_bins():
+    prepared, _ = boot(efi_app("xor %eax, %eax\njmp done"), MachineConfig(memory="256M"))
+    memory_map = prepared.machine.plugin_state["efi"].map
+    nvs_start, nvs_end = memory_map.bins[efi.ACPI_MEMORY_NVS]
+    nvs = memory_map.allocate(efi.ALLOCATE_ANY_PAGES, efi.ACPI_MEMORY_NVS, 4)
+    assert nvs_start <= nvs and nvs + 4 * 0x1000 <= nvs_end
+    loader = memory_map.allocate(efi.ALLOCATE_ANY_PAGES, efi.LOADER_DATA, 4)
+    assert loader + 4 * 0x1000 <= memory_map.bins_floor()
+    # a bin that is full sends its type below the bins, as edk2 does
+    big = memory_map.allocate(efi.ALLOCATE_ANY_PAGES, efi.ACPI_MEMORY_NVS, 0x100)
+    assert big + 0x100 * 0x1000 <= memory_map.bins_floor()

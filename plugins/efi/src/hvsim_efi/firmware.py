@@ -4,8 +4,8 @@ Memory (types as edk2 gives them): the trap stubs in RuntimeServicesCode; the sy
 runtime-services table, the configuration-table array, the vendor string and SMBIOS in
 RuntimeServicesData; the boot-services table, protocol interfaces, handles, GDT, IDT, stack and page
 tables in BootServicesData; the ACPI tables (RSDP included) in ACPIReclaimMemory and the FACS in
-ACPIMemoryNVS (``place_acpi``).  All of it is allocated top-down below 4 GiB from the map, so it is
-what GetMemoryMap shows.
+ACPIMemoryNVS (``place_acpi``).  All of it is allocated top-down below 4 GiB from the map, the
+types OVMF keeps in bins from their bins (``memory_map``), so it is what GetMemoryMap shows.
 
 Control transfers into the guest (StartImage, event notification functions) use one mechanism,
 ``call_guest``: the stub's ``ret`` pops the function's address from a frame written below the
@@ -96,6 +96,7 @@ class Firmware:
         self.esp_volume = esp_volume          # an esp.EspVolume (``--esp DIR``), served once built
         self.esp: file_system.Esp | None = None
         self.map = MemoryMap.from_layout(machine.layout)
+        self.map.set_aside_bins()
         self.pool = Pool(self.map)
         self.db = ProtocolDatabase()
         self.events = EventTable(self)

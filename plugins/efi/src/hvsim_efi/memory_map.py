@@ -6,6 +6,16 @@ outward; the EBDA at 0x9fc00 therefore makes page 0x9f000 reserved).  Allocation
 policy: top-down from the highest free range that fits (below 4 GiB unless the caller's MaxAddress
 says otherwise for AllocateMaxAddress), page-aligned.  Every change bumps the map key, which
 ExitBootServices checks.
+
+Memory type bins, as edk2's DXE core keeps them (MdeModulePkg/Core/Dxe/Mem/Page.c, from the
+platform's memory type information): at start-up a range is set aside below 4 GiB for each of the
+types the OS must keep or may reuse only after reading it (ACPI NVS, ACPI reclaim, reserved,
+runtime services code and data).  Allocations of such a type come from its bin first; others come
+from below the bins first; when the preferred place is full, from anywhere.  GetMemoryMap reports the
+free pages of a bin as the bin's type, so the OS sees the same ranges of these types from boot to
+boot (what hibernation needs).  The sizes are OVMF's as measured (Debian's ovmf 2022.11 under QEMU
+7.2, GetMemoryMap as Linux's efi=debug prints it); the order is OVMF's too: NVS highest, then
+ACPI reclaim, reserved, runtime code and runtime data below one another.
 """
 
 from __future__ import annotations
@@ -22,6 +32,9 @@ from .calls import EfiError
 PAGE = efi.PAGE_SIZE
 ATTR_RAM = efi.MEMORY_UC | efi.MEMORY_WC | efi.MEMORY_WT | efi.MEMORY_WB
 DESCRIPTOR_SIZE = 48          # edk2 reports 40 + 8 so callers must stride by DescriptorSize
+# (memory type, pages), top-down in this order (see the module docstring)
+MEMORY_TYPE_BINS = ((efi.ACPI_MEMORY_NVS, 0x80), (efi.ACPI_RECLAIM_MEMORY, 0x12), (efi.RESERVED_MEMORY, 0x80),
+                    (efi.RUNTIME_SERVICES_CODE, 0x100), (efi.RUNTIME_SERVICES_DATA, 0x100))
 
 
 @attrs.define
@@ -58,6 +71,19 @@ class MemoryMap:
     def __init__(self, regions: list[Region]):
         self.regions = sorted(regions, key=lambda r: r.start)
         self.key = 1
+        self.bins: dict[int, tuple[int, int]] = {}     # memory type -> [start, end) set aside for it
+
+    def set_aside_bins(self, bins=MEMORY_TYPE_BINS) -> None:
+        """Set aside each type's bin, top-down below 4 GiB, before any allocation; a bin that
+        does not fit is left out (its type then allocates as any other)."""
+        for memory_type, pages in bins:
+            start = self.find_free(pages, min(self.bins_floor(), FOUR_GIB) - 1)
+            if start is not None:
+                self.bins[memory_type] = (start, start + pages * PAGE)
+
+    def bins_floor(self) -> int:
+        """The lowest address of any bin: where the other types' preferred memory ends."""
+        return min((start for start, _ in self.bins.values()), default=FOUR_GIB)
 
     @classmethod
     def from_layout(cls, layout) -> "MemoryMap":
@@ -98,10 +124,31 @@ class MemoryMap:
                 return True
         return cursor >= end
 
-    def descriptors(self) -> list[Region]:
-        """The map as GetMemoryMap reports it: sorted, adjacent regions of one type merged."""
-        out: list[Region] = []
+    def _reported(self) -> list[Region]:
+        """The regions with the free pages inside a bin given the bin's type."""
+        out = []
         for r in self.regions:
+            if r.type != efi.CONVENTIONAL_MEMORY:
+                out.append(r)
+                continue
+            cursor = r.start
+            for memory_type, (start, end) in sorted(self.bins.items(), key=lambda b: b[1]):
+                lo, hi = max(start, cursor), min(end, r.end)
+                if lo >= hi:
+                    continue
+                if lo > cursor:
+                    out.append(Region(cursor, lo, r.type, r.attribute))
+                out.append(Region(lo, hi, memory_type, _attribute(memory_type)))
+                cursor = hi
+            if cursor < r.end:
+                out.append(Region(cursor, r.end, r.type, r.attribute))
+        return out
+
+    def descriptors(self) -> list[Region]:
+        """The map as GetMemoryMap reports it: sorted, adjacent regions of one type merged, the
+        free pages of a bin shown as the bin's type."""
+        out: list[Region] = []
+        for r in self._reported():
             if out and out[-1].end == r.start and out[-1].type == r.type and out[-1].attribute == r.attribute:
                 out[-1] = Region(out[-1].start, r.end, r.type, r.attribute)
             else:
@@ -135,18 +182,33 @@ class MemoryMap:
         self.regions = out
         self.key += 1
 
-    def find_free(self, pages: int, max_address: int, align: int = PAGE) -> int | None:
-        """Top-down: the highest ``align``-ed start of ``pages`` free pages ending at or below
-        ``max_address`` + 1."""
+    def find_free(self, pages: int, max_address: int, align: int = PAGE, min_address: int = 0) -> int | None:
+        """Top-down: the highest ``align``-ed start of ``pages`` free pages at or above
+        ``min_address`` ending at or below ``max_address`` + 1."""
         size = pages * PAGE
         for r in sorted(self.regions, key=lambda r: r.start, reverse=True):
             if r.type != efi.CONVENTIONAL_MEMORY:
                 continue
             top = min(r.end, max_address + 1)
             start = (top - size) // align * align
-            if start >= r.start and start + size <= top:
+            if start >= max(r.start, min_address) and start + size <= top:
                 return start
         return None
+
+    def find_for(self, memory_type: int, pages: int, max_address: int) -> int | None:
+        """edk2's order: the type's own bin, then below every bin, then anywhere up to ``max_address``."""
+        if memory_type in self.bins:
+            start, end = self.bins[memory_type]
+            if end - 1 <= max_address:
+                found = self.find_free(pages, end - 1, min_address=start)
+                if found is not None:
+                    return found
+        floor = self.bins_floor()
+        if floor - 1 <= max_address:
+            found = self.find_free(pages, floor - 1)
+            if found is not None:
+                return found
+        return self.find_free(pages, max_address)
 
     def allocate(self, alloc_type: int, memory_type: int, pages: int, address: int = 0,
                  by_allocate_pages: bool = True) -> int:
@@ -164,7 +226,7 @@ class MemoryMap:
             start = address
         else:
             limit = FOUR_GIB - 1 if alloc_type == efi.ALLOCATE_ANY_PAGES else address
-            found = self.find_free(pages, limit)
+            found = self.find_for(memory_type, pages, limit)
             if found is None:
                 raise EfiError(efi.OUT_OF_RESOURCES if alloc_type == efi.ALLOCATE_ANY_PAGES else efi.NOT_FOUND,
                                f"no {pages} free pages below {limit + 1:#x}")
