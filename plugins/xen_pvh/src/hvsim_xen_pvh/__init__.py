@@ -61,6 +61,9 @@ def hvsim_add_options(parser):
     parser.add_argument("--start-info-version", type=int, choices=(0, 1), default=None,
                         help="xen_pvh: hvm_start_info version (1: with the memory map, as libxc builds "
                              "it; 0: without, as Xen's PVH dom0 builder does). Default 1")
+    parser.add_argument("--xen-debug", action="store_true", default=None,
+                        help="xen_pv, xen_pvh: behave as a debug build of Xen, which lets a domU write to "
+                             "Xen's console with console_io (release builds refuse a PV domU: -EPERM)")
 
 
 @hookimpl
@@ -82,7 +85,8 @@ def hvsim_setup(machine, image, config, options):
     memory_map = guest_memory_map(machine)
     start_info = pvh.load(machine, image, config, version=version, memory_map=memory_map)
     xen = XenHypervisor(machine, memory_map=memory_map, features=FEATURES,
-                        console_page=CONSOLE_PAGE, store_page=STORE_PAGE)
+                        console_page=CONSOLE_PAGE, store_page=STORE_PAGE,
+                        debug_build=bool(options.get("xen_debug")))
     # a xenstore behind the store ring, as for PV domUs (Linux's xenbus waits for its answers)
     xen.store = XenStore(machine, STORE_PAGE, domid=xen.domid, config=config, memory_kib=xen.nr_pages * PAGE >> 10,
                          console=(CONSOLE_PAGE // PAGE, xen.params[x.HVM_PARAM_CONSOLE_EVTCHN]))
