@@ -14,7 +14,8 @@ are answered wherever they execute (Linux >= 6.13 and its XSA-466 backports have
 page).  Hypercalls from CPL > 0 get -EPERM.  The PV console ring and the xenstore page sit in the
 reserved BIOS area (real Xen uses pfns 0xfeffc and 0xfefff; any pfn the HVM parameters name is the
 ABI), so the memory map stays the configured one.  PC devices as on bare metal (COM1, 0xE9, ACPI
-PM1a, the exit port, reset).
+PM1a, the exit port, reset).  The HPET and I/O APIC windows read all ones and drop writes, as Xen's
+null MMIO handler answers a PVH domU (``unclaimed_mmio``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from hvsim.abi import xen as x
 from hvsim.core.errors import LoadError
 from hvsim.xen import HypercallError, XenHypervisor, XenStore
 from hvsim.xen.hvm_upcall import HvmUpcall
+
+from .unclaimed_mmio import map_unclaimed_windows
 
 ENV = "xen_pvh"
 PAGE = 0x1000
@@ -82,6 +85,7 @@ def hvsim_setup(machine, image, config, options):
     version = options.get("start_info_version")
     version = 1 if version is None else int(version)
     machine.attach_pc_devices(interrupts="lapic")     # Xen emulates a PVH guest's local APIC, no legacy PC devices
+    map_unclaimed_windows(machine)                    # HPET and I/O APIC windows: Xen's null handler
     memory_map = guest_memory_map(machine)
     start_info = pvh.load(machine, image, config, version=version, memory_map=memory_map)
     xen = XenHypervisor(machine, memory_map=memory_map, features=FEATURES,
