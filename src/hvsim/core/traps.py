@@ -68,9 +68,8 @@ RDMSR, WRMSR = b"\x0f\x32", b"\x0f\x30"
 # Software-interrupt instructions: opcode -> (vector or None for "the next byte", length)
 SOFTWARE_INT = {0xCC: (3, 1), 0xCD: (None, 2), 0xCE: (4, 1)}
 # Legacy prefixes (SDM vol. 2A, 2.1.1): the CPU ignores them on int3/int n/into, whose length they add
-# to (a LOCK on them is #UD, raised before the exit); an instruction is at most 15 bytes.
+# to (a LOCK on them is #UD, raised before the exit).
 LEGACY_PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3")
-MAX_INSN_LENGTH = 15
 ICEBP, LOCK, DEBUG = 0xF1, 0xF0, 1      # INT1 (SDM vol. 2A, INT n/INTO/INT3/INT1): #DB, a trap
 PAGE = 0x1000
 
@@ -347,7 +346,7 @@ class TrapDispatcher:
     def _code_bytes(self, rip: int) -> bytes:
         """Up to 15 instruction bytes at ``rip``, fewer where the code runs into unmapped memory."""
         address = self.m.code_address(rip)
-        for size in (MAX_INSN_LENGTH, PAGE - address % PAGE):
+        for size in (MAX_INSN, PAGE - address % PAGE):
             try:
                 return self.m.vmem.read(address, size)
             except GuestMemoryError:
