@@ -22,6 +22,7 @@ would put every store to an executable page on the engine's slow path (guest-sto
 from __future__ import annotations
 
 import functools
+import re
 import traceback
 from typing import TYPE_CHECKING
 
@@ -70,6 +71,7 @@ SOFTWARE_INT = {0xCC: (3, 1), 0xCD: (None, 2), 0xCE: (4, 1)}
 # Legacy prefixes (SDM vol. 2A, 2.1.1): the CPU ignores them on int3/int n/into, whose length they add
 # to (a LOCK on them is #UD, raised before the exit).
 LEGACY_PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3")
+DEVICE_NOT_AVAILABLE, CR0_EM, CR4_OSFXSR = 7, 1 << 2, 1 << 9
 ICEBP, LOCK, DEBUG = 0xF1, 0xF0, 1      # INT1 (SDM vol. 2A, INT n/INTO/INT3/INT1): #DB, a trap
 PAGE = 0x1000
 
@@ -328,7 +330,24 @@ class TrapDispatcher:
             self.m.stop(StopReason("host-error", detail=f"unexpected #VMEXIT {intno - EXCP_VMEXIT:#x} at {rip:#x}"))
         else:
             error_code, _ = self.m.engine.pending_exception()
+            if intno == DEVICE_NOT_AVAILABLE:
+                intno = self._nm_or_ud(rip)
             self.exception(intno, error_code if intno in HAS_ERROR_CODE else None, rip)
+
+    def _nm_or_ud(self, rip: int) -> int:
+        """The engine checks CR0.TS before CR0.EM and CR4.OSFXSR for MMX/SSE instructions; the CPU
+        raises #UD first (SDM vol. 3, 13.1.3 and 2.5 table 2-2: MMX and SSE are #UD with CR0.EM set,
+        SSE also with CR4.OSFXSR clear), so a #NM on such an instruction is #UD when either holds.
+        x87 instructions, WAIT, FXSAVE/FXRSTOR (no MMX/XMM operand) and VEX-encoded ones keep #NM."""
+        text, _ = disassemble_one(self._code_bytes(rip), rip, self.m.code_segment()[1])
+        mnemonic, _, operands = text.partition(" ")
+        if mnemonic.startswith("v"):           # VEX (AVX): CR0.EM and CR4.OSFXSR do not apply
+            return DEVICE_NOT_AVAILABLE
+        sse, mmx = "xmm" in operands, re.search(r"\bmm[0-7]\b", operands) is not None
+        cr0, cr4 = self.m.reg("cr0"), self.m.reg("cr4")
+        if (sse or mmx) and cr0 & CR0_EM or sse and not cr4 & CR4_OSFXSR:
+            return UD
+        return DEVICE_NOT_AVAILABLE
 
     def on_software_interrupt(self, rip: int) -> None:
         """``int N``/``int3``/``into`` (#VMEXIT SWINT: RIP at the instruction, nothing pushed yet)."""
