@@ -151,7 +151,9 @@ user_code:
 after_syscall:
     mov %rax, user_data+32(%rip)
     mov %rcx, user_data+40(%rip)
-    mov results(%rip), %rax       /* a supervisor page: #PF to the kernel */
+    mov results+8(%rip), %rax     /* a kernel page: Xen gave it _PAGE_USER (one table for both modes) */
+    mov %rax, user_data+48(%rip)
+    movabs 0x7f0000000000, %rax   /* nothing maps it: #PF to the kernel */
     hlt
     .balign 4096
 user_data: .skip 4096
@@ -186,8 +188,13 @@ def test_a_ring_3_process_makes_a_syscall_returns_by_iret_and_faults_to_the_kern
     assert user_qword(m, symbols, 3) & 0xFFFF == pv.FLAT_USER_SS64
     assert user_qword(m, symbols, 4) == 42                                 # the kernel's answer
     assert user_qword(m, symbols, 5) == symbols["after_syscall"]       # sysret: RCX = RIP
+    # Xen adds _PAGE_USER to a 64-bit PV kernel's mappings: with the kernel's table as the user table,
+    # user mode reads kernel data, and the kernel reads its L1 entry back with USER and GUEST_KERNEL set
+    assert user_qword(m, symbols, 6) == result_at(m, symbols, 1) == 0
+    entry = m.memory.read_u64(m.plugin_state["xen_pv"].mmu.l1_entry_address(symbols["results"]))
+    assert entry & (pv.PTE_USER | pv.PTE_GUEST_KERNEL) == pv.PTE_USER | pv.PTE_GUEST_KERNEL
     # the #PF from user mode: U bit in the error code, the user's CS in the frame
-    assert result_at(m, symbols, 14) == 0x5                   # P | U: a user read of a supervisor page
+    assert result_at(m, symbols, 14) == 0x4                   # U, not present: a user read of nothing
     assert result_at(m, symbols, 15) & 0xFFFF == pv.FLAT_USER_CS64
     extra = result.extra["xen_pv"]
     assert (extra["user_entries"], extra["user_syscalls"]) == (2, 1)

@@ -157,11 +157,33 @@ def _plugin_options(command: argparse.ArgumentParser, pm) -> None:
         envs_of.setdefault(id(plugin), []).append(name)
     for impl in pm.hook.hvsim_add_options.get_hookimpls():
         before = len(command._actions)
-        impl.function(parser=command)
+        envs = envs_of.get(id(impl.plugin), [])
+        impl.function(parser=_SharedOptions(command, owners, envs))
         for action in command._actions[before:]:
             flag = max(action.option_strings, key=len) if action.option_strings else action.dest
-            owners[action.dest] = (flag, envs_of.get(id(impl.plugin), []), action.default)
+            owners[action.dest] = (flag, envs, action.default)
     command.set_defaults(plugin_options=owners)
+
+
+class _SharedOptions:
+    """The parser as one plugin sees it: an option another environment's plugin already declared
+    (``--xen-debug`` of xen_pv and xen_pvh) is not declared twice; the plugin's environments are added
+    to its owners instead."""
+
+    def __init__(self, parser, owners, envs):
+        self._parser, self._owners, self._envs = parser, owners, envs
+
+    def add_argument(self, *flags, **kwargs):
+        known = self._parser._option_string_actions
+        if flags and all(flag in known for flag in flags):
+            action = known[flags[0]]
+            flag, envs, default = self._owners[action.dest]
+            self._owners[action.dest] = (flag, envs + [e for e in self._envs if e not in envs], default)
+            return action
+        return self._parser.add_argument(*flags, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._parser, name)
 
 
 def _refuse_foreign_options(args, envs: list[str]) -> None:

@@ -115,6 +115,10 @@ MACHPHYS_MFN_LIST_FORMAT = "<I4xQI"                 # {u32 max_extents; handle e
 # --- x86 page-table entry bits the PV MMU checks (and xg_dom_x86.c's bootstrap flags) ---------------
 PTE_PRESENT, PTE_RW, PTE_USER, PTE_ACCESSED, PTE_DIRTY, PTE_PSE = 1, 2, 4, 0x20, 0x40, 0x80
 PTE_NX = 1 << 63
+PTE_GLOBAL = 0x100
+# Xen's software bit for a 64-bit PV guest's kernel-only L1 entry (asm/x86_64/page.h _PAGE_GUEST_KERNEL,
+# flag bit 12, i.e. PTE bit 52): set with _PAGE_USER on entries the guest wrote without _PAGE_USER.
+PTE_GUEST_KERNEL = 1 << 52
 PTE_ADDR_MASK = 0x000F_FFFF_FFFF_F000
 L1_PROT = PTE_PRESENT | PTE_RW | PTE_ACCESSED                          # 0x23
 L2_PROT = L3_PROT = L4_PROT = L1_PROT | PTE_DIRTY | PTE_USER            # 0x67

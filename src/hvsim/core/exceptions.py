@@ -15,7 +15,8 @@ What is modelled:
   SS:ESP from the 32-bit TSS (SSn:ESPn), SS checked as the CPU checks it (RPL and DPL = new CPL,
   writable data, present); the frame is SS, ESP, EFLAGS, CS, EIP (+ error code).
 - Conforming handler code segments keep the CPL.
-- ``kind``: ``exception`` (error code as given), ``software`` (``int n``/``int3``/``into``: the
+- ``kind``: ``exception`` (error code as given; a hardware exception, external to the program: a
+  gate fault while delivering it has EXT set in its error code, as for ``external``), ``software`` (``int n``/``int3``/``into``: the
   gate's DPL must be >= CPL, else #GP with error code vector*8+2), ``external`` (an interrupt
   from a LAPIC/PIC: no DPL check, never an error code).
 - A failed delivery (IDT limit, gate not present or of a wrong type, a bad handler selector, a TSS
@@ -143,8 +144,9 @@ class ExceptionDelivery:
         """Vector ``vector`` through the guest IDT; the frame returns to ``return_rip``.
 
         ``kind`` is ``exception``, ``software`` or ``external`` (see the module docstring);
-        ``insn_rip`` is the address of the ``int`` instruction for ``software`` (the return address
-        of the #GP a denied gate raises; default ``return_rip``).  Escalates to #DF when the
+        ``insn_rip`` is the address of the instruction of a trap-type event (``int n``, ICEBP): the
+        return address of the #GP a denied gate raises and of a fault raised by the gate (default
+        ``return_rip``).  Escalates to #DF when the
         delivery itself fails; raises ``DeliveryError`` when #DF cannot be delivered either (a
         triple fault) and ``NotModelled`` for what the model does not implement.
         """
@@ -166,8 +168,8 @@ class ExceptionDelivery:
                 if vector == DOUBLE_FAULT:
                     raise
                 return self._escalate(DOUBLE_FAULT, 0, return_rip, (vector, first))
-            error = vector * 8 + IDT_ERROR_FLAG + (EXT_ERROR_FLAG if kind == "external" else 0)
-            fault_rip = return_rip if insn_rip is None or kind != "software" else insn_rip
+            error = vector * 8 + IDT_ERROR_FLAG + (EXT_ERROR_FLAG if kind != "software" else 0)
+            fault_rip = return_rip if insn_rip is None else insn_rip
             return self._escalate(first.fault_vector, error, fault_rip, (vector, first))
         except DeliveryError as first:
             if vector == DOUBLE_FAULT:

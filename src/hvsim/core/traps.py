@@ -22,6 +22,7 @@ would put every store to an executable page on the engine's slow path (guest-sto
 from __future__ import annotations
 
 import functools
+import re
 import traceback
 from typing import TYPE_CHECKING
 
@@ -67,6 +68,27 @@ GP = 13
 RDMSR, WRMSR = b"\x0f\x32", b"\x0f\x30"
 # Software-interrupt instructions: opcode -> (vector or None for "the next byte", length)
 SOFTWARE_INT = {0xCC: (3, 1), 0xCD: (None, 2), 0xCE: (4, 1)}
+# Legacy prefixes (SDM vol. 2A, 2.1.1): the CPU ignores them on int3/int n/into, whose length they add
+# to (a LOCK on them is #UD, raised before the exit).
+LEGACY_PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3")
+DEVICE_NOT_AVAILABLE, CR0_EM, CR4_OSFXSR = 7, 1 << 2, 1 << 9
+ICEBP, LOCK, DEBUG = 0xF1, 0xF0, 1      # INT1 (SDM vol. 2A, INT n/INTO/INT3/INT1): #DB, a trap
+PAGE = 0x1000
+
+
+def software_interrupt(code: bytes, long_mode: bool) -> tuple[int | None, int, int]:
+    """(vector or None for ``int n``, prefix length, instruction length) of the software interrupt
+    ``code`` starts with, past its legacy prefixes (and, in 64-bit mode, a REX prefix); length 0
+    when it is none."""
+    at = 0
+    while at < len(code) and code[at] in LEGACY_PREFIXES:
+        at += 1
+    if long_mode and at < len(code) and code[at] & 0xF0 == 0x40:
+        at += 1
+    if at >= len(code) or code[at] not in SOFTWARE_INT:
+        return None, at, 0
+    vector, length = SOFTWARE_INT[code[at]]
+    return vector, at, at + length
 EFER_SCE = 1 << 0
 EFER_LMA = 1 << 10
 CR0_PE = 1 << 0
@@ -284,6 +306,12 @@ class TrapDispatcher:
     @_guarded
     def on_invalid(self, _ud=None) -> bool:
         rip = self.m.uc.reg_read(UC_X86_REG_RIP)
+        code = self._code_bytes(rip)
+        _, prefixes, _ = software_interrupt(code, self.m.code_segment()[1] == 64)
+        if prefixes < len(code) and code[prefixes] == ICEBP and not code[:prefixes].count(LOCK):
+            # the engine has no ICEBP: it is #DB as a trap, without the gate DPL check of int n
+            self.exception(DEBUG, None, rip + prefixes + 1, insn_rip=rip)
+            return True
         if self.m.pm.hook.hvsim_trap(machine=self.m, trap=self._trap("invalid-opcode", rip)):
             return True
         self.exception(UD, None, rip)
@@ -302,20 +330,47 @@ class TrapDispatcher:
             self.m.stop(StopReason("host-error", detail=f"unexpected #VMEXIT {intno - EXCP_VMEXIT:#x} at {rip:#x}"))
         else:
             error_code, _ = self.m.engine.pending_exception()
+            if intno == DEVICE_NOT_AVAILABLE:
+                intno = self._nm_or_ud(rip)
             self.exception(intno, error_code if intno in HAS_ERROR_CODE else None, rip)
+
+    def _nm_or_ud(self, rip: int) -> int:
+        """The engine checks CR0.TS before CR0.EM and CR4.OSFXSR for MMX/SSE instructions; the CPU
+        raises #UD first (SDM vol. 3, 13.1.3 and 2.5 table 2-2: MMX and SSE are #UD with CR0.EM set,
+        SSE also with CR4.OSFXSR clear), so a #NM on such an instruction is #UD when either holds.
+        x87 instructions, WAIT, FXSAVE/FXRSTOR (no MMX/XMM operand) and VEX-encoded ones keep #NM."""
+        text, _ = disassemble_one(self._code_bytes(rip), rip, self.m.code_segment()[1])
+        mnemonic, _, operands = text.partition(" ")
+        if mnemonic.startswith("v"):           # VEX (AVX): CR0.EM and CR4.OSFXSR do not apply
+            return DEVICE_NOT_AVAILABLE
+        sse, mmx = "xmm" in operands, re.search(r"\bmm[0-7]\b", operands) is not None
+        cr0, cr4 = self.m.reg("cr0"), self.m.reg("cr4")
+        if (sse or mmx) and cr0 & CR0_EM or sse and not cr4 & CR4_OSFXSR:
+            return UD
+        return DEVICE_NOT_AVAILABLE
 
     def on_software_interrupt(self, rip: int) -> None:
         """``int N``/``int3``/``into`` (#VMEXIT SWINT: RIP at the instruction, nothing pushed yet)."""
-        code = self.m.vmem.read(self.m.code_address(rip), 2)
-        vector, length = SOFTWARE_INT.get(code[0], (None, 0))
-        if length == 0:
+        code = self._code_bytes(rip)
+        vector, prefixes, length = software_interrupt(code, self.m.code_segment()[1] == 64)
+        if length == 0 or length > len(code):
             self.m.stop(StopReason("host-error", detail=f"software-interrupt exit at {rip:#x} on bytes {code.hex()}"))
             return
-        vector = code[1] if vector is None else vector
+        vector = code[length - 1] if vector is None else vector
         trap = Trap(kind="int", rip=rip, length=length, code=code[:length], vector=vector)
         if self.m.pm.hook.hvsim_trap(machine=self.m, trap=trap):
             return
         self.exception(vector, None, rip + length, kind="software", insn_rip=rip)
+
+    def _code_bytes(self, rip: int) -> bytes:
+        """Up to 15 instruction bytes at ``rip``, fewer where the code runs into unmapped memory."""
+        address = self.m.code_address(rip)
+        for size in (MAX_INSN, PAGE - address % PAGE):
+            try:
+                return self.m.vmem.read(address, size)
+            except GuestMemoryError:
+                continue
+        return b""
 
     def exception(self, vector: int, error_code: int | None, return_rip: int, rip_bias: int = 0, *,
                   kind: str = "exception", insn_rip: int | None = None) -> None:

@@ -100,8 +100,8 @@ def hvsim_add_options(parser):
                         help="xen_pv: boot as the initial domain (SIF_INITDOMAIN, console_io, the "
                              "machine memory map, ACPI) instead of a domU")
     parser.add_argument("--xen-debug", action="store_true", default=None,
-                        help="xen_pv: behave as a debug build of Xen, which lets a domU write to Xen's "
-                             "console with console_io (release builds refuse it: -EPERM)")
+                        help="xen_pv, xen_pvh: behave as a debug build of Xen, which lets a domU write to "
+                             "Xen's console with console_io (release builds refuse a PV domU: -EPERM)")
 
 
 @hookimpl

@@ -302,6 +302,7 @@ class PvCpu:
             m.stop(StopReason("crash", detail=f"domain crash: the iret frame is not readable: {err}"))
             raise
         rax, r11, rcx, flags, rip, cs, rflags, rsp, ss = struct.unpack(pv.IRET_CONTEXT_FORMAT, context)
+        cs, ss = cs & 0xFFFF, ss & 0xFFFF        # Xen keeps them in cpu_user_regs' 16-bit fields
         info.update(rip=hex(rip), cs=hex(cs), rsp=hex(rsp), flags=flags)
         if cs & 3 == 3:
             return self._iret_to_user(rax, r11, rcx, flags, rip, cs, rflags, rsp, ss)

@@ -74,9 +74,10 @@ class PvMmu:
             if self.levels.get(frame) == lvl:
                 continue
             self.levels[frame] = lvl
+            entries = struct.unpack("<512Q", self.m.memory.read(frame * PAGE, PAGE))
+            self._adjust_table(frame, lvl, entries)
             if lvl == 1:
                 continue
-            entries = struct.unpack("<512Q", self.m.memory.read(frame * PAGE, PAGE))
             for slot, entry in enumerate(entries):
                 if lvl == 4 and slot in XEN_RESERVED_L4:
                     continue
@@ -84,6 +85,30 @@ class PvMmu:
                     child = (entry & pv.PTE_ADDR_MASK) >> 12
                     if self.dom.owns(child):
                         stack.append((child, lvl - 1))
+
+    def adjust(self, level: int, value: int) -> int:
+        """A present entry as Xen stores it for a 64-bit PV guest (pv/mm.h adjust_guest_l{1,2,3,4}e):
+        the guest kernel runs in ring 3, so every level gets _PAGE_USER; an L1 entry written without
+        it is marked _PAGE_GUEST_KERNEL, one written with it (a user page) becomes global.  L4
+        entries also get _PAGE_ACCESSED.  The guest reads the adjusted value back."""
+        if not value & pv.PTE_PRESENT:
+            return value
+        if level == 1:
+            if not value & pv.PTE_USER:
+                value |= pv.PTE_GUEST_KERNEL | pv.PTE_USER
+            if not value & pv.PTE_GUEST_KERNEL:
+                value |= pv.PTE_GLOBAL | pv.PTE_USER
+            return value
+        return value | pv.PTE_USER | (pv.PTE_ACCESSED if level == 4 else 0)
+
+    def _adjust_table(self, frame: int, level: int, entries) -> None:
+        """Validating a new page table adjusts its present entries in place (Xen's alloc_l*_table)."""
+        for slot, entry in enumerate(entries):
+            if level == 4 and slot in XEN_RESERVED_L4:
+                continue
+            adjusted = self.adjust(level, entry)
+            if adjusted != entry:
+                self.m.memory.write_u64(frame * PAGE + slot * 8, adjusted)
 
     def install_xen_slots(self, l4_mfn: int) -> None:
         for slot, value in self.area.l4_entries().items():
@@ -126,6 +151,7 @@ class PvMmu:
         level = self.levels.get(frame)
         if level is not None:
             self.check_entry(level, (entry_ma % PAGE) // 8, value)
+            value = self.adjust(level, value)
             if level > 1 and value & pv.PTE_PRESENT:
                 self.adopt((value & pv.PTE_ADDR_MASK) >> 12, level - 1)
         self.m.memory.write_u64(entry_ma & ~7, value)
@@ -190,7 +216,7 @@ class PvMmu:
         self.check_entry(1, (entry % PAGE) // 8, val)
         if not self.dom.owns(entry // PAGE):
             raise HypercallError(x.EINVAL, f"the L1 mapping {va:#x} is not the domain's")
-        self.m.memory.write_u64(entry, val)
+        self.m.memory.write_u64(entry, self.adjust(1, val))
         self.flush()                    # UVMF_NONE too: the engine's TLB is not the guest's to manage
         return 0
 
@@ -313,6 +339,7 @@ class PvMmu:
             self.check_entry(level, (entry_ma % PAGE) // 8, new)
         except HypercallError:
             return None                   # Xen lets the fault reach the guest
+        new = self.adjust(level, new)
         if level > 1 and new & pv.PTE_PRESENT:
             self.adopt((new & pv.PTE_ADDR_MASK) >> 12, level - 1)
         self.m.memory.write_u64(entry_ma, new)

@@ -14,7 +14,13 @@ are answered wherever they execute (Linux >= 6.13 and its XSA-466 backports have
 page).  Hypercalls from CPL > 0 get -EPERM.  The PV console ring and the xenstore page sit in the
 reserved BIOS area (real Xen uses pfns 0xfeffc and 0xfefff; any pfn the HVM parameters name is the
 ABI), so the memory map stays the configured one.  PC devices as on bare metal (COM1, 0xE9, ACPI
-PM1a, the exit port, reset).
+PM1a, the exit port, reset).  The HPET and I/O APIC windows read all ones and drop writes, as Xen's
+null MMIO handler answers a PVH domU (``unclaimed_mmio``).
+
+``--xen-debug``: a debug build of Xen booted with ``hvm_fep``: ``ud2; .ascii "xen"`` before an
+instruction (the forced emulation prefix) makes Xen emulate it; hvsim steps over the prefix and
+the CPU executes it (what Xen's emulator must match).  Without it the prefix is #UD, as on a
+release build.  (console_io is allowed to the PVH domain with or without it.)
 """
 
 from __future__ import annotations
@@ -23,9 +29,12 @@ import struct
 
 from hvsim import Acceptance, Environment, InherentDifference, hookimpl, pvh
 from hvsim.abi import xen as x
+from hvsim.abi.xen_pv import XEN_EMULATE_PREFIX
 from hvsim.core.errors import LoadError
 from hvsim.xen import HypercallError, XenHypervisor, XenStore
 from hvsim.xen.hvm_upcall import HvmUpcall
+
+from .unclaimed_mmio import map_unclaimed_windows
 
 ENV = "xen_pvh"
 PAGE = 0x1000
@@ -61,6 +70,10 @@ def hvsim_add_options(parser):
     parser.add_argument("--start-info-version", type=int, choices=(0, 1), default=None,
                         help="xen_pvh: hvm_start_info version (1: with the memory map, as libxc builds "
                              "it; 0: without, as Xen's PVH dom0 builder does). Default 1")
+    parser.add_argument("--xen-debug", action="store_true", default=None,
+                        help="xen_pv, xen_pvh: behave as a debug build of Xen, which lets a domU write to "
+                             "Xen's console with console_io (release builds refuse a PV domU: -EPERM); "
+                             "under xen_pvh booted with hvm_fep (the forced emulation prefix)")
 
 
 @hookimpl
@@ -79,10 +92,12 @@ def hvsim_setup(machine, image, config, options):
     version = options.get("start_info_version")
     version = 1 if version is None else int(version)
     machine.attach_pc_devices(interrupts="lapic")     # Xen emulates a PVH guest's local APIC, no legacy PC devices
+    map_unclaimed_windows(machine)                    # HPET and I/O APIC windows: Xen's null handler
     memory_map = guest_memory_map(machine)
     start_info = pvh.load(machine, image, config, version=version, memory_map=memory_map)
     xen = XenHypervisor(machine, memory_map=memory_map, features=FEATURES,
-                        console_page=CONSOLE_PAGE, store_page=STORE_PAGE)
+                        console_page=CONSOLE_PAGE, store_page=STORE_PAGE,
+                        debug_build=bool(options.get("xen_debug")))
     # a xenstore behind the store ring, as for PV domUs (Linux's xenbus waits for its answers)
     xen.store = XenStore(machine, STORE_PAGE, domid=xen.domid, config=config, memory_kib=xen.nr_pages * PAGE >> 10,
                          console=(CONSOLE_PAGE // PAGE, xen.params[x.HVM_PARAM_CONSOLE_EVTCHN]))
@@ -136,9 +151,16 @@ def hvsim_msr(machine, access):
 @hookimpl
 def hvsim_trap(machine, trap):
     xen = _xen(machine)
-    if xen is None or trap.kind != "invalid-opcode" or trap.code[:3] not in (x.VMCALL, x.VMMCALL):
+    if xen is None or trap.kind != "invalid-opcode":
         return None
     long_mode = machine.code_segment()[1] == 64      # Xen picks the ABI from the caller's mode
+    if trap.code[:5] == XEN_EMULATE_PREFIX and xen.debug_build:
+        # hvm_fep (xen/arch/x86/hvm/hvm.c hvm_ud_intercept): Xen steps over the prefix and emulates
+        # the next instruction; its emulator gives what the CPU gives, so the CPU executes it.
+        machine.set_rip((trap.rip + 5) & (0xFFFF_FFFF_FFFF_FFFF if long_mode else 0xFFFF_FFFF))
+        return True
+    if trap.code[:3] not in (x.VMCALL, x.VMMCALL):
+        return None
     if long_mode:
         nr = machine.reg("rax")
         args = tuple(machine.reg(r) for r in ("rdi", "rsi", "rdx", "r10", "r8"))

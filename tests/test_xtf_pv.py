@@ -1,0 +1,16 @@
+"""xen_pv as XTF's pv64 tests drive it: the iret hypercall's frame as Xen reads it."""
+
+from __future__ import annotations
+
+from test_xen_pv_user import HANDLERS, SETUP, USER, result_at, run_pv
+
+
+def test_pv_iret_hypercall_keeps_16_bits_of_cs_and_ss():
+    # Xen copies the iret frame's CS and SS into cpu_user_regs' 16-bit fields: bits above are
+    # ignored (XTF's pv64 tests enter user mode with such a frame).
+    setup = SETUP.replace("    push $0x202\n    push $0xe033\n",
+                          "    push $0x202\n    mov $0x10000e033, %rbx\n    push %rbx\n")
+    assert setup != SETUP
+    result, m, symbols = run_pv(setup + HANDLERS + USER)
+    assert result.stop.kind == "poweroff", result.stop
+    assert result_at(m, symbols, 6) == 41                   # the user's syscall reached the kernel
