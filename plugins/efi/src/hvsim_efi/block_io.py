@@ -34,7 +34,6 @@ BLOCK_IO_SERVICES = ("Reset", "ReadBlocks", "WriteBlocks", "FlushBlocks")
 # (revision 3) OptimalTransferLengthGranularity.
 MEDIA_FORMAT = "<IBBBBB3xII4xQQII"
 MEDIA_ID = 1
-MEDIA_CHANGED = efi.ERROR_BIT | 13                  # Appendix D
 
 
 @attrs.define
@@ -78,7 +77,7 @@ def _check(ctx, device: BlockDevice) -> int:
     """The number of blocks a ReadBlocks/WriteBlocks call names, after the checks every call gets."""
     a = ctx.args
     if a["MediaId"] != MEDIA_ID:
-        raise EfiError(MEDIA_CHANGED, f"MediaId {a['MediaId']} is not the medium's ({MEDIA_ID})")
+        raise EfiError(efi.MEDIA_CHANGED, f"MediaId {a['MediaId']} is not the medium's ({MEDIA_ID})")
     ctx.pointer("Buffer")
     if a["BufferSize"] % SECTOR:
         raise EfiError(efi.BAD_BUFFER_SIZE, f"BufferSize {a['BufferSize']} is not a multiple of {SECTOR}")
@@ -106,7 +105,7 @@ def read_blocks(ctx):
 def write_blocks(ctx):
     _this(ctx)
     if ctx.args["MediaId"] != MEDIA_ID:
-        raise EfiError(MEDIA_CHANGED, f"MediaId {ctx.args['MediaId']} is not the medium's ({MEDIA_ID})")
+        raise EfiError(efi.MEDIA_CHANGED, f"MediaId {ctx.args['MediaId']} is not the medium's ({MEDIA_ID})")
     raise EfiError(efi.WRITE_PROTECTED, "the boot disk is read-only")
 
 
