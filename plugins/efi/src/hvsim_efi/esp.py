@@ -9,7 +9,9 @@ and ``..``, a volume of ``VOLUME_SIZE`` bytes in 4 KiB clusters.  Read-only unle
 The host is protected whatever the guest asks: every path is resolved component by component
 inside DIR, the real path (symlinks followed) must stay inside DIR's real path or the answer is
 EFI_ACCESS_DENIED, a name with ``/`` or ``:`` (a host path) is EFI_INVALID_PARAMETER, and writes are
-bounded by the volume's size.  Not modelled: FAT's 8.3 short names, the hidden/system attributes
+bounded by the volume's size.  The same files as a FAT32 volume's sectors, for BLOCK_IO, are
+``fat_image`` (which follows ``generation``, the count of changes made here).  Not modelled here:
+FAT's 8.3 short names (``fat_image`` makes them for its directory entries), the hidden/system attributes
 (host files have none), file times other than the host's modification and access times, a label
 that survives the run (it is kept in memory).
 """
