@@ -18,6 +18,10 @@ through the 8259s, as OVMF: ``tick.py``), at TPL_APPLICATION with interrupts on,
   the EFI system partition, a SIMPLE_FILE_SYSTEM handle with a hard-drive device path that is the
   DeviceHandle of the images loaded; with no kernel named (``kernel`` None in the options) the
   boot manager (``boot_manager``) boots a Boot#### option of BootOrder or \\EFI\\BOOT\\BOOTX64.EFI.
+  The disk holding it (a GPT with the ESP as a FAT32 volume, ``gpt_disk``, ``fat_image``) has
+  BLOCK_IO on the boot device and on the ESP (``block_io``): loaders with their own file system
+  drivers, such as GRUB, read it.  The firmware's flash below 4 GiB reads as erased (``flash``).
+- ``--secure-boot off|setup`` (``secure_boot``): Secure Boot's variables with no keys enrolled.
 
 Firmware: ``firmware`` (tables, memory, call dispatch), ``boot_services``, ``protocols``,
 ``images``, ``events``, ``console``, ``runtime_services``, ``variables``.  The PC devices and the
@@ -43,7 +47,7 @@ from hvsim.image import load_image
 
 # Importing the service modules registers their services.
 from . import boot_services, events, images, protocols, runtime_services, variables  # noqa: F401
-from . import boot_manager, console, esp, pe_loader
+from . import boot_manager, console, esp, pe_loader, secure_boot
 from .calls import EfiError
 from .firmware import ENTRY_RETURNED, GDT_CODE64, GDT_DATA64, IDT_VECTORS, RFLAGS_IF, Firmware
 from .memory_map import DESCRIPTOR_SIZE
@@ -109,6 +113,12 @@ def hvsim_add_options(parser):
                             "by default it is reached through the configuration table only, as under OVMF")
     group.add_argument("--efi-vars", default=None,
                        help="efi: keep non-volatile EFI variables in this JSON file (read at start, written on change)")
+    group.add_argument("--secure-boot", choices=secure_boot.MODES, default=None,
+                       help="efi: a firmware with Secure Boot support and no keys enrolled, so nothing is verified "
+                            "(by default there is no Secure Boot support: none of its variables exists).  off: as "
+                            "OVMF gives it, SetupMode=1, SecureBoot=0, SignatureSupport, VendorKeys=1, no PK/KEK/"
+                            "db/dbx; setup: the UEFI spec's Setup Mode, the same plus AuditMode=0, DeployedMode=0.  "
+                            "These variables are read-only (EFI_WRITE_PROTECTED); enrolling keys is not modelled")
 
 
 @hookimpl
@@ -143,7 +153,7 @@ def _options(options, config) -> dict:
     elif options.get("esp_writable"):
         raise UsageError("--esp-writable needs --esp DIR")
     return {"keys": keys, "framebuffer": (*FRAMEBUFFER, png) if png else None,
-            "variables": variables.VariableStore(options.get("efi_vars")), "esp_volume": esp_volume,
+            "variables": variables.VariableStore(options.get("efi_vars"), options.get("secure_boot")), "esp_volume": esp_volume,
             "legacy_bios_area": bool(options.get("legacy_bios_area"))}
 
 

@@ -9,7 +9,9 @@ and ``..``, a volume of ``VOLUME_SIZE`` bytes in 4 KiB clusters.  Read-only unle
 The host is protected whatever the guest asks: every path is resolved component by component
 inside DIR, the real path (symlinks followed) must stay inside DIR's real path or the answer is
 EFI_ACCESS_DENIED, a name with ``/`` or ``:`` (a host path) is EFI_INVALID_PARAMETER, and writes are
-bounded by the volume's size.  Not modelled: FAT's 8.3 short names, the hidden/system attributes
+bounded by the volume's size.  The same files as a FAT32 volume's sectors, for BLOCK_IO, are
+``fat_image`` (which follows ``generation``, the count of changes made here).  Not modelled here:
+FAT's 8.3 short names (``fat_image`` makes them for its directory entries), the hidden/system attributes
 (host files have none), file times other than the host's modification and access times, a label
 that survives the run (it is kept in memory).
 """
@@ -107,6 +109,7 @@ class EspVolume:
         self.real_root = Path(os.path.realpath(self.root))
         self.writable = writable
         self.label = DEFAULT_LABEL
+        self.generation = 0            # counts changes made through here (``fat_image`` lays out again)
 
     # -- names ------------------------------------------------------------------------------------
     def _inside(self, host: Path) -> bool:
@@ -215,6 +218,7 @@ class EspVolume:
             raise EfiError(VOLUME_FULL, f"the ESP holds {VOLUME_SIZE >> 20} MiB")
 
     def create(self, entry: Entry, directory: bool) -> Entry:
+        self.generation += 1
         self._room(CLUSTER)
         try:
             if directory:
@@ -226,6 +230,7 @@ class EspVolume:
         return Entry(entry.parts, entry.host, directory)
 
     def write(self, entry: Entry, position: int, data: bytes) -> None:
+        self.generation += 1
         old = self.size(entry)
         self._room(max(position + len(data), old) - old)
         try:
@@ -236,6 +241,7 @@ class EspVolume:
             raise EfiError(efi.DEVICE_ERROR, f"{entry.host.name}: {exc.strerror or exc}") from None
 
     def truncate(self, entry: Entry, size: int) -> None:
+        self.generation += 1
         self._room(size - self.size(entry))
         try:
             os.truncate(entry.host, size)
@@ -244,6 +250,7 @@ class EspVolume:
 
     def delete(self, entry: Entry) -> bool:
         """True when removed (a directory must be empty; the root never is removed)."""
+        self.generation += 1
         if not entry.parts:
             return False
         try:
@@ -253,6 +260,7 @@ class EspVolume:
         return True
 
     def rename(self, entry: Entry, target: Entry) -> Entry:
+        self.generation += 1
         try:
             os.rename(entry.host, target.host)
         except OSError as exc:
@@ -260,10 +268,12 @@ class EspVolume:
         return Entry(target.parts, target.host, entry.is_dir)
 
     def set_read_only(self, entry: Entry, read_only: bool) -> None:
+        self.generation += 1
         mode = entry.host.stat().st_mode
         os.chmod(entry.host, (mode & ~stat.S_IWUSR) if read_only else (mode | stat.S_IWUSR))
 
     def set_times(self, entry: Entry, access: float | None, modification: float | None) -> None:
+        self.generation += 1
         if access is None and modification is None:
             return
         st = entry.host.stat()

@@ -1,7 +1,7 @@
 """EFI_SIMPLE_FILE_SYSTEM_PROTOCOL and EFI_FILE_PROTOCOL over the ESP (``esp.EspVolume``).
 
 The ESP is a handle with a hard-drive media device path (UEFI 2.10 §10.3.5.1: partition 1 of a GPT
-disk under hvsim's boot device) carrying DEVICE_PATH and SIMPLE_FILE_SYSTEM.  Every open file or
+disk under hvsim's boot device) carrying DEVICE_PATH, SIMPLE_FILE_SYSTEM and BLOCK_IO (``block_io``).  Every open file or
 directory is its own EFI_FILE_PROTOCOL instance (revision 1: Open ... Flush, §13.5.1) in
 BootServicesData pool, freed by Close or Delete.  A directory's Read returns one EFI_FILE_INFO per
 call and BufferSize 0 at the end; SetPosition(0) restarts it (§13.5.5, §13.5.9).  Files are read and
@@ -19,6 +19,7 @@ import attrs
 
 from hvsim.abi import efi
 
+from . import block_io, gpt_disk
 from . import esp as fat
 from .calls import EfiError, service
 from .protocols import device_path_node
@@ -59,6 +60,7 @@ class Esp:
     interface: int
     device_path: bytes                 # without the End node
     files: dict[int, OpenFile] = attrs.field(factory=dict)
+    block_devices: dict[int, "block_io.BlockDevice"] = attrs.field(factory=dict)
 
 
 def harddrive_node() -> bytes:
@@ -68,7 +70,8 @@ def harddrive_node() -> bytes:
 
 
 def install(fw, volume: fat.EspVolume) -> Esp:
-    """The ESP's handle: the boot device's path + the hard-drive node, with SIMPLE_FILE_SYSTEM."""
+    """The ESP's handle: the boot device's path + the hard-drive node, with SIMPLE_FILE_SYSTEM; and
+    BLOCK_IO on it and on the boot device, over the disk that holds the ESP (``gpt_disk``)."""
     path = fw.boot_device_path[:-4] + harddrive_node()
     interface = fw.put(efi.BOOT_SERVICES_DATA, struct.pack("<QQ", SIMPLE_FILE_SYSTEM_REVISION,
                                                           fw.stubs[("SFS", "OpenVolume")]), 8)
@@ -76,6 +79,8 @@ def install(fw, volume: fat.EspVolume) -> Esp:
                            fw.put(efi.BOOT_SERVICES_DATA, path + efi.END_DEVICE_PATH, 8))
     fw.db.install(fw, handle, SIMPLE_FILE_SYSTEM_PROTOCOL_GUID, interface)
     fw.esp = Esp(volume, handle, interface, path)
+    disk = gpt_disk.GptDisk(volume, ESP_FIRST_LBA, ESP_PARTITION_GUID)
+    fw.esp.block_devices = block_io.install(fw, fw.boot_device, handle, disk)
     return fw.esp
 
 
@@ -286,6 +291,7 @@ def file_set_info(ctx):
         if len(label) > 11 * 4:
             raise EfiError(efi.INVALID_PARAMETER, f"a volume label of {len(label)} characters")
         volume.label = label
+        volume.generation += 1
         ctx.record["label"] = label
         return efi.SUCCESS
     if struct.unpack_from("<Q", raw)[0] > size:

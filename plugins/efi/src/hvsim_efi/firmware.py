@@ -39,7 +39,7 @@ from hvsim.core.exceptions import HAS_ERROR_CODE, IDT_ERROR_FLAG, vector_name
 from hvsim.core.layout import FOUR_GIB
 from hvsim.core.result import StopReason
 
-from . import console, file_system, protocols, tables
+from . import block_io, console, file_system, flash, protocols, tables
 from .calls import SERVICES, CallContext, Cancelled, EfiError
 from .console import ConsoleIn, Framebuffer, TextOutput
 from .events import EventTable
@@ -61,11 +61,12 @@ STACK_SIZE = 128 * 1024
 NX_TYPES = (efi.LOADER_DATA, efi.BOOT_SERVICES_DATA, efi.RUNTIME_SERVICES_DATA, efi.ACPI_RECLAIM_MEMORY,
             efi.ACPI_MEMORY_NVS)
 NX_SPLIT_TABLES = 64
-BOOT_TABLES = ("BS", "ConOut", "ConIn", "GOP", "LoadFile2", "SFS", "File")     # gone after ExitBootServices
+BOOT_TABLES = ("BS", "ConOut", "ConIn", "GOP", "LoadFile2", "SFS", "File", "BlockIo")     # gone after ExitBootServices
 STUB_TABLES = (
     ("BS", efi.BOOT_SERVICES), ("RT", efi.RUNTIME_SERVICES), ("ConOut", efi.TEXT_OUTPUT_SERVICES),
     ("ConIn", efi.TEXT_INPUT_SERVICES), ("GOP", efi.GOP_SERVICES), ("LoadFile2", ("LoadFile",)),
     ("SFS", file_system.SFS_SERVICES), ("File", file_system.FILE_SERVICES),
+    ("BlockIo", block_io.BLOCK_IO_SERVICES),
 )
 ENTRY_RETURNED, CALLBACK_RETURNED, TIMER_TICK, FAULT_BASE = 0x1000, 0x1001, 0x1002, 0x1100
 NONVOLATILE = ("rbx", "rbp", "rdi", "rsi", "r12", "r13", "r14", "r15")
@@ -186,6 +187,7 @@ class Firmware:
             blob += idle_retry(code + len(blob), self.stubs[key])
         assert len(blob) <= PAGE and len(blob) % STUB_SIZE == 0
         m.write_code(code, bytes(blob))
+        flash.install(m)
         m.ports.attach(TrapDevice(self.dispatch))
 
         self.vendor = self.put(efi.RUNTIME_SERVICES_DATA, "hvsim".encode("utf-16-le") + b"\0\0", 8)

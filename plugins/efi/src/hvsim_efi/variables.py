@@ -3,6 +3,8 @@ SetVariable, QueryVariableInfo.
 
 Variables are kept in creation order.  With a file (``--efi-vars FILE``) the non-volatile ones are
 read from it when the run starts and written back, as JSON, after every change to one of them.
+With ``--secure-boot MODE`` the store starts with Secure Boot's variables (``secure_boot``), and
+its rules on writes apply.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from hvsim.abi import efi
 from hvsim.core.errors import UsageError
 
+from . import secure_boot
 from .calls import EfiError, service
 
 STORAGE_SIZE = 64 * 1024
@@ -24,8 +27,9 @@ APPEND_WRITE = 0x40
 
 
 class VariableStore:
-    def __init__(self, path: "str | os.PathLike | None" = None):
+    def __init__(self, path: "str | os.PathLike | None" = None, secure_boot_mode: str | None = None):
         self.path = Path(path) if path else None
+        self.secure_boot_mode = secure_boot_mode
         self.variables: dict[tuple[bytes, str], tuple[int, bytes]] = {}
         if self.path is not None and self.path.exists():
             try:
@@ -34,6 +38,11 @@ class VariableStore:
                     self.variables[key] = (int(v["attributes"]), bytes.fromhex(v["data"]))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise UsageError(f"EFI variable file {self.path}: {exc}") from None
+        if secure_boot_mode is not None:
+            secure_boot.check_enrolled(self.variables, secure_boot_mode)
+            for key in secure_boot.READ_ONLY:        # a file cannot bring what the firmware owns
+                self.variables.pop((efi.GLOBAL_VARIABLE_GUID, key), None)
+            self.variables.update(secure_boot.initial_variables(secure_boot_mode))
 
     def used(self) -> int:
         return sum(len(n) * 2 + 2 + len(d) + 24 for (_, n), (_, d) in self.variables.items())
@@ -116,6 +125,7 @@ def set_variable(ctx):
         raise EfiError(efi.INVALID_PARAMETER, "empty name or unknown attribute bits")
     if attributes & efi.VARIABLE_RUNTIME_ACCESS and not attributes & efi.VARIABLE_BOOTSERVICE_ACCESS:
         raise EfiError(efi.INVALID_PARAMETER, "RUNTIME_ACCESS needs BOOTSERVICE_ACCESS")
+    secure_boot.check_write(guid, name, attributes, store.secure_boot_mode)
     if attributes & AUTHENTICATED_WRITE:
         raise EfiError(efi.UNSUPPORTED, "authenticated variables are not supported")
     if not ctx.fw.boot_services_active and attributes and not attributes & efi.VARIABLE_RUNTIME_ACCESS:
