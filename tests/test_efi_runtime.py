@@ -34,10 +34,13 @@ def test_timer_event_wait_check_and_signal():
         (BS, bs("CheckEvent"), scratch_value(0)),
         (BS, bs("Stall"), 1000),
         (BS, bs("SetWatchdogTimer"), 0, 0x10000, 0, 0),
+        (BS, bs("SetWatchdogTimer"), 0, 0, 0, 0),                 # how GRUB and Linux's stub disable it
+        (BS, bs("SetWatchdogTimer"), 5, 0x10000, 8, 0),           # a size without its buffer
     ])
     assert [c.result for c in traced] == ["EFI_SUCCESS", "EFI_NOT_READY", "EFI_SUCCESS", "EFI_SUCCESS",
                                           "EFI_NOT_READY", "EFI_SUCCESS", "EFI_SUCCESS", "EFI_SUCCESS",
-                                          "EFI_INVALID_PARAMETER", "EFI_SUCCESS", "EFI_SUCCESS"]
+                                          "EFI_INVALID_PARAMETER", "EFI_SUCCESS", "EFI_SUCCESS", "EFI_SUCCESS",
+                                          "EFI_INVALID_PARAMETER"]
     assert prepared.machine.plugin_state["efi"].events.now() >= 1_000_000_000
 
 

@@ -153,9 +153,11 @@ def stall(ctx):
 
 @service("BS", "SetWatchdogTimer", "Timeout", "WatchdogCode", "DataSize", "WatchdogData")
 def set_watchdog_timer(ctx):
+    """The code is only logged on a timeout: edk2 (MdeModulePkg/Core/Dxe/Misc/SetWatchdogTimer.c) takes any
+    code, and loaders (GRUB, Linux's stub, the shim) disable the timer with ``(0, 0, 0, NULL)``."""
     a = ctx.args
-    if a["WatchdogCode"] <= 0xFFFF:
-        raise EfiError(efi.INVALID_PARAMETER, "watchdog codes 0-0xffff are reserved for the firmware")
+    if a["DataSize"] and not a["WatchdogData"]:
+        raise EfiError(efi.INVALID_PARAMETER, "DataSize without WatchdogData")
     ctx.fw.events.watchdog(a["Timeout"])
     return efi.SUCCESS
 
