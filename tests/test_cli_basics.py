@@ -61,11 +61,11 @@ def test_pyproject_ships_the_typing_marker_and_describes_the_project():
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "hvsim.__version__"}
     classifiers = importlib.metadata.metadata("hvsim").get_all("Classifier")
     assert "Typing :: Typed" in classifiers and "Topic :: System :: Emulators" in classifiers
-    assert project["project"]["license"] == {"text": "MIT"}
+    assert project["project"]["license"] == "MIT"
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
     assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
     for plugin in [*ROOT.glob("plugins/*/pyproject.toml"), ROOT / "examples/kvm_pvh/pyproject.toml"]:
-        assert tomllib.loads(plugin.read_text())["project"]["license"] == {"text": "MIT"}, plugin
+        assert tomllib.loads(plugin.read_text())["project"]["license"] == "MIT", plugin
 
 
 def test_every_command_writes_json_to_a_file_and_run_results_carry_their_schema(tmp_path):
