@@ -48,7 +48,7 @@ from unicorn.x86_const import (
     UC_X86_REG_RIP,
 )
 
-from .disasm import disassemble_one
+from .disasm import instruction_length
 from .cpu import MSR_EFER
 from .errors import GuestMemoryError
 from .events import Fault
@@ -82,6 +82,7 @@ CS64_FLAGS = 0x00A0_9B00                # G, L, P, S, code exec/read, accessed
 CS32_FLAGS = 0x00C0_9B00                # G, D, P, S, code exec/read, accessed
 SS_FLAGS = 0x00C0_9300                  # G, B, P, S, data read/write, accessed
 MAX_INSN = 15
+_MSR_ARGUMENTS = (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX)
 
 
 def _guarded(method):
@@ -133,7 +134,7 @@ class TrapDispatcher:
         ``in``/``out`` as the state of the stop."""
         if stopped_before or self.m.stop_reason is None:
             return
-        rip = self.m.uc.reg_read(UC_X86_REG_RIP)
+        rip = self.m.regfile.read(UC_X86_REG_RIP)
         self.m.freeze_state(rip + max(self._trap("io", rip).length, 1))
 
     @_guarded
@@ -164,24 +165,25 @@ class TrapDispatcher:
     # -- CPUID ---------------------------------------------------------------------------------
     @_guarded
     def on_cpuid(self, _ud=None) -> int:
-        uc = self.m.uc
-        leaf = uc.reg_read(UC_X86_REG_RAX) & 0xFFFF_FFFF
-        subleaf = uc.reg_read(UC_X86_REG_RCX) & 0xFFFF_FFFF
+        uc = self.m.regfile
+        leaf = uc.read(UC_X86_REG_RAX) & 0xFFFF_FFFF
+        subleaf = uc.read(UC_X86_REG_RCX) & 0xFFFF_FFFF
         answer = self.m.guest_cpuid(leaf, subleaf)
         for reg, value in zip((UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX), answer):
-            uc.reg_write(reg, value & 0xFFFF_FFFF)     # 64-bit write: CPUID zero-extends
+            uc.write(reg, value & 0xFFFF_FFFF)     # 64-bit write: CPUID zero-extends
         return 1
 
     # -- MSRs (#VMEXIT MSR) --------------------------------------------------------------------
     def on_msr(self, rip: int) -> None:
-        m, uc = self.m, self.m.uc
+        m, uc = self.m, self.m.regfile
         opcode = m.vmem.read(m.code_address(rip), 2)
         if opcode not in (RDMSR, WRMSR):
             m.stop(StopReason("host-error", detail=f"MSR exit at {rip:#x} on bytes {opcode.hex()}"))
             return
         write = opcode == WRMSR
-        index = uc.reg_read(UC_X86_REG_RCX) & 0xFFFF_FFFF
-        value = (uc.reg_read(UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | uc.reg_read(UC_X86_REG_RAX) & 0xFFFF_FFFF
+        rax, rcx, rdx = uc.read_many(_MSR_ARGUMENTS)
+        index = rcx & 0xFFFF_FFFF
+        value = (rdx & 0xFFFF_FFFF) << 32 | rax & 0xFFFF_FFFF
         access = MsrAccess(index=index, write=write, value=value if write else 0, rip=rip)
         answer = m.pm.hook.hvsim_msr(machine=m, access=access)
         # An MSR of the core's own devices (the local APIC's, the TSC) is the machine's, not a call
@@ -199,8 +201,8 @@ class TrapDispatcher:
             return
         if not write:
             value = int(answer) & 0xFFFF_FFFF_FFFF_FFFF
-            uc.reg_write(UC_X86_REG_RAX, value & 0xFFFF_FFFF)
-            uc.reg_write(UC_X86_REG_RDX, value >> 32)
+            uc.write(UC_X86_REG_RAX, value & 0xFFFF_FFFF)
+            uc.write(UC_X86_REG_RDX, value >> 32)
         if not core:
             m.emit(Call(interface="msr", name=name, args=args, result=None if write else value, rip=rip))
         if m.reg("rip") == rip:          # a plugin may have redirected the guest; otherwise step over
@@ -213,7 +215,7 @@ class TrapDispatcher:
             code = self.m.vmem.read(base + rip, MAX_INSN)
         except GuestMemoryError:
             code = b""
-        length = disassemble_one(code, rip, bits)[1] if code else 0
+        length = instruction_length(code, bits) if code else 0
         return Trap(kind=kind, rip=rip, length=length, code=code, vector=vector)
 
     @_guarded
@@ -227,11 +229,11 @@ class TrapDispatcher:
         ECX = next EIP, IF/RF/VM cleared, a flat 32-bit CS, EIP = STAR[31:0].  Real mode is a stop.
         """
         m = self.m
-        rip = m.uc.reg_read(UC_X86_REG_RIP)
+        rip = m.regfile.read(UC_X86_REG_RIP)
         if m.pm.hook.hvsim_trap(machine=m, trap=self._trap("syscall", rip)):
-            m.set_rip(m.uc.reg_read(UC_X86_REG_RIP) - SYSCALL_INSN_LENGTH)
+            m.set_rip(m.regfile.read(UC_X86_REG_RIP) - SYSCALL_INSN_LENGTH)
             return
-        efer = m.uc.msr_read(MSR_EFER)
+        efer = m.regfile.msr_read(MSR_EFER)
         if not efer & EFER_SCE:
             self.exception(UD, None, rip, rip_bias=-SYSCALL_INSN_LENGTH)
             return
@@ -267,9 +269,9 @@ class TrapDispatcher:
         SYSENTER_ESP, EIP = SYSENTER_EIP, IF/RF/VM cleared (SDM vol. 2B SYSENTER).  As with
         SYSCALL the engine adds 2 to EIP afterwards."""
         m = self.m
-        rip = m.uc.reg_read(UC_X86_REG_RIP)
+        rip = m.regfile.read(UC_X86_REG_RIP)
         if m.pm.hook.hvsim_trap(machine=m, trap=self._trap("sysenter", rip)):
-            m.set_rip(m.uc.reg_read(UC_X86_REG_RIP) - SYSCALL_INSN_LENGTH)
+            m.set_rip(m.regfile.read(UC_X86_REG_RIP) - SYSCALL_INSN_LENGTH)
             return
         selector = m.msr_read(MSR_SYSENTER_CS) & 0xFFFC
         if selector == 0:
@@ -283,7 +285,7 @@ class TrapDispatcher:
 
     @_guarded
     def on_invalid(self, _ud=None) -> bool:
-        rip = self.m.uc.reg_read(UC_X86_REG_RIP)
+        rip = self.m.regfile.read(UC_X86_REG_RIP)
         if self.m.pm.hook.hvsim_trap(machine=self.m, trap=self._trap("invalid-opcode", rip)):
             return True
         self.exception(UD, None, rip)
@@ -291,7 +293,7 @@ class TrapDispatcher:
 
     @_guarded
     def on_interrupt(self, intno: int, _ud=None) -> None:
-        rip = self.m.uc.reg_read(UC_X86_REG_RIP)
+        rip = self.m.regfile.read(UC_X86_REG_RIP)
         if intno == EXIT_MSR:
             self.on_msr(rip)
         elif intno == EXIT_SWINT:
