@@ -23,7 +23,7 @@ from .devices.line import IrqLine
 from .devices.uart import Uart16550A
 from .engine import new_engine
 from .engine_state import EngineState, calibrate
-from .errors import GuestMemoryError, LoadError
+from .errors import LoadError
 from .events import ConsoleOutput, Event, Note, Shutdown
 from .exceptions import ExceptionDelivery
 from .layout import BIOS_AREA, PhysicalLayout
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 CR4_OSXSAVE = 1 << 18
 MSR_IA32_TSC = 0x10     # read and written through the core: the TSC is guest time (clock.py)
-EFER_LMA = 1 << 10
 RFLAGS_VM = 1 << 17
 # MSRs the host itself reads or writes while the guest runs; intercepting them would kill the
 # process (svm.py), so plugins cannot own them.
@@ -172,9 +171,10 @@ class Machine:
 
     def cpl(self) -> int:
         """The current privilege level: 0 in real mode, 3 in virtual-8086 mode, else CS.RPL."""
-        if not self.reg("cr0") & 1:
+        cr0, rflags, cs = self.regs("cr0", "rflags", "cs")
+        if not cr0 & 1:
             return 0
-        return 3 if self.reg("rflags") & RFLAGS_VM else self.reg("cs") & 3
+        return 3 if rflags & RFLAGS_VM else cs & 3
 
     def start(self, state: EntryState) -> None:
         """Where and how the guest starts (set by the environment in ``hvsim_setup``, after it wrote
@@ -258,10 +258,11 @@ class Machine:
         if not self.native.control.blocks:
             return
         uc = self.uc
-        if not self.reg("cr0") & (1 << 31):
+        cr0, rflags, cs = self.regs("cr0", "rflags", "cs")
+        if not cr0 & (1 << 31):
             uc.ctl_remove_cache(address, address + size)
             return
-        cpl = self.cpl()
+        cpl = 3 if rflags & RFLAGS_VM else cs & 3          # as cpl(), from the registers read above
         at, end = address, address + size
         while at < end:
             found = self.vmem.fetch_translation(at, cpl)
