@@ -324,10 +324,17 @@ class Machine:
 
     # -- events and stopping ---------------------------------------------------------------
     def emit(self, event: Event) -> Event:
-        event = attrs.evolve(event, seq=len(self.events))
+        """Record ``event`` with the next sequence number and show it to observers.  A caller on a
+        hot path builds it with ``seq=machine.next_seq()`` and saves the copy."""
+        if event.seq != len(self.events):
+            event = attrs.evolve(event, seq=len(self.events))
         self.events.append(event)
         self.pm.hook.hvsim_event(machine=self, event=event)
         return event
+
+    def next_seq(self) -> int:
+        """The sequence number the next recorded event gets."""
+        return len(self.events)
 
     def console_text(self, channel: str, text: str) -> None:
         self.emit(ConsoleOutput(channel=channel, text=text))
