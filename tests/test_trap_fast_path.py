@@ -176,3 +176,14 @@ def run_pv_unmapped(source: str, symbol: str):
     entry = _l1_entry(m, m.plugin_state["xen_pv"].layout.l4, symbols[symbol])
     m.memory.write_u64(entry, 0)
     return prepared.execute(), m, symbols
+
+
+def test_guest_memory_word_reads_match_the_engine():
+    uc = new_engine()
+    uc.mem_map(0, 0x2000, UC_PROT_ALL)
+    memory = GuestMemory(uc, [(0, 0x2000)])
+    uc.mem_write(0xFF8, struct.pack("<QQ", 0x8000_0000_DEAD_BEEF, 0x0123_4567_89AB_CDEF))
+    assert [memory.read_u64(a) for a in (0xFF8, 0x1000, 0xFFC)] == [
+        struct.unpack("<Q", bytes(uc.mem_read(a, 8)))[0] for a in (0xFF8, 0x1000, 0xFFC)]
+    with pytest.raises(GuestMemoryError):
+        memory.read_u64(0x1FF9)

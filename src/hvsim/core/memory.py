@@ -49,6 +49,8 @@ class GuestMemory:
         self._handle = uc._uch.value
         self._scratch = ctypes.create_string_buffer(_SCRATCH)
         self._scratch_at = ctypes.addressof(self._scratch)
+        self._word = ctypes.c_uint64()
+        self._word_at = ctypes.addressof(self._word)
         self._regions = sorted(regions)
         self._starts = [start for start, _ in self._regions]
         # Called as ``after_write(address, size)`` after every write: the machine drops the
@@ -116,7 +118,12 @@ class GuestMemory:
         return struct.unpack("<I", self.read(address, 4))[0]
 
     def read_u64(self, address: int) -> int:
-        return struct.unpack("<Q", self.read(address, 8))[0]
+        # The page-table walks' read: straight into one 8-byte buffer, no bytes object in between.
+        self.check(address, 8)
+        status = _MEM_READ(self._handle, address, self._word_at, 8)
+        if status:
+            raise UcError(status)
+        return self._word.value
 
     def write_u8(self, address: int, value: int) -> None:
         self.write(address, struct.pack("<B", value & 0xFF))
