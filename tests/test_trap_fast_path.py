@@ -187,3 +187,16 @@ def test_guest_memory_word_reads_match_the_engine():
         struct.unpack("<Q", bytes(uc.mem_read(a, 8)))[0] for a in (0xFF8, 0x1000, 0xFFC)]
     with pytest.raises(GuestMemoryError):
         memory.read_u64(0x1FF9)
+
+
+def test_a_trap_whose_bytes_reach_an_unmapped_page_has_no_code():
+    # ud2 8 bytes before the end of the identity map: the fifteen bytes cannot all be read, so the
+    # trap has no code and no length (as a read through the guest's page tables always gave).
+    source = "jmp site\ndone: hlt\n    .skip 0x100000 - 8 - (. - _start)\nsite: ud2\n"
+    from guestcode import assemble
+    _, symbols = assemble(source)
+    assert symbols["site"] == 0x200000 - 8
+    recorder = TrapRecorder(resume_after=1, resume_at=symbols["done"])
+    result, m, symbols = run_raw(source, plugins=[recorder], map_bytes=0x200000)
+    assert result.stop.kind == "halt", result.stop
+    assert recorder.seen == [(symbols["site"], 0, b"", (0, 64))]

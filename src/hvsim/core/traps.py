@@ -26,6 +26,7 @@ would put every store to an executable page on the engine's slow path (guest-sto
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import traceback
 from typing import TYPE_CHECKING
@@ -39,7 +40,10 @@ from unicorn import (
     UC_HOOK_MEM_WRITE_UNMAPPED,
     UC_MEM_FETCH_UNMAPPED,
     UC_MEM_WRITE_UNMAPPED,
+    UC_PROT_EXEC,
 )
+from unicorn.unicorn_const import UC_ERR_OK
+from unicorn.unicorn_py3.unicorn import uclib
 from unicorn.x86_const import (
     UC_X86_INS_CPUID,
     UC_X86_INS_IN,
@@ -87,6 +91,9 @@ CS64_FLAGS = 0x00A0_9B00                # G, L, P, S, code exec/read, accessed
 CS32_FLAGS = 0x00C0_9B00                # G, D, P, S, code exec/read, accessed
 SS_FLAGS = 0x00C0_9300                  # G, B, P, S, data read/write, accessed
 MAX_INSN = 15
+PAGE = 0x1000
+_VMEM_TRANSLATE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p)(
+    ctypes.cast(uclib.uc_vmem_translate, ctypes.c_void_p).value)
 _MSR_ARGUMENTS = (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX)
 
 
@@ -111,6 +118,7 @@ class TrapDispatcher:
     def __init__(self, machine: "Machine"):
         self.m = machine
         uc = machine.uc
+        self._handle = uc._uch.value
         uc.hook_add(UC_HOOK_INSN, self.on_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self.on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
@@ -217,11 +225,24 @@ class TrapDispatcher:
     def _trap(self, kind: str, rip: int, vector: int | None = None) -> Trap:
         base, bits = self.m.code_segment()
         try:
-            code = self.m.vmem.read(base + rip, MAX_INSN)
+            code = self._code(base + rip, bits)
         except GuestMemoryError:
             code = b""
         length = instruction_length(code, bits) if code else 0
         return Trap(kind=kind, rip=rip, length=length, code=code, vector=vector)
+
+    def _code(self, linear: int, bits: int) -> bytes:
+        """The MAX_INSN bytes at ``linear``.  The page of the trapping instruction is found as the
+        engine fetched it: ``uc_vmem_translate`` for an instruction fetch at the current privilege
+        level, which answers from the engine's TLB (the entry that fetch used) instead of walking
+        the guest's page tables in Python; the bytes are then read through the bounds-checked
+        accessor.  Bytes that reach into the next page, or a page the engine cannot translate, go
+        through ``machine.vmem`` as before (all fifteen or a GuestMemoryError)."""
+        if PAGE - linear % PAGE >= MAX_INSN and (linear <= 0xFFFF_FFFF or bits == 64 and linear >> 64 == 0):
+            physical = ctypes.c_uint64()
+            if _VMEM_TRANSLATE(self._handle, linear, UC_PROT_EXEC, ctypes.addressof(physical)) == UC_ERR_OK:
+                return self.m.memory.read(physical.value, MAX_INSN)
+        return self.m.vmem.read(linear, MAX_INSN)
 
     @_guarded
     def on_syscall(self, _ud=None) -> None:
