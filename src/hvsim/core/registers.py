@@ -84,7 +84,8 @@ class RegisterFile:
         return plain
 
     def read(self, reg_id: int):
-        if not self._is_plain(reg_id):
+        plain = self._plain.get(reg_id)
+        if not plain and (plain is False or not self._is_plain(reg_id)):
             return self._uc.reg_read(reg_id)
         buffer = self._buffer
         buffer.value = 0
@@ -94,7 +95,8 @@ class RegisterFile:
         return buffer.value
 
     def write(self, reg_id: int, value) -> None:
-        if not self._is_plain(reg_id):
+        plain = self._plain.get(reg_id)
+        if not plain and (plain is False or not self._is_plain(reg_id)):
             self._uc.reg_write(reg_id, value)
             return
         self._buffer.value = value & _U64
