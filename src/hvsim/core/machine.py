@@ -1,7 +1,8 @@
 """The Machine: one Unicorn engine, its guest memory, devices, events, and the API plugins use.
 
 Plugins never touch the engine for memory: they go through ``machine.memory`` (physical) and
-``machine.vmem`` (virtual), which are bounds-checked.  Registers go through ``reg``/``set_reg``.
+``machine.vmem`` (virtual), which are bounds-checked.  Registers go through ``reg``/``set_reg``
+(``regs`` reads several in one engine call), which call libunicorn directly (registers.py).
 """
 
 from __future__ import annotations
