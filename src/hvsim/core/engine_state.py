@@ -47,6 +47,8 @@ from unicorn.x86_const import (
     UC_X86_REG_RSP,
 )
 
+from unicorn.unicorn_py3.unicorn import UcError, uclib
+
 from .engine import new_engine
 
 # hflags bits, qemu/target/i386/cpu.h (HF_*_SHIFT) of unicorn 2.1.4.
@@ -72,6 +74,9 @@ SEGMENT_CACHE_SIZE = 24
 EFLAGS_VM = 1 << 17
 CR0_PE = 1 << 0
 MSR_FS_BASE, MSR_GS_BASE = 0xC000_0100, 0xC000_0101
+# uc_context_save into an existing context (what the binding's context_update calls), unprototyped.
+_CONTEXT_SAVE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(
+    ctypes.cast(uclib.uc_context_save, ctypes.c_void_p).value)
 _GPRS = ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", *(f"R{i}" for i in range(8, 16)))
 
 
@@ -238,6 +243,8 @@ class EngineState:
         self._uc = uc
         self.offsets = offsets
         self._ctx = None          # one context reused by the cheap readers (context_update)
+        self._code_view = None    # (context, hflags, CS base) for code_segment, read in place
+        self._handle = uc._uch.value
 
     def _hflags(self) -> int:
         if self._ctx is None:
@@ -254,6 +261,24 @@ class EngineState:
     def cpl(self) -> int:
         """The current privilege level as the engine enforces it (hflags, not CS.RPL)."""
         return self._hflags() & HF_CPL_MASK
+
+    def code_segment(self) -> tuple[int, int]:
+        """``(base, bits)`` of the code segment the CPU executes with now, from its hidden state:
+        64 when hflags has CS64 (base 0), else 32 or 16 from CS32, with the segment cache's base.
+        One context update (~5 KiB copied) into a context kept for it, read in place."""
+        if self._code_view is None:
+            ctx = self._uc.context_save()
+            at = ctx.context.value
+            self._code_view = (ctx, ctypes.c_uint32.from_address(at + self.offsets.hflags),
+                               ctypes.c_uint64.from_address(at + self.offsets.segs + SEGMENT_CACHE_SIZE * R_CS + 8))
+        else:
+            status = _CONTEXT_SAVE(self._handle, self._code_view[0].context)
+            if status:
+                raise UcError(status)
+        _, hflags, cs_base = self._code_view
+        if hflags.value & HF_CS64:
+            return 0, 64
+        return cs_base.value & 0xFFFF_FFFF, 32 if hflags.value & HF_CS32 else 16
 
     def segment(self, reg: int) -> SegmentCache:
         """The segment cache of ``reg`` (R_ES .. R_GS) with its hidden part."""

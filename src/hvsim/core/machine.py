@@ -1,7 +1,8 @@
 """The Machine: one Unicorn engine, its guest memory, devices, events, and the API plugins use.
 
 Plugins never touch the engine for memory: they go through ``machine.memory`` (physical) and
-``machine.vmem`` (virtual), which are bounds-checked.  Registers go through ``reg``/``set_reg``.
+``machine.vmem`` (virtual), which are bounds-checked.  Registers go through ``reg``/``set_reg``
+(``regs`` reads several in one engine call), which call libunicorn directly (registers.py).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from .devices.line import IrqLine
 from .devices.uart import Uart16550A
 from .engine import new_engine
 from .engine_state import EngineState, calibrate
-from .errors import GuestMemoryError, LoadError
+from .errors import LoadError
 from .events import ConsoleOutput, Event, Note, Shutdown
 from .exceptions import ExceptionDelivery
 from .layout import BIOS_AREA, PhysicalLayout
 from .memory import PAGE_SIZE, GuestMemory, VirtualMemory
 from .native import NativeHooks
+from .registers import RegisterFile
 from .result import StopReason
 from .svm import GuestMode
 from .traps import TrapDispatcher
@@ -41,7 +43,6 @@ if TYPE_CHECKING:
 
 CR4_OSXSAVE = 1 << 18
 MSR_IA32_TSC = 0x10     # read and written through the core: the TSC is guest time (clock.py)
-EFER_LMA = 1 << 10
 RFLAGS_VM = 1 << 17
 # MSRs the host itself reads or writes while the guest runs; intercepting them would kill the
 # process (svm.py), so plugins cannot own them.
@@ -55,6 +56,7 @@ _REGISTERS = {
     for name, value in vars(x86_const).items()
     if name.startswith("UC_X86_REG_")
 }
+_REGISTER_TUPLES: dict[tuple[str, ...], tuple[int, ...]] = {}
 STATE_REGISTERS = (
     "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
     "r14", "r15", "rip", "rflags", "cs", "ds", "es", "fs", "gs", "ss", "cr0", "cr2", "cr3", "cr4",
@@ -81,6 +83,7 @@ class Machine:
         self.pm = pm
         self.layout = PhysicalLayout.for_config(config)
         self.uc = new_engine()
+        self.regfile = RegisterFile(self.uc)     # register access without the binding's per-call work
         for start, size in self.layout.backed:
             self.uc.mem_map(start, size, UC_PROT_ALL)
         self.guest_mode = GuestMode(self.uc)
@@ -130,14 +133,22 @@ class Machine:
     # -- registers -------------------------------------------------------------------------
     def reg(self, name: str) -> int:
         if name == "efer":      # unicorn 2.1.4 has no EFER register id; it is an MSR
-            return self.uc.msr_read(MSR_EFER)
-        return self.uc.reg_read(_REGISTERS[name])
+            return self.regfile.msr_read(MSR_EFER)
+        return self.regfile.read(_REGISTERS[name])
+
+    def regs(self, *names: str) -> tuple[int, ...]:
+        """The values of several plain registers (general, selectors, control, flags, RIP) read
+        in one engine call: what a trap handler reads its arguments with."""
+        ids = _REGISTER_TUPLES.get(names)
+        if ids is None:
+            ids = _REGISTER_TUPLES[names] = tuple(_REGISTERS[n] for n in names)
+        return self.regfile.read_many(ids)
 
     def set_reg(self, name: str, value: int) -> None:
-        self.uc.reg_write(_REGISTERS[name], value)
+        self.regfile.write(_REGISTERS[name], value)
 
     def set_rip(self, value: int) -> None:
-        self.uc.reg_write(x86_const.UC_X86_REG_RIP, value)
+        self.regfile.write(x86_const.UC_X86_REG_RIP, value)
 
     def registers(self) -> dict[str, int]:
         out = {}
@@ -149,37 +160,11 @@ class Machine:
         return out
 
     def code_segment(self) -> tuple[int, int]:
-        """``(base, bits)`` of the code segment the guest executes in now.
-
-        Real and virtual-8086 mode: ``(CS << 4, 16)``.  Otherwise from the GDT descriptor CS names
-        (the engine API does not expose the hidden part): 64 with L set in long mode (base 0), else
-        32 or 16 from D, with its base.  When CS names no readable descriptor but is still the
-        selector the entry state gave as a ``Segment`` (PVH enters with selector 0 and hidden state
-        only), that segment; otherwise a flat segment of the mode's width."""
-        cs = self.reg("cs")
-        if not self.reg("cr0") & 1 or self.reg("rflags") & RFLAGS_VM:
-            return (cs & 0xFFFF) << 4, 16
-        long_mode = bool(self.reg("efer") & EFER_LMA)
-        _, gdt_base, gdt_limit, _ = self.uc.reg_read(x86_const.UC_X86_REG_GDTR)
-        index = cs & ~7
-        desc = None
-        if index and not cs & 4 and index + 7 <= gdt_limit:
-            try:
-                desc = int.from_bytes(self.vmem.read(gdt_base + index, 8), "little")
-            except GuestMemoryError:
-                desc = None
-        if desc is None:
-            entry_cs = self.entry_state.cs if self.entry_state is not None else None
-            if isinstance(entry_cs, Segment) and entry_cs.selector == cs:
-                # Still the hidden state the entry loaded (CS can change only by loading a selector).
-                desc = (entry_cs.attrib & 0xFF) << 40 | (entry_cs.attrib >> 8 & 0xF) << 52 \
-                    | (entry_cs.base & 0xFF_FFFF) << 16 | (entry_cs.base >> 24 & 0xFF) << 56
-            else:
-                return 0, 64 if long_mode else 32
-        if long_mode and desc >> 53 & 1:
-            return 0, 64
-        base = ((desc >> 16) & 0xFF_FFFF) | ((desc >> 56) & 0xFF) << 24
-        return base, 32 if desc >> 54 & 1 else 16
+        """``(base, bits)`` of the code segment the guest executes in now: the engine's own hidden
+        state (``EngineState.code_segment``), i.e. the descriptor as the CPU loaded it, not as
+        the GDT holds it now.  Real and virtual-8086 mode are 16-bit with base CS << 4 as loaded;
+        64-bit code has base 0."""
+        return self.engine.code_segment()
 
     def code_address(self, rip: int) -> int:
         """The linear address of ``rip`` in the current code segment."""
@@ -188,9 +173,10 @@ class Machine:
 
     def cpl(self) -> int:
         """The current privilege level: 0 in real mode, 3 in virtual-8086 mode, else CS.RPL."""
-        if not self.reg("cr0") & 1:
+        cr0, rflags, cs = self.regs("cr0", "rflags", "cs")
+        if not cr0 & 1:
             return 0
-        return 3 if self.reg("rflags") & RFLAGS_VM else self.reg("cs") & 3
+        return 3 if rflags & RFLAGS_VM else cs & 3
 
     def start(self, state: EntryState) -> None:
         """Where and how the guest starts (set by the environment in ``hvsim_setup``, after it wrote
@@ -217,7 +203,7 @@ class Machine:
         eax, ebx, ecx, edx = self.cpuid.lookup(leaf, subleaf)
         if leaf == 1:
             ecx &= ~(LEAF1_ECX_OSXSAVE | LEAF1_ECX_HYPERVISOR)
-            if self.uc.reg_read(x86_const.UC_X86_REG_CR4) & CR4_OSXSAVE:
+            if self.regfile.read(x86_const.UC_X86_REG_CR4) & CR4_OSXSAVE:
                 ecx |= LEAF1_ECX_OSXSAVE
         return eax, ebx, ecx, edx
 
@@ -243,7 +229,7 @@ class Machine:
     def msr_read(self, index: int) -> int:
         """The engine's own value of an MSR that is not intercepted (e.g. EFER, FS_BASE)."""
         self._check_host_msr(index)
-        return self.uc.msr_read(index)
+        return self.regfile.msr_read(index)
 
     def msr_write(self, index: int, value: int) -> None:
         self._check_host_msr(index)
@@ -274,10 +260,11 @@ class Machine:
         if not self.native.control.blocks:
             return
         uc = self.uc
-        if not self.reg("cr0") & (1 << 31):
+        cr0, rflags, cs = self.regs("cr0", "rflags", "cs")
+        if not cr0 & (1 << 31):
             uc.ctl_remove_cache(address, address + size)
             return
-        cpl = self.cpl()
+        cpl = 3 if rflags & RFLAGS_VM else cs & 3          # as cpl(), from the registers read above
         at, end = address, address + size
         while at < end:
             found = self.vmem.fetch_translation(at, cpl)
@@ -348,10 +335,17 @@ class Machine:
 
     # -- events and stopping ---------------------------------------------------------------
     def emit(self, event: Event) -> Event:
-        event = attrs.evolve(event, seq=len(self.events))
+        """Record ``event`` with the next sequence number and show it to observers.  A caller on a
+        hot path builds it with ``seq=machine.next_seq()`` and saves the copy."""
+        if event.seq != len(self.events):
+            event = attrs.evolve(event, seq=len(self.events))
         self.events.append(event)
         self.pm.hook.hvsim_event(machine=self, event=event)
         return event
+
+    def next_seq(self) -> int:
+        """The sequence number the next recorded event gets."""
+        return len(self.events)
 
     def console_text(self, channel: str, text: str) -> None:
         self.emit(ConsoleOutput(channel=channel, text=text))

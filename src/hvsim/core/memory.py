@@ -9,10 +9,12 @@ raises ``GuestMemoryError``, which plugins turn into a guest-visible error (``-E
 from __future__ import annotations
 
 import bisect
+import ctypes
 import struct
 from typing import TYPE_CHECKING, Callable
 
 from unicorn import UcError
+from unicorn.unicorn_py3.unicorn import uclib
 from unicorn.x86_const import (
     UC_X86_REG_CR0,
     UC_X86_REG_CR3,
@@ -21,6 +23,7 @@ from unicorn.x86_const import (
 
 from .cpu import MSR_EFER
 from .errors import GuestMemoryError
+from .registers import RegisterFile
 
 if TYPE_CHECKING:
     from unicorn import Uc
@@ -30,6 +33,12 @@ _ADDR_MASK = 0x000F_FFFF_FFFF_F000
 # 4-level paging translates 48-bit linear addresses; bits 63:47 must all equal bit 47 (canonical),
 # else the access is #GP(0) (SDM vol. 1 §3.3.7.1).  5-level paging (CR4.LA57) is not modelled.
 LINEAR_ADDRESS_BITS = 48
+_PAGING_REGISTERS = (UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_CR4)
+# uc_mem_read without the binding's argument conversion and bytearray copy; reads up to a page go
+# through one buffer allocated per accessor.
+_MEM_READ = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t)(
+    ctypes.cast(uclib.uc_mem_read, ctypes.c_void_p).value)
+_SCRATCH = PAGE_SIZE
 
 
 class GuestMemory:
@@ -37,6 +46,11 @@ class GuestMemory:
 
     def __init__(self, uc: "Uc", regions: list[tuple[int, int]]):
         self._uc = uc
+        self._handle = uc._uch.value
+        self._scratch = ctypes.create_string_buffer(_SCRATCH)
+        self._scratch_at = ctypes.addressof(self._scratch)
+        self._word = ctypes.c_uint64()
+        self._word_at = ctypes.addressof(self._word)
         self._regions = sorted(regions)
         self._starts = [start for start, _ in self._regions]
         # Called as ``after_write(address, size)`` after every write: the machine drops the
@@ -80,7 +94,12 @@ class GuestMemory:
         self.check(address, size)
         if size == 0:
             return b""
-        return bytes(self._uc.mem_read(address, size))
+        if size > _SCRATCH:
+            return bytes(self._uc.mem_read(address, size))
+        status = _MEM_READ(self._handle, address, self._scratch_at, size)
+        if status:
+            raise UcError(status)
+        return ctypes.string_at(self._scratch_at, size)
 
     def write(self, address: int, data: bytes) -> None:
         self.check(address, len(data))
@@ -110,7 +129,12 @@ class GuestMemory:
         return struct.unpack("<I", self.read(address, 4))[0]
 
     def read_u64(self, address: int) -> int:
-        return struct.unpack("<Q", self.read(address, 8))[0]
+        # The page-table walks' read: straight into one 8-byte buffer, no bytes object in between.
+        self.check(address, 8)
+        status = _MEM_READ(self._handle, address, self._word_at, 8)
+        if status:
+            raise UcError(status)
+        return self._word.value
 
     def write_u8(self, address: int, value: int) -> None:
         self.write(address, struct.pack("<B", value & 0xFF))
@@ -160,14 +184,13 @@ class VirtualMemory:
 
     def __init__(self, uc: "Uc", physical: GuestMemory):
         self._uc = uc
+        self._regs = RegisterFile(uc)
         self._phys = physical
 
     def translate(self, vaddr: int) -> int:
         try:
-            cr0 = self._uc.reg_read(UC_X86_REG_CR0)
-            cr3 = self._uc.reg_read(UC_X86_REG_CR3)
-            cr4 = self._uc.reg_read(UC_X86_REG_CR4)
-            efer = self._uc.msr_read(MSR_EFER)
+            cr0, cr3, cr4 = self._regs.read_many(_PAGING_REGISTERS)
+            efer = self._regs.msr_read(MSR_EFER)
         except UcError as exc:  # pragma: no cover - engine refuses register reads only when closed
             raise GuestMemoryError(vaddr, 1, f"cannot read paging registers: {exc}") from None
         if not cr0 & (1 << 31):
@@ -191,8 +214,8 @@ class VirtualMemory:
         """``translate`` and the bytes from ``vaddr`` to the end of its translation's page (a 4 KiB,
         2 MiB or 1 GiB page, or the rest of a 4 KiB page when paging is off or not 4-level)."""
         pa = self.translate(vaddr)
-        uc = self._uc
-        if uc.reg_read(UC_X86_REG_CR0) & (1 << 31) and uc.msr_read(MSR_EFER) & (1 << 10):
+        regs = self._regs
+        if regs.read(UC_X86_REG_CR0) & (1 << 31) and regs.msr_read(MSR_EFER) & (1 << 10):
             found = self.fetch_translation(vaddr, 0, permissions=False)
             if found is not None and found[0] == pa:
                 return pa, found[1]
@@ -204,13 +227,13 @@ class VirtualMemory:
         present, non-canonical, execute-disabled (NX with EFER.NXE), a supervisor page from ring
         3, or a user page from rings 0-2 under CR4.SMEP.  Long mode and paging off only (None
         for legacy paging)."""
-        uc = self._uc
-        cr0, cr4, efer = uc.reg_read(UC_X86_REG_CR0), uc.reg_read(UC_X86_REG_CR4), uc.msr_read(MSR_EFER)
+        cr0, cr3, cr4 = self._regs.read_many(_PAGING_REGISTERS)
+        efer = self._regs.msr_read(MSR_EFER)
         if not cr0 & (1 << 31):
             return vaddr, PAGE_SIZE - vaddr % PAGE_SIZE
         if not efer & (1 << 10) or not is_canonical(vaddr):
             return None
-        table = uc.reg_read(UC_X86_REG_CR3) & _ADDR_MASK
+        table = cr3 & _ADDR_MASK
         user, nx = True, False
         for shift in (39, 30, 21, 12):
             try:

@@ -15,12 +15,18 @@ exception deliveries.  No hook here runs per instruction.
 
 The two #VMEXIT rows exist because the guest runs as an SVM guest of the emulated CPU (svm.py).
 
+A trap is on the guest's hot path (a PV kernel makes tens of thousands of hypercalls): registers
+are read through ``machine.regfile`` (registers.py, no binding work per read), the code segment comes
+from the engine's hidden state in one context copy, and a trapping instruction's length is decoded
+once per distinct byte sequence (``disasm.instruction_length``).
+
 The unmapped-memory hooks are bounded to the ranges that hold no RAM: a memory hook covering RAM
 would put every store to an executable page on the engine's slow path (guest-store-speed.md).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import re
 import traceback
@@ -35,7 +41,10 @@ from unicorn import (
     UC_HOOK_MEM_WRITE_UNMAPPED,
     UC_MEM_FETCH_UNMAPPED,
     UC_MEM_WRITE_UNMAPPED,
+    UC_PROT_EXEC,
 )
+from unicorn.unicorn_const import UC_ERR_OK
+from unicorn.unicorn_py3.unicorn import uclib
 from unicorn.x86_const import (
     UC_X86_INS_CPUID,
     UC_X86_INS_IN,
@@ -49,7 +58,7 @@ from unicorn.x86_const import (
     UC_X86_REG_RIP,
 )
 
-from .disasm import disassemble_one
+from .disasm import instruction_length
 from .cpu import MSR_EFER
 from .errors import GuestMemoryError
 from .events import Fault
@@ -104,6 +113,10 @@ CS64_FLAGS = 0x00A0_9B00                # G, L, P, S, code exec/read, accessed
 CS32_FLAGS = 0x00C0_9B00                # G, D, P, S, code exec/read, accessed
 SS_FLAGS = 0x00C0_9300                  # G, B, P, S, data read/write, accessed
 MAX_INSN = 15
+PAGE = 0x1000
+_VMEM_TRANSLATE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p)(
+    ctypes.cast(uclib.uc_vmem_translate, ctypes.c_void_p).value)
+_MSR_ARGUMENTS = (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX)
 
 
 def _guarded(method):
@@ -127,6 +140,7 @@ class TrapDispatcher:
     def __init__(self, machine: "Machine"):
         self.m = machine
         uc = machine.uc
+        self._handle = uc._uch.value
         uc.hook_add(UC_HOOK_INSN, self.on_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self.on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
@@ -155,7 +169,7 @@ class TrapDispatcher:
         ``in``/``out`` as the state of the stop."""
         if stopped_before or self.m.stop_reason is None:
             return
-        rip = self.m.uc.reg_read(UC_X86_REG_RIP)
+        rip = self.m.regfile.read(UC_X86_REG_RIP)
         self.m.freeze_state(rip + max(self._trap("io", rip).length, 1))
 
     @_guarded
@@ -186,24 +200,25 @@ class TrapDispatcher:
     # -- CPUID ---------------------------------------------------------------------------------
     @_guarded
     def on_cpuid(self, _ud=None) -> int:
-        uc = self.m.uc
-        leaf = uc.reg_read(UC_X86_REG_RAX) & 0xFFFF_FFFF
-        subleaf = uc.reg_read(UC_X86_REG_RCX) & 0xFFFF_FFFF
+        uc = self.m.regfile
+        leaf = uc.read(UC_X86_REG_RAX) & 0xFFFF_FFFF
+        subleaf = uc.read(UC_X86_REG_RCX) & 0xFFFF_FFFF
         answer = self.m.guest_cpuid(leaf, subleaf)
         for reg, value in zip((UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX), answer):
-            uc.reg_write(reg, value & 0xFFFF_FFFF)     # 64-bit write: CPUID zero-extends
+            uc.write(reg, value & 0xFFFF_FFFF)     # 64-bit write: CPUID zero-extends
         return 1
 
     # -- MSRs (#VMEXIT MSR) --------------------------------------------------------------------
     def on_msr(self, rip: int) -> None:
-        m, uc = self.m, self.m.uc
+        m, uc = self.m, self.m.regfile
         opcode = m.vmem.read(m.code_address(rip), 2)
         if opcode not in (RDMSR, WRMSR):
             m.stop(StopReason("host-error", detail=f"MSR exit at {rip:#x} on bytes {opcode.hex()}"))
             return
         write = opcode == WRMSR
-        index = uc.reg_read(UC_X86_REG_RCX) & 0xFFFF_FFFF
-        value = (uc.reg_read(UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | uc.reg_read(UC_X86_REG_RAX) & 0xFFFF_FFFF
+        rax, rcx, rdx = uc.read_many(_MSR_ARGUMENTS)
+        index = rcx & 0xFFFF_FFFF
+        value = (rdx & 0xFFFF_FFFF) << 32 | rax & 0xFFFF_FFFF
         access = MsrAccess(index=index, write=write, value=value if write else 0, rip=rip)
         answer = m.pm.hook.hvsim_msr(machine=m, access=access)
         # An MSR of the core's own devices (the local APIC's, the TSC) is the machine's, not a call
@@ -221,8 +236,8 @@ class TrapDispatcher:
             return
         if not write:
             value = int(answer) & 0xFFFF_FFFF_FFFF_FFFF
-            uc.reg_write(UC_X86_REG_RAX, value & 0xFFFF_FFFF)
-            uc.reg_write(UC_X86_REG_RDX, value >> 32)
+            uc.write(UC_X86_REG_RAX, value & 0xFFFF_FFFF)
+            uc.write(UC_X86_REG_RDX, value >> 32)
         if not core:
             m.emit(Call(interface="msr", name=name, args=args, result=None if write else value, rip=rip))
         if m.reg("rip") == rip:          # a plugin may have redirected the guest; otherwise step over
@@ -232,11 +247,24 @@ class TrapDispatcher:
     def _trap(self, kind: str, rip: int, vector: int | None = None) -> Trap:
         base, bits = self.m.code_segment()
         try:
-            code = self.m.vmem.read(base + rip, MAX_INSN)
+            code = self._code(base + rip, bits)
         except GuestMemoryError:
             code = b""
-        length = disassemble_one(code, rip, bits)[1] if code else 0
+        length = instruction_length(code, bits) if code else 0
         return Trap(kind=kind, rip=rip, length=length, code=code, vector=vector)
+
+    def _code(self, linear: int, bits: int) -> bytes:
+        """The MAX_INSN bytes at ``linear``.  The page of the trapping instruction is found as the
+        engine fetched it: ``uc_vmem_translate`` for an instruction fetch at the current privilege
+        level, which answers from the engine's TLB (the entry that fetch used) instead of walking
+        the guest's page tables in Python; the bytes are then read through the bounds-checked
+        accessor.  Bytes that reach into the next page, or a page the engine cannot translate, go
+        through ``machine.vmem`` as before (all fifteen or a GuestMemoryError)."""
+        if PAGE - linear % PAGE >= MAX_INSN and (linear <= 0xFFFF_FFFF or bits == 64 and linear >> 64 == 0):
+            physical = ctypes.c_uint64()
+            if _VMEM_TRANSLATE(self._handle, linear, UC_PROT_EXEC, ctypes.addressof(physical)) == UC_ERR_OK:
+                return self.m.memory.read(physical.value, MAX_INSN)
+        return self.m.vmem.read(linear, MAX_INSN)
 
     @_guarded
     def on_syscall(self, _ud=None) -> None:
@@ -249,11 +277,11 @@ class TrapDispatcher:
         ECX = next EIP, IF/RF/VM cleared, a flat 32-bit CS, EIP = STAR[31:0].  Real mode is a stop.
         """
         m = self.m
-        rip = m.uc.reg_read(UC_X86_REG_RIP)
+        rip = m.regfile.read(UC_X86_REG_RIP)
         if m.pm.hook.hvsim_trap(machine=m, trap=self._trap("syscall", rip)):
-            m.set_rip(m.uc.reg_read(UC_X86_REG_RIP) - SYSCALL_INSN_LENGTH)
+            m.set_rip(m.regfile.read(UC_X86_REG_RIP) - SYSCALL_INSN_LENGTH)
             return
-        efer = m.uc.msr_read(MSR_EFER)
+        efer = m.regfile.msr_read(MSR_EFER)
         if not efer & EFER_SCE:
             self.exception(UD, None, rip, rip_bias=-SYSCALL_INSN_LENGTH)
             return
@@ -289,9 +317,9 @@ class TrapDispatcher:
         SYSENTER_ESP, EIP = SYSENTER_EIP, IF/RF/VM cleared (SDM vol. 2B SYSENTER).  As with
         SYSCALL the engine adds 2 to EIP afterwards."""
         m = self.m
-        rip = m.uc.reg_read(UC_X86_REG_RIP)
+        rip = m.regfile.read(UC_X86_REG_RIP)
         if m.pm.hook.hvsim_trap(machine=m, trap=self._trap("sysenter", rip)):
-            m.set_rip(m.uc.reg_read(UC_X86_REG_RIP) - SYSCALL_INSN_LENGTH)
+            m.set_rip(m.regfile.read(UC_X86_REG_RIP) - SYSCALL_INSN_LENGTH)
             return
         selector = m.msr_read(MSR_SYSENTER_CS) & 0xFFFC
         if selector == 0:
@@ -305,7 +333,7 @@ class TrapDispatcher:
 
     @_guarded
     def on_invalid(self, _ud=None) -> bool:
-        rip = self.m.uc.reg_read(UC_X86_REG_RIP)
+        rip = self.m.regfile.read(UC_X86_REG_RIP)
         code = self._code_bytes(rip)
         _, prefixes, _ = software_interrupt(code, self.m.code_segment()[1] == 64)
         if prefixes < len(code) and code[prefixes] == ICEBP and not code[:prefixes].count(LOCK):
@@ -319,7 +347,7 @@ class TrapDispatcher:
 
     @_guarded
     def on_interrupt(self, intno: int, _ud=None) -> None:
-        rip = self.m.uc.reg_read(UC_X86_REG_RIP)
+        rip = self.m.regfile.read(UC_X86_REG_RIP)
         if intno == EXIT_MSR:
             self.on_msr(rip)
         elif intno == EXIT_SWINT:

@@ -222,7 +222,7 @@ class XenHypervisor:
         if handler is None or (result == -x.ENOSYS and op is None):
             info.setdefault("args", [hex(a) for a in args])
         self.m.emit(Call(interface="xen-hypercall", name=f"{name}.{op}" if op else name,
-                         args=info, result=result, rip=rip))
+                         args=info, result=result, rip=rip, seq=self.m.next_seq()))
         if self._after_call is not None:
             after, self._after_call = self._after_call, None
             after()

@@ -357,9 +357,9 @@ def hvsim_trap(machine, trap):
         d.cpu.user_software_interrupt(trap.vector, trap.rip, trap.length)
         return True
     if trap.kind == "syscall":
-        nr = machine.reg("rax")
+        nr, *args = machine.regs("rax", "rdi", "rsi", "rdx", "r10", "r8")
         registers = ("rdi", "rsi", "rdx", "r10", "r8")
-        result = d.xen.dispatch(nr, tuple(machine.reg(r) for r in registers), rip=trap.rip)
+        result = d.xen.dispatch(nr, tuple(args), rip=trap.rip)
         if nr == pv.HYPERCALL_IRET:              # the frame it popped set RAX and RIP
             d.cpu.deliver_event()                # Xen's return path: pending events go out now
             return True

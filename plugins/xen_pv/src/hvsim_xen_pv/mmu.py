@@ -111,8 +111,11 @@ class PvMmu:
                 self.m.memory.write_u64(frame * PAGE + slot * 8, adjusted)
 
     def install_xen_slots(self, l4_mfn: int) -> None:
+        memory = self.m.memory
         for slot, value in self.area.l4_entries().items():
-            self.m.memory.write_u64(l4_mfn * PAGE + slot * 8, value)
+            at = l4_mfn * PAGE + slot * 8
+            if memory.read_u64(at) != value:         # a context switch reloads L4s that have them
+                memory.write_u64(at, value)
 
     def flush(self) -> None:
         self.flushes += 1
@@ -156,6 +159,22 @@ class PvMmu:
                 self.adopt((value & pv.PTE_ADDR_MASK) >> 12, level - 1)
         self.m.memory.write_u64(entry_ma & ~7, value)
 
+    def walk_frames(self, va: int) -> frozenset[int] | None:
+        """The machine frames translating ``va`` through the live 4-level tables (the four tables
+        walked and the frame reached), or None if the walk ends early or on a superpage."""
+        table = self.m.reg("cr3") & pv.PTE_ADDR_MASK
+        frames = [table // PAGE]
+        try:
+            for shift in (39, 30, 21, 12):
+                entry = self.m.memory.read_u64(table + ((va >> shift) & 0x1FF) * 8)
+                if not entry & pv.PTE_PRESENT or (shift in (30, 21) and entry & pv.PTE_PSE):
+                    return None
+                table = entry & pv.PTE_ADDR_MASK
+                frames.append(table // PAGE)
+        except GuestMemoryError:
+            return None
+        return frozenset(frames)
+
     def l1_entry_address(self, va: int) -> int:
         """Machine address of the L1 entry mapping ``va`` in the live tables (-EINVAL if none)."""
         table = self.m.reg("cr3") & pv.PTE_ADDR_MASK
@@ -185,19 +204,22 @@ class PvMmu:
         info.update(count=count)
         self._check_domid(domid)
         start = done
+        requests = GuestArray(self, reqs, 16, count)
         try:
             for i in range(count):
                 if i == BATCH and self.xen.preemptible:
                     self._preempt(i, count, a, 16)
-                ptr, val = struct.unpack(pv.MMU_UPDATE_FORMAT, self.m.vmem.read(reqs + 16 * i, 16))
+                ptr, val = struct.unpack(pv.MMU_UPDATE_FORMAT, requests.item(i))
                 cmd = ptr & 3
                 if cmd in (pv.MMU_NORMAL_PT_UPDATE, pv.MMU_PT_UPDATE_PRESERVE_AD):
                     self.write_entry(ptr & ~3, val)
+                    requests.written(ptr // PAGE)
                 elif cmd == pv.MMU_MACHPHYS_UPDATE:
                     mfn = ptr >> 12
                     if not self.dom.owns(mfn):
                         raise HypercallError(x.EINVAL, f"M2P update of frame {mfn:#x}, not the domain's")
                     self.dom.set_m2p(mfn, val)
+                    requests.written((self.dom.m2p_base + mfn * 8) // PAGE)
                 else:
                     raise HypercallError(x.ENOSYS, f"mmu_update command {cmd}")
                 done += 1
@@ -350,3 +372,46 @@ class PvMmu:
         self.flush()
         self.m.set_rip(exc.rip + insn.size)
         return f"ptwr emulation ({insn.mnemonic} into L{level} {frame:#x})"
+
+
+class GuestArray:
+    """The guest's array of ``count`` fixed-size requests at guest-virtual ``base`` (mmu_update's
+    list), read a page at a time instead of one translation per request.
+
+    Reading ahead must not change what a request reads: Xen copies each request from the guest
+    when it comes to it, after the earlier requests took effect.  A request can change what the
+    rest of the list reads only by writing the page tables that map it, or the list's own frame;
+    so the page read ahead is dropped when a request writes into one of the table frames its
+    translation walked or into its frame (``written``), and read afresh.  A read that faults is
+    the single request's read, so the fault (and the trace's text) is the same as before.  The
+    page is the list's own up to its end: an item reaching into the next page is read alone."""
+
+    def __init__(self, mmu: PvMmu, base: int, size: int, count: int):
+        self.mmu, self.base, self.size, self.count = mmu, base, size, count
+        self.start = self.end = 0               # [start, end): guest-virtual range held in data
+        self.data = b""
+        self.frames: frozenset[int] = frozenset()
+
+    def item(self, index: int) -> bytes:
+        va = (self.base + self.size * index) & 0xFFFF_FFFF_FFFF_FFFF
+        if self.start <= va and va + self.size <= self.end:
+            offset = va - self.start
+            return self.data[offset:offset + self.size]
+        vmem = self.mmu.m.vmem
+        page_end = (va | (PAGE - 1)) + 1
+        if page_end - va < 2 * self.size or self.count - index < 2:
+            return vmem.read(va, self.size)     # the last request, or one that reaches the next page
+        frames = self.mmu.walk_frames(va)
+        if frames is None:
+            return vmem.read(va, self.size)     # not a plain 4-level walk: read as Xen would
+        try:
+            self.data = vmem.read(va, page_end - va)
+        except GuestMemoryError:
+            return vmem.read(va, self.size)     # the fault, if any, is this request's own
+        self.start, self.end, self.frames = va, page_end, frames
+        return self.data[:self.size]
+
+    def written(self, frame: int) -> None:
+        """A request wrote into machine frame ``frame``."""
+        if frame in self.frames:
+            self.start = self.end = 0
