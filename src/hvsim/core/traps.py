@@ -58,7 +58,7 @@ from unicorn.x86_const import (
     UC_X86_REG_RIP,
 )
 
-from .disasm import instruction_length
+from .disasm import disassemble_one, instruction_length
 from .cpu import MSR_EFER
 from .errors import GuestMemoryError
 from .events import Fault
