@@ -4,7 +4,8 @@ exception deliveries.  No hook here runs per instruction.
 | guest does                | engine reports             | goes to                                      |
 |---------------------------|----------------------------|----------------------------------------------|
 | ``in``/``out``            | UC_HOOK_INSN IN/OUT        | attached device, else ``hvsim_port_io``      |
-| ``cpuid``                 | UC_HOOK_INSN CPUID         | ``hvsim_cpuid``, else ``machine.native_cpuid``|
+| ``cpuid``                 | UC_HOOK_INTR, #VMEXIT CPUID| #GP(0) if faulting, else ``hvsim_cpuid``,    |
+|                           |                            | else ``machine.native_cpuid``                |
 | ``syscall``               | UC_HOOK_INSN SYSCALL       | ``hvsim_trap``, else #UD / architectural     |
 | ``sysenter`` (32-bit)     | UC_HOOK_INSN SYSENTER      | ``hvsim_trap``, else architectural / #GP(0)  |
 | invalid opcode (vmcall..) | UC_HOOK_INSN_INVALID       | ``hvsim_trap``, else #UD through the IDT     |
@@ -13,7 +14,7 @@ exception deliveries.  No hook here runs per instruction.
 | CPU exception             | UC_HOOK_INTR               | ``hvsim_exception``, else IDT delivery       |
 | access outside RAM        | UC_HOOK_MEM_*_UNMAPPED     | stop ``bad-access`` with the address         |
 
-The two #VMEXIT rows exist because the guest runs as an SVM guest of the emulated CPU (svm.py).
+The #VMEXIT rows exist because the guest runs as an SVM guest of the emulated CPU (svm.py).
 
 The unmapped-memory hooks are bounded to the ranges that hold no RAM: a memory hook covering RAM
 would put every store to an executable page on the engine's slow path (guest-store-speed.md).
@@ -37,7 +38,6 @@ from unicorn import (
     UC_MEM_WRITE_UNMAPPED,
 )
 from unicorn.x86_const import (
-    UC_X86_INS_CPUID,
     UC_X86_INS_IN,
     UC_X86_INS_OUT,
     UC_X86_INS_SYSCALL,
@@ -58,7 +58,7 @@ from .exceptions import GENERAL_PROTECTION, HAS_ERROR_CODE, DeliveryError, NotMo
 from .events import Call
 from .plugin_types import GuestException, MsrAccess, PortAccess, Trap
 from .result import StopReason
-from .svm import EXCP_VMEXIT, EXIT_MSR, EXIT_SHUTDOWN, EXIT_SWINT
+from .svm import EXCP_VMEXIT, EXIT_CPUID, EXIT_MSR, EXIT_SHUTDOWN, EXIT_SWINT
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -122,7 +122,7 @@ def _guarded(method):
 
 
 class TrapDispatcher:
-    _failure_value = {"on_in": 0, "on_cpuid": 0, "on_invalid": True, "on_unmapped": False}
+    _failure_value = {"on_in": 0, "on_invalid": True, "on_unmapped": False}
 
     def __init__(self, machine: "Machine"):
         self.m = machine
@@ -131,7 +131,6 @@ class TrapDispatcher:
         uc.hook_add(UC_HOOK_INSN, self.on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_INSN, self.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
-        uc.hook_add(UC_HOOK_INSN, self.on_cpuid, None, 1, 0, UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN_INVALID, self.on_invalid)
         uc.hook_add(UC_HOOK_INTR, self.on_interrupt)
         unmapped = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
@@ -183,16 +182,20 @@ class TrapDispatcher:
         if self.m.pm.hook.hvsim_port_io(machine=self.m, access=PortAccess(port, size, True, value)) is None:
             self.m.unclaimed_ports[port] = self.m.unclaimed_ports.get(port, 0) + 1
 
-    # -- CPUID ---------------------------------------------------------------------------------
-    @_guarded
-    def on_cpuid(self, _ud=None) -> int:
-        uc = self.m.uc
+    # -- CPUID (#VMEXIT CPUID) -----------------------------------------------------------------
+    def on_cpuid(self, rip: int) -> None:
+        """``cpuid`` at ``rip``: #GP(0) when CPUID faulting is on and CPL > 0 (Intel SDM vol. 4,
+        MSR_MISC_FEATURES_ENABLES bit 0), else the guest's answer and RIP past the instruction."""
+        m, uc = self.m, self.m.uc
+        if m.cpuid_faulting and m.engine.cpl() > 0:
+            self.exception(GP, 0, rip)
+            return
         leaf = uc.reg_read(UC_X86_REG_RAX) & 0xFFFF_FFFF
         subleaf = uc.reg_read(UC_X86_REG_RCX) & 0xFFFF_FFFF
-        answer = self.m.guest_cpuid(leaf, subleaf)
+        answer = m.guest_cpuid(leaf, subleaf)
         for reg, value in zip((UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX), answer):
             uc.reg_write(reg, value & 0xFFFF_FFFF)     # 64-bit write: CPUID zero-extends
-        return 1
+        m.set_rip(rip + 2)
 
     # -- MSRs (#VMEXIT MSR) --------------------------------------------------------------------
     def on_msr(self, rip: int) -> None:
@@ -322,6 +325,8 @@ class TrapDispatcher:
         rip = self.m.uc.reg_read(UC_X86_REG_RIP)
         if intno == EXIT_MSR:
             self.on_msr(rip)
+        elif intno == EXIT_CPUID:
+            self.on_cpuid(rip)
         elif intno == EXIT_SWINT:
             self.on_software_interrupt(rip)
         elif intno == EXIT_SHUTDOWN:
