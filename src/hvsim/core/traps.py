@@ -6,6 +6,8 @@ exception deliveries.  No hook here runs per instruction.
 | ``in``/``out``            | UC_HOOK_INSN IN/OUT        | attached device, else ``hvsim_port_io``      |
 | ``cpuid``                 | UC_HOOK_INTR, #VMEXIT CPUID| #GP(0) if faulting, else ``hvsim_cpuid``,    |
 |                           |                            | else ``machine.native_cpuid``                |
+| ``mov %reg, %cr4``        | UC_HOOK_INTR, #VMEXIT CR4  | #GP(0) for bits CPUID does not offer, else   |
+|                           |                            | the engine's CR4 (``cr4.py``)                |
 | ``syscall``               | UC_HOOK_INSN SYSCALL       | ``hvsim_trap``, else #UD / architectural     |
 | ``sysenter`` (32-bit)     | UC_HOOK_INSN SYSENTER      | ``hvsim_trap``, else architectural / #GP(0)  |
 | invalid opcode (vmcall..) | UC_HOOK_INSN_INVALID       | ``hvsim_trap``, else #UD through the IDT     |
@@ -58,7 +60,8 @@ from .exceptions import GENERAL_PROTECTION, HAS_ERROR_CODE, DeliveryError, NotMo
 from .events import Call
 from .plugin_types import GuestException, MsrAccess, PortAccess, Trap
 from .result import StopReason
-from .svm import EXCP_VMEXIT, EXIT_CPUID, EXIT_MSR, EXIT_SHUTDOWN, EXIT_SWINT
+from .cr4 import cr4_write
+from .svm import EXCP_VMEXIT, EXIT_CPUID, EXIT_CR4_WRITE, EXIT_MSR, EXIT_SHUTDOWN, EXIT_SWINT
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -327,6 +330,9 @@ class TrapDispatcher:
             self.on_msr(rip)
         elif intno == EXIT_CPUID:
             self.on_cpuid(rip)
+        elif intno == EXIT_CR4_WRITE:
+            if not cr4_write(self.m, rip):
+                self.exception(GP, 0, rip)
         elif intno == EXIT_SWINT:
             self.on_software_interrupt(rip)
         elif intno == EXIT_SHUTDOWN:
