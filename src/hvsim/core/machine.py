@@ -112,6 +112,9 @@ class Machine:
         self.chipset = None
         # MSRs of the core's own devices: index -> (read() -> int, write(value) -> bool, False = #GP)
         self.core_msrs: dict[int, tuple[Any, Any]] = {}
+        # CPUID faulting (MSR_MISC_FEATURES_ENABLES bit 0, which the environment that offers it owns):
+        # ``cpuid`` at CPL > 0 raises #GP(0)
+        self.cpuid_faulting = False
         self.engine = EngineState(self.uc, calibrate())
         self.delivery = ExceptionDelivery(self)
         self.traps = TrapDispatcher(self)

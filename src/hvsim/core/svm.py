@@ -11,6 +11,12 @@ entry state and two intercepts:
   exits as vector 0x17c.  Nothing is added to the hot path: translated code is unchanged.
 - INTn: ``int N``/``int3`` exit as vector 0x175 with RIP at the instruction.  Without it, the engine
   leaves ``exception_is_int`` set after a software interrupt and the next MSR exit reports a stale RIP.
+- CPUID: ``cpuid`` exits as vector 0x172 with RIP at the instruction, before the engine computes
+  anything, so the answer may be a fault (CPUID faulting).  The engine's UC_HOOK_INSN for CPUID
+  runs in the middle of a translation block: a RIP written there is lost and the next
+  instructions of the block still run, so it cannot deliver a fault.
+- CR4 writes: ``mov %reg, %cr4`` exits as vector 0x114 with RIP at the instruction, so a bit the
+  guest's CPUID does not offer can be #GP as on hardware (the engine takes any bit).
 
 The VMCB, the host save area, the permission map and the ``vmrun`` stub live in a small region mapped
 at 2^40, just past the engine CPU's physical address width (MAXPHYADDR 40, Unicorn's
@@ -58,8 +64,11 @@ EFER_LME = 1 << 8
 EFER_SVME = 1 << 12
 
 # VMCB control area
+VMCB_INTERCEPT_CR_WRITE = 0x002
 VMCB_INTERCEPT_MISC1 = 0x00C
+INTERCEPT_CR4_WRITE = 1 << 4
 VMCB_MSRPM_BASE_PA = 0x048
+INTERCEPT_CPUID = 1 << 18
 INTERCEPT_INTN = 1 << 21
 INTERCEPT_MSR_PROT = 1 << 28
 
@@ -73,6 +82,8 @@ VMCB_RFLAGS, VMCB_RIP, VMCB_RSP, VMCB_RAX = 0x570, 0x578, 0x5D8, 0x5F8
 
 # Unicorn's interrupt number for a #VMEXIT: EXCP_VMEXIT (0x100) + exit code.
 EXCP_VMEXIT = 0x100
+EXIT_CR4_WRITE = EXCP_VMEXIT + 0x14
+EXIT_CPUID = EXCP_VMEXIT + 0x72
 EXIT_SWINT = EXCP_VMEXIT + 0x75
 EXIT_MSR = EXCP_VMEXIT + 0x7C
 EXIT_SHUTDOWN = EXCP_VMEXIT + 0x7F
@@ -127,7 +138,8 @@ class GuestMode:
         uc = self.uc
         gdt_base, gdt_limit = state.gdt
         vmcb = bytearray(0x1000)
-        struct.pack_into("<I", vmcb, VMCB_INTERCEPT_MISC1, INTERCEPT_MSR_PROT | INTERCEPT_INTN)
+        struct.pack_into("<I", vmcb, VMCB_INTERCEPT_MISC1, INTERCEPT_MSR_PROT | INTERCEPT_INTN | INTERCEPT_CPUID)
+        struct.pack_into("<H", vmcb, VMCB_INTERCEPT_CR_WRITE, INTERCEPT_CR4_WRITE)
         struct.pack_into("<Q", vmcb, VMCB_MSRPM_BASE_PA, MSRPM)
         for offset, segment in ((VMCB_ES, state.es), (VMCB_CS, state.cs), (VMCB_SS, state.ss),
                                 (VMCB_DS, state.ds)):

@@ -4,7 +4,10 @@ exception deliveries.  No hook here runs per instruction.
 | guest does                | engine reports             | goes to                                      |
 |---------------------------|----------------------------|----------------------------------------------|
 | ``in``/``out``            | UC_HOOK_INSN IN/OUT        | attached device, else ``hvsim_port_io``      |
-| ``cpuid``                 | UC_HOOK_INSN CPUID         | ``hvsim_cpuid``, else ``machine.native_cpuid``|
+| ``cpuid``                 | UC_HOOK_INTR, #VMEXIT CPUID| #GP(0) if faulting, else ``hvsim_cpuid``,    |
+|                           |                            | else ``machine.native_cpuid``                |
+| ``mov %reg, %cr4``        | UC_HOOK_INTR, #VMEXIT CR4  | #GP(0) for bits CPUID does not offer, else   |
+|                           |                            | the engine's CR4 (``cr4.py``)                |
 | ``syscall``               | UC_HOOK_INSN SYSCALL       | ``hvsim_trap``, else #UD / architectural     |
 | ``sysenter`` (32-bit)     | UC_HOOK_INSN SYSENTER      | ``hvsim_trap``, else architectural / #GP(0)  |
 | invalid opcode (vmcall..) | UC_HOOK_INSN_INVALID       | ``hvsim_trap``, else #UD through the IDT     |
@@ -13,7 +16,7 @@ exception deliveries.  No hook here runs per instruction.
 | CPU exception             | UC_HOOK_INTR               | ``hvsim_exception``, else IDT delivery       |
 | access outside RAM        | UC_HOOK_MEM_*_UNMAPPED     | stop ``bad-access`` with the address         |
 
-The two #VMEXIT rows exist because the guest runs as an SVM guest of the emulated CPU (svm.py).
+The #VMEXIT rows exist because the guest runs as an SVM guest of the emulated CPU (svm.py).
 
 A trap is on the guest's hot path (a PV kernel makes tens of thousands of hypercalls): registers
 are read through ``machine.regfile`` (registers.py, no binding work per read), the code segment comes
@@ -46,7 +49,6 @@ from unicorn import (
 from unicorn.unicorn_const import UC_ERR_OK
 from unicorn.unicorn_py3.unicorn import uclib
 from unicorn.x86_const import (
-    UC_X86_INS_CPUID,
     UC_X86_INS_IN,
     UC_X86_INS_OUT,
     UC_X86_INS_SYSCALL,
@@ -67,7 +69,8 @@ from .exceptions import GENERAL_PROTECTION, HAS_ERROR_CODE, DeliveryError, NotMo
 from .events import Call
 from .plugin_types import GuestException, MsrAccess, PortAccess, Trap
 from .result import StopReason
-from .svm import EXCP_VMEXIT, EXIT_MSR, EXIT_SHUTDOWN, EXIT_SWINT
+from .cr4 import cr4_write
+from .svm import EXCP_VMEXIT, EXIT_CPUID, EXIT_CR4_WRITE, EXIT_MSR, EXIT_SHUTDOWN, EXIT_SWINT
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -117,6 +120,7 @@ PAGE = 0x1000
 _VMEM_TRANSLATE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p)(
     ctypes.cast(uclib.uc_vmem_translate, ctypes.c_void_p).value)
 _MSR_ARGUMENTS = (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX)
+_CPUID_ARGUMENTS = (UC_X86_REG_RAX, UC_X86_REG_RCX)
 
 
 def _guarded(method):
@@ -135,7 +139,7 @@ def _guarded(method):
 
 
 class TrapDispatcher:
-    _failure_value = {"on_in": 0, "on_cpuid": 0, "on_invalid": True, "on_unmapped": False}
+    _failure_value = {"on_in": 0, "on_invalid": True, "on_unmapped": False}
 
     def __init__(self, machine: "Machine"):
         self.m = machine
@@ -145,7 +149,6 @@ class TrapDispatcher:
         uc.hook_add(UC_HOOK_INSN, self.on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_INSN, self.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
-        uc.hook_add(UC_HOOK_INSN, self.on_cpuid, None, 1, 0, UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN_INVALID, self.on_invalid)
         uc.hook_add(UC_HOOK_INTR, self.on_interrupt)
         unmapped = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
@@ -197,16 +200,19 @@ class TrapDispatcher:
         if self.m.pm.hook.hvsim_port_io(machine=self.m, access=PortAccess(port, size, True, value)) is None:
             self.m.unclaimed_ports[port] = self.m.unclaimed_ports.get(port, 0) + 1
 
-    # -- CPUID ---------------------------------------------------------------------------------
-    @_guarded
-    def on_cpuid(self, _ud=None) -> int:
-        uc = self.m.regfile
-        leaf = uc.read(UC_X86_REG_RAX) & 0xFFFF_FFFF
-        subleaf = uc.read(UC_X86_REG_RCX) & 0xFFFF_FFFF
-        answer = self.m.guest_cpuid(leaf, subleaf)
+    # -- CPUID (#VMEXIT CPUID) -----------------------------------------------------------------
+    def on_cpuid(self, rip: int) -> None:
+        """``cpuid`` at ``rip``: #GP(0) when CPUID faulting is on and CPL > 0 (Intel SDM vol. 4,
+        MSR_MISC_FEATURES_ENABLES bit 0), else the guest's answer and RIP past the instruction."""
+        m, regs = self.m, self.m.regfile
+        if m.cpuid_faulting and m.engine.cpl() > 0:
+            self.exception(GP, 0, rip)
+            return
+        rax, rcx = regs.read_many(_CPUID_ARGUMENTS)
+        answer = m.guest_cpuid(rax & 0xFFFF_FFFF, rcx & 0xFFFF_FFFF)
         for reg, value in zip((UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX), answer):
-            uc.write(reg, value & 0xFFFF_FFFF)     # 64-bit write: CPUID zero-extends
-        return 1
+            regs.write(reg, value & 0xFFFF_FFFF)     # 64-bit write: CPUID zero-extends
+        m.set_rip(rip + 2)
 
     # -- MSRs (#VMEXIT MSR) --------------------------------------------------------------------
     def on_msr(self, rip: int) -> None:
@@ -350,6 +356,11 @@ class TrapDispatcher:
         rip = self.m.regfile.read(UC_X86_REG_RIP)
         if intno == EXIT_MSR:
             self.on_msr(rip)
+        elif intno == EXIT_CPUID:
+            self.on_cpuid(rip)
+        elif intno == EXIT_CR4_WRITE:
+            if not cr4_write(self.m, rip):
+                self.exception(GP, 0, rip)
         elif intno == EXIT_SWINT:
             self.on_software_interrupt(rip)
         elif intno == EXIT_SHUTDOWN:

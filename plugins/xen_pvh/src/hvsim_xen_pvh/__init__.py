@@ -15,7 +15,8 @@ page).  Hypercalls from CPL > 0 get -EPERM.  The PV console ring and the xenstor
 reserved BIOS area (real Xen uses pfns 0xfeffc and 0xfefff; any pfn the HVM parameters name is the
 ABI), so the memory map stays the configured one.  PC devices as on bare metal (COM1, 0xE9, ACPI
 PM1a, the exit port, reset).  The HPET and I/O APIC windows read all ones and drop writes, as Xen's
-null MMIO handler answers a PVH domU (``unclaimed_mmio``).
+null MMIO handler answers a PVH domU (``unclaimed_mmio``).  CPUID faulting as Xen offers it to every
+HVM guest (``hvsim.xen.msr_policy``).
 
 ``--xen-debug``: a debug build of Xen booted with ``hvm_fep``: ``ud2; .ascii "xen"`` before an
 instruction (the forced emulation prefix) makes Xen emulate it; hvsim steps over the prefix and
@@ -33,6 +34,7 @@ from hvsim.abi.xen_pv import XEN_EMULATE_PREFIX
 from hvsim.core.errors import LoadError
 from hvsim.xen import HypercallError, XenHypervisor, XenStore
 from hvsim.xen.hvm_upcall import HvmUpcall
+from hvsim.xen.msr_policy import HvmMsrPolicy
 
 from .unclaimed_mmio import map_unclaimed_windows
 
@@ -104,6 +106,7 @@ def hvsim_setup(machine, image, config, options):
     # events reach the vCPU as Xen's HVM code delivers them: the callback or upcall vector
     machine.interrupt_source = HvmUpcall(xen, machine.interrupt_source, machine.chipset.lapic, machine.kick)
     machine.plugin_state[ENV] = xen
+    machine.plugin_state[ENV + ".msrs"] = HvmMsrPolicy(machine)
     pvh.enter(machine, entry, start_info)
     return f"pvh at {entry:#x}, hvm_start_info v{version} at {start_info:#x}"
 
@@ -135,7 +138,12 @@ def _vendor_amd(machine) -> bool:
 @hookimpl
 def hvsim_msr(machine, access):
     xen = _xen(machine)
-    if xen is None or access.index != x.HYPERCALL_PAGE_MSR:
+    if xen is None:
+        return None
+    policy = machine.plugin_state[ENV + ".msrs"]
+    if policy.owns(access.index):
+        return policy.access(access)
+    if access.index != x.HYPERCALL_PAGE_MSR:
         return None
     if not access.write:
         return 0                              # Xen: reads of the hypercall MSR return 0
