@@ -328,6 +328,17 @@ def _platform_op(d: PvDomain, a, info) -> int:
         if kind in (pv.XEN_FW_DISK_INFO, pv.XEN_FW_DISK_MBR_SIGNATURE, pv.XEN_FW_VBEDDC_INFO):
             raise HypercallError(x.ESRCH, "no such firmware record (no disks, no VBE)")
         raise HypercallError(x.EINVAL, f"firmware info type {kind}")
+    if cmd == pv.XENPF_get_cpuinfo:
+        # platform_hypercall.c: the physical CPUs are the machine's (the MADT's processor UID = APIC
+        # ID = index, all online); a CPU that is not present is flagged invalid, the rest left as given.
+        (cpu,) = struct.unpack("<I", mem.read(a[0] + 8, 4))
+        present = d.xen.m.config.smp
+        info.update(op="get_cpuinfo", cpu=cpu)
+        if cpu < present:
+            mem.write(a[0] + 8, struct.pack(pv.PCPUINFO_FORMAT, cpu, present - 1, pv.XEN_PCPU_FLAGS_ONLINE, cpu, cpu))
+        else:
+            mem.write(a[0] + 12, struct.pack("<II", present - 1, pv.XEN_PCPU_FLAGS_INVALID))
+        return 0
     info["op"] = f"cmd_{cmd}"
     raise HypercallError(x.ENOSYS)
 
