@@ -15,8 +15,9 @@ What is answered, and how (anything else is -ENOSYS, recorded):
   console domain gets -EPERM, except a write when ``debug_build`` (Xen's debug builds allow it).
 - sched_op: yield; block (clears the upcall mask, then guest time skips from event to event
   until ``wakeup_pending()``; the run ends as ``idle`` when nothing can wake the vCPU, and Ctrl-C or
-  the wall-clock budget end the wait); poll (the same, until one of the ports is pending or the timeout); shutdown (poweroff, reboot, crash,
-  watchdog; suspend is refused with -EINVAL), shutdown_code.
+  the wall-clock budget end the wait); poll (the same, until one of the ports is pending or the
+  timeout); shutdown (poweroff, reboot, crash, watchdog; suspend is refused with -EINVAL),
+  shutdown_code.
 - xen_version: version (4.17), extraversion, capabilities, changeset, compile_info, pagesize,
   get_features (``features`` given by the environment), commandline (empty).
 - memory_op: memory_map, maximum_reservation, current_reservation, maximum_gpfn,

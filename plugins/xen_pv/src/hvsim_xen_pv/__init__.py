@@ -91,6 +91,23 @@ def hvsim_inherent_differences(env):
         InherentDifference("console_channels", "dom0 writes with console_io, a domU to the console ring"),
         InherentDifference("stop_detail", "a Xen guest shuts down through SCHEDOP_shutdown"),
         InherentDifference("calls", "a PV guest makes hypercalls for its page tables, traps and console"),
+        # what a PV kernel's userspace sees (hvsim's /init report)
+        InherentDifference("userspace_memmap", "a PV kernel's firmware map is the one Xen gives it (a domU's "
+                                               "pseudo-physical RAM)"),
+        InherentDifference("userspace_iomem", "a PV kernel's RAM is the map Xen gives it, with no local APIC "
+                                              "of its own"),
+        InherentDifference("userspace_acpi_tables", "a PV domU has no ACPI tables"),
+        InherentDifference("clocksource", "Xen's pvclock (the xen clocksource), which Linux prefers in a domU"),
+        InherentDifference("clocksources", "Xen offers its pvclock beside the TSC"),
+        InherentDifference("clockevent", "a Xen guest's timer is Xen's single-shot vCPU timer (VIRQ_TIMER)"),
+        InherentDifference("userspace_hypervisor", "/sys/hypervisor names Xen and the PV guest type"),
+        InherentDifference("userspace_boot_params", "a PV kernel starts from start_info; no boot loader "
+                                                    "filled a setup header"),
+        InherentDifference("userspace_consoles", "a PV guest's console is hvc0, the Xen console"),
+        InherentDifference("userspace_cpu_flags", "Xen's PV CPUID policy (PSE, PGE, MTRR hidden; the hypervisor "
+                                                  "bit set)"),
+        InherentDifference("userspace_irqs", "a PV guest's interrupts are event channels (VIRQs, IPIs, xenbus), "
+                                             "no I/O APIC"),
     ]
 
 
