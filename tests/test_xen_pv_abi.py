@@ -89,3 +89,25 @@ def test_a_release_build_refuses_a_domu_console_io_and_names_the_debug_flavour()
     assert_finished(result, m, symbols)
     assert [result_at(m, symbols, i) for i in range(2)] == [EPERM, EPERM]
     assert "--xen-debug" in calls(m, "console_io.write")[0].args["why"]
+
+
+def test_dom0_reads_the_physical_cpus_with_get_cpuinfo_and_a_domu_is_refused():
+    # platform_op(XENPF_get_cpuinfo) for CPU 1 of 2 (present, online, APIC ID = ACPI ID = 1), then
+    # CPU 7 (not present: flagged invalid, its IDs left as the guest wrote them).
+    def op(name: str, cpu: int) -> str:
+        return (f"    .balign 8\n{name}: .long {pv.XENPF_get_cpuinfo}, {pv.XENPF_INTERFACE_VERSION}\n"
+                f"    .long {cpu}, 0xaaaa, 0xbbbb, 0xcccc, 0xdddd\n    .skip 108\n")
+
+    source = (hypercall(7, "present", store=0) + hypercall(7, "absent", store=1) + DONE
+              + op("present", 1) + op("absent", 7))
+    for dom0 in (True, False):
+        result, m, symbols = run_pv(source, dom0=dom0, smp=2)
+        assert_finished(result, m, symbols)
+        fields = [struct.unpack(pv.PCPUINFO_FORMAT, m.vmem.read(symbols[s] + 8, 20)) for s in ("present", "absent")]
+        if dom0:
+            assert [result_at(m, symbols, i) for i in range(2)] == [0, 0]
+            assert fields == [(1, 1, pv.XEN_PCPU_FLAGS_ONLINE, 1, 1), (7, 1, pv.XEN_PCPU_FLAGS_INVALID, 0xCCCC, 0xDDDD)]
+            assert [c.name for c in calls(m, None) if c.name.startswith("platform_op")] == ["platform_op.get_cpuinfo"] * 2
+        else:
+            assert [result_at(m, symbols, i) for i in range(2)] == [EPERM, EPERM]
+            assert fields[0] == (1, 0xAAAA, 0xBBBB, 0xCCCC, 0xDDDD)

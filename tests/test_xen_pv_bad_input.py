@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from guestcode import assemble
+from guestcode import CODE, assemble
 from imagegen import Load, build_elf, xen_note
 
 from hvsim import MachineConfig
@@ -39,8 +39,8 @@ reason: .long 0
 
 
 def pv_image(source: str, *, notes: dict | None = None, entry: str | int = "_start", bits: int = 64,
-             legacy: str | None = None, sht_only: bool = False) -> tuple[bytes, dict[str, int]]:
-    code, symbols = assemble(source + DATA, bits=bits)
+             legacy: str | None = None, sht_only: bool = False, base: int = CODE) -> tuple[bytes, dict[str, int]]:
+    code, symbols = assemble(source + DATA, bits=bits, base=base)
     loads = [Load(s.paddr, s.data, memsz=s.memsz) for s in load_image(code).elf.segments]
     target = symbols[entry] if isinstance(entry, str) else entry
     note_values = {**PV_NOTES, 1: target, **(notes or {})}
@@ -52,8 +52,8 @@ def pv_image(source: str, *, notes: dict | None = None, entry: str | int = "_sta
                      note_segments=not sht_only), symbols
 
 
-def run_pv(source: str, *, dom0: bool = False, **config):
-    image, symbols = pv_image(PROLOGUE + source)
+def run_pv(source: str, *, dom0: bool = False, base: int = CODE, **config):
+    image, symbols = pv_image(PROLOGUE + source, base=base)
     prepared = Run("xen_pv", image, MachineConfig(**{"memory": "64M", "timeout": 10, **config}),
                    options={"dom0": dom0})
     result = prepared.execute()
@@ -312,3 +312,13 @@ def test_a_runaway_hypercall_still_ends_at_the_wall_clock_limit():
     assert result.stop.kind == "timeout", result.stop
     parts = calls(m, "mmu_update")
     assert parts and all(p.args.get("continued") for p in parts)
+
+
+# -- a kernel linked at virtual address 0 ---------------------------------------------------------------
+def test_a_kernel_linked_and_entered_at_virtual_address_0_runs_its_first_instruction():
+    # VIRT_BASE 0 and the entry at 0: the page below the entry (the top of the address space) is
+    # mapped by nothing.  The guest must start at 0 as any other, not take a #PF there.
+    result, m, symbols = run_pv(DONE, base=0)
+    assert symbols["_start"] == 0
+    assert [e for e in m.events if isinstance(e, Fault)] == []
+    assert_finished(result, m, symbols)

@@ -105,6 +105,9 @@ XEN_FW_DISK_INFO, XEN_FW_DISK_MBR_SIGNATURE, XEN_FW_VBEDDC_INFO = 1, 2, 3
 XEN_FW_EFI_INFO, XEN_FW_KBD_SHIFT_FLAGS = 4, 5
 PLATFORM_OP_HEADER_FORMAT = "<II"                   # {u32 cmd; u32 interface_version}; then the union
 FIRMWARE_INFO_FORMAT = "<II"                        # {u32 type; u32 index}; then per-type data
+XENPF_get_cpuinfo = 55                              # struct xenpf_pcpuinfo: {u32 xen_cpuid (in);
+PCPUINFO_FORMAT = "<IIIII"                          #   u32 max_present, flags, apic_id, acpi_id (out)}
+XEN_PCPU_FLAGS_ONLINE, XEN_PCPU_FLAGS_INVALID = 1, 2
 
 # --- memory.h: PV-only memory_op commands -------------------------------------------------------------
 XENMEM_machphys_mfn_list = 5

@@ -8,7 +8,8 @@ powers off) takes effect at the next block start or memory access, so the instru
 still run; the result's guest state is the one frozen at the instruction that asked
 (``Machine.freeze_state``).  The engine runs with its exit list enabled and empty instead of an ``until`` address: an
 ``until`` the guest's page tables do not map leaves a phantom #PF behind at every stop
-(linux-on-unicorn.md O3), and the exit list avoids it.
+(linux-on-unicorn.md O3), and the exit list avoids it; the entry (svm.py's ``vmrun``) stops on the
+block hook's deadline, not on an exit, for the same reason.
 
 Guest time and interrupts (clock.py): the native block hook also stops at the block boundary where
 the guest clock's next event falls due, and, while an interrupt waits, at the first block entered
@@ -74,10 +75,14 @@ class RunLoop:
         m = self.m
         if m.entry_state is None:
             raise RuntimeError("the environment set no entry state (machine.start)")
-        try:
+        control = m.native.control
+        deadline, control.deadline_blocks = control.deadline_blocks, control.blocks + 1
+        try:   # the vmrun stub's block runs, and the block hook stops the engine before the guest's first
             m.guest_mode.enter(m.entry_state, m.memory)
         except (UcError, ValueError) as exc:
             m.stop(StopReason("host-error", detail=f"could not load the entry state: {exc}"))
+        finally:
+            control.deadline_blocks = deadline
         rip = m.entry_rip
         timer = None
         if m.config.timeout is not None:

@@ -130,7 +130,8 @@ class GuestMode:
         return bool(self.uc.mem_read(MSRPM + bit // 8, 1)[0] >> (bit % 8) & 1)
 
     def enter(self, state: "EntryState", memory: "GuestMemory") -> None:
-        """Execute ``vmrun`` with ``state`` as the guest state and stop before its first instruction.
+        """Execute ``vmrun`` with ``state`` as the guest state; the caller makes the engine stop
+        before the guest's first block (it runs until something stops it).
 
         The general registers VMRUN does not load (all but RAX/RSP) keep the values the environment
         gave them.  Raises ``ValueError`` when a selector does not name a GDT entry in guest RAM.
@@ -163,10 +164,12 @@ class GuestMode:
         uc.msr_write(MSR_EFER, (efer & ~EFER_LME) | (state.efer & EFER_LME) | EFER_SVME)
         uc.msr_write(MSR_VM_HSAVE_PA, HSAVE)
         uc.reg_write(UC_X86_REG_RAX, VMCB)
+        # The caller stops the engine before the guest's first block (the native block hook's
+        # deadline, runloop.py).  Not an exit at the entry RIP: the engine translates an exit into
+        # an empty block, and an empty block at a page boundary makes it look up the page before;
+        # unmapped there (a PV kernel entered at virtual 0), the lookup leaves a #PF behind that
+        # the guest's first instruction then takes.
         uc.ctl_exits_enabled(True)
-        uc.ctl_set_exits([state.rip])
-        try:
-            uc.emu_start(STUB, 0)
-        finally:
-            uc.ctl_set_exits([])
+        uc.ctl_set_exits([])
+        uc.emu_start(STUB, 0)
         self.entered = True

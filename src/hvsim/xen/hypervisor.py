@@ -14,9 +14,10 @@ What is answered, and how (anything else is -ENOSYS, recorded):
 - console_io: write (to channel ``xen``), read (no input: 0 bytes); a domain that is not the
   console domain gets -EPERM, except a write when ``debug_build`` (Xen's debug builds allow it).
 - sched_op: yield; block (clears the upcall mask, then guest time skips from event to event
-  until ``wakeup_pending()``; the run ends as ``idle`` when nothing can wake the vCPU); poll (the
-  same, until one of the ports is pending or the timeout); shutdown (poweroff, reboot, crash,
-  watchdog; suspend is refused with -EINVAL), shutdown_code.
+  until ``wakeup_pending()``; the run ends as ``idle`` when nothing can wake the vCPU, and Ctrl-C or
+  the wall-clock budget end the wait); poll (the same, until one of the ports is pending or the
+  timeout); shutdown (poweroff, reboot, crash, watchdog; suspend is refused with -EINVAL),
+  shutdown_code.
 - xen_version: version (4.17), extraversion, capabilities, changeset, compile_info, pagesize,
   get_features (``features`` given by the environment), commandline (empty).
 - memory_op: memory_map, maximum_reservation, current_reservation, maximum_gpfn,
@@ -270,7 +271,10 @@ class XenHypervisor:
             self._drain()
             self.events.set_upcall_mask(0, False)       # vcpu_block_enable_events
             started = self.m.clock.now()
-            if not self._wait(self.wakeup_pending):
+            woke = self._wait(self.wakeup_pending)
+            if self.m.run_ending:
+                info["cut_short"] = "the run is ending (interrupted, or its wall-clock budget is spent)"
+            elif not woke:
                 self.m.stop(StopReason("idle", detail="SCHEDOP_block with no event that can wake the vCPU"))
             elif self.deliver_upcall is None:
                 # woken, but nothing would ever run the guest's handler: it would block again at once
@@ -294,7 +298,9 @@ class XenHypervisor:
             started = self.m.clock.now()
             woke = self._wait(lambda: any(self.events.is_pending(p) for p in ports) or self.wakeup_pending(),
                               timeout if timeout else None)
-            if not woke:
+            if self.m.run_ending:
+                info["cut_short"] = "the run is ending (interrupted, or its wall-clock budget is spent)"
+            elif not woke:
                 self.m.stop(StopReason("idle", detail="SCHEDOP_poll with no event that can wake the vCPU"))
             info["blocked_ns"] = self.m.clock.now() - started
             self.blocked_ns[0] += info["blocked_ns"]
@@ -638,14 +644,16 @@ class XenHypervisor:
     def _wait(self, wake: Callable[[], bool], timeout_ns: int | None = None) -> bool:
         """The vCPU is descheduled until ``wake()`` (or guest time reaches ``timeout_ns``): guest time
         skips from event to event, running them, as an idle ``hlt`` does.  False when nothing can
-        ever wake it (no event left, or none raises anything for MAX_BLOCK_NS)."""
+        ever wake it (no event left, or none raises anything for MAX_BLOCK_NS).  A run that is
+        ending (Ctrl-C, the wall-clock budget: ``machine.run_ending``) ends the wait at once: the
+        call returns and the engine stops at the next block start, where the run loop says why."""
         clock = self.m.clock
         started = clock.now()
         deadline = clock.schedule(timeout_ns, lambda: None) if timeout_ns is not None else None
         try:
             while True:
                 clock.run_due()
-                if wake() or (timeout_ns is not None and clock.now() >= timeout_ns):
+                if wake() or (timeout_ns is not None and clock.now() >= timeout_ns) or self.m.run_ending:
                     return True
                 if clock.now() - started > MAX_BLOCK_NS or not clock.skip_to_next():
                     return False

@@ -91,6 +91,23 @@ def hvsim_inherent_differences(env):
         InherentDifference("console_channels", "dom0 writes with console_io, a domU to the console ring"),
         InherentDifference("stop_detail", "a Xen guest shuts down through SCHEDOP_shutdown"),
         InherentDifference("calls", "a PV guest makes hypercalls for its page tables, traps and console"),
+        # what a PV kernel's userspace sees (hvsim's /init report)
+        InherentDifference("userspace_memmap", "a PV kernel's firmware map is the one Xen gives it (a domU's "
+                                               "pseudo-physical RAM)"),
+        InherentDifference("userspace_iomem", "a PV kernel's RAM is the map Xen gives it, with no local APIC "
+                                              "of its own"),
+        InherentDifference("userspace_acpi_tables", "a PV domU has no ACPI tables"),
+        InherentDifference("clocksource", "Xen's pvclock (the xen clocksource), which Linux prefers in a domU"),
+        InherentDifference("clocksources", "Xen offers its pvclock beside the TSC"),
+        InherentDifference("clockevent", "a Xen guest's timer is Xen's single-shot vCPU timer (VIRQ_TIMER)"),
+        InherentDifference("userspace_hypervisor", "/sys/hypervisor names Xen and the PV guest type"),
+        InherentDifference("userspace_boot_params", "a PV kernel starts from start_info; no boot loader "
+                                                    "filled a setup header"),
+        InherentDifference("userspace_consoles", "a PV guest's console is hvc0, the Xen console"),
+        InherentDifference("userspace_cpu_flags", "Xen's PV CPUID policy (PSE, PGE, MTRR hidden; the hypervisor "
+                                                  "bit set)"),
+        InherentDifference("userspace_irqs", "a PV guest's interrupts are event channels (VIRQs, IPIs, xenbus), "
+                                             "no I/O APIC"),
     ]
 
 
@@ -328,6 +345,17 @@ def _platform_op(d: PvDomain, a, info) -> int:
         if kind in (pv.XEN_FW_DISK_INFO, pv.XEN_FW_DISK_MBR_SIGNATURE, pv.XEN_FW_VBEDDC_INFO):
             raise HypercallError(x.ESRCH, "no such firmware record (no disks, no VBE)")
         raise HypercallError(x.EINVAL, f"firmware info type {kind}")
+    if cmd == pv.XENPF_get_cpuinfo:
+        # platform_hypercall.c: the physical CPUs are the machine's (the MADT's processor UID = APIC
+        # ID = index, all online); a CPU that is not present is flagged invalid, the rest left as given.
+        (cpu,) = struct.unpack("<I", mem.read(a[0] + 8, 4))
+        present = d.xen.m.config.smp
+        info.update(op="get_cpuinfo", cpu=cpu)
+        if cpu < present:
+            mem.write(a[0] + 8, struct.pack(pv.PCPUINFO_FORMAT, cpu, present - 1, pv.XEN_PCPU_FLAGS_ONLINE, cpu, cpu))
+        else:
+            mem.write(a[0] + 12, struct.pack("<II", present - 1, pv.XEN_PCPU_FLAGS_INVALID))
+        return 0
     info["op"] = f"cmd_{cmd}"
     raise HypercallError(x.ENOSYS)
 

@@ -64,6 +64,15 @@ def hvsim_inherent_differences(env):
         InherentDifference("console_channels", "a Xen guest has the console_io hypercall console"),
         InherentDifference("stop_detail", "a Xen guest shuts down through SCHEDOP_shutdown"),
         InherentDifference("calls", "a Xen guest makes hypercalls (and writes the hypercall-page MSR)"),
+        # what a kernel's userspace sees of Xen (hvsim's /init report)
+        InherentDifference("clocksource", "Xen's pvclock (the xen clocksource), which Linux prefers in a domU"),
+        InherentDifference("clocksources", "Xen offers its pvclock beside the TSC"),
+        InherentDifference("clockevent", "a Xen guest's timer is Xen's single-shot vCPU timer (VIRQ_TIMER)"),
+        InherentDifference("userspace_hypervisor", "/sys/hypervisor names Xen and the guest type"),
+        InherentDifference("userspace_boot_params", "Linux's PVH entry fills boot_params itself (protocol 2.12)"),
+        InherentDifference("userspace_consoles", "a Xen guest has the hvc0 console on the Xen console ring"),
+        InherentDifference("userspace_cpu_flags", "a Xen guest sees the hypervisor bit and Xen's CPUID policy"),
+        InherentDifference("userspace_irqs", "a Xen guest's interrupts are event channels (VIRQs, IPIs, xenbus)"),
     ]
 
 
