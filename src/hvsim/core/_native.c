@@ -30,6 +30,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef int (*uc_emu_stop_fn)(void *uc);
 typedef int (*uc_reg_read_fn)(void *uc, int regid, void *value);
@@ -48,6 +49,8 @@ struct uc_x86_msr {                /* unicorn/x86.h */
     uint32_t rid;
     uint64_t value;
 };
+
+#define REP_SITES 1024
 
 struct hvsim_control {
     volatile int32_t stop_request; /* nonzero: stop at the next block start */
@@ -74,7 +77,8 @@ struct hvsim_control {
     uc_mem_read_fn mem_read;       /* libunicorn's uc_mem_read / uc_mem_write / uc_ctl */
     uc_mem_write_fn mem_write;
     uc_ctl_fn ctl;
-    uint64_t not_rep[1024];        /* direct-mapped: block addresses found not to start a rep string */
+    uint64_t site_pc[REP_SITES];   /* direct-mapped: block addresses decoded, and what they start */
+    uint8_t site_kind[REP_SITES];  /* with: SITE_NOT_REP or SITE_REP (the bytes are checked again) */
 };
 
 enum { STOPPED_BY_REQUEST = 1, STOPPED_BY_INSN_LIMIT = 2, STOPPED_BY_DEADLINE = 3, STOPPED_BY_IF_WINDOW = 4 };
@@ -230,12 +234,55 @@ static int paging_state(void *uc, struct hvsim_control *c, struct paging *p)
     return (descriptor >> 53) & 1 ? 0 : -1;
 }
 
+/* One page's worth (or less) of elements: destination (and source) translated, checked, stored.
+ * Returns the elements done, 0 when this chunk must be left to the engine. */
+static uint64_t rep_chunk(void *uc, struct hvsim_control *c, const struct paging *p, int width, int movs,
+                          uint64_t rdi, uint64_t rsi, uint64_t pattern, uint64_t limit)
+{
+    uint64_t n = (PAGE - (rdi & (PAGE - 1))) / width, dst, src, len;
+    int dst_exec, exec;
+    if (movs && (PAGE - (rsi & (PAGE - 1))) / width < n)
+        n = (PAGE - (rsi & (PAGE - 1))) / width;
+    if (limit < n)
+        n = limit;
+    len = n * width;
+    if (n == 0 || walk(uc, c, p, rdi, ACCESS_WRITE, &dst, &dst_exec) < 0 || !in_ram(c, dst, len))
+        return 0;
+    uint64_t words[PAGE / 8];
+    uint8_t *buffer = (uint8_t *)words;
+    if (movs) {
+        if (walk(uc, c, p, rsi, ACCESS_READ, &src, &exec) < 0 || !in_ram(c, src, len) ||
+            (src < dst + len && dst < src + len) || c->mem_read(uc, src, buffer, len) != 0)
+            return 0;
+    } else if (pattern == 0) {
+        memset(buffer, 0, len);
+    } else {
+        for (uint64_t i = 0; i < (len + 7) / 8; i++)
+            words[i] = pattern;                       /* len is whole elements: the pattern repeats */
+    }
+    if (c->mem_write(uc, dst, buffer, len) != 0)
+        return 0;
+    if (dst_exec)
+        c->ctl(uc, UC_CTL_TB_REMOVE_CACHE_WRITE, rdi, rdi + len);
+    return n;
+}
+
+enum { SITE_UNKNOWN = 0, SITE_NOT_REP = 1, SITE_REP = 2 };
+/* Below this many elements the checks cost more than the blocks they save. */
+#define REP_MIN_ELEMENTS 64
+#define REP_MAX_PAGES 64
+
 /* Iterations of the rep string operation starting this block done here (0: none, the engine runs). */
 static uint64_t rep_string(void *uc, struct hvsim_control *c, uint64_t pc, uint32_t size)
 {
-    uint64_t *negative = &c->not_rep[(pc ^ (pc >> 10)) & 1023];
-    if (*negative == pc)
+    uint64_t slot = (pc ^ (pc >> 10)) & (REP_SITES - 1);
+    int known = c->site_pc[slot] == pc ? c->site_kind[slot] : SITE_UNKNOWN;
+    if (known == SITE_NOT_REP)
         return 0;
+    uint64_t rcx = 0;
+    c->reg_read(uc, REG_RCX, &rcx);
+    if (known == SITE_REP && rcx <= REP_MIN_ELEMENTS)
+        return 0;                                     /* the bytes are checked again below when it pays */
     struct paging p;
     uint8_t code[3];
     uint64_t pa_code;
@@ -245,56 +292,47 @@ static uint64_t rep_string(void *uc, struct hvsim_control *c, uint64_t pc, uint3
     if ((pc & (PAGE - 1)) > PAGE - size || walk(uc, c, &p, pc, ACCESS_READ, &pa_code, &exec) < 0 ||
         c->mem_read(uc, pa_code, code, size) != 0)
         return 0;
+    c->site_pc[slot] = pc;
     if (decode_rep(code, size, &width, &movs) < 0) {
-        *negative = pc;
+        c->site_kind[slot] = SITE_NOT_REP;
         return 0;
     }
-    uint64_t rcx = 0, rdi = 0, rsi = 0, rax = 0, dst, src = 0;
-    int dst_exec;
-    c->reg_read(uc, REG_RCX, &rcx);
+    c->site_kind[slot] = SITE_REP;
+    if (rcx <= REP_MIN_ELEMENTS)
+        return 0;
+    uint64_t rdi = 0, rsi = 0, rax = 0, pattern = 0;
     c->reg_read(uc, REG_RDI, &rdi);
-    uint64_t n = rcx > 1 ? rcx - 1 : 0;               /* the engine runs the last iteration */
-    uint64_t room = (PAGE - (rdi & (PAGE - 1))) / width;
-    if (room < n)
-        n = room;
-    if (movs) {
+    if (movs)
         c->reg_read(uc, REG_RSI, &rsi);
-        room = (PAGE - (rsi & (PAGE - 1))) / width;
-        if (room < n)
-            n = room;
-    }
-    if (c->deadline_blocks - c->blocks - 1 < n)       /* blocks < deadline_blocks here */
-        n = c->deadline_blocks - c->blocks - 1;
-    if (n == 0)
-        return 0;
-    uint64_t len = n * width;
-    if (walk(uc, c, &p, rdi, ACCESS_WRITE, &dst, &dst_exec) < 0 || !in_ram(c, dst, len))
-        return 0;
-    uint8_t buffer[PAGE];
-    if (movs) {
-        if (walk(uc, c, &p, rsi, ACCESS_READ, &src, &exec) < 0 || !in_ram(c, src, len) ||
-            (src < dst + len && dst < src + len) || c->mem_read(uc, src, buffer, len) != 0)
-            return 0;
-    } else {
+    else {
         c->reg_read(uc, REG_RAX, &rax);
-        for (uint64_t i = 0; i < len; i++)
-            buffer[i] = (uint8_t)(rax >> (8 * (i % width)));
+        pattern = width == 8 ? rax : width == 4 ? (rax & 0xFFFFFFFFu) * 0x100000001ull
+                                                : (rax & 0xFFu) * 0x0101010101010101ull;
     }
-    if (c->mem_write(uc, dst, buffer, len) != 0)
+    uint64_t limit = rcx - 1;                          /* the engine runs the last iteration */
+    if (c->deadline_blocks - c->blocks - 1 < limit)    /* blocks < deadline_blocks here */
+        limit = c->deadline_blocks - c->blocks - 1;
+    uint64_t done = 0;
+    for (int page = 0; page < REP_MAX_PAGES && done < limit; page++) {
+        uint64_t n = rep_chunk(uc, c, &p, width, movs, rdi + done * width, rsi + done * width, pattern,
+                               limit - done);
+        if (n == 0)
+            break;
+        done += n;
+        c->rep_chunks++;
+    }
+    if (done == 0)
         return 0;
-    if (dst_exec)
-        c->ctl(uc, UC_CTL_TB_REMOVE_CACHE_WRITE, rdi, rdi + len);
-    rcx -= n;
-    rdi += len;
+    rcx -= done;
+    rdi += done * width;
     c->reg_write(uc, REG_RCX, &rcx);
     c->reg_write(uc, REG_RDI, &rdi);
     if (movs) {
-        rsi += len;
+        rsi += done * width;
         c->reg_write(uc, REG_RSI, &rsi);
     }
-    c->rep_chunks++;
-    c->rep_elements += n;
-    return n;
+    c->rep_elements += done;
+    return done;
 }
 
 static void hvsim_block_hook(void *uc, uint64_t address, uint32_t size, void *user)

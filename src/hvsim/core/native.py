@@ -51,7 +51,8 @@ class NativeControl(ctypes.Structure):
         ("mem_read", ctypes.c_void_p),
         ("mem_write", ctypes.c_void_p),
         ("ctl", ctypes.c_void_p),
-        ("not_rep", ctypes.c_uint64 * 1024),
+        ("site_pc", ctypes.c_uint64 * 1024),
+        ("site_kind", ctypes.c_uint8 * 1024),
     ]
 
 
