@@ -305,11 +305,12 @@ class StopAtBanner:
             machine.stop(StopReason("poweroff", detail="banner reached (benchmark)"))
 
 
-def boot_to_banner(kernel, env: str = "bare_metal") -> dict:
+def boot_to_banner(kernel, env: str = "bare_metal", rep_fast: bool = True) -> dict:
     observer = StopAtBanner()
     t = time.monotonic()
     prepared = Run(env, kernel, MachineConfig(memory="512M", cmdline=LINUX_CMDLINE, timeout=300),
                    observers=[observer])
+    prepared.machine.native.control.rep_fast = int(rep_fast)    # off: one block per rep element, as before
     t0 = time.monotonic()
     result = prepared.execute()
     if observer.t is None:
@@ -346,6 +347,7 @@ def qemu_to_banner(qemu: str, kernel: Path) -> dict:
 
 BANNER_ROWS = (  # key, label, what hvsim boots, QEMU's comparison (its -kernel), goal (x QEMU)
     ("vmlinux", "bare_metal, vmlinux (ELF; payload extracted in {x:.2f} s)", "vmlinux", "vmlinux", 1.0),
+    ("vmlinux_no_rep", "  the same, rep stos/movs fast path off", "vmlinux", "vmlinux", None),
     ("bzimage", "bare_metal, bzImage (in-guest decompressor)", "bzimage", "bzimage", 2.0),
     ("efi", "efi, bzImage through its EFI stub", "bzimage", "bzimage", 2.0),
 )
@@ -365,6 +367,7 @@ def bench_linux(path: Path, reps: int, with_bzimage: bool) -> dict | None:
     qemu = shutil.which(QEMU)
     installed = set(environments(get_plugin_manager()))
     rows = [r for r in BANNER_ROWS if (with_bzimage or r[2] == "vmlinux") and (r[0] != "efi" or "efi" in installed)]
+    # The fast path's effect: the same boot with it on and off, one after the other.
     runs: dict[str, list[dict]] = {r[0]: [] for r in rows}
     qemu_runs: dict[str, list[dict]] = {"vmlinux": [], "bzimage": []} if qemu else {}
     extract = []
@@ -377,7 +380,7 @@ def bench_linux(path: Path, reps: int, with_bzimage: bool) -> dict | None:
             elf_file.write_bytes(elf_bytes)
             for key, _, kernel, _, _ in rows:
                 runs[key].append(boot_to_banner(elf_bytes if kernel == "vmlinux" else path,
-                                                "efi" if key == "efi" else "bare_metal"))
+                                                "efi" if key == "efi" else "bare_metal", key != "vmlinux_no_rep"))
             for key in qemu_runs:
                 if key == "vmlinux" or with_bzimage:
                     qemu_runs[key].append(qemu_to_banner(qemu, elf_file if key == "vmlinux" else path))
@@ -397,12 +400,17 @@ def bench_linux(path: Path, reps: int, with_bzimage: bool) -> dict | None:
         extra = ""
         out[key] = {"banner_s": banner, "min": lo, "max": hi, "runs": banners, "setup_s": setup,
                     "blocks": runs[key][0]["blocks"]}
-        if qemu_runs.get(qkey):
+        if qemu_runs.get(qkey) and goal is not None:
             ratios = [h / q["banner"] for h, q in zip(banners, qemu_runs[qkey])]
             out[key]["x_qemu"] = {"ratio": statistics.median(ratios), "runs": ratios, "goal": goal}
             extra = f"; {statistics.median(ratios):.2f}x QEMU (per run: {fmt_runs(ratios, digits=2)}; goal <= {goal}x)"
         print(f"  {label:<52}{banner:6.2f} s to banner  (runs: {fmt_runs(banners, digits=2)};"
               f" setup {setup:.2f} s; {runs[key][0]['blocks'] / 1e6:.0f}M blocks{extra})")
+    if "vmlinux_no_rep" in out:
+        gains = [off / on for on, off in zip(out["vmlinux"]["runs"], out["vmlinux_no_rep"]["runs"])]
+        out["rep_fast_gain"] = {"ratio": statistics.median(gains), "runs": gains}
+        print(f"  {'  rep fast path: off / on':<52}{statistics.median(gains):6.2f}x  (per run: "
+              f"{fmt_runs(gains, digits=2)}; the same blocks either way, so the same guest time)")
     for qkey, label in (("vmlinux", "QEMU TCG, vmlinux (-kernel: PVH entry)"),
                         ("bzimage", "QEMU TCG, bzImage (-kernel: Linux loader)")):
         if not qemu:
