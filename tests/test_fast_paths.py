@@ -10,10 +10,14 @@ import zlib
 
 import pytest
 
-from hvsim import MachineConfig, get_plugin_manager
+from hvsim import MachineConfig, get_plugin_manager, hookimpl
 from hvsim.api import Run
+from hvsim.core.result import StopReason
+from hvsim.kernels import init_cpio_path
 
 from guestcode import DATA, RawEnv, assemble
+from linux_kernel import debian_vmlinuz
+from test_linux_init import vmlinux  # noqa: F401  (the module-scoped fixture)
 
 # The guest unmaps 16M..18M (PDE 8 of the identity map's first PD), then runs each rep string form
 # across page boundaries, and finally a rep stosq whose element straddles into the unmapped page.
@@ -111,3 +115,41 @@ def test_events_inside_a_rep_see_the_same_iteration(tick_ns):
     assert fast[1].native.control.rep_chunks > 0
     assert fast[4] == slow[4] and len(fast[4]) > 20
     assert fast[0].stats.blocks == slow[0].stats.blocks and fast[2] == slow[2]
+
+
+# -- Debian's Linux, fast path on and off ---------------------------------------------------------
+class StopAtBanner:
+    @hookimpl
+    def hvsim_event(self, machine, event):
+        if event.kind == "ConsoleOutput" and "Linux version" in event.text:
+            machine.stop(StopReason("poweroff", detail="banner (test)"))
+
+
+def linux_run(kernel, fast: bool, *, initrd=None, observers=(), cmdline="console=ttyS0"):
+    prepared = Run("bare_metal", kernel, MachineConfig(memory="512M", cmdline=cmdline, initrd=initrd, timeout=600),
+                   observers=list(observers))
+    prepared.machine.native.control.rep_fast = int(fast)
+    return prepared.execute(), prepared.machine
+
+
+@pytest.mark.linux
+def test_linux_to_init_is_the_same_boot_with_and_without_the_fast_path(vmlinux):  # noqa: F811
+    # clear_bss, clear_page_rep, memcpy/memset: ~15% of the boot's blocks are rep string elements
+    (fast, m1), (slow, m0) = (linux_run(vmlinux, on, initrd=init_cpio_path()) for on in (True, False))
+    assert fast.stop.kind == slow.stop.kind == "poweroff"
+    assert "hvsim-userspace: end" in fast.console()
+    assert fast.console() == slow.console()                      # printk timestamps included
+    assert fast.stats.blocks == slow.stats.blocks and fast.stats.interrupts == slow.stats.interrupts
+    assert m1.native.control.rep_elements > 10_000_000 and m0.native.control.rep_elements == 0
+
+
+@pytest.mark.linux
+def test_bzimage_decompresses_the_same_kernel_with_and_without_the_fast_path():
+    runs = [linux_run(debian_vmlinuz(), on, observers=[StopAtBanner()],
+                      cmdline="earlyprintk=serial,ttyS0 console=ttyS0 nokaslr") for on in (True, False)]
+    (fast, m1), (slow, m0) = runs
+    assert "Linux version" in fast.console() and fast.console() == slow.console()
+    assert fast.stats.blocks == slow.stats.blocks
+    # the decompressed kernel at LOAD_PHYSICAL_ADDR (16 MiB), 48 MiB of it, as each run left it
+    assert zlib.crc32(m1.memory.read(0x1000000, 48 << 20)) == zlib.crc32(m0.memory.read(0x1000000, 48 << 20))
+    assert m1.native.control.rep_elements > 0
