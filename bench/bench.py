@@ -466,12 +466,12 @@ def bench_linux_matrix(path: Path, reps: int) -> dict | None:
         return None
     cmd = [sys.executable, "-m", "hvsim", "matrix", str(path), "--envs", ",".join(LINUX_MATRIX_ENVS),
            "--cmdline", LINUX_CMDLINE, "--timeout", "300", "--quiet"]
-    walls = []
+    walls, statuses = [], []
     for _ in range(reps):
         t = time.monotonic()
         done = subprocess.run(cmd, capture_output=True, timeout=1200)
         walls.append(time.monotonic() - t)
-        statuses = [done.returncode] if not walls[1:] else statuses + [done.returncode]
+        statuses.append(done.returncode)
         if done.returncode not in (0, 1):
             sys.exit(f"{' '.join(cmd)}: exit status {done.returncode}\n{done.stdout.decode()[-2000:]}"
                      f"{done.stderr.decode()[-2000:]}")
