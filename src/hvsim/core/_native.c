@@ -272,8 +272,9 @@ enum { SITE_UNKNOWN = 0, SITE_NOT_REP = 1, SITE_REP = 2 };
 #define REP_MIN_ELEMENTS 64
 #define REP_MAX_PAGES 64
 
-/* Iterations of the rep string operation starting this block done here (0: none, the engine runs). */
-static uint64_t rep_string(void *uc, struct hvsim_control *c, uint64_t pc, uint32_t size)
+/* Iterations of the rep string operation starting this block done here (0: none, the engine runs).
+ * Not inlined: the block hook runs on every block and must stay a few instructions with no frame. */
+__attribute__((noinline)) static uint64_t rep_string(void *uc, struct hvsim_control *c, uint64_t pc, uint32_t size)
 {
     uint64_t slot = (pc ^ (pc >> 10)) & (REP_SITES - 1);
     int known = c->site_pc[slot] == pc ? c->site_kind[slot] : SITE_UNKNOWN;
@@ -357,7 +358,7 @@ static void hvsim_block_hook(void *uc, uint64_t address, uint32_t size, void *us
             return;
         }
     }
-    if (c->rep_fast && (size == 2 || size == 3))
+    if (__builtin_expect(size - 2u < 2u, 0) && c->rep_fast)
         c->blocks += rep_string(uc, c, address, size);
     c->blocks++;
 }
