@@ -49,7 +49,7 @@ from elftools.elf.elffile import ELFFile
 from unicorn import UC_ARCH_X86, UC_HOOK_INSN_INVALID, UC_MODE_64, Uc
 from unicorn.x86_const import UC_X86_REG_RCX, UC_X86_REG_RDI, UC_X86_REG_RIP, UC_X86_REG_RSP
 
-from hvsim import MachineConfig, hookimpl
+from hvsim import MachineConfig, get_plugin_manager, hookimpl
 from hvsim.api import Run
 from hvsim.core.engine import new_engine
 from hvsim.core.native import NativeHooks
@@ -60,6 +60,7 @@ from hvsim.probe_report import parse_probe_report
 DEFAULT_LINUX = Path("~/.cache/hvsim/linux/vmlinuz").expanduser()
 LINUX_CMDLINE = "earlyprintk=serial,ttyS0 console=ttyS0 nokaslr"
 BANNER = "Linux version"
+QEMU = "qemu-system-x86_64"
 # Bare Unicorn layout (paging off, UC_MODE_64's reset state runs 64-bit code with flat addresses).
 CODE, RETURN, STACK_TOP, RAM = 0x100000, 0x200000, 0x300000, 4 << 20
 
@@ -304,47 +305,123 @@ class StopAtBanner:
             machine.stop(StopReason("poweroff", detail="banner reached (benchmark)"))
 
 
-def boot_to_banner(kernel) -> dict:
+def boot_to_banner(kernel, env: str = "bare_metal", rep_fast: bool = True) -> dict:
     observer = StopAtBanner()
     t = time.monotonic()
-    prepared = Run("bare_metal", kernel, MachineConfig(memory="512M", cmdline=LINUX_CMDLINE, timeout=120),
+    prepared = Run(env, kernel, MachineConfig(memory="512M", cmdline=LINUX_CMDLINE, timeout=300),
                    observers=[observer])
+    prepared.machine.native.control.rep_fast = int(rep_fast)    # off: one block per rep element, as before
     t0 = time.monotonic()
     result = prepared.execute()
     if observer.t is None:
-        sys.exit(f"no {BANNER!r} line: stop {result.stop.describe()}\n{result.console()[-2000:]}")
+        sys.exit(f"{env}: no {BANNER!r} line: stop {result.stop.describe()}\n{result.console()[-2000:]}")
     return {"setup": t0 - t, "banner": observer.t - t0, "blocks": result.stats.blocks, "line": observer.line}
 
 
+def qemu_to_banner(qemu: str, kernel: Path) -> dict:
+    """Wall seconds from starting QEMU TCG on ``kernel`` (``-kernel``: a vmlinux is entered by its PVH
+    note, a bzImage by QEMU's Linux loader, which runs its in-guest decompressor) to the first console
+    line holding the banner; QEMU is killed there."""
+    cmd = [qemu, "-M", "pc", "-accel", "tcg", "-m", "512M", "-display", "none", "-monitor", "none",
+           "-serial", "stdio", "-no-reboot", "-kernel", str(kernel), "-append", LINUX_CMDLINE]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    killer = threading.Timer(300, proc.kill)
+    killer.start()
+    seen, tail = None, []
+    try:
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace")
+            tail = (tail + [line])[-40:]
+            if BANNER in line:
+                seen = time.perf_counter() - t0
+                break
+    finally:
+        killer.cancel()
+        proc.kill()
+        proc.wait()
+    if seen is None:
+        sys.exit(f"QEMU on {kernel}: no {BANNER!r} line\n{''.join(tail)}\ncommand: {' '.join(cmd)}")
+    return {"banner": seen}
+
+
+BANNER_ROWS = (  # key, label, what hvsim boots, QEMU's comparison (its -kernel), goal (x QEMU)
+    ("vmlinux", "bare_metal, vmlinux (ELF; payload extracted in {x:.2f} s)", "vmlinux", "vmlinux", 1.0),
+    ("vmlinux_no_rep", "  the same, rep stos/movs fast path off", "vmlinux", "vmlinux", None),
+    ("bzimage", "bare_metal, bzImage (in-guest decompressor)", "bzimage", "bzimage", 2.0),
+    ("efi", "efi, bzImage through its EFI stub", "bzimage", "bzimage", 2.0),
+)
+
+
 def bench_linux(path: Path, reps: int, with_bzimage: bool) -> dict | None:
+    """Seconds to the banner under bare_metal (vmlinux and bzImage) and efi (the bzImage's PE entry),
+    and QEMU TCG's seconds to the banner on the same vmlinux (PVH entry) and bzImage, taking turns."""
     if not path.is_file():
-        print(f"Linux banner under bare_metal: skipped ({path} not found; scripts/fetch-linux fetches it)")
+        print(f"Linux banner: skipped ({path} not found; scripts/fetch-linux fetches it)")
         return None
+    import tempfile
+
+    from hvsim.core.plugins import environments
     from hvsim.image import load_image
 
-    extract, elf_runs = [], []
-    for _ in range(reps):
-        t = time.monotonic()
-        elf_bytes = load_image(path).payload_elf().data
-        extract.append(time.monotonic() - t)
-        elf_runs.append(boot_to_banner(elf_bytes))
-    bz_runs = [boot_to_banner(path) for _ in range(reps)] if with_bzimage else []
-    version = elf_runs[0]["line"].split(BANNER, 1)[1].split()[0]
-    print(f"Linux {version} banner under bare_metal ({path}, {reps} runs; setup = Run(...): load, build memory)")
+    qemu = shutil.which(QEMU)
+    installed = set(environments(get_plugin_manager()))
+    rows = [r for r in BANNER_ROWS if (with_bzimage or r[2] == "vmlinux") and (r[0] != "efi" or "efi" in installed)]
+    # The fast path's effect: the same boot with it on and off, one after the other.
+    runs: dict[str, list[dict]] = {r[0]: [] for r in rows}
+    qemu_runs: dict[str, list[dict]] = {"vmlinux": [], "bzimage": []} if qemu else {}
+    extract = []
+    with tempfile.TemporaryDirectory() as folder:
+        elf_file = Path(folder) / "vmlinux"
+        for _ in range(reps):
+            t = time.monotonic()
+            elf_bytes = load_image(path).payload_elf().data
+            extract.append(time.monotonic() - t)
+            elf_file.write_bytes(elf_bytes)
+            for key, _, kernel, _, _ in rows:
+                runs[key].append(boot_to_banner(elf_bytes if kernel == "vmlinux" else path,
+                                                "efi" if key == "efi" else "bare_metal", key != "vmlinux_no_rep"))
+            for key in qemu_runs:
+                if key == "vmlinux" or with_bzimage:
+                    qemu_runs[key].append(qemu_to_banner(qemu, elf_file if key == "vmlinux" else path))
+    version = runs["vmlinux"][0]["line"].split(BANNER, 1)[1].split()[0]
+    print(f"Linux {version} banner ({path}, {reps} runs; setup = Run(...): load, build memory)")
     out = {"kernel": str(path), "version": version, "reps": reps}
     x_med = statistics.median(extract)
-    rows = [("vmlinux", f"vmlinux (ELF, payload extracted by hvsim in {x_med:.2f} s)", elf_runs),
-            ("bzimage", "bzImage (in-guest decompressor)", bz_runs)]
-    for key, label, runs in rows:
-        if not runs:
-            print(f"  {'bzImage (in-guest decompressor)':<52} skipped (--quick)")
+    for key, label, _, qkey, goal in BANNER_ROWS:
+        label = label.format(x=x_med)
+        if key not in runs:
+            why = "--quick" if not with_bzimage else "the efi environment is not installed"
+            print(f"  {label:<52} skipped ({why})")
             continue
-        banner, lo, hi = median_spread([r["banner"] for r in runs])
-        setup = statistics.median(r["setup"] for r in runs)
-        print(f"  {label:<52}{banner:6.2f} s to banner  (runs: {fmt_runs([r['banner'] for r in runs], digits=2)};"
-              f" setup {setup:.2f} s; {runs[0]['blocks'] / 1e6:.0f}M blocks)")
-        out[key] = {"banner_s": banner, "min": lo, "max": hi, "runs": [r["banner"] for r in runs],
-                    "setup_s": setup, "blocks": runs[0]["blocks"]}
+        banners = [r["banner"] for r in runs[key]]
+        banner, lo, hi = median_spread(banners)
+        setup = statistics.median(r["setup"] for r in runs[key])
+        extra = ""
+        out[key] = {"banner_s": banner, "min": lo, "max": hi, "runs": banners, "setup_s": setup,
+                    "blocks": runs[key][0]["blocks"]}
+        if qemu_runs.get(qkey) and goal is not None:
+            ratios = [h / q["banner"] for h, q in zip(banners, qemu_runs[qkey])]
+            out[key]["x_qemu"] = {"ratio": statistics.median(ratios), "runs": ratios, "goal": goal}
+            extra = f"; {statistics.median(ratios):.2f}x QEMU (per run: {fmt_runs(ratios, digits=2)}; goal <= {goal}x)"
+        print(f"  {label:<52}{banner:6.2f} s to banner  (runs: {fmt_runs(banners, digits=2)};"
+              f" setup {setup:.2f} s; {runs[key][0]['blocks'] / 1e6:.0f}M blocks{extra})")
+    if "vmlinux_no_rep" in out:
+        gains = [off / on for on, off in zip(out["vmlinux"]["runs"], out["vmlinux_no_rep"]["runs"])]
+        out["rep_fast_gain"] = {"ratio": statistics.median(gains), "runs": gains}
+        print(f"  {'  rep fast path: off / on':<52}{statistics.median(gains):6.2f}x  (per run: "
+              f"{fmt_runs(gains, digits=2)}; the same blocks either way, so the same guest time)")
+    for qkey, label in (("vmlinux", "QEMU TCG, vmlinux (-kernel: PVH entry)"),
+                        ("bzimage", "QEMU TCG, bzImage (-kernel: Linux loader)")):
+        if not qemu:
+            print(f"  {label:<52} skipped ({QEMU} is not on PATH; apt-get install qemu-system-x86)")
+        elif not qemu_runs[qkey]:
+            print(f"  {label:<52} skipped (--quick)")
+        else:
+            walls = [r["banner"] for r in qemu_runs[qkey]]
+            out[f"qemu_{qkey}"] = {"banner_s": statistics.median(walls), "runs": walls}
+            print(f"  {label:<52}{statistics.median(walls):6.2f} s to banner  (runs: {fmt_runs(walls, digits=2)};"
+                  f" from process start)")
     out["vmlinux"].update(extract_s=x_med, extract_runs=extract)
     return out
 
@@ -367,6 +444,44 @@ def bench_matrix(reps: int) -> dict:
     print(f"  {'wall time of run_matrix()':<40}{med:7.2f} s  (runs: {fmt_runs(walls, digits=2)}; goal < 10 s; "
           f"emulation per column: {', '.join(f'{e} {w:.2f}' for e, w in runs.items())})")
     return {"environments": envs, "wall_s": med, "min": lo, "max": hi, "runs": walls, "columns_s": runs}
+
+
+LINUX_MATRIX_ENVS = ("bare_metal", "efi", "kvm_pvh", "xen_pvh")
+LINUX_MATRIX_GOAL_S = 15.0
+
+
+def bench_linux_matrix(path: Path, reps: int) -> dict | None:
+    """Wall seconds of ``hvsim matrix VMLINUZ --envs bare_metal,efi,kvm_pvh,xen_pvh`` from the shell
+    (interpreter start and imports included), as a user waits for it; checks that every column ran
+    (exit status 0, or 1: undeclared differences, which are the matrix's finding, not a failure)."""
+    from hvsim.core.plugins import environments
+
+    title = f"hvsim matrix on the vmlinuz ({', '.join(LINUX_MATRIX_ENVS)})"
+    if not path.is_file():
+        print(f"{title}: skipped ({path} not found; scripts/fetch-linux fetches it)")
+        return None
+    missing = sorted(set(LINUX_MATRIX_ENVS) - set(environments(get_plugin_manager())))
+    if missing:
+        print(f"{title}: skipped ({', '.join(missing)} not installed)")
+        return None
+    cmd = [sys.executable, "-m", "hvsim", "matrix", str(path), "--envs", ",".join(LINUX_MATRIX_ENVS),
+           "--cmdline", LINUX_CMDLINE, "--timeout", "300", "--quiet"]
+    walls, statuses = [], []
+    for _ in range(reps):
+        t = time.monotonic()
+        done = subprocess.run(cmd, capture_output=True, timeout=1200)
+        walls.append(time.monotonic() - t)
+        statuses.append(done.returncode)
+        if done.returncode not in (0, 1):
+            sys.exit(f"{' '.join(cmd)}: exit status {done.returncode}\n{done.stdout.decode()[-2000:]}"
+                     f"{done.stderr.decode()[-2000:]}")
+    med, lo, hi = median_spread(walls)
+    print(f"{title}, {reps} runs, {os.cpu_count()} cpus")
+    print(f"  {'wall time of hvsim matrix':<40}{med:7.2f} s  (runs: {fmt_runs(walls, digits=2)}; "
+          f"goal <= {LINUX_MATRIX_GOAL_S:.0f} s; {med / LINUX_MATRIX_GOAL_S:.2f}x the goal; exit status "
+          f"{' '.join(map(str, statuses))}, 1 = undeclared differences)")
+    return {"exit_status": statuses, "environments": list(LINUX_MATRIX_ENVS), "command": cmd, "wall_s": med, "min": lo, "max": hi,
+            "runs": walls, "x_goal": med / LINUX_MATRIX_GOAL_S}
 
 
 # -- 5. coverage overhead ---------------------------------------------------------------------------
@@ -410,9 +525,11 @@ INIT_MEMORY = "512M"
 INIT_TIMEOUT = 300
 # Console lines that mark the stages of a boot to hvsim's /init, first occurrence each (the last two
 # come from /init itself, userspace/init.c, and from Linux's kernel_power_off()).
+# hvsim's configurations, each compared with QEMU's bare-metal boot, and each one's goal (x QEMU)
+INIT_ENVS = ("bare_metal", "kvm_pvh", "xen_pv")
+INIT_GOALS = {"bare_metal": 1.0, "xen_pv": 1.5}
 MILESTONES = (("banner", "Linux version"), ("init", "Run /init as init process"),
               ("userspace_end", "hvsim-userspace: end"), ("power_down", "reboot: Power down"))
-QEMU = "qemu-system-x86_64"
 
 
 class Milestones:
@@ -433,12 +550,17 @@ class Milestones:
                                   "blocks": machine.native.control.blocks}
 
 
+# A PV domU has no serial port: its console is hvc0 on the Xen console ring.
+CMDLINE_UNDER = {"xen_pv": "console=hvc0"}
+
+
 def hvsim_to_init(env: str, vmlinux: Path, initrd: Path) -> dict:
     """One boot of ``vmlinux`` with hvsim's /init under ``env``: wall seconds from ``Run(...)`` (setup
     included) to the poweroff stop, the emulation's share, guest time, blocks, emu_start calls,
     interrupts, and the milestones; exits if /init's report did not end or the run did not power off."""
     observer = Milestones()
-    config = MachineConfig(memory=INIT_MEMORY, cmdline=INIT_CMDLINE, initrd=initrd, timeout=INIT_TIMEOUT)
+    config = MachineConfig(memory=INIT_MEMORY, cmdline=CMDLINE_UNDER.get(env, INIT_CMDLINE), initrd=initrd,
+                           timeout=INIT_TIMEOUT)
     prepared = Run(env, vmlinux, config, observers=[observer])
     setup = time.perf_counter() - observer.t0
     result = prepared.execute()
@@ -500,8 +622,12 @@ def bench_init(vmlinux: Path, reps: int) -> dict | None:
         return None
     initrd = init_cpio_path()
     qemu = shutil.which(QEMU)
-    configs = ["bare_metal", "kvm_pvh"] + (["qemu"] if qemu else [])
-    print(f"{title}\n  {vmlinux}, cmdline {INIT_CMDLINE!r}, {INIT_MEMORY}, {reps} runs")
+    from hvsim.core.plugins import environments
+
+    installed = set(environments(get_plugin_manager()))
+    configs = [e for e in INIT_ENVS if e in installed] + (["qemu"] if qemu else [])
+    print(f"{title}\n  {vmlinux}, cmdline {INIT_CMDLINE!r} (xen_pv: {CMDLINE_UNDER['xen_pv']!r}), {INIT_MEMORY},"
+          f" {reps} runs")
     runs: dict[str, list[dict]] = {c: [] for c in configs}
     for _ in range(reps):                       # the configurations take turns, as everywhere here
         for c in configs:
@@ -528,7 +654,8 @@ def bench_init(vmlinux: Path, reps: int) -> dict | None:
                      f" {r['interrupts']} interrupts")
         if qemu and c != "qemu":
             ratios = [h["wall_s"] / q["wall_s"] for h, q in zip(runs[c], runs["qemu"])]
-            out.setdefault("ratio", {})[c] = {"ratio": statistics.median(ratios), "runs": ratios}
+            out.setdefault("ratio", {})[c] = {"ratio": statistics.median(ratios), "runs": ratios,
+                                              "goal": INIT_GOALS.get(c)}
             extra += f"; {statistics.median(ratios):.2f}x QEMU (per run: {fmt_runs(ratios, digits=2)})"
         out.setdefault("wall_s", {})[c] = med
         print(f"  {label:<22}{med:7.2f} s  (runs: {fmt_runs(walls, digits=2)}{extra})")
@@ -548,6 +675,47 @@ def bench_init(vmlinux: Path, reps: int) -> dict | None:
         cells.append(f"{statistics.median(r['wall_s'] for r in runs[c]):>9.2f} / {stop_guest:5.2f}")
         print(f"  {label:<22}" + "".join(cells))
     return out
+
+
+# -- the issue's table ------------------------------------------------------------------------------
+def goal_rows(report: dict) -> list[tuple[str, float | None, float, str]]:
+    """(what, measured ratio or None, goal, how it was measured / why it is missing) for each line of
+    the speed goals, from this run's report."""
+    def get(*keys):
+        node = report
+        for k in keys:
+            if not isinstance(node, dict) or node.get(k) is None:
+                return None
+            node = node[k]
+        return node
+
+    def ratio(*keys):
+        r = get(*keys)
+        return r if isinstance(r, (int, float)) else None
+
+    missing = "section not run, or skipped (see above)"
+    rows = [
+        ("vmlinux to banner, bare_metal / QEMU TCG (PVH loader)", ratio("linux", "vmlinux", "x_qemu", "ratio"), 1.0),
+        ("bzImage to banner, bare_metal / QEMU TCG", ratio("linux", "bzimage", "x_qemu", "ratio"), 2.0),
+        ("bzImage to banner, efi (EFI stub) / QEMU TCG bzImage", ratio("linux", "efi", "x_qemu", "ratio"), 2.0),
+        ("vmlinux to /init + poweroff, bare_metal / QEMU TCG", ratio("init", "ratio", "bare_metal", "ratio"), 1.0),
+        ("xen_pv domU to /init / QEMU TCG bare-metal /init", ratio("init", "ratio", "xen_pv", "ratio"), 1.5),
+        ("hypercall round trip / empty Python invalid hook", ratio("hypercall", "ratio", "ratio"), 3.0),
+        ("compute loop, bare Unicorn / hvsim", ratio("compute", "overhead", "ratio"), 1.10),
+        ("exact instruction budget slowdown", ratio("compute", "budget_slowdown"), 3.0),
+        ("hvsim matrix on the vmlinuz, 4 envs / 15 s", ratio("linux_matrix", "x_goal"), 1.0),
+    ]
+    return [(what, value, goal, "" if value is not None else missing) for what, value, goal in rows]
+
+
+def print_goals(report: dict) -> None:
+    print("speed goals (issue 16): measured ratio (median of this run) against its goal")
+    for what, value, goal, why in goal_rows(report):
+        if value is None:
+            print(f"  {what:<56} {'-':>7}   goal <= {goal:.2f}x  ({why})")
+        else:
+            verdict = "met" if value <= goal else "NOT met"
+            print(f"  {what:<56} {value:6.2f}x   goal <= {goal:.2f}x  {verdict}")
 
 
 SECTIONS = ("compute", "hypercall", "banner", "matrix", "coverage", "init")
@@ -595,10 +763,13 @@ def main() -> None:
         report["linux"] = bench_linux(args.linux.expanduser(), reps, not args.quick)
     if "matrix" in only:
         report["matrix"] = bench_matrix(reps)
+        report["linux_matrix"] = bench_linux_matrix(args.linux.expanduser(), 1 if args.quick else reps)
     if "coverage" in only:
         report["coverage"] = bench_coverage(n // 4, args.linux.expanduser(), reps)
     if "init" in only:
         report["init"] = bench_init(args.vmlinux.expanduser(), reps)
+    print_goals(report)
+    report["goals"] = [dict(zip(("what", "ratio", "goal", "missing"), row)) for row in goal_rows(report)]
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -31,15 +31,16 @@ from hvsim.symbols import SymbolTable
 DEFAULT_VMLINUX = Path("~/.cache/hvsim/linux/vmlinux").expanduser()
 
 
-def config() -> MachineConfig:
-    return MachineConfig(memory="512M", cmdline="console=ttyS0", initrd=init_cpio_path(), timeout=300)
+def config(env: str = "bare_metal") -> MachineConfig:
+    cmdline = "console=hvc0" if env == "xen_pv" else "console=ttyS0"      # a PV domU has no serial port
+    return MachineConfig(memory="512M", cmdline=cmdline, initrd=init_cpio_path(), timeout=600)
 
 
 def host_profile(env: str, vmlinux: Path, top: int) -> None:
     profile = cProfile.Profile()
     t = time.perf_counter()
     profile.enable()
-    result = Run(env, vmlinux, config()).execute()
+    result = Run(env, vmlinux, config(env)).execute()
     profile.disable()
     wall = time.perf_counter() - t
     s = result.stats
@@ -54,7 +55,7 @@ def host_profile(env: str, vmlinux: Path, top: int) -> None:
 def guest_profile(env: str, vmlinux: Path, sample_ns: int, top: int) -> None:
     system_map = vmlinux.with_name("System.map")
     symbols = SymbolTable.from_system_map(system_map) if system_map.is_file() else None
-    prepared = Run(env, vmlinux, config())
+    prepared = Run(env, vmlinux, config(env))
     machine = prepared.machine
     samples: collections.Counter = collections.Counter()
 

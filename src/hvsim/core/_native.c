@@ -12,6 +12,8 @@
  *    block count reaches `deadline_blocks` (the guest clock's next event), or, while `want_if` is set
  *    (an interrupt waits for the guest to enable interrupts), at the first block entered with
  *    RFLAGS.IF set.
+ *    With `rep_fast` set it also runs `rep stos`/`rep movs` host-side, a page at a time (rep_string
+ *    below).
  *  - hvsim_rdtsc_hook / hvsim_rdtscp_hook: answer RDTSC / RDTSCP with guest time in nanoseconds (a
  *    1 GHz TSC) instead of the engine's host-clock TSC, so the guest's time is deterministic.
  *  - hvsim_insn_hook:  counts executed instructions exactly and stops before the one that would
@@ -28,13 +30,18 @@
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef int (*uc_emu_stop_fn)(void *uc);
 typedef int (*uc_reg_read_fn)(void *uc, int regid, void *value);
 typedef int (*uc_reg_write_fn)(void *uc, int regid, const void *value);
+typedef int (*uc_mem_read_fn)(void *uc, uint64_t address, void *bytes, uint64_t size);
+typedef int (*uc_mem_write_fn)(void *uc, uint64_t address, const void *bytes, uint64_t size);
+typedef int (*uc_ctl_fn)(void *uc, uint32_t control, ...);
 
 /* Unicorn 2.1.4's register ids (unicorn/x86.h); native.py checks them against the binding. */
-enum { REG_EFLAGS = 25, REG_RAX = 35, REG_RCX = 38, REG_RDX = 40, REG_MSR = 248 };
+enum { REG_CS = 11, REG_EFLAGS = 25, REG_RAX = 35, REG_RCX = 38, REG_RDI = 39, REG_RDX = 40, REG_RSI = 43,
+       REG_CR0 = 50, REG_CR3 = 53, REG_CR4 = 54, REG_GDTR = 243, REG_MSR = 248 };
 #define MSR_TSC_AUX 0xC0000103u
 #define RFLAGS_IF (1u << 9)
 
@@ -42,6 +49,8 @@ struct uc_x86_msr {                /* unicorn/x86.h */
     uint32_t rid;
     uint64_t value;
 };
+
+#define REP_SITES 1024
 
 struct hvsim_control {
     volatile int32_t stop_request; /* nonzero: stop at the next block start */
@@ -59,15 +68,277 @@ struct hvsim_control {
     uint64_t skipped_ns;
     uint64_t tsc_reads;            /* RDTSC/RDTSCP answered */
     uint64_t tsc_offset;           /* TSC = guest time + tsc_offset (a guest write to IA32_TSC sets it) */
+    /* the rep string fast path (rep_string); off while an instruction budget counts instructions */
+    int32_t rep_fast;              /* nonzero: on */
+    int32_t ram_count;             /* ranges used in ram[] */
+    uint64_t ram[8][2];            /* guest-physical RAM, [start, end): the only memory it stores to */
+    uint64_t rep_chunks;           /* rep string chunks done host-side */
+    uint64_t rep_elements;         /* elements (= blocks) they stood for */
+    uc_mem_read_fn mem_read;       /* libunicorn's uc_mem_read / uc_mem_write / uc_ctl */
+    uc_mem_write_fn mem_write;
+    uc_ctl_fn ctl;
+    uint64_t site_pc[REP_SITES];   /* direct-mapped: block addresses decoded, and what they start */
+    uint8_t site_kind[REP_SITES];  /* with: SITE_NOT_REP or SITE_REP (the bytes are checked again) */
 };
 
 enum { STOPPED_BY_REQUEST = 1, STOPPED_BY_INSN_LIMIT = 2, STOPPED_BY_DEADLINE = 3, STOPPED_BY_IF_WINDOW = 4 };
 
+/* --- rep stos / rep movs host-side -------------------------------------------------------------
+ *
+ * The engine runs one iteration of a `rep stos`/`rep movs` per translation block (the instruction
+ * jumps back to itself), so clearing a page with `rep stosq` costs 512 blocks.  When a block starts
+ * at such an instruction, the block hook does as many iterations as stay inside the current page of
+ * the destination (and source) at once, and leaves the last iteration of the count to the engine.
+ * The result is the state the engine would reach after the same iterations:
+ *  - memory, RCX, RDI, RSI as the iterations leave them, and guest time: each iteration done here
+ *    counts the block the engine would have run for it, and none goes past the next clock deadline,
+ *    so events and interrupts land at the same iteration as without the fast path;
+ *  - only where nothing can fault: 64-bit code (CS.L, EFER.LMA), 4-level paging, DF clear, no
+ *    segment or address-size prefix, the page present with the access allowed at the CPL (R/W with
+ *    CR0.WP, U/S, SMAP with RFLAGS.AC) and its accessed/dirty bits already set (so no page-table
+ *    store is skipped), the physical bytes in RAM, source and destination not overlapping.
+ *    Anything else is left to the engine, whose iteration then faults (or sets A/D) as hardware does;
+ *  - translated code on the destination is dropped (UC_CTL_TB_REMOVE_CACHE) when the destination
+ *    mapping is executable at the CPL.  Not modelled: a destination mapped NX whose physical page
+ *    holds code translated through another, executable mapping keeps that translation (the engine's
+ *    own stores through an NX mapping also invalidate only on the first store after a TLB fill,
+ *    guest-store-speed.md C1), and the walk reads the page tables as they are, not a stale TLB entry
+ *    the guest has not flushed.
+ */
+#define PTE_P (1ull << 0)
+#define PTE_RW (1ull << 1)
+#define PTE_US (1ull << 2)
+#define PTE_A (1ull << 5)
+#define PTE_D (1ull << 6)
+#define PTE_PS (1ull << 7)
+#define PTE_NX (1ull << 63)
+#define PTE_ADDR 0x000FFFFFFFFFF000ull
+#define CR0_WP (1ull << 16)
+#define CR0_PG (1ull << 31)
+#define CR4_PAE (1ull << 5)
+#define CR4_LA57 (1ull << 12)
+#define CR4_SMEP (1ull << 20)
+#define CR4_SMAP (1ull << 21)
+#define EFER_LMA (1ull << 10)
+#define EFER_NXE (1ull << 11)
+#define MSR_EFER 0xC0000080u
+#define RFLAGS_DF (1ull << 10)
+#define RFLAGS_AC (1ull << 18)
+#define UC_CTL_TB_REMOVE_CACHE_WRITE ((9u) | (2u << 26) | (1u << 30))   /* UC_CTL_WRITE(UC_CTL_TB_REMOVE_CACHE, 2) */
+#define PAGE 4096u
+
+struct paging {
+    uint64_t cr0, cr3, cr4, efer, rflags;
+    int cpl;
+};
+
+enum { ACCESS_READ, ACCESS_WRITE };
+
+static int in_ram(const struct hvsim_control *c, uint64_t pa, uint64_t len)
+{
+    for (int i = 0; i < c->ram_count; i++)
+        if (pa >= c->ram[i][0] && len <= c->ram[i][1] - pa && pa < c->ram[i][1])
+            return 1;
+    return 0;
+}
+
+/* Guest-physical address of `va` under 4-level paging, or -1 when the access could fault or would
+ * set an accessed/dirty bit.  *exec says whether the mapping is executable at the CPL. */
+static int walk(void *uc, struct hvsim_control *c, const struct paging *p, uint64_t va, int access,
+                uint64_t *pa, int *exec)
+{
+    uint64_t sext = (uint64_t)((int64_t)(va << 16) >> 16);
+    if (sext != va)
+        return -1;                                    /* non-canonical: #GP */
+    uint64_t table = p->cr3 & PTE_ADDR, entry = 0;
+    int writable = 1, user = 1, nx = 0;
+    for (int shift = 39; shift >= 12; shift -= 9) {
+        uint64_t at = table + ((va >> shift) & 511) * 8;
+        if (!in_ram(c, at, 8) || c->mem_read(uc, at, &entry, 8) != 0)
+            return -1;
+        if (!(entry & PTE_P) || !(entry & PTE_A))
+            return -1;
+        writable &= !!(entry & PTE_RW);
+        user &= !!(entry & PTE_US);
+        nx |= (p->efer & EFER_NXE) && (entry & PTE_NX);
+        if (shift == 39 && (entry & PTE_PS))
+            return -1;                                /* reserved in a PML4E */
+        if (shift == 12 || (entry & PTE_PS)) {
+            if (access == ACCESS_WRITE && !(entry & PTE_D))
+                return -1;
+            uint64_t size = 1ull << shift;
+            *pa = ((entry & PTE_ADDR) & ~(size - 1)) | (va & (size - 1));
+            break;
+        }
+        table = entry & PTE_ADDR;
+    }
+    if (p->cpl == 3) {
+        if (!user || (access == ACCESS_WRITE && !writable))
+            return -1;
+    } else {
+        if (access == ACCESS_WRITE && !writable && (p->cr0 & CR0_WP))
+            return -1;
+        if (user && (p->cr4 & CR4_SMAP) && !(p->rflags & RFLAGS_AC))
+            return -1;
+    }
+    *exec = !nx && (p->cpl == 3 ? user : !(user && (p->cr4 & CR4_SMEP)));
+    return 0;
+}
+
+/* The instruction at `pc` as a rep string operation: element width, and whether it is a movs. */
+static int decode_rep(const uint8_t *code, uint32_t size, int *width, int *movs)
+{
+    if (code[0] != 0xF3)
+        return -1;
+    uint8_t op = code[size - 1];
+    if (size == 3 && code[1] != 0x48)                 /* REX.W alone */
+        return -1;
+    switch (op) {
+    case 0xAA: *width = 1; *movs = 0; break;
+    case 0xAB: *width = size == 3 ? 8 : 4; *movs = 0; break;
+    case 0xA4: *width = 1; *movs = 1; break;
+    case 0xA5: *width = size == 3 ? 8 : 4; *movs = 1; break;
+    default: return -1;
+    }
+    if (size == 3 && *width == 1)
+        return -1;                                    /* f3 48 aa: REX.W changes nothing, but rare: leave it */
+    return 0;
+}
+
+static int paging_state(void *uc, struct hvsim_control *c, struct paging *p)
+{
+    struct uc_x86_msr efer = {MSR_EFER, 0};
+    uint16_t cs = 0;
+    c->reg_read(uc, REG_CR0, &p->cr0);
+    c->reg_read(uc, REG_CR3, &p->cr3);
+    c->reg_read(uc, REG_CR4, &p->cr4);
+    c->reg_read(uc, REG_MSR, &efer);
+    c->reg_read(uc, REG_EFLAGS, &p->rflags);
+    c->reg_read(uc, REG_CS, &cs);
+    p->efer = efer.value;
+    p->cpl = cs & 3;
+    if (!(p->cr0 & CR0_PG) || !(p->cr4 & CR4_PAE) || (p->cr4 & CR4_LA57) || !(p->efer & EFER_LMA) ||
+        (p->rflags & RFLAGS_DF) || (cs & 4))
+        return -1;
+    /* 64-bit code: the L bit of CS's GDT descriptor */
+    struct { uint16_t selector; uint64_t base; uint32_t limit; uint32_t flags; } gdtr = {0, 0, 0, 0};
+    c->reg_read(uc, REG_GDTR, &gdtr);
+    uint64_t index = cs & ~7u, pa, descriptor = 0;
+    int exec;
+    struct paging system = *p;
+    system.cpl = 0;                                   /* descriptor reads are supervisor accesses */
+    system.cr4 &= ~CR4_SMAP;
+    if (index + 7 > gdtr.limit || walk(uc, c, &system, gdtr.base + index, ACCESS_READ, &pa, &exec) < 0 ||
+        (pa & (PAGE - 1)) > PAGE - 8 || c->mem_read(uc, pa, &descriptor, 8) != 0)
+        return -1;
+    return (descriptor >> 53) & 1 ? 0 : -1;
+}
+
+/* One page's worth (or less) of elements: destination (and source) translated, checked, stored.
+ * Returns the elements done, 0 when this chunk must be left to the engine. */
+static uint64_t rep_chunk(void *uc, struct hvsim_control *c, const struct paging *p, int width, int movs,
+                          uint64_t rdi, uint64_t rsi, uint64_t pattern, uint64_t limit)
+{
+    uint64_t n = (PAGE - (rdi & (PAGE - 1))) / width, dst, src, len;
+    int dst_exec, exec;
+    if (movs && (PAGE - (rsi & (PAGE - 1))) / width < n)
+        n = (PAGE - (rsi & (PAGE - 1))) / width;
+    if (limit < n)
+        n = limit;
+    len = n * width;
+    if (n == 0 || walk(uc, c, p, rdi, ACCESS_WRITE, &dst, &dst_exec) < 0 || !in_ram(c, dst, len))
+        return 0;
+    uint64_t words[PAGE / 8];
+    uint8_t *buffer = (uint8_t *)words;
+    if (movs) {
+        if (walk(uc, c, p, rsi, ACCESS_READ, &src, &exec) < 0 || !in_ram(c, src, len) ||
+            (src < dst + len && dst < src + len) || c->mem_read(uc, src, buffer, len) != 0)
+            return 0;
+    } else if (pattern == 0) {
+        memset(buffer, 0, len);
+    } else {
+        for (uint64_t i = 0; i < (len + 7) / 8; i++)
+            words[i] = pattern;                       /* len is whole elements: the pattern repeats */
+    }
+    if (c->mem_write(uc, dst, buffer, len) != 0)
+        return 0;
+    if (dst_exec)
+        c->ctl(uc, UC_CTL_TB_REMOVE_CACHE_WRITE, rdi, rdi + len);
+    return n;
+}
+
+enum { SITE_UNKNOWN = 0, SITE_NOT_REP = 1, SITE_REP = 2 };
+/* Below this many elements the checks cost more than the blocks they save. */
+#define REP_MIN_ELEMENTS 64
+#define REP_MAX_PAGES 64
+
+/* Iterations of the rep string operation starting this block done here (0: none, the engine runs).
+ * Not inlined: the block hook runs on every block and must stay a few instructions with no frame. */
+__attribute__((noinline)) static uint64_t rep_string(void *uc, struct hvsim_control *c, uint64_t pc, uint32_t size)
+{
+    uint64_t slot = (pc ^ (pc >> 10)) & (REP_SITES - 1);
+    int known = c->site_pc[slot] == pc ? c->site_kind[slot] : SITE_UNKNOWN;
+    if (known == SITE_NOT_REP)
+        return 0;
+    uint64_t rcx = 0;
+    c->reg_read(uc, REG_RCX, &rcx);
+    if (known == SITE_REP && rcx <= REP_MIN_ELEMENTS)
+        return 0;                                     /* the bytes are checked again below when it pays */
+    struct paging p;
+    uint8_t code[3];
+    uint64_t pa_code;
+    int width, movs, exec;
+    if (paging_state(uc, c, &p) < 0)
+        return 0;
+    if ((pc & (PAGE - 1)) > PAGE - size || walk(uc, c, &p, pc, ACCESS_READ, &pa_code, &exec) < 0 ||
+        c->mem_read(uc, pa_code, code, size) != 0)
+        return 0;
+    c->site_pc[slot] = pc;
+    if (decode_rep(code, size, &width, &movs) < 0) {
+        c->site_kind[slot] = SITE_NOT_REP;
+        return 0;
+    }
+    c->site_kind[slot] = SITE_REP;
+    if (rcx <= REP_MIN_ELEMENTS)
+        return 0;
+    uint64_t rdi = 0, rsi = 0, rax = 0, pattern = 0;
+    c->reg_read(uc, REG_RDI, &rdi);
+    if (movs)
+        c->reg_read(uc, REG_RSI, &rsi);
+    else {
+        c->reg_read(uc, REG_RAX, &rax);
+        pattern = width == 8 ? rax : width == 4 ? (rax & 0xFFFFFFFFu) * 0x100000001ull
+                                                : (rax & 0xFFu) * 0x0101010101010101ull;
+    }
+    uint64_t limit = rcx - 1;                          /* the engine runs the last iteration */
+    if (c->deadline_blocks - c->blocks - 1 < limit)    /* blocks < deadline_blocks here */
+        limit = c->deadline_blocks - c->blocks - 1;
+    uint64_t done = 0;
+    for (int page = 0; page < REP_MAX_PAGES && done < limit; page++) {
+        uint64_t n = rep_chunk(uc, c, &p, width, movs, rdi + done * width, rsi + done * width, pattern,
+                               limit - done);
+        if (n == 0)
+            break;
+        done += n;
+        c->rep_chunks++;
+    }
+    if (done == 0)
+        return 0;
+    rcx -= done;
+    rdi += done * width;
+    c->reg_write(uc, REG_RCX, &rcx);
+    c->reg_write(uc, REG_RDI, &rdi);
+    if (movs) {
+        rsi += done * width;
+        c->reg_write(uc, REG_RSI, &rsi);
+    }
+    c->rep_elements += done;
+    return done;
+}
+
 static void hvsim_block_hook(void *uc, uint64_t address, uint32_t size, void *user)
 {
     struct hvsim_control *c = user;
-    (void)address;
-    (void)size;
     if (c->stop_request) {
         c->stopped_by = STOPPED_BY_REQUEST;
         c->emu_stop(uc);
@@ -87,6 +358,8 @@ static void hvsim_block_hook(void *uc, uint64_t address, uint32_t size, void *us
             return;
         }
     }
+    if (__builtin_expect(size - 2u < 2u, 0) && c->rep_fast)
+        c->blocks += rep_string(uc, c, address, size);
     c->blocks++;
 }
 
@@ -222,6 +495,14 @@ PyMODINIT_FUNC PyInit__native(void)
         PyModule_AddIntConstant(m, "REG_RCX", REG_RCX) < 0 ||
         PyModule_AddIntConstant(m, "REG_RDX", REG_RDX) < 0 ||
         PyModule_AddIntConstant(m, "REG_MSR", REG_MSR) < 0 ||
+        PyModule_AddIntConstant(m, "REG_CS", REG_CS) < 0 ||
+        PyModule_AddIntConstant(m, "REG_RDI", REG_RDI) < 0 ||
+        PyModule_AddIntConstant(m, "REG_RSI", REG_RSI) < 0 ||
+        PyModule_AddIntConstant(m, "REG_CR0", REG_CR0) < 0 ||
+        PyModule_AddIntConstant(m, "REG_CR3", REG_CR3) < 0 ||
+        PyModule_AddIntConstant(m, "REG_CR4", REG_CR4) < 0 ||
+        PyModule_AddIntConstant(m, "REG_GDTR", REG_GDTR) < 0 ||
+        PyModule_AddIntConstant(m, "CTL_TB_REMOVE_CACHE_WRITE", UC_CTL_TB_REMOVE_CACHE_WRITE) < 0 ||
         PyModule_AddIntConstant(m, "STOPPED_BY_DEADLINE", STOPPED_BY_DEADLINE) < 0 ||
         PyModule_AddIntConstant(m, "STOPPED_BY_IF_WINDOW", STOPPED_BY_IF_WINDOW) < 0 ||
         PyModule_AddObject(m, "coverage_hook", PyLong_FromVoidPtr((void *)hvsim_coverage_hook)) < 0 ||

@@ -5,7 +5,9 @@ native block hook, _native.c), plus the nanoseconds skipped while the guest idle
 interrupts on.  It never reads the host clock, so two runs of the same kernel and configuration see
 the same time at the same point of their execution.  A block that a stop interrupts is not counted
 (it is counted when it runs), so wall-clock stops do not perturb guest time.  The TSC is guest time
-in nanoseconds (a 1 GHz TSC).
+in nanoseconds (a 1 GHz TSC).  A ``rep stos``/``rep movs`` runs one element per block in the engine;
+when the native hook does a run of elements at once (_native.c, rep_string) it counts one block per
+element and stops short of the next deadline, so guest time is the same with the fast path as without.
 
 Devices call ``schedule(at_ns, callback)``; the callback runs at the first block boundary at or
 after ``at_ns`` (the native hook stops the engine there synchronously, see ``RunLoop``), or when an

@@ -101,7 +101,7 @@ class Machine:
         self._sinks: list[Any] = []
         self.plugin_state: dict[str, Any] = {}     # per-run state of the run's plugins, by plugin name
         self.cpuid = CpuidTable.probe()
-        self.native = NativeHooks(self.uc, insn_limit=config.max_instructions)
+        self.native = NativeHooks(self.uc, insn_limit=config.max_instructions, ram=list(self.layout.backed))
         self.clock = GuestClock(self.native.control, NS_PER_BLOCK)
         # The CPU's interrupt input (INTR/NMI): an object with ``interrupt_pending() -> bool`` and
         # ``acknowledge() -> int | None`` (the local APIC, or the 8259 when there is none); ``None``

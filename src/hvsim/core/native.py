@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 
 from unicorn import x86_const
-from unicorn.unicorn_const import UC_ERR_OK, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN
+from unicorn.unicorn_const import UC_CTL_TB_REMOVE_CACHE, UC_ERR_OK, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN
 from unicorn.unicorn_py3.unicorn import UcError, uclib
 
 from . import _native
@@ -16,9 +16,12 @@ STOPPED_BY_DEADLINE = _native.STOPPED_BY_DEADLINE
 STOPPED_BY_IF_WINDOW = _native.STOPPED_BY_IF_WINDOW
 NO_DEADLINE = (1 << 64) - 1
 
-for _name in ("EFLAGS", "RAX", "RCX", "RDX", "MSR"):
+for _name in ("EFLAGS", "RAX", "RCX", "RDX", "MSR", "CS", "RDI", "RSI", "CR0", "CR3", "CR4", "GDTR"):
     if getattr(_native, f"REG_{_name}") != getattr(x86_const, f"UC_X86_REG_{_name}"):  # pragma: no cover
         raise ImportError(f"hvsim native helper: register id {_name} differs from unicorn's; rebuild")
+if _native.CTL_TB_REMOVE_CACHE_WRITE != UC_CTL_TB_REMOVE_CACHE | 2 << 26 | 1 << 30:  # pragma: no cover
+    raise ImportError("hvsim native helper: UC_CTL_TB_REMOVE_CACHE differs from unicorn's; rebuild")
+MAX_RAM_RANGES = 8
 
 
 class NativeControl(ctypes.Structure):
@@ -40,6 +43,16 @@ class NativeControl(ctypes.Structure):
         ("skipped_ns", ctypes.c_uint64),
         ("tsc_reads", ctypes.c_uint64),
         ("tsc_offset", ctypes.c_uint64),
+        ("rep_fast", ctypes.c_int32),
+        ("ram_count", ctypes.c_int32),
+        ("ram", (ctypes.c_uint64 * 2) * MAX_RAM_RANGES),
+        ("rep_chunks", ctypes.c_uint64),
+        ("rep_elements", ctypes.c_uint64),
+        ("mem_read", ctypes.c_void_p),
+        ("mem_write", ctypes.c_void_p),
+        ("ctl", ctypes.c_void_p),
+        ("site_pc", ctypes.c_uint64 * 1024),
+        ("site_kind", ctypes.c_uint8 * 1024),
     ]
 
 
@@ -49,18 +62,33 @@ if ctypes.sizeof(NativeControl) != _native.control_size:  # pragma: no cover - b
 _EMU_STOP = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
 _REG_READ = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
 _REG_WRITE = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
+_MEM_READ = ctypes.cast(uclib.uc_mem_read, ctypes.c_void_p).value
+_MEM_WRITE = ctypes.cast(uclib.uc_mem_write, ctypes.c_void_p).value
+_CTL = ctypes.cast(uclib.uc_ctl, ctypes.c_void_p).value
 
 
 class NativeHooks:
     """Installs the native hooks on one engine and owns their control block: the block hook
-    (guest time, deadlines, the IF window), RDTSC/RDTSCP answered with guest time, and, when an
-    instruction budget is asked for, the instruction counter."""
+    (guest time, deadlines, the IF window, and ``rep stos``/``rep movs`` run a page at a time in
+    ``ram``, the guest-physical RAM ranges), RDTSC/RDTSCP answered with guest time, and, when an
+    instruction budget is asked for, the instruction counter (which turns the rep fast path off:
+    it counts every iteration as the engine runs it)."""
 
-    def __init__(self, uc, *, insn_limit: int | None = None, ns_per_block: int = 10):
+    def __init__(self, uc, *, insn_limit: int | None = None, ns_per_block: int = 10,
+                 ram: list[tuple[int, int]] = (), rep_fast: bool = True):
         self.control = NativeControl()
         self.control.emu_stop = _EMU_STOP
         self.control.reg_read = _REG_READ
         self.control.reg_write = _REG_WRITE
+        self.control.mem_read = _MEM_READ
+        self.control.mem_write = _MEM_WRITE
+        self.control.ctl = _CTL
+        if len(ram) > MAX_RAM_RANGES:
+            raise ValueError(f"at most {MAX_RAM_RANGES} RAM ranges for the rep fast path, got {len(ram)}")
+        for i, (start, size) in enumerate(ram):
+            self.control.ram[i][0], self.control.ram[i][1] = start, start + size
+        self.control.ram_count = len(ram)
+        self.control.rep_fast = int(rep_fast and insn_limit is None and bool(ram))
         self.control.deadline_blocks = NO_DEADLINE
         self.control.ns_per_block = ns_per_block
         self._uc = uc
