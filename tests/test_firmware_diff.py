@@ -233,7 +233,6 @@ LINUX_DIFFERENCES = {
     "cpu_model": "QEMU's default TCG CPU is 'QEMU Virtual CPU'; hvsim's is Unicorn's EPYC model",
     "cpu_flags": "QEMU's default TCG CPU has the hypervisor bit and lacks pdpe1gb, rdtscp, xsave, arat, smep "
                  "and smap, which hvsim's EPYC model has",
-    "irqs": "QEMU's pc machine has an i8042 (IRQs 1 and 12), which hvsim does not model",
 }
 LINUX_ENV_DIFFERENCES = {
     "bare_metal": {"boot_params_version": "under PVH Linux builds its boot_params itself (version 2.12); "
