@@ -176,7 +176,18 @@ def test_fadt_advertises_the_pm_blocks_reset_register_and_acpi_mode():
     assert acpi.Gas.unpack(fadt, acpi.FADT_RESET_REG) == acpi.Gas(1, 8, 0, 1, 0xCF9)  # byte write, port 0xCF9
     assert field("<B", acpi.FADT_RESET_VALUE) == 0x06
     boot_arch = field("<H", acpi.FADT_IAPC_BOOT_ARCH)
-    assert boot_arch & acpi.IAPC_LEGACY_DEVICES and not boot_arch & acpi.IAPC_8042
+    assert boot_arch & acpi.IAPC_LEGACY_DEVICES and not boot_arch & acpi.IAPC_8042   # this platform has none
+
+
+@pytest.mark.parametrize("i8042", [False, True])
+def test_the_fadt_and_the_dsdt_declare_the_8042_when_the_platform_has_one(i8042):
+    tables = build_acpi_tables(AcpiPlatform(cpus=1, i8042=i8042), base=BIOS_AREA)
+    (boot_arch,) = struct.unpack_from("<H", table_bytes(tables, "FACP"), acpi.FADT_IAPC_BOOT_ARCH)
+    dsdt = table_bytes(tables, "DSDT")
+    assert bool(boot_arch & acpi.IAPC_8042) == i8042 and boot_arch & acpi.IAPC_LEGACY_DEVICES
+    # EisaId ("PNP0303") and EisaId ("PNP0F13") as DWORD consts, as iasl compiles them
+    assert (b"KBD_\x08_HID\x0c\x41\xd0\x03\x03" in dsdt) == (b"MOU_\x08_HID\x0c\x41\xd0\x0f\x13" in dsdt) == i8042
+    assert acpi_aml.find_sleep_type_a(dsdt[acpi.HEADER_LENGTH:]) == 5
 
 
 def test_madt_interrupt_model():
@@ -226,6 +237,17 @@ def test_dsdt_aml_encodes_every_s5_sleep_type(sleep_type):
 def test_dsdt_is_the_documented_aml():
     aml = acpi_aml.dsdt_aml(5)
     assert aml == b"\x08_S5_\x12\x08\x04\x0a\x05\x0a\x05\x00\x00" + b"\x10\x06\\_SB_"
+    kbd_crs = bytes.fromhex("4701 6000 6000 0101" "4701 6400 6400 0101" "220200" "7900")
+    mou_crs = bytes.fromhex("220010" "7900")
+    devices = (b"\x5b\x82\x2dKBD_" + b"\x08_HID\x0c\x41\xd0\x03\x03"
+               + b"\x08_CRS\x11\x18\x0a\x15" + kbd_crs
+               + b"\x5b\x82\x1dMOU_" + b"\x08_HID\x0c\x41\xd0\x0f\x13" + b"\x08_CRS\x11\x08\x0a\x05" + mou_crs)
+    assert acpi_aml.dsdt_aml(5, i8042=True) == aml[:-7] + b"\x10\x45\x05\\_SB_" + devices
+
+
+@pytest.mark.parametrize("text,encoded", [("PNP0303", 0x0303D041), ("PNP0F13", 0x130FD041), ("PNP0A03", 0x030AD041)])
+def test_eisa_ids_are_compressed_as_asl_does(text, encoded):
+    assert acpi_aml.eisa_id(text) == b"\x0c" + encoded.to_bytes(4, "little")
 
 
 @pytest.mark.parametrize("body_length", [0, 0x3E, 0x3F, 0xFFD, 0xFFE, 0xFFFFD, 0xFFFFE])
@@ -236,14 +258,19 @@ def test_aml_pkg_length_round_trips(body_length):
 
 
 @pytest.mark.skipif(shutil.which("iasl") is None, reason="ACPICA iasl not installed")
-def test_acpica_disassembles_the_dsdt_cleanly(tmp_path):
-    tables = build_acpi_tables(AcpiPlatform(cpus=2, s5_sleep_type=5), base=BIOS_AREA)
+@pytest.mark.parametrize("i8042", [False, True])
+def test_acpica_disassembles_the_dsdt_cleanly(tmp_path, i8042):
+    tables = build_acpi_tables(AcpiPlatform(cpus=2, s5_sleep_type=5, i8042=i8042), base=BIOS_AREA)
     for signature in ("DSDT", "FACP", "APIC", "XSDT", "FACS"):
         (tmp_path / f"{signature.lower()}.dat").write_bytes(table_bytes(tables, signature))
     run = subprocess.run(["iasl", "-d", "dsdt.dat"], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     asl = (tmp_path / "dsdt.dsl").read_text()
     assert "Name (_S5, Package (0x04)" in asl and "Scope (\\_SB)" in asl
+    if i8042:
+        for device, hid in (("KBD", "PNP0303"), ("MOU", "PNP0F13")):
+            assert f"Device ({device})" in asl and f'Name (_HID, EisaId ("{hid}")' in asl
+        assert "IO (Decode16,\n" in asl and "IRQNoFlags ()\n" in asl and "{1}" in asl and "{12}" in asl
     compiled = subprocess.run(["iasl", "dsdt.dsl"], cwd=tmp_path, capture_output=True, text=True)
     assert compiled.returncode == 0 and "0 Errors" in compiled.stdout, compiled.stdout
     for signature in ("facp", "apic", "xsdt", "facs"):
@@ -428,3 +455,23 @@ def test_short_oem_ids_are_padded_and_base_must_be_aligned():
     assert AcpiPlatform(cpus=1, oem_id="ACME").oem_id == "ACME  "
     with pytest.raises(UsageError, match="16-byte"):
         build_acpi_tables(AcpiPlatform(cpus=1), base=0xE0008)
+
+
+@pytest.mark.parametrize("env,has_8042", [("bare_metal", True), ("kvm_pvh", True), ("efi", True), ("xen_pvh", False)])
+def test_the_tables_a_guest_finds_declare_the_8042_of_a_pc_and_none_elsewhere(env, has_8042):
+    """Read back from guest memory after the probe ran: a PC environment (its chipset has the 8042)
+    says so in the FADT and declares its ports in the DSDT; xen_pvh, with no legacy devices, does not."""
+    from hvsim import MachineConfig
+    from hvsim.api import Run
+    from hvsim.kernels import probe_path
+
+    prepared = Run(env, probe_path("efi" if env == "efi" else "elf"), MachineConfig())
+    assert prepared.execute().stop.kind == "poweroff"
+    m = prepared.machine
+    assert (m.chipset.i8042 is not None) == has_8042
+    info = read_acpi(m.memory.read, m.acpi_tables.rsdp_address)
+    tables = {t.signature: m.memory.read(t.address, t.length) for t in info.tables}
+    (boot_arch,) = struct.unpack_from("<H", tables["FACP"], acpi.FADT_IAPC_BOOT_ARCH)
+    assert bool(boot_arch & acpi.IAPC_8042) == has_8042
+    assert (acpi_aml.i8042_devices() in tables["DSDT"]) == has_8042
+    assert acpi_aml.find_sleep_type_a(tables["DSDT"][acpi.HEADER_LENGTH:]) == 5

@@ -58,7 +58,7 @@ INEVITABLE = {
                           "allocates before loading it through LoadFile2)",
         "memmap": "the firmware keeps its runtime services code and data reserved after ExitBootServices, "
                   "its ACPI tables in ACPI reclaim and its FACS in ACPI NVS pages it allocated from RAM, "
-                  "and EFI maps are page-granular, so the EBDA page 0x9f000 is reserved whole "
+                  "and below 1 MiB the map is OVMF's (no EBDA, no BIOS area) "
                   "(undone by config_view below, the maps are equal)",
         "rsdp": "a UEFI firmware's RSDP is in ACPI reclaim memory it allocated, reached through the "
                 "configuration table, not at the BIOS area's 0xE0000 (as OVMF; test_efi_acpi_memory.py)",

@@ -56,16 +56,13 @@ def e820_of(descriptors) -> tuple:
 def config_view(memmap, firmware_ranges) -> tuple:
     """The probe's E820 view with what firmware makes inevitable undone: the ranges the firmware
     keeps for itself after ExitBootServices (runtime services code and data: E820 reserved; its
-    ACPI tables and FACS: E820 ACPI and NVS) go back to RAM, and the EBDA starts at its byte address
-    again (EFI maps are page-granular, so the firmware reserves all of page 0x9f000)."""
+    ACPI tables and FACS: E820 ACPI and NVS) go back to RAM, and below 1 MiB the BIOS PC's ranges
+    replace OVMF's (all of [0, 0xA0000) RAM, nothing described from there to 1 MiB): the EBDA and
+    the BIOS area reserved again."""
     ranges = []
     for start, size, kind in memmap:
         if kind in (2, 3, 4) and any(s <= start and start + size <= s + n for s, n in firmware_ranges):
             kind = 1
-        if (start, size, kind) == (0x9F000, 0x1000, 2):
-            start, size = 0x9FC00, 0x400
-        elif start == 0 and kind == 1 and size == 0x9F000:
-            size = 0x9FC00
         ranges.append([start, size, kind])
     merged: list[list[int]] = []
     for start, size, kind in ranges:
@@ -73,6 +70,8 @@ def config_view(memmap, firmware_ranges) -> tuple:
             merged[-1][1] += size
         else:
             merged.append([start, size, kind])
+    if merged[0] == [0, 0xA0000, 1]:
+        merged[:1] = [[0, 0x9FC00, 1], [0x9FC00, 0x400, 2], [0xE0000, 0x20000, 2]]
     return tuple(tuple(r) for r in merged)
 
 
@@ -83,11 +82,10 @@ FIRMWARE_TYPES = {"RuntimeServicesCode": 2, "RuntimeServicesData": 2, "ACPIRecla
 def firmware_ranges(result) -> list[tuple[int, int]]:
     """The ranges the firmware keeps past ExitBootServices, as the map at ExitBootServices gives
     them: runtime-services code and data, the ACPI tables (reclaim) and the FACS (NVS), and the bin
-    of reserved memory (above 1 MiB: the reserved ranges below are the PC's own); adjacent ones of
-    one E820 type merged."""
+    of reserved memory; adjacent ones of one E820 type merged."""
     out: list[list[int]] = []
     for d in result.extra["efi"]["memory_map_at_exit_boot_services"]:
-        if (kind := FIRMWARE_TYPES.get(d["type"])) is None or (d["type"] == "Reserved" and d["start"] < 1 << 20):
+        if (kind := FIRMWARE_TYPES.get(d["type"])) is None:
             continue
         if out and out[-1][0] + out[-1][1] == d["start"] and out[-1][2] == kind:
             out[-1][1] += d["pages"] * 0x1000

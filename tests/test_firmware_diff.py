@@ -125,8 +125,6 @@ OVMF_DIFFERENCES = {
     "acpi_tables": "the tables are QEMU's (OVMF installs what fw_cfg gives it): hvsim models no HPET, so it "
                    "describes none; BGRT is OVMF's boot logo, which hvsim does not draw; WAET is QEMU's "
                    "note to Windows about its emulated RTC and PM timer",
-    "memmap_below_1m": "OVMF's map leaves 0xA0000-0xFFFFF out and keeps no EBDA; hvsim's PC layout (shared "
-                       "with bare_metal) reserves the EBDA's page and the BIOS area 0xE0000-0xFFFFF",
     "memmap_ranges_per_kind": "both have edk2's memory type bins (runtime data and code, reserved, ACPI "
                               "reclaim, ACPI NVS: OVMF's sizes, tests/test_efi_acpi_memory.py), but OVMF also "
                               "keeps S3-resume memory as ACPI NVS (its SEC/PEI work areas at 0x800000-0x8FFFFF "
@@ -233,7 +231,6 @@ LINUX_DIFFERENCES = {
     "cpu_model": "QEMU's default TCG CPU is 'QEMU Virtual CPU'; hvsim's is Unicorn's EPYC model",
     "cpu_flags": "QEMU's default TCG CPU has the hypervisor bit and lacks pdpe1gb, rdtscp, xsave, arat, smep "
                  "and smap, which hvsim's EPYC model has",
-    "irqs": "QEMU's pc machine has an i8042 (IRQs 1 and 12), which hvsim does not model",
 }
 LINUX_ENV_DIFFERENCES = {
     "bare_metal": {"boot_params_version": "under PVH Linux builds its boot_params itself (version 2.12); "

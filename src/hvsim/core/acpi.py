@@ -1,7 +1,8 @@
 """ACPI tables for a small PC-like VM: build them for a guest, and read them back the way a guest does.
 
 The reader is acpi_read.py.  Built: RSDP (rev 2), XSDT and RSDT (both list FACP and APIC), FADT "FACP" (rev 6.0, 276 bytes), FACS,
-MADT "APIC" (rev 5) and a hand-encoded DSDT (``acpi_aml``).  Layouts are ACPI 6.5: §5.2.5.3 RSDP,
+MADT "APIC" (rev 5) and a hand-encoded DSDT (``acpi_aml``: \\_S5, and the 8042's ports when
+the platform has one).  Layouts are ACPI 6.5: §5.2.5.3 RSDP,
 §5.2.6 table header, §5.2.7 RSDT, §5.2.8 XSDT, §5.2.9 FADT, §5.2.10 FACS, §5.2.12 MADT, §5.2.3.2 GAS.
 
 What the devices behind these tables must do (they live elsewhere):
@@ -14,6 +15,8 @@ What the devices behind these tables must do (they live elsewhere):
 - **RESET_REG**: FADT flag RESET_REG_SUP is set with RESET_REG = I/O port 0xCF9, value 0x06.
 - **SCI**: ISA IRQ ``sci_irq``, wired to the same GSI, level-triggered, active-high.
 - **I/O APIC** at ``ioapic_address`` with ID ``ioapic_id``, GSIs from 0; the PIT's IRQ 0 arrives on GSI 2.
+- **8042** (``i8042``): data port 0x60, status/command 0x64, the keyboard on ISA IRQ 1 and the aux
+  port on IRQ 12, both edge-triggered, active-high on the GSI of the same number.
 """
 
 from __future__ import annotations
@@ -157,6 +160,10 @@ def _default_ioapic_id(platform: AcpiPlatform) -> int:
     return platform.cpus if isinstance(platform.cpus, int) and platform.cpus <= XAPIC_MAX_ID else 0
 
 
+def _default_boot_arch(platform: AcpiPlatform) -> int:
+    return IAPC_LEGACY_DEVICES | IAPC_VGA_NOT_PRESENT | (IAPC_8042 if platform.i8042 else 0)
+
+
 @attrs.frozen
 class AcpiPlatform:
     """The machine the tables describe.  Invalid values raise ``UsageError`` naming the field."""
@@ -177,9 +184,12 @@ class AcpiPlatform:
     io_apic: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     oem_id: str = attrs.field(default="HVSIM ", converter=_pad(6), validator=_oem_text(6))
     oem_table_id: str = attrs.field(default="HVSIMPC ", converter=_pad(8), validator=_oem_text(8))
-    # No 8042 (Linux then skips i8042 probing), no VGA; add IAPC_CMOS_RTC_NOT_PRESENT if there is no RTC.
+    # True: the machine has the 8042 keyboard controller (a PC's chipset): the FADT says so and the
+    # DSDT declares its keyboard and aux ports (``acpi_aml.i8042_devices``), so an OS finds it.
+    i8042: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    # Legacy devices, the 8042 when there is one, no VGA; add IAPC_CMOS_RTC_NOT_PRESENT if there is no RTC.
     iapc_boot_arch: int = attrs.field(
-        default=IAPC_LEGACY_DEVICES | IAPC_VGA_NOT_PRESENT, validator=_in_range(0, 0xFFFF)
+        default=attrs.Factory(_default_boot_arch, takes_self=True), validator=_in_range(0, 0xFFFF)
     )
 
 
@@ -283,7 +293,7 @@ def build_acpi_tables(platform: AcpiPlatform, base: int, facs_base: int | None =
     if facs_base is not None and (facs_base % FACS_ALIGN or not 0 <= facs_base <= (1 << 32) - FACS_LENGTH):
         raise UsageError(f"FACS address {facs_base:#x}: must be 64-byte aligned and below 4 GiB")
     madt = _sdt(b"APIC", MADT_REVISION, _madt_body(platform), platform)
-    dsdt = _sdt(b"DSDT", DSDT_REVISION, acpi_aml.dsdt_aml(platform.s5_sleep_type), platform)
+    dsdt = _sdt(b"DSDT", DSDT_REVISION, acpi_aml.dsdt_aml(platform.s5_sleep_type, platform.i8042), platform)
     facs = FACS_STRUCT.pack(FACS_SIGNATURE, FACS_LENGTH, 0, 0, 0, 0, 0, FACS_VERSION)
     sizes = {"RSDP": RSDP_LENGTH, "XSDT": HEADER_LENGTH + 16, "RSDT": HEADER_LENGTH + 8, "FACP": FADT_LENGTH}
     sizes |= {"FACS": len(facs), "DSDT": len(dsdt), "APIC": len(madt)}

@@ -1,18 +1,37 @@
 """The few AML (ACPI Machine Language) encodings hvsim's DSDT needs, and the one lookup a reader needs back.
 
 hvsim's DSDT is hand-encoded, not compiled: it holds ``Name (_S5_, Package (0x04) {S5, S5, 0, 0})`` at the
-root, which OSPM evaluates to power off (it writes SLP_TYPa | SLP_EN to PM1a_CNT), and an empty
-``Scope (\\_SB_) {}``.  Its ASL source::
+root, which OSPM evaluates to power off (it writes SLP_TYPa | SLP_EN to PM1a_CNT), and the ``\\_SB_``
+scope.  A machine with the 8042 keyboard controller declares its two ports there as QEMU's ``pc``
+machine does (there under its ISA bridge): the keyboard port (PNP0303, I/O 0x60 and 0x64, IRQ 1) and
+the aux (mouse) port (PNP0F13, IRQ 12), which is how an OS finds the controller (Linux's i8042 driver
+asks PNP first).  Its ASL source::
 
     DefinitionBlock ("", "DSDT", 2, "HVSIM ", "HVSIMPC ", 1)
     {
         Name (_S5, Package (0x04) { 0x05, 0x05, Zero, Zero })
-        Scope (\\_SB) { }
+        Scope (\\_SB)
+        {
+            Device (KBD) {                      // only with the 8042
+                Name (_HID, EisaId ("PNP0303"))
+                Name (_CRS, ResourceTemplate () {
+                    IO (Decode16, 0x60, 0x60, 0x01, 0x01)
+                    IO (Decode16, 0x64, 0x64, 0x01, 0x01)
+                    IRQNoFlags () {1}
+                })
+            }
+            Device (MOU) {
+                Name (_HID, EisaId ("PNP0F13"))
+                Name (_CRS, ResourceTemplate () { IRQNoFlags () {12} })
+            }
+        }
     }
 
 Grammar references are ACPI 6.5 §20.2 (AML Grammar Definition): §20.2.2 NameSeg/NameString,
 §20.2.3 data objects (ZeroOp, OneOp, BytePrefix...), §20.2.4 PkgLength, §20.2.5.1 NameOp and ScopeOp,
-§20.2.5.4 PackageOp.  §7.4.2 defines the \\_Sx packages.
+§20.2.5.2 DeviceOp, §20.2.5.4 BufferOp and PackageOp.  §7.4.2 defines the \\_Sx packages, §6.1.5 _HID
+(an EISA ID compressed into a DWORD), §6.4.2 the small resource descriptors of a _CRS buffer (§6.4.2.1
+IRQ, §6.4.2.5 I/O port, §6.4.2.9 End Tag).
 """
 
 from __future__ import annotations
@@ -28,7 +47,10 @@ WORD_PREFIX = 0x0B
 DWORD_PREFIX = 0x0C
 QWORD_PREFIX = 0x0E
 SCOPE_OP = 0x10
+BUFFER_OP = 0x11
 PACKAGE_OP = 0x12
+EXT_OP_PREFIX = 0x5B
+DEVICE_OP = 0x82          # after EXT_OP_PREFIX
 ONES_OP = 0xFF
 ROOT_CHAR = b"\\"
 
@@ -111,9 +133,65 @@ def sleep_package(sleep_type_a: int, sleep_type_b: int) -> bytes:
     return package([integer(sleep_type_a), integer(sleep_type_b), integer(0), integer(0)])
 
 
-def dsdt_aml(s5_sleep_type: int) -> bytes:
-    """The DSDT's AML body (what follows the 36-byte header): \\_S5_ and an empty \\_SB_ scope."""
-    return name("_S5", sleep_package(s5_sleep_type, s5_sleep_type)) + scope("_SB", b"")
+def dsdt_aml(s5_sleep_type: int, i8042: bool = False) -> bytes:
+    """The DSDT's AML body (what follows the 36-byte header): \\_S5_ and the \\_SB_ scope, holding
+    the 8042's devices when the machine has one (else empty)."""
+    return name("_S5", sleep_package(s5_sleep_type, s5_sleep_type)) + scope("_SB", i8042_devices() if i8042 else b"")
+
+
+# §6.4.2 small resource descriptors: tag byte = type << 3 | length of the data that follows.
+RESOURCE_IRQ_NO_FLAGS = 0x22      # type 4, 2 bytes: the IRQ mask (edge, active high, exclusive)
+RESOURCE_IO = 0x47                # type 8, 7 bytes: information, min, max, alignment, length
+RESOURCE_IO_DECODE16 = 0x01       # the device decodes all 16 address bits
+RESOURCE_END_TAG = 0x79           # type 0xF, 1 byte: checksum (0: treated as correct)
+
+# The 8042's ports and interrupts (IBM PC/AT), and the PNP IDs of its two ports (QEMU's pc DSDT).
+I8042_DATA_PORT, I8042_COMMAND_PORT, I8042_KBD_IRQ, I8042_AUX_IRQ = 0x60, 0x64, 1, 12
+PNP_KEYBOARD, PNP_MOUSE = "PNP0303", "PNP0F13"   # IBM enhanced keyboard (101/102-key); PS/2 port mouse
+
+
+def eisa_id(text: str) -> bytes:
+    """Encode ``EisaId ("AAA####")`` as the DWORD const ASL makes of it (§6.1.5): three letters of
+    5 bits each and four hex digits, stored big-endian."""
+    if len(text) != 7 or not all("A" <= c <= "Z" for c in text[:3]):
+        raise ValueError(f"EISA ID {text!r} is not three capital letters and four hex digits")
+    vendor = sum((ord(c) - 0x40) << (10 - 5 * i) for i, c in enumerate(text[:3]))
+    raw = vendor.to_bytes(2, "big") + int(text[3:], 16).to_bytes(2, "big")
+    return bytes([DWORD_PREFIX]) + raw
+
+
+def buffer(data: bytes) -> bytes:
+    """Encode ``Buffer () {data}`` (its size as an integer constant, then the bytes)."""
+    body = integer(len(data)) + data
+    return bytes([BUFFER_OP]) + pkg_length(len(body)) + body
+
+
+def device(seg: str, terms: bytes) -> bytes:
+    """Encode ``Device (seg) {terms}`` relative to the enclosing scope."""
+    body = name_seg(seg) + terms
+    return bytes([EXT_OP_PREFIX, DEVICE_OP]) + pkg_length(len(body)) + body
+
+
+def io_port(port: int) -> bytes:
+    """A 16-bit decoded I/O descriptor for the one byte at ``port``."""
+    return bytes([RESOURCE_IO, RESOURCE_IO_DECODE16]) + port.to_bytes(2, "little") * 2 + bytes([1, 1])
+
+
+def irq_no_flags(irq: int) -> bytes:
+    return bytes([RESOURCE_IRQ_NO_FLAGS]) + (1 << irq).to_bytes(2, "little")
+
+
+def resource_template(*descriptors: bytes) -> bytes:
+    """``ResourceTemplate () {...}``: the descriptors and an End Tag, as a buffer."""
+    return buffer(b"".join(descriptors) + bytes([RESOURCE_END_TAG, 0]))
+
+
+def i8042_devices() -> bytes:
+    """The keyboard and aux ports of an 8042 (see the module docstring)."""
+    keyboard = resource_template(io_port(I8042_DATA_PORT), io_port(I8042_COMMAND_PORT), irq_no_flags(I8042_KBD_IRQ))
+    mouse = resource_template(irq_no_flags(I8042_AUX_IRQ))
+    return (device("KBD", name("_HID", eisa_id(PNP_KEYBOARD)) + name("_CRS", keyboard))
+            + device("MOU", name("_HID", eisa_id(PNP_MOUSE)) + name("_CRS", mouse)))
 
 
 # --- decoding ---------------------------------------------------------------------------------------

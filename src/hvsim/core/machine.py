@@ -305,7 +305,7 @@ class Machine:
         from the start unless ``type_keys`` is false (a firmware that hands them on later, through
         ``chipset.typing.start``); a machine without a keyboard notes that they go nowhere."""
         use_acpi = self.config.acpi if acpi_tables is None else acpi_tables
-        platform = acpi.AcpiPlatform(cpus=self.config.smp, io_apic=interrupts != "lapic")
+        platform = acpi.AcpiPlatform(cpus=self.config.smp, io_apic=interrupts != "lapic", i8042=interrupts == "pc")
         if interrupts is not None:
             self.chipset = PcChipset(self, level=interrupts, ioapic_id=platform.ioapic_id)
         serial = ConsoleSink(self, "serial0")

@@ -76,7 +76,10 @@ def hvsim_inherent_differences(env):
         InherentDifference("entry", "an EFI application is entered at its PE entry point (or the handover entry)"),
         InherentDifference("memmap", "the firmware keeps its runtime services code and data reserved, its ACPI "
                                      "tables in ACPI reclaim and the FACS in ACPI NVS memory it allocated from "
-                                     "RAM, and EFI maps are page-granular (the EBDA's whole page is reserved)"),
+                                     "RAM, and edk2's memory-type bins show their free pages as their types (the "
+                                     "same ranges from boot to boot); below 1 MiB the map is OVMF's: all of "
+                                     "[0, 0xA0000) is RAM (no EBDA) and 0xA0000-0xFFFFF is not described (no "
+                                     "BIOS area: the RSDP is reached through the configuration table)"),
         InherentDifference("rsdp", "a UEFI firmware's RSDP is in the ACPI reclaim memory it allocated, reached "
                                    "through the configuration table, not in the BIOS area at 0xE0000 (as OVMF)"),
         InherentDifference("module_addresses", "the initrd is where the application's own allocation put it"),

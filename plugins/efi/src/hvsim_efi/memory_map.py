@@ -2,7 +2,10 @@
 
 Built from the core's ``PhysicalLayout`` (the same RAM every environment sees): E820 RAM becomes
 ConventionalMemory (rounded inward to pages), E820 reserved becomes EfiReservedMemoryType (rounded
-outward; the EBDA at 0x9fc00 therefore makes page 0x9f000 reserved).  Allocation follows edk2's
+outward).  Below 1 MiB the map is OVMF's, not the BIOS PC's: all of [0, 0xA0000) is
+ConventionalMemory (a UEFI firmware keeps no EBDA) and 0xA0000-0xFFFFF is not described at all (the
+VGA window and the BIOS area are no memory a UEFI OS may use or needs told about), as Debian's
+ovmf gives it under QEMU (tests/test_firmware_diff.py).  Allocation follows edk2's
 policy: top-down from the highest free range that fits (below 4 GiB unless the caller's MaxAddress
 says otherwise for AllocateMaxAddress), page-aligned.  Every change bumps the map key, which
 ExitBootServices checks.
@@ -25,7 +28,7 @@ import struct
 import attrs
 
 from hvsim.abi import efi
-from hvsim.core.layout import FOUR_GIB, MemoryType
+from hvsim.core.layout import FOUR_GIB, HIGH_MEMORY, LOW_RAM_END, MemoryType
 
 from .calls import EfiError
 
@@ -87,8 +90,10 @@ class MemoryMap:
 
     @classmethod
     def from_layout(cls, layout) -> "MemoryMap":
-        regions = []
+        regions = [Region(0, LOW_RAM_END, efi.CONVENTIONAL_MEMORY, ATTR_RAM)]     # below 1 MiB: OVMF's
         for r in layout.memory_map:
+            if r.start < HIGH_MEMORY:
+                continue
             if r.type == MemoryType.RAM:
                 start, end = -(-r.start // PAGE) * PAGE, r.end // PAGE * PAGE
                 kind = efi.CONVENTIONAL_MEMORY
