@@ -16,8 +16,10 @@
  *    below).
  *  - hvsim_rdtsc_hook / hvsim_rdtscp_hook: answer RDTSC / RDTSCP with guest time in nanoseconds (a
  *    1 GHz TSC) instead of the engine's host-clock TSC, so the guest's time is deterministic.
- *  - hvsim_insn_hook:  counts executed instructions exactly and stops before the one that would
- *    exceed `insn_limit` (installed only when an instruction budget is asked for: it costs ~15x).
+ *  - instruction budget: the block hook charges each block's instruction count (budget_block, with
+ *    hvsim_tb_hook recording the counts as blocks are translated); hvsim_insn_hook counts executed
+ *    instructions one at a time and stops before the one that would exceed `insn_limit` (installed
+ *    for the last part-block of a budget, where it costs ~15x, or for a whole run as a reference).
  *  - hvsim_coverage_hook: records the start address of every executed block in a hash set
  *    (`struct hvsim_coverage`, open addressing, grown here), read once by Python at the end of the
  *    run and released with hvsim_coverage_free (installed only when coverage is asked for).
@@ -79,9 +81,31 @@ struct hvsim_control {
     uc_ctl_fn ctl;
     uint64_t site_pc[REP_SITES];   /* direct-mapped: block addresses decoded, and what they start */
     uint8_t site_kind[REP_SITES];  /* with: SITE_NOT_REP or SITE_REP (the bytes are checked again) */
+    /* the instruction budget counted per block (budget_block below) */
+    int32_t count_blocks;          /* nonzero: the block hook charges each block's instruction count */
+    int32_t reserved2;
+    uint64_t cur_pc;               /* the block charged last: its address, size in bytes, and the */
+    uint64_t cur_size;             /* instructions charged for it (corrected when it is cut short) */
+    uint64_t cur_icount;
+    struct tb_count *tb_cache;     /* direct-mapped (address, size) -> instruction count */
+    uint64_t tb_cache_mask;
+    uint64_t tb_lookups;           /* counts asked of the engine (a translation not in tb_cache) */
 };
 
-enum { STOPPED_BY_REQUEST = 1, STOPPED_BY_INSN_LIMIT = 2, STOPPED_BY_DEADLINE = 3, STOPPED_BY_IF_WINDOW = 4 };
+struct tb_count {
+    uint64_t pc;
+    uint32_t size;
+    uint32_t icount;
+};
+
+struct uc_tb {                     /* unicorn/unicorn.h */
+    uint64_t pc;
+    uint16_t icount;
+    uint16_t size;
+};
+
+enum { STOPPED_BY_REQUEST = 1, STOPPED_BY_INSN_LIMIT = 2, STOPPED_BY_DEADLINE = 3, STOPPED_BY_IF_WINDOW = 4,
+       STOPPED_BY_BUDGET_NEAR = 5 };
 
 /* --- rep stos / rep movs host-side -------------------------------------------------------------
  *
@@ -336,6 +360,67 @@ __attribute__((noinline)) static uint64_t rep_string(void *uc, struct hvsim_cont
     return done;
 }
 
+/* --- the instruction budget, a block at a time -----------------------------------------------
+ *
+ * The engine tells the block hook a block's address and size in bytes, not its instruction count.
+ * The count comes from the translation itself: hvsim_tb_hook (UC_HOOK_EDGE_GENERATED, called by the
+ * engine for every block it translates, except the very first of the engine's life) records
+ * (address, size) -> instruction count, and a block not found there is asked of the engine
+ * (UC_CTL_TB_REQUEST_CACHE, a lookup of the translation now in use).  A guest that rewrites its own
+ * code makes the engine translate the block again, and the new translation replaces the entry.
+ * The block hook charges a block's whole count when the block starts; a block that a CPU exception,
+ * an intercept or a stop from a hook leaves part-way is corrected afterwards from Python (native.py,
+ * NativeHooks.charge_upto), which decodes the block up to where it stopped.  When the count left is
+ * smaller than the next block's, the hook stops before that block (STOPPED_BY_BUDGET_NEAR) and the run
+ * loop counts the rest per instruction (hvsim_insn_hook), which stops exactly at the budget.
+ * Not modelled: two live translations of the same bytes at the same address with the same size and
+ * different counts (the same code decoded in two CPU modes) share one entry.
+ */
+#define UC_CTL_TB_REQUEST_CACHE_RW ((8u) | (2u << 26) | (3u << 30))  /* UC_CTL_READ_WRITE(UC_CTL_TB_REQUEST_CACHE, 2) */
+
+static void hvsim_tb_hook(void *uc, struct uc_tb *cur, struct uc_tb *prev, void *user)
+{
+    struct hvsim_control *c = user;
+    (void)uc;
+    (void)prev;
+    struct tb_count *e = &c->tb_cache[(cur->pc ^ (cur->pc >> 12)) & c->tb_cache_mask];
+    e->pc = cur->pc;
+    e->size = cur->size;
+    e->icount = cur->icount;
+}
+
+/* Charge the block at `pc` (1: stop before it instead, the budget ends inside it). */
+__attribute__((noinline)) static int budget_block(void *uc, struct hvsim_control *c, uint64_t pc, uint32_t size)
+{
+    struct tb_count *e = &c->tb_cache[(pc ^ (pc >> 12)) & c->tb_cache_mask];
+    uint64_t icount;
+    if (e->pc == pc && e->size == size) {
+        icount = e->icount;
+    } else {
+        struct uc_tb tb = {0, 0, 0};
+        c->tb_lookups++;
+        if (c->ctl(uc, UC_CTL_TB_REQUEST_CACHE_RW, pc, &tb) != 0 || tb.pc != pc || tb.size != size) {
+            c->stopped_by = STOPPED_BY_BUDGET_NEAR;   /* unknown: count the rest per instruction */
+            c->emu_stop(uc);
+            return 1;
+        }
+        e->pc = pc;
+        e->size = size;
+        e->icount = tb.icount;
+        icount = tb.icount;
+    }
+    if (c->insn_limit - c->insns < icount) {         /* insns <= insn_limit always */
+        c->stopped_by = STOPPED_BY_BUDGET_NEAR;
+        c->emu_stop(uc);
+        return 1;
+    }
+    c->insns += icount;
+    c->cur_pc = pc;
+    c->cur_size = size;
+    c->cur_icount = icount;
+    return 0;
+}
+
 static void hvsim_block_hook(void *uc, uint64_t address, uint32_t size, void *user)
 {
     struct hvsim_control *c = user;
@@ -358,6 +443,8 @@ static void hvsim_block_hook(void *uc, uint64_t address, uint32_t size, void *us
             return;
         }
     }
+    if (c->count_blocks && budget_block(uc, c, address, size))
+        return;
     if (__builtin_expect(size - 2u < 2u, 0) && c->rep_fast)
         c->blocks += rep_string(uc, c, address, size);
     c->blocks++;
@@ -488,6 +575,10 @@ PyMODINIT_FUNC PyInit__native(void)
         return NULL;
     if (PyModule_AddObject(m, "block_hook", PyLong_FromVoidPtr((void *)hvsim_block_hook)) < 0 ||
         PyModule_AddObject(m, "insn_hook", PyLong_FromVoidPtr((void *)hvsim_insn_hook)) < 0 ||
+        PyModule_AddObject(m, "tb_hook", PyLong_FromVoidPtr((void *)hvsim_tb_hook)) < 0 ||
+        PyModule_AddIntConstant(m, "CTL_TB_REQUEST_CACHE_RW", (long)UC_CTL_TB_REQUEST_CACHE_RW) < 0 ||
+        PyModule_AddIntConstant(m, "tb_count_size", (long)sizeof(struct tb_count)) < 0 ||
+        PyModule_AddIntConstant(m, "STOPPED_BY_BUDGET_NEAR", STOPPED_BY_BUDGET_NEAR) < 0 ||
         PyModule_AddObject(m, "rdtsc_hook", PyLong_FromVoidPtr((void *)hvsim_rdtsc_hook)) < 0 ||
         PyModule_AddObject(m, "rdtscp_hook", PyLong_FromVoidPtr((void *)hvsim_rdtscp_hook)) < 0 ||
         PyModule_AddIntConstant(m, "REG_EFLAGS", REG_EFLAGS) < 0 ||

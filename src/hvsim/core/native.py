@@ -5,7 +5,10 @@ from __future__ import annotations
 import ctypes
 
 from unicorn import x86_const
-from unicorn.unicorn_const import UC_CTL_TB_REMOVE_CACHE, UC_ERR_OK, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN
+from unicorn.unicorn_const import (
+    UC_CTL_IO_READ_WRITE, UC_CTL_TB_REMOVE_CACHE, UC_CTL_TB_REQUEST_CACHE, UC_ERR_OK, UC_HOOK_BLOCK, UC_HOOK_CODE,
+    UC_HOOK_EDGE_GENERATED, UC_HOOK_INSN, UC_HOOK_INTR,
+)
 from unicorn.unicorn_py3.unicorn import UcError, uclib
 
 from . import _native
@@ -14,6 +17,7 @@ STOPPED_BY_REQUEST = _native.STOPPED_BY_REQUEST
 STOPPED_BY_INSN_LIMIT = _native.STOPPED_BY_INSN_LIMIT
 STOPPED_BY_DEADLINE = _native.STOPPED_BY_DEADLINE
 STOPPED_BY_IF_WINDOW = _native.STOPPED_BY_IF_WINDOW
+STOPPED_BY_BUDGET_NEAR = _native.STOPPED_BY_BUDGET_NEAR
 NO_DEADLINE = (1 << 64) - 1
 
 for _name in ("EFLAGS", "RAX", "RCX", "RDX", "MSR", "CS", "RDI", "RSI", "CR0", "CR3", "CR4", "GDTR"):
@@ -21,7 +25,20 @@ for _name in ("EFLAGS", "RAX", "RCX", "RDX", "MSR", "CS", "RDI", "RSI", "CR0", "
         raise ImportError(f"hvsim native helper: register id {_name} differs from unicorn's; rebuild")
 if _native.CTL_TB_REMOVE_CACHE_WRITE != UC_CTL_TB_REMOVE_CACHE | 2 << 26 | 1 << 30:  # pragma: no cover
     raise ImportError("hvsim native helper: UC_CTL_TB_REMOVE_CACHE differs from unicorn's; rebuild")
+if _native.CTL_TB_REQUEST_CACHE_RW != UC_CTL_TB_REQUEST_CACHE | 2 << 26 | UC_CTL_IO_READ_WRITE << 30:  # pragma: no cover
+    raise ImportError("hvsim native helper: UC_CTL_TB_REQUEST_CACHE differs from unicorn's; rebuild")
 MAX_RAM_RANGES = 8
+TB_CACHE_ENTRIES = 1 << 16
+
+
+class TbCount(ctypes.Structure):
+    """Mirror of ``struct tb_count`` in _native.c: one translated block's instruction count."""
+
+    _fields_ = [("pc", ctypes.c_uint64), ("size", ctypes.c_uint32), ("icount", ctypes.c_uint32)]
+
+
+if ctypes.sizeof(TbCount) != _native.tb_count_size:  # pragma: no cover - build mismatch
+    raise ImportError("hvsim native helper: tb_count layout differs from _native.c; rebuild")
 
 
 class NativeControl(ctypes.Structure):
@@ -53,6 +70,14 @@ class NativeControl(ctypes.Structure):
         ("ctl", ctypes.c_void_p),
         ("site_pc", ctypes.c_uint64 * 1024),
         ("site_kind", ctypes.c_uint8 * 1024),
+        ("count_blocks", ctypes.c_int32),
+        ("reserved2", ctypes.c_int32),
+        ("cur_pc", ctypes.c_uint64),
+        ("cur_size", ctypes.c_uint64),
+        ("cur_icount", ctypes.c_uint64),
+        ("tb_cache", ctypes.POINTER(TbCount)),
+        ("tb_cache_mask", ctypes.c_uint64),
+        ("tb_lookups", ctypes.c_uint64),
     ]
 
 
@@ -72,10 +97,20 @@ class NativeHooks:
     (guest time, deadlines, the IF window, and ``rep stos``/``rep movs`` run a page at a time in
     ``ram``, the guest-physical RAM ranges), RDTSC/RDTSCP answered with guest time, and, when an
     instruction budget is asked for, the instruction counter (which turns the rep fast path off:
-    it counts every iteration as the engine runs it)."""
+    it counts every iteration as the engine runs it).
+
+    The budget counts a block's instructions when the block starts (``_native.c``, budget_block);
+    a block left part-way by a CPU exception or intercept is corrected in ``_on_interrupt``, one left
+    by a stop from a hook in ``settle_stop``, both by decoding the block up to where it stopped
+    (``attach`` gives the machine's code reader).  The last part-block before the budget runs out
+    is counted per instruction (``count_each_instruction``, which the run loop calls at
+    STOPPED_BY_BUDGET_NEAR).  ``per_instruction=True`` counts the whole run per instruction (the
+    reference the per-block count is tested against; ``PER_INSTRUCTION`` is its default)."""
+
+    PER_INSTRUCTION = False
 
     def __init__(self, uc, *, insn_limit: int | None = None, ns_per_block: int = 10,
-                 ram: list[tuple[int, int]] = (), rep_fast: bool = True):
+                 ram: list[tuple[int, int]] = (), rep_fast: bool = True, per_instruction: bool | None = None):
         self.control = NativeControl()
         self.control.emu_stop = _EMU_STOP
         self.control.reg_read = _REG_READ
@@ -95,9 +130,67 @@ class NativeHooks:
         self._add(UC_HOOK_BLOCK, _native.block_hook)
         self._add(UC_HOOK_INSN, _native.rdtsc_hook, x86_const.UC_X86_INS_RDTSC)
         self._add(UC_HOOK_INSN, _native.rdtscp_hook, x86_const.UC_X86_INS_RDTSCP)
+        self._per_instruction = False
+        self._code = None
         if insn_limit is not None:
             self.control.insn_limit = insn_limit
-            self._add(UC_HOOK_CODE, _native.insn_hook)
+            if self.PER_INSTRUCTION if per_instruction is None else per_instruction:
+                self.count_each_instruction()
+            else:
+                self._tb_cache = (TbCount * TB_CACHE_ENTRIES)()
+                self.control.tb_cache = self._tb_cache
+                self.control.tb_cache_mask = TB_CACHE_ENTRIES - 1
+                self.control.count_blocks = 1
+                self._add(UC_HOOK_EDGE_GENERATED, _native.tb_hook)
+                # before the trap dispatcher's, which moves RIP to the handler
+                uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+
+    def attach(self, code_address, read, bits) -> None:
+        """How to decode guest code for the budget: ``code_address(rip)`` (linear address),
+        ``read(linear, size)`` (bytes), ``bits()`` (16, 32 or 64: the code segment's size)."""
+        self._code = (code_address, read, bits)
+
+    def count_each_instruction(self) -> None:
+        """From here on count per instruction (exact at any point, ~15x slower): the translated
+        code is dropped so that every block is translated again with the instruction hook."""
+        if self._per_instruction:
+            return
+        self._per_instruction = True
+        self.control.count_blocks = 0
+        self._add(UC_HOOK_CODE, _native.insn_hook)
+        self._uc.ctl_flush_tb()
+
+    def charge_upto(self, end: int, inclusive: bool) -> None:
+        """The block charged last stopped at linear address ``end``: charge only its instructions
+        that start before ``end`` (or at it, when ``inclusive``: the instruction there was begun,
+        as a fault's is).  Nothing changes when ``end`` is not inside the block."""
+        c = self.control
+        if not c.count_blocks or self._code is None:
+            return
+        start, size = c.cur_pc, c.cur_size
+        if not (start <= end < start + size if inclusive else start < end < start + size):
+            return
+        from .disasm import disassemble_one   # capstone, only on this rare path
+        _, read, bits = self._code
+        code, mode, at, n = read(start, size), bits(), 0, 0
+        while at < size and (at <= end - start if inclusive else at < end - start):
+            _, length = disassemble_one(code[at:], start + at, mode)
+            if not length:
+                break
+            at += length
+            n += 1
+        c.insns -= c.cur_icount - n
+        c.cur_icount = n
+
+    def settle_stop(self, rip: int) -> None:
+        """The engine stopped with RIP at ``rip``: the instructions from there to the end of the
+        block did not run."""
+        if self._code is not None and self.control.count_blocks:
+            self.charge_upto(self._code[0](rip), inclusive=False)
+
+    def _on_interrupt(self, uc, intno, user_data) -> None:
+        if self._code is not None and self.control.count_blocks:
+            self.charge_upto(self._code[0](uc.reg_read(x86_const.UC_X86_REG_RIP)), inclusive=True)
 
     def _add(self, hook_type: int, function_address: int, *insn: int) -> None:
         handle = ctypes.c_size_t()

@@ -37,7 +37,7 @@ from .disasm import disassemble_one
 from .errors import GuestMemoryError
 from .events import Fault
 from .exceptions import DeliveryError, NotModelled, vector_name
-from .native import STOPPED_BY_DEADLINE, STOPPED_BY_IF_WINDOW, STOPPED_BY_INSN_LIMIT, STOPPED_BY_REQUEST
+from .native import STOPPED_BY_BUDGET_NEAR, STOPPED_BY_DEADLINE, STOPPED_BY_IF_WINDOW, STOPPED_BY_INSN_LIMIT, STOPPED_BY_REQUEST
 from .plugin_types import Trap
 from .result import GuestState, RunStats, StopReason
 
@@ -84,6 +84,7 @@ class RunLoop:
         finally:
             control.deadline_blocks = deadline
         rip = m.entry_rip
+        m.native.attach(m.code_address, m.vmem.read, lambda: m.code_segment()[1])
         timer = None
         if m.config.timeout is not None:
             timer = threading.Timer(m.config.timeout, self._on_deadline)
@@ -106,6 +107,9 @@ class RunLoop:
                         m.host_traceback = traceback.format_exc()
                         m.stop(StopReason("host-error", detail=f"{type(exc).__name__}: {exc}"))
                 rip = m.reg("rip")
+                if m.stop_reason is None and control.stopped_by == STOPPED_BY_BUDGET_NEAR:
+                    m.native.count_each_instruction()   # the budget ends inside the next block
+                    continue
                 if m.stop_reason is None:
                     self._classify_stop(rip)
                 if m.stop_reason is None:
@@ -115,6 +119,11 @@ class RunLoop:
         finally:
             if timer:
                 timer.cancel()
+        if control.stopped_by not in (STOPPED_BY_REQUEST, STOPPED_BY_DEADLINE, STOPPED_BY_IF_WINDOW,
+                                      STOPPED_BY_INSN_LIMIT, STOPPED_BY_BUDGET_NEAR):
+            # stopped inside a block (a hook asked for it, or hlt): the budget counts what the engine
+            # ran, up to where it stopped (which may be past the instruction that asked)
+            m.native.settle_stop(rip)
         m.flush_consoles()
         return m.stop_reason, time.monotonic() - started
 
