@@ -76,6 +76,7 @@ UVMF_NONE, UVMF_TLB_FLUSH, UVMF_INVLPG, UVMF_FLUSHTYPE_MASK = 0, 1, 2, 3
 VMASST_CMD_enable, VMASST_CMD_disable = 0, 1
 VMASST_TYPES = {0: "4gb_segments", 1: "4gb_segments_notify", 2: "writable_pagetables",
                 3: "pae_extended_cr3", 4: "architectural_iopl", 5: "runstate_update_flag", 32: "m2p_strict"}
+VMASST_ARCHITECTURAL_IOPL = 4
 
 # --- arch-x86/xen.h: trap table, and the forced-emulation prefix ------------------------------------
 TRAP_INFO_FORMAT = "<BBH4xQ"                        # {u8 vector; u8 flags; u16 cs; unsigned long address}

@@ -14,6 +14,7 @@ exception deliveries.  No hook here runs per instruction.
 | ``rdmsr``/``wrmsr``       | UC_HOOK_INTR, #VMEXIT MSR  | ``hvsim_msr``, else #GP(0) through the IDT   |
 | ``int N``, ``int3``       | UC_HOOK_INTR, #VMEXIT SWINT| ``hvsim_trap``, else gate N of the IDT       |
 | CPU exception             | UC_HOOK_INTR               | ``hvsim_exception``, else IDT delivery       |
+|                           |                            | (#GP/#PF of a segment check: memop.py)       |
 | access outside RAM        | UC_HOOK_MEM_*_UNMAPPED     | stop ``bad-access`` with the address         |
 
 The #VMEXIT rows exist because the guest runs as an SVM guest of the emulated CPU (svm.py).
@@ -61,6 +62,7 @@ from unicorn.x86_const import (
 )
 
 from .disasm import disassemble_one, instruction_length
+from .memop import segment_fault
 from .cpu import MSR_EFER
 from .errors import GuestMemoryError
 from .events import Fault
@@ -371,6 +373,10 @@ class TrapDispatcher:
             error_code, _ = self.m.engine.pending_exception()
             if intno == DEVICE_NOT_AVAILABLE:
                 intno = self._nm_or_ud(rip)
+            else:           # the segment checks the engine does not make (memop.py)
+                converted = segment_fault(self.m, intno, error_code, rip, self._code_bytes)
+                if converted is not None:
+                    intno, error_code = converted
             self.exception(intno, error_code if intno in HAS_ERROR_CODE else None, rip)
 
     def _nm_or_ud(self, rip: int) -> int:

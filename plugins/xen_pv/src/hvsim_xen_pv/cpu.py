@@ -18,8 +18,14 @@ kernel table, and the bounce frame is pushed on the stack stack_switch named, wi
 and SS in it (a syscall's carries FLAT_USER_CS64/FLAT_KERNEL_SS and RCX/R11 as the instruction
 left them).  ``int $n`` from user mode reaches its handler only if the trap table's DPL is 3, else
 #GP(n * 8 + 2).  Not modelled: the LDT, 32-bit (compat) user space's syscall32/sysenter callbacks,
-the failsafe callback (a bad user CS/SS in an iret frame crashes the domain instead), the
-architectural_iopl assist for user-mode port I/O.
+the failsafe callback (a bad user CS/SS in an iret frame crashes the domain instead).
+
+Virtual IOPL (pv/emul-priv-op.c iopl_ok, pv/iret.c): PHYSDEVOP_set_iopl, or with
+VMASST_TYPE_architectural_iopl the iret frame's IOPL, sets it; user-mode ``cli``/``sti`` (#GP(0) at
+CPL 3) complete as Xen's no-op when it allows them.  Not modelled: the #GP Xen gives the kernel's
+``cli``/``in``/``out`` at vIOPL 0 (the kernel runs at CPL 0, where they never fault) and user-mode
+``in``/``out`` at vIOPL < 3 (the engine lets every I/O instruction through: Unicorn 2.1.4's
+gen_check_io returns before the IOPL and TSS-bitmap checks, so nothing faults or exits).
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE = 0xC000_0100, 0xC000_0101, 0xC000_
 VCPU_INFO_CR2 = 16
 SYSCALL_INSN_LENGTH = 2
 GP_VECTOR, UD_VECTOR = 13, 6
+CLI, STI = 0xFA, 0xFB
 IDT_ERROR_FLAG = 2                 # #GP error code naming an IDT entry (SDM vol. 3, 6.13)
 # Segment descriptor high-dword bits (SDM vol. 3, 3.4.5); the selector's TI bit names the LDT.
 DESC_TYPE_CODE, DESC_TYPE_CONFORMING, DESC_TYPE_RW = 1 << 11, 1 << 10, 1 << 9
@@ -68,7 +75,12 @@ KERNEL_CS_CACHE = SegmentCache(KERNEL_CS, 0, 0xFFFF_FFFF, 0x00AF_9F00)    # the 
 LEAF1_EDX_HIDDEN = (1 << 3) | (1 << 12) | (1 << 13) | (1 << 17)          # PSE MTRR PGE PSE36
 LEAF1_ECX_HIDDEN = (1 << 3) | (1 << 5) | (1 << 17) | (1 << 21) | (1 << 24)  # MONITOR VMX PCID X2APIC TSC_DEADLINE
 LEAF1_ECX_HYPERVISOR = 1 << 31
-LEAF7_EBX_HIDDEN = (1 << 7) | (1 << 10) | (1 << 20)                       # SMEP INVPCID SMAP
+# FSGSBASE is Xen's for PV guests too, but the engine's WRFSBASE/WRGSBASE take a non-canonical base
+# without the #GP(0) the CPU raises, and nothing traps them: a PV guest is shown a CPU without the
+# feature, as Xen on such hardware does (XTF pv-fsgsbase then skips); the guest sets its bases with
+# set_segment_base (canonical checked) or the MSRs.
+LEAF7_EBX_FSGSBASE = 1 << 0
+LEAF7_EBX_HIDDEN = LEAF7_EBX_FSGSBASE | (1 << 7) | (1 << 10) | (1 << 20)  # FSGSBASE SMEP INVPCID SMAP
 EXT1_EDX_HIDDEN = 1 << 26                                                 # 1 GiB pages
 
 
@@ -107,6 +119,9 @@ class PvCpu:
     # -- exceptions: bounce frames ------------------------------------------------------------------
     def bounce(self, exc: "GuestException") -> str:
         """Deliver ``exc`` to the guest's trap-table handler with Xen's frame, or crash the domain."""
+        emulated = self._emulate_cli_sti(exc)
+        if emulated:
+            return emulated
         handler = self.traps.get(exc.vector)
         if handler is None or handler[2] == 0:
             why = f"{vector_name(exc.vector)} at {exc.rip:#x} with no handler in the trap table"
@@ -123,6 +138,30 @@ class PvCpu:
             self.set_upcall_mask(1)
         self.bounces += 1
         return f"bounce frame to {address:#x}" + (" from user mode" if from_user else "")
+
+    def iopl_ok(self) -> bool:
+        """Xen's iopl_ok (pv/emul-priv-op.c): the virtual IOPL against the virtual CPL, which is 3 in
+        user mode and 1 in kernel mode (0 with VMASST_TYPE_architectural_iopl)."""
+        if not self.kernel_mode:
+            cpl = 3
+        else:
+            cpl = 0 if pv.VMASST_ARCHITECTURAL_IOPL in self.vm_assists else 1
+        return cpl <= self.iopl
+
+    def _emulate_cli_sti(self, exc: "GuestException") -> str | None:
+        """User mode runs at CPL 3 with IOPL 0, so ``cli``/``sti`` there are #GP(0), which Xen's
+        privileged-op emulator completes as a no-op (the upcall mask is left alone) when iopl_ok
+        holds; else the #GP is the guest's.  In kernel mode hvsim's CPL 0 executes them itself."""
+        if exc.vector != GP_VECTOR or exc.error_code or self.kernel_mode or not self.iopl_ok():
+            return None
+        try:
+            opcode = self.m.vmem.read(self.m.code_address(exc.rip), 1)[0]
+        except GuestMemoryError:
+            return None
+        if opcode not in (CLI, STI):
+            return None
+        self.m.set_rip(exc.rip + 1)
+        return f"{'cli' if opcode == CLI else 'sti'} at vIOPL {self.iopl} emulated as a no-op, as Xen does"
 
     def _push_bounce_frame(self, address: int, rip: int, error_code: int | None, what: str, *,
                            syscall: bool = False) -> bool:
@@ -311,11 +350,17 @@ class PvCpu:
             m.set_reg("r11", r11)
             m.set_reg("rcx", rcx)
         self.set_upcall_mask(0 if rflags & RFLAGS_IF else 1)
-        self.iopl = (rflags & RFLAGS_IOPL) >> 12 or self.iopl
+        self._iret_iopl(rflags)
         m.set_reg("rflags", (rflags & ~RFLAGS_IOPL) | RFLAGS_IF | 2)
         m.set_reg("rsp", rsp)
         m.set_rip(rip)
         return 0
+
+    def _iret_iopl(self, rflags: int) -> None:
+        """do_iret (pv/iret.c): with VMASST_TYPE_architectural_iopl the frame's IOPL becomes the
+        virtual IOPL; without it the frame's IOPL is ignored."""
+        if pv.VMASST_ARCHITECTURAL_IOPL in self.vm_assists:
+            self.iopl = (rflags & RFLAGS_IOPL) >> 12
 
     def _iret_to_user(self, rax, r11, rcx, flags, rip, cs, rflags, rsp, ss) -> int:
         """do_iret's return to user mode: no user page table crashes the domain; else toggle to
@@ -331,6 +376,7 @@ class PvCpu:
             m.stop(StopReason("crash", detail=f"domain crash: iret to user mode at {rip:#x}: {segments}"))
             return 0
         code, stack = segments
+        self._iret_iopl(rflags)
         new_rflags = (rflags & RFLAGS_ALL & ~(RFLAGS_IOPL | RFLAGS_VM)) | RFLAGS_IF | 2
         self._toggle_guest_mode()
         m.engine.load_segments(cs=code, ss=stack, cpl=3)
