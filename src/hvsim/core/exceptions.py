@@ -78,7 +78,7 @@ SELECTOR_TI = 1 << 2
 # Error code naming an IDT entry (SDM vol. 3, 6.13): index in bits 3-15, IDT flag bit 1.
 IDT_ERROR_FLAG = 2
 EXT_ERROR_FLAG = 1          # the event was external to the program (an interrupt)
-SEGMENT_NOT_PRESENT = 11
+INVALID_TSS, SEGMENT_NOT_PRESENT, STACK_FAULT = 10, 11, 12
 # SDM vol. 3 table 6-5: a fault while delivering one of these is a double fault.
 CONTRIBUTORY_OR_PF = frozenset({0, 10, 11, 12, 13, 14})
 # 64-bit TSS: RSP0 at 4, RSP1 at 12, RSP2 at 20, IST1..7 at 0x24..0x54 (SDM vol. 3, fig. 8-11).
@@ -103,13 +103,17 @@ class NotModelled(DeliveryError):
 
 
 class GateFault(DeliveryError):
-    """The IDT itself refused the vector (beyond its limit, a wrong gate type: #GP; a gate not
-    present: #NP): the CPU raises that fault with the IDT-flavoured error code (SDM vol. 3, 6.13),
-    which is a double fault only when the first event was itself a contributory exception or #PF."""
+    """A check of the delivery raised a contributory fault (SDM vol. 3, 6.12.1.1/6.13): the IDT
+    refused the vector (beyond its limit, a wrong gate type: #GP; a gate not present: #NP), the
+    handler's code segment was bad (#GP/#NP), the TSS did not hold the stack pointer (#TS) or its
+    SSn was bad (#TS/#SS).  ``error_code`` is the selector part of the error code (the EXT bit is
+    the caller's); ``None`` names the IDT entry.  It is a double fault only when the first event
+    was itself a contributory exception or #PF."""
 
-    def __init__(self, message: str, fault_vector: int):
+    def __init__(self, message: str, fault_vector: int, error_code: int | None = None):
         super().__init__(message)
         self.fault_vector = fault_vector
+        self.error_code = error_code
 
 
 class SoftwareInterruptDenied(Exception):
@@ -168,7 +172,8 @@ class ExceptionDelivery:
                 if vector == DOUBLE_FAULT:
                     raise
                 return self._escalate(DOUBLE_FAULT, 0, return_rip, (vector, first))
-            error = vector * 8 + IDT_ERROR_FLAG + (EXT_ERROR_FLAG if kind != "software" else 0)
+            error = vector * 8 + IDT_ERROR_FLAG if first.error_code is None else first.error_code
+            error |= EXT_ERROR_FLAG if kind != "software" else 0
             fault_rip = return_rip if insn_rip is None else insn_rip
             return self._escalate(first.fault_vector, error, fault_rip, (vector, first))
         except DeliveryError as first:
@@ -237,14 +242,15 @@ class ExceptionDelivery:
             raise GateFault(f"IDT gate for {vector_name(vector)} is not present", SEGMENT_NOT_PRESENT)
         return _Gate(handler, selector, gate_type, dpl, ist)
 
-    def _descriptor(self, selector: int) -> SegmentCache:
-        """The GDT descriptor ``selector`` names, as the segment cache it would load."""
+    def _descriptor(self, selector: int, fault: int = GENERAL_PROTECTION) -> SegmentCache:
+        """The GDT descriptor ``selector`` names, as the segment cache it would load; a selector
+        beyond the GDT limit raises ``fault`` with the selector as error code."""
         if selector & SELECTOR_TI:
             raise NotModelled(f"selector {selector:#x} names the LDT, which is not modelled")
         _, gdt_base, gdt_limit, _ = self.m.uc.reg_read(UC_X86_REG_GDTR)
         index = selector & ~7
         if index + 7 > gdt_limit:
-            raise DeliveryError(f"selector {selector:#x} is outside the GDT (limit {gdt_limit:#x})")
+            raise GateFault(f"selector {selector:#x} is outside the GDT (limit {gdt_limit:#x})", fault, index)
         try:
             e1, e2 = struct.unpack("<II", self.m.vmem.read(gdt_base + index, 8))
         except GuestMemoryError as exc:
@@ -256,24 +262,27 @@ class ExceptionDelivery:
         return SegmentCache(selector, base, limit, e2)
 
     def _code_segment(self, selector: int, vector: int, cpl: int, long_mode: bool) -> SegmentCache:
+        # SDM vol. 3, 6.12.1.1 / the INT n pseudo-code: #GP(0) for NULL, #GP(selector) for a bad
+        # descriptor, #NP(selector) for one not present.
         where = f"handler selector {selector:#x} of {vector_name(vector)}"
         if selector & 0xFFFC == 0:
-            raise DeliveryError(f"{where} is NULL")
+            raise GateFault(f"{where} is NULL", GENERAL_PROTECTION, 0)
         code = self._descriptor(selector)
+        error = selector & 0xFFFC
         if not code.flags & DESC_S or not code.flags & DESC_CODE:
-            raise DeliveryError(f"{where} is not a code segment")
+            raise GateFault(f"{where} is not a code segment", GENERAL_PROTECTION, error)
         if code.dpl > cpl:
-            raise DeliveryError(f"{where} has DPL {code.dpl} > CPL {cpl}")
+            raise GateFault(f"{where} has DPL {code.dpl} > CPL {cpl}", GENERAL_PROTECTION, error)
         if not code.flags & DESC_PRESENT:
-            raise DeliveryError(f"{where} is not present")
+            raise GateFault(f"{where} is not present", SEGMENT_NOT_PRESENT, error)
         if long_mode and (not code.flags & DESC_L or code.flags & DESC_B):
-            raise DeliveryError(f"{where} is not a 64-bit code segment")
+            raise GateFault(f"{where} is not a 64-bit code segment", GENERAL_PROTECTION, error)
         return code
 
     def _tss(self, offset: int, size: int, what: str) -> int:
-        _, tss_base, tss_limit, _ = self.m.uc.reg_read(UC_X86_REG_TR)
-        if offset + size - 1 > tss_limit:
-            raise DeliveryError(f"TSS limit {tss_limit:#x} does not hold {what}")
+        tr, tss_base, tss_limit, _ = self.m.uc.reg_read(UC_X86_REG_TR)
+        if offset + size - 1 > tss_limit:    # #TS(TSS selector): SDM vol. 3, 6.12.1.1 and 6.14.5
+            raise GateFault(f"TSS limit {tss_limit:#x} does not hold {what}", INVALID_TSS, tr & 0xFFFC)
         try:
             raw = self.m.vmem.read(tss_base + offset, size)
         except GuestMemoryError as exc:
@@ -346,11 +355,15 @@ class ExceptionDelivery:
         """SSn:ESPn of the 32-bit TSS for ring ``new_cpl``, with the checks the CPU makes (#TS)."""
         esp = self._tss(TSS32_ESP0 + 8 * new_cpl, 4, f"ESP{new_cpl}")
         selector = self._tss(TSS32_SS0 + 8 * new_cpl, 2, f"SS{new_cpl}")
-        if selector & 0xFFFC == 0 or selector & 3 != new_cpl:
-            raise DeliveryError(f"TSS SS{new_cpl} {selector:#x} is NULL or has RPL != {new_cpl}")
-        ss = self._descriptor(selector)
+        error = selector & 0xFFFC     # SDM vol. 3, INT n pseudo-code: #TS(SS selector), #SS if not present
+        if error == 0:
+            raise GateFault(f"TSS SS{new_cpl} is NULL", INVALID_TSS, 0)
+        if selector & 3 != new_cpl:
+            raise GateFault(f"TSS SS{new_cpl} {selector:#x} has RPL != {new_cpl}", INVALID_TSS, error)
+        ss = self._descriptor(selector, INVALID_TSS)
         if ss.dpl != new_cpl or not ss.flags & DESC_S or ss.flags & DESC_CODE or not ss.flags & DESC_WRITABLE:
-            raise DeliveryError(f"TSS SS{new_cpl} {selector:#x} is not a writable ring-{new_cpl} data segment")
+            raise GateFault(f"TSS SS{new_cpl} {selector:#x} is not a writable ring-{new_cpl} data segment",
+                            INVALID_TSS, error)
         if not ss.flags & DESC_PRESENT:
-            raise DeliveryError(f"TSS SS{new_cpl} {selector:#x} is not present")
+            raise GateFault(f"TSS SS{new_cpl} {selector:#x} is not present", STACK_FAULT, error)
         return ss, esp
