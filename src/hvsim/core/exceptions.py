@@ -19,14 +19,18 @@ What is modelled:
   gate fault while delivering it has EXT set in its error code, as for ``external``), ``software`` (``int n``/``int3``/``into``: the
   gate's DPL must be >= CPL, else #GP with error code vector*8+2), ``external`` (an interrupt
   from a LAPIC/PIC: no DPL check, never an error code).
-- A failed delivery (IDT limit, gate not present or of a wrong type, a bad handler selector, a TSS
-  too short, a stack that cannot be written) escalates to #DF; a failure to deliver #DF is a
-  triple fault, which the caller turns into a stop.
+- Faults raised by the checks of a delivery (SDM vol. 3, 6.12.1.1, 6.13, 6.14.5): the IDT limit or a
+  wrong gate type is #GP(IDT entry), a gate not present #NP(IDT entry); a NULL handler selector
+  #GP(0), a selector beyond the GDT, not code, of DPL > CPL or (IA-32e) not 64-bit #GP(selector), one
+  not present #NP(selector); a TSS whose limit does not hold the RSPn/ISTn/SSn:ESPn needed
+  #TS(TSS selector); a bad 32-bit SSn #TS(SSn) (#SS(SSn) when not present).  EXT is set unless the
+  event was ``int n``.  The fault is delivered in place of the event, or becomes #DF when the event
+  was itself contributory or #PF; a failure to deliver #DF is a triple fault, which the caller
+  turns into a stop.  A stack that cannot be written, an IDT, GDT or TSS that cannot be read,
+  escalate to #DF (hardware would raise #SS/#PF first).
 
 What is not modelled and stops the run with ``NotModelled``: task gates (32-bit type 5), 16-bit
-(286) gates, delivery in virtual-8086 mode, handler selectors in an LDT, and real mode.  Hardware
-would raise #GP/#NP/#TS/#SS for the individual failures above; this model goes straight to #DF, so a
-guest's #NP/#TS/#SS handler never sees them.
+(286) gates, delivery in virtual-8086 mode, handler selectors in an LDT, and real mode.
 """
 
 from __future__ import annotations
