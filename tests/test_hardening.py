@@ -347,3 +347,25 @@ def test_an_efi_app_jumping_into_the_system_table_takes_an_instruction_fetch_pag
     result = prepared.execute()
     system_table = prepared.machine.plugin_state["efi"].system_table
     assert _faults(result)[:1] == [(14, 0x11, system_table)], (result.stop, _faults(result))
+
+
+# -- the open fuzz finding: a hlt reached through a mapping the page tables no longer hold ---------------
+@pytest.mark.parametrize("interrupts, stop", [("cli", "halt"), ("sti", "idle")])
+def test_a_hlt_run_through_a_stale_tlb_entry_is_a_halt_not_a_host_error(interrupts, stop):
+    """The guest clears the page-directory entry that maps its own code (RawEnv: PD at 0x12000,
+    2 MiB pages) without flushing, then executes ``hlt``.  The CPU still holds the translation in its
+    TLB, so the ``hlt`` runs; a fresh walk of the tables no longer reaches it.  The stop is the
+    guest's ``hlt`` at its address (it used to be a host error "stopped ... for no known reason",
+    the xen-hypercall fuzz finding of seed 1, where a multicall wrote its results over the guest's
+    page tables)."""
+    from guestcode import run_raw
+
+    result, _, symbols = run_raw(f"""
+    {interrupts}
+    movq $0, 0x12000                       /* PD[0]: the 2 MiB page holding this code */
+the_hlt:
+    hlt
+""")
+    assert result.stop.kind == stop, result.stop
+    assert f"hlt at {symbols['the_hlt']:#x}" in result.stop.detail
+    assert result.state.registers["cr2"] == 0                # asking the engine left no #PF behind

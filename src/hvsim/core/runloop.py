@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from unicorn import UcError
 
 from .disasm import disassemble_one
+from .engine import fetch_physical
 from .errors import GuestMemoryError
 from .events import Fault
 from .exceptions import DeliveryError, NotModelled, vector_name
@@ -191,8 +192,19 @@ class RunLoop:
             control.want_if = 1
 
     def _after_hlt(self, rip: int) -> bool:
+        """Whether the instruction before ``rip`` is the ``hlt`` the engine stopped after.  It is
+        read where the engine fetched it: the guest page tables may no longer map it (the host
+        rewrote them during the last hypercall and the guest ran on to the ``hlt`` through the
+        engine's TLB, as a CPU does until it flushes), so a fresh walk alone would miss it."""
+        m = self.m
+        linear = m.code_address(rip - 1)
         try:
-            return self.m.vmem.read(self.m.code_address(rip - 1), 1)[0] == HLT
+            return m.vmem.read(linear, 1)[0] == HLT
+        except GuestMemoryError:
+            pass
+        physical = fetch_physical(m.uc, linear)
+        try:
+            return physical is not None and m.memory.read(physical, 1)[0] == HLT
         except GuestMemoryError:
             return False
 
