@@ -369,3 +369,51 @@ the_hlt:
     assert result.stop.kind == stop, result.stop
     assert f"hlt at {symbols['the_hlt']:#x}" in result.stop.detail
     assert result.state.registers["cr2"] == 0                # asking the engine left no #PF behind
+
+
+# -- the reproducers of ../shared/repro (kept, compressed, in fuzz/repro; see its README) ---------------
+REPRO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fuzz", "repro")
+MB = 1000 * 1000
+
+
+@pytest.mark.parametrize("name, args, status, stop", [
+    ("guest-svm-msrpm-efer-segv.elf", ["--env", "bare_metal"], 42, "bad-access"),
+    ("efi-reloc-odd-blocksize-run.efi", ["--env", "efi"], 3, None),
+    ("efi-loadimage-odd-reloc.efi", ["--env", "efi"], 0, "poweroff"),
+    ("inspect-s1-5383-ok.bin", ["--env", "efi"], 0, "poweroff"),
+    ("setmem1g.efi", ["--env", "efi", "--memory", "2G", "--timeout", "1"], 30, "timeout"),
+])
+def test_a_shared_reproducer_ends_cleanly(tmp_path, name, args, status, stop):
+    """Each reproducer of the hardening issue, run as its README says: a guest-visible stop or a
+    one-line refusal, never a host error or a traceback; the run's JSON is written; the SizeOfImage
+    case stays under 260 MB of host memory and the 1 GiB SetMem under its 1 s budget."""
+    import gzip
+
+    image = tmp_path / name
+    with gzip.open(os.path.join(REPRO, name + ".gz")) as packed:
+        image.write_bytes(packed.read())
+    report = tmp_path / "x.json"
+    probe = textwrap.dedent(f"""
+        import resource, subprocess, sys
+        done = subprocess.run({[*HVSIM, "run", *args, str(image), "--json", str(report)]!r},
+                              capture_output=True, text=True)
+        sys.stderr.write(done.stderr)
+        print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "HVSIM_DEBUG"})
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr, done.stderr
+    code, rss_kib = map(int, done.stdout.split())
+    assert code == status, done.stderr
+    if stop is None:                                   # refused before the guest ran: one line
+        assert len(done.stderr.strip().splitlines()) == 1 and "SizeOfBlock 0x9" in done.stderr
+        return
+    result = json.loads(report.read_text())
+    assert result["stop"]["kind"] == stop, result["stop"]
+    if name == "efi-loadimage-odd-reloc.efi":
+        (load,) = [e for e in result["events"] if e.get("name") == "BS.LoadImage"]
+        assert load["result"] == "EFI_LOAD_ERROR" and "SizeOfBlock 0x9" in load["args"]["error"]
+    if name == "inspect-s1-5383-ok.bin":
+        assert rss_kib * 1024 < 260 * MB, rss_kib
+    if name == "setmem1g.efi":
+        assert result["stats"]["wall_seconds"] < 1.5, result["stats"]
