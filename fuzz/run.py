@@ -176,14 +176,18 @@ class XenHypercallTarget:
     def baseline(self) -> dict:
         return {"rows": [[17, 0, 0, 0, 0, 0]], "dom0": False}          # xen_version(XENVER_version)
 
-    def execute(self, case: dict) -> dict:
-        from hvsim import MachineConfig
-        from hvsim.api import Run
+    def guest(self, case: dict) -> bytes:
+        """The corpus guest with the case's rows as its hypercall table."""
         image = bytearray(self.image)
         at = self.meta["table_offset"]
         table = b"".join(struct.pack("<6Q", *row) for row in case["rows"]) + struct.pack("<q", -1)
         image[at:at + len(table)] = table
-        result = Run("xen_pv", bytes(image), MachineConfig(memory="64M", timeout=1),
+        return bytes(image)
+
+    def execute(self, case: dict) -> dict:
+        from hvsim import MachineConfig
+        from hvsim.api import Run
+        result = Run("xen_pv", self.guest(case), MachineConfig(memory="64M", timeout=1),
                      options={"dom0": case["dom0"]}, pm=_plugins()).execute()
         calls = sum(1 for e in result.events if e.kind == "Call" and e.interface == "xen-hypercall")
         report = {"outcome": f"stop:{result.stop.kind}", "calls": calls}

@@ -144,3 +144,22 @@ def test_in_a_batch_each_finding_is_the_case_that_caused_it(tmp_path):
     assert result["outcomes"].get("ok", 0) == kinds.count("ok")
     assert sum(1 for f in result["findings"] if f["kind"] in ("hang", "crash")) == min(3, kinds.count("hang")) \
         + min(3, kinds.count("signal"))
+
+
+@pytest.mark.parametrize("index", [330, 442, 738])
+def test_the_xen_hypercall_finding_of_seed_1_now_ends_in_the_guests_hlt(index):
+    """The campaign's open finding: after ~2,400 random hypercalls a multicall writes its results over
+    the guest's own page tables, the guest reaches its final ``hlt`` through the TLB entry it still
+    holds, and the run used to end as a host error ("stopped at 0x100032 for no known reason").  Run
+    to its end (a generous wall-clock cap, so a loaded machine cannot turn it into a timeout)."""
+    from hvsim import MachineConfig
+    from hvsim.api import Run
+
+    module = _runner_module()
+    target = module.XenHypercallTarget(ROOT / "fuzz" / "corpus")
+    case = target.generate(module._case_rng("xen-hypercall", 1, index))
+    result = Run("xen_pv", target.guest(case), MachineConfig(memory="64M", timeout=60),
+                 options={"dom0": case["dom0"]}).execute()
+    assert result.stop.kind == "idle", result.stop
+    assert result.stop.detail.startswith("hlt at 0x100031 ")
+    assert any(e.kind == "Call" and e.name == "multicall" and e.result == -14 for e in result.events)
