@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """hvsim's long fuzzing campaigns: mutated images, random Xen hypercall tables and random EFI
-service calls, each case in its own child process under a memory cap (RLIMIT_AS) and a wall-clock
-cap, with a report of cases, outcomes, non-hvsim exceptions, hangs, crashes and peak memory.
+service calls, run in forked child processes under a memory cap (RLIMIT_AS) and a wall-clock cap
+per case, with a report of cases, outcomes, non-hvsim exceptions, hangs, crashes and peak memory.
 
 Targets (the inputs come from the committed corpus in fuzz/corpus/, see make_corpus.py):
 
@@ -18,10 +18,15 @@ Targets (the inputs come from the committed corpus in fuzz/corpus/, see make_cor
   for xen-hypercall.
 
 Each case is a pure function of (target, seed, index): ``--seed S --only I`` replays one.  Cases
-that fail are written under ``--failures`` with a JSON description.  A child that outlives
-``--case-timeout`` is killed and counted as a hang; one that dies by a signal or without a report is
-a crash; a ``MemoryError`` under the cap is counted as ``memory-cap`` (and is a finding: loaders
-should refuse sizes before allocating).  Peak memory is the largest ``ru_maxrss`` of any child.
+that fail are written under ``--failures`` with a JSON description.  The runner imports hvsim and
+finds the plugins once, then forks one child per ``--batch`` cases (default 16): the child runs them
+one after the other, each with its own engine, announcing each case before it starts and reporting
+it when it ends.  A child still in a case after ``--case-timeout`` is killed and that case counted as
+a hang; one that dies by a signal or without a report is a crash of the case it had started; the
+cases after it run in a new child.  A ``MemoryError`` under the cap is counted as ``memory-cap``
+(and is a finding: loaders should refuse sizes before allocating).  Peak memory is the largest
+``ru_maxrss`` of any child (with batches, a case's figure is its batch's).  ``--batch 1`` gives every
+case a fresh child, as ``--only`` replays do.
 The memory cap is the address space a case may add to what it inherits from the runner; Unicorn
 reserves a 1 GiB translation buffer per engine and exits the process (status 1, "Could not allocate
 dynamic translator buffer") when it cannot, so the cap must leave room for it: an efi or xen_pv run reaches a VmPeak of about 3.8 GB with
