@@ -34,7 +34,8 @@ def fetch_physical(uc: Uc, linear: int) -> int | None:
     the cached mapping until ``invlpg``/a CR3 load) it still finds code that a fresh walk of the
     page tables no longer reaches.  ``uc_vmem_translate`` (unicorn 2.1, not wrapped by the 2.1.4
     Python binding) probes without raising, but a probe that misses the TLB and faults sets CR2 as
-    a #PF would; CR2 is put back, so asking leaves the guest state as it was.
+    a #PF would (CR2 is put back here) and leaves that #PF as the engine's pending exception: ask
+    only when a None answer ends the run (the run loop's ``hlt`` check).
     """
     cr2 = uc.reg_read(UC_X86_REG_CR2)
     physical = ctypes.c_uint64()

@@ -192,10 +192,10 @@ class RunLoop:
             control.want_if = 1
 
     def _after_hlt(self, rip: int) -> bool:
-        """Whether the instruction before ``rip`` is the ``hlt`` the engine stopped after.  It is
-        read where the engine fetched it: the guest page tables may no longer map it (the host
-        rewrote them during the last hypercall and the guest ran on to the ``hlt`` through the
-        engine's TLB, as a CPU does until it flushes), so a fresh walk alone would miss it."""
+        """Whether the instruction before ``rip`` is the ``hlt`` the engine stopped after.  When a
+        fresh walk of the guest page tables no longer reaches it (the guest, or a hypercall on its
+        behalf, changed them without a flush, and the guest ran on to the ``hlt`` through the
+        engine's TLB, as a CPU does), it is read where the engine fetched it."""
         m = self.m
         linear = m.code_address(rip - 1)
         try:
