@@ -417,3 +417,41 @@ def test_a_shared_reproducer_ends_cleanly(tmp_path, name, args, status, stop):
         assert rss_kib * 1024 < 260 * MB, rss_kib
     if name == "setmem1g.efi":
         assert result["stats"]["wall_seconds"] < 1.5, result["stats"]
+
+
+@pytest.mark.parametrize("insn, vector", [("int $0x80", 0x80), ("int3", 3), ("rdmsr", 13), ("wrmsr", 13)])
+def test_a_trapping_instruction_run_through_a_stale_tlb_entry_reaches_the_guests_handler(insn, vector):
+    """As above, for instructions hvsim decodes when they trap (``int n``, ``int3``, an MSR access
+    that is refused with #GP): the guest re-maps its first 2 MiB with 4 KiB pages, leaving out the
+    page its code is on, without flushing, and runs one.  The trap reaches its IDT gate (the IDT,
+    the stack and the data page are still mapped) instead of ending the run as a host error when
+    hvsim read the instruction by a fresh walk."""
+    from guestcode import DATA, run_raw
+
+    result, m, symbols = run_raw(f"""
+    cli
+    mov $0x30000, %rdi                     /* a page table for 0-2 MiB in 4 KiB pages */
+    xor %ecx, %ecx
+1:  mov %rcx, %rax
+    shl $12, %rax
+    or $3, %rax
+    cmp $0x100, %rcx                       /* but 0x100000, where this code is */
+    jne 2f
+    xor %eax, %eax
+2:  mov %rax, (%rdi,%rcx,8)
+    inc %rcx
+    cmp $512, %rcx
+    jne 1b
+    movq $0x30003, 0x12000                 /* PD[0] -> that table; no flush */
+    mov $0xc0de0000, %ecx                  /* an MSR nobody answers */
+    {insn}
+    hlt
+handler:
+    movq $1, {DATA:#x}
+handler_hlt:
+    hlt
+""", gates={vector: "handler"})
+    assert result.stop.kind == "halt", result.stop
+    assert f"hlt at {symbols['handler_hlt']:#x}" in result.stop.detail
+    assert m.memory.read_u64(DATA) == 1
+    assert any(e.kind == "Fault" and e.vector == vector for e in result.events)

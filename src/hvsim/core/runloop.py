@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 from unicorn import UcError
 
 from .disasm import disassemble_one
-from .engine import fetch_physical
 from .errors import GuestMemoryError
 from .events import Fault
 from .exceptions import DeliveryError, NotModelled, vector_name
@@ -192,19 +191,10 @@ class RunLoop:
             control.want_if = 1
 
     def _after_hlt(self, rip: int) -> bool:
-        """Whether the instruction before ``rip`` is the ``hlt`` the engine stopped after.  When a
-        fresh walk of the guest page tables no longer reaches it (the guest, or a hypercall on its
-        behalf, changed them without a flush, and the guest ran on to the ``hlt`` through the
-        engine's TLB, as a CPU does), it is read where the engine fetched it."""
-        m = self.m
-        linear = m.code_address(rip - 1)
+        """Whether the instruction before ``rip`` is the ``hlt`` the engine stopped after (read as
+        the engine fetched it: ``Machine.read_code``)."""
         try:
-            return m.vmem.read(linear, 1)[0] == HLT
-        except GuestMemoryError:
-            pass
-        physical = fetch_physical(m.uc, linear)
-        try:
-            return physical is not None and m.memory.read(physical, 1)[0] == HLT
+            return self.m.read_code(rip - 1, 1)[0] == HLT
         except GuestMemoryError:
             return False
 

@@ -175,7 +175,7 @@ class TrapDispatcher:
     # -- MSRs (#VMEXIT MSR) --------------------------------------------------------------------
     def on_msr(self, rip: int) -> None:
         m, uc = self.m, self.m.uc
-        opcode = m.vmem.read(m.code_address(rip), 2)
+        opcode = m.read_code(rip, 2)
         if opcode not in (RDMSR, WRMSR):
             m.stop(StopReason("host-error", detail=f"MSR exit at {rip:#x} on bytes {opcode.hex()}"))
             return
@@ -306,7 +306,7 @@ class TrapDispatcher:
 
     def on_software_interrupt(self, rip: int) -> None:
         """``int N``/``int3``/``into`` (#VMEXIT SWINT: RIP at the instruction, nothing pushed yet)."""
-        code = self.m.vmem.read(self.m.code_address(rip), 2)
+        code = self.m.read_code(rip, 2)
         vector, length = SOFTWARE_INT.get(code[0], (None, 0))
         if length == 0:
             self.m.stop(StopReason("host-error", detail=f"software-interrupt exit at {rip:#x} on bytes {code.hex()}"))
