@@ -455,3 +455,21 @@ handler_hlt:
     assert f"hlt at {symbols['handler_hlt']:#x}" in result.stop.detail
     assert m.memory.read_u64(DATA) == 1
     assert any(e.kind == "Fault" and e.vector == vector for e in result.events)
+
+
+def test_the_events_a_long_stall_passes_over_stop_at_the_wall_clock_budget():
+    """``Stall`` of 50 minutes: guest time jumps, and the PIT's 18.2 Hz ticks it passed over (about
+    55,000) run at the next block boundary.  They used to run to the last one whatever the budget
+    (6 s and more on a loaded machine: the efi-service fuzz hangs of seed 11, cases 63, 175, 228);
+    now the run stops at the 0.5 s budget."""
+    from hvsim.api import Run
+
+    body = f"""
+    mov ST_BS(%rbx), %rax
+    mov $3000000000, %rcx                  /* 3,000 s */
+    call *{bs('Stall')}(%rax)
+    jmp done
+"""
+    result = Run("efi", efi_app(body), MachineConfig(timeout=0.5)).execute()
+    assert result.stop.kind == "timeout", result.stop
+    assert result.stats.wall_seconds < 1.0, result.stats

@@ -104,7 +104,7 @@ class RunLoop:
                 if m.stop_reason is None:
                     self._classify_stop(rip)
                 if m.stop_reason is None:
-                    m.clock.run_due()
+                    m.clock.run_due(lambda: m.run_ending)   # a Stall of an hour can leave 10^5 due
                     self._deliver_interrupt()
                     rip = m.reg("rip")
         finally:
