@@ -473,3 +473,17 @@ def test_the_events_a_long_stall_passes_over_stop_at_the_wall_clock_budget():
     result = Run("efi", efi_app(body), MachineConfig(timeout=0.5)).execute()
     assert result.stop.kind == "timeout", result.stop
     assert result.stats.wall_seconds < 1.0, result.stats
+
+
+def test_a_xen_pv_block_with_a_periodic_timer_nothing_listens_to_stops_at_the_wall_clock_budget():
+    """The guest starts the 1 ms periodic timer, binds no VIRQ_TIMER and blocks: nothing can wake
+    it, and the hour of guest time the block may wait is 3.6 million timer events.  They used to run
+    inside the hypercall whatever the budget (more than 10 minutes); now the run stops at 0.5 s."""
+    from test_xen_pv_bad_input import DONE, hypercall, run_pv
+
+    source = (hypercall(24, 6, 0, "period")              # vcpu_op(VCPUOP_set_periodic_timer, 0, &period)
+              + hypercall(29, 1, 0)                      # sched_op(SCHEDOP_block)
+              + DONE + "    .balign 8\nperiod: .quad 1000000\n")
+    result, _, _ = run_pv(source, timeout=0.5)
+    assert result.stop.kind == "timeout", result.stop
+    assert result.stats.wall_seconds < 1.0, result.stats
