@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """hvsim's long fuzzing campaigns: mutated images, random Xen hypercall tables and random EFI
-service calls, each case in its own child process under a memory cap (RLIMIT_AS) and a wall-clock
-cap, with a report of cases, outcomes, non-hvsim exceptions, hangs, crashes and peak memory.
+service calls, run in forked child processes under a memory cap (RLIMIT_AS) and a wall-clock cap
+per case, with a report of cases, outcomes, non-hvsim exceptions, hangs, crashes and peak memory.
 
 Targets (the inputs come from the committed corpus in fuzz/corpus/, see make_corpus.py):
 
@@ -18,10 +18,15 @@ Targets (the inputs come from the committed corpus in fuzz/corpus/, see make_cor
   for xen-hypercall.
 
 Each case is a pure function of (target, seed, index): ``--seed S --only I`` replays one.  Cases
-that fail are written under ``--failures`` with a JSON description.  A child that outlives
-``--case-timeout`` is killed and counted as a hang; one that dies by a signal or without a report is
-a crash; a ``MemoryError`` under the cap is counted as ``memory-cap`` (and is a finding: loaders
-should refuse sizes before allocating).  Peak memory is the largest ``ru_maxrss`` of any child.
+that fail are written under ``--failures`` with a JSON description.  The runner imports hvsim and
+finds the plugins once, then forks one child per ``--batch`` cases (default 16): the child runs them
+one after the other, each with its own engine, announcing each case before it starts and reporting
+it when it ends.  A child still in a case after ``--case-timeout`` is killed and that case counted as
+a hang; one that dies by a signal or without a report is a crash of the case it had started; the
+cases after it run in a new child.  A ``MemoryError`` under the cap is counted as ``memory-cap``
+(and is a finding: loaders should refuse sizes before allocating).  Peak memory is the largest
+``ru_maxrss`` of any child (with batches, a case's figure is its batch's).  ``--batch 1`` gives every
+case a fresh child, as ``--only`` replays do.
 The memory cap is the address space a case may add to what it inherits from the runner; Unicorn
 reserves a 1 GiB translation buffer per engine and exits the process (status 1, "Could not allocate
 dynamic translator buffer") when it cannot, so the cap must leave room for it: an efi or xen_pv run reaches a VmPeak of about 3.8 GB with
@@ -88,6 +93,19 @@ def _mutate(rng: random.Random, data: bytes) -> tuple[bytes, list[str]]:
     return bytes(out), ops
 
 
+def _plugins():
+    """The installed plugins, found once per runner process (every child inherits the manager):
+    entry-point discovery costs more than many a case."""
+    global _PLUGINS
+    if _PLUGINS is None:
+        from hvsim import get_plugin_manager
+        _PLUGINS = get_plugin_manager()
+    return _PLUGINS
+
+
+_PLUGINS = None
+
+
 class ImageTarget:
     name = "image"
 
@@ -125,7 +143,7 @@ class ImageTarget:
         except HvsimError:
             outcome = "refused"
         try:
-            json.dumps(inspect(data), default=str)
+            json.dumps(inspect(data, pm=_plugins()), default=str)
         except HvsimError:
             pass
         return {"outcome": outcome}
@@ -163,15 +181,19 @@ class XenHypercallTarget:
     def baseline(self) -> dict:
         return {"rows": [[17, 0, 0, 0, 0, 0]], "dom0": False}          # xen_version(XENVER_version)
 
-    def execute(self, case: dict) -> dict:
-        from hvsim import MachineConfig
-        from hvsim.api import Run
+    def guest(self, case: dict) -> bytes:
+        """The corpus guest with the case's rows as its hypercall table."""
         image = bytearray(self.image)
         at = self.meta["table_offset"]
         table = b"".join(struct.pack("<6Q", *row) for row in case["rows"]) + struct.pack("<q", -1)
         image[at:at + len(table)] = table
-        result = Run("xen_pv", bytes(image), MachineConfig(memory="64M", timeout=1),
-                     options={"dom0": case["dom0"]}).execute()
+        return bytes(image)
+
+    def execute(self, case: dict) -> dict:
+        from hvsim import MachineConfig
+        from hvsim.api import Run
+        result = Run("xen_pv", self.guest(case), MachineConfig(memory="64M", timeout=1),
+                     options={"dom0": case["dom0"]}, pm=_plugins()).execute()
         calls = sum(1 for e in result.events if e.kind == "Call" and e.interface == "xen-hypercall")
         report = {"outcome": f"stop:{result.stop.kind}", "calls": calls}
         if result.stop.kind == "host-error":
@@ -254,7 +276,7 @@ class EfiServiceTarget:
         records = b"".join(struct.pack(f"<{3 + n}Q", row[0], row[1], n, *row[2:]) for row in case["rows"])
         records += struct.pack("<q", -1)
         app[at:at + len(records)] = records
-        result = Run("efi", bytes(app), MachineConfig(timeout=1)).execute()
+        result = Run("efi", bytes(app), MachineConfig(timeout=1), pm=_plugins()).execute()
         calls = sum(1 for e in result.events if e.kind == "Call")
         report = {"outcome": f"stop:{result.stop.kind}", "calls": calls}
         if result.stop.kind == "host-error":
@@ -316,68 +338,106 @@ def _address_space() -> int:
     return 0
 
 
-def _child(target, case: dict, memory_cap: int, write_fd: int) -> None:
-    """Runs in the forked child: never returns."""
+def _execute(target, case: dict) -> dict:
+    """Run one case; what it raised becomes its report."""
+    try:
+        return target.execute(case)
+    except MemoryError:
+        return {"outcome": "memory-cap"}
+    except BaseException as exc:  # noqa: BLE001 -- the finding this harness looks for
+        from hvsim.core.errors import HvsimError
+        kind = "hvsim-error" if isinstance(exc, HvsimError) else "exception"
+        report = {"outcome": kind, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        if kind == "exception":
+            report["traceback"] = traceback.format_exc()[-4000:]
+        return report
+
+
+def _child(target, cases: list, memory_cap: int, write_fd: int) -> None:
+    """Runs in the forked child: the cases one after the other, each announced before it starts and
+    reported when it ends (one JSON line each), so the parent can name the case a hang or a crash
+    belongs to.  Never returns."""
     status = 0
     try:
         inherited = _address_space()
         resource.setrlimit(resource.RLIMIT_AS, (inherited + memory_cap, inherited + memory_cap))
-        try:
-            report = target.execute(case)
-        except MemoryError:
-            report = {"outcome": "memory-cap"}
-        except BaseException as exc:  # noqa: BLE001 -- the finding this harness looks for
-            from hvsim.core.errors import HvsimError
-            kind = "hvsim-error" if isinstance(exc, HvsimError) else "exception"
-            report = {"outcome": kind, "error": f"{type(exc).__name__}: {exc}"[:500]}
-            if kind == "exception":
-                report["traceback"] = traceback.format_exc()[-4000:]
-        data = json.dumps(report, default=str).encode()
         with os.fdopen(write_fd, "wb") as pipe:
-            pipe.write(data)
+            for index, case in cases:
+                pipe.write(json.dumps({"start": index}).encode() + b"\n")
+                pipe.flush()
+                report = _execute(target, case)
+                pipe.write(json.dumps({"index": index, "report": report}, default=str).encode() + b"\n")
+                pipe.flush()
+                if len(cases) > 1:
+                    gc.collect()          # the case's engine and guest RAM go before the next case
     except BaseException:  # noqa: BLE001
         status = 3
     os._exit(status)
 
 
-def run_case(target, case: dict, *, memory_cap: int, timeout: float) -> dict:
-    """Fork, run ``case`` in the child, collect its report, wall time and peak RSS (KiB)."""
+def run_batch(target, cases: list, *, memory_cap: int, timeout: float) -> tuple[list, list]:
+    """Fork one child for ``cases`` (a list of (index, case)); return ([(index, report)], the cases
+    not run).  ``timeout`` caps each case; a child killed at it is a hang of the case it had
+    started, one that dies is a crash of that case, and the cases after it come back unrun.  Each
+    report has the case's wall time and the child's peak RSS (KiB; the batch's, with a batch)."""
     read_fd, write_fd = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
-    start = time.monotonic()
+    case_start = time.monotonic()
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
-        _child(target, case, memory_cap, write_fd)
+        _child(target, cases, memory_cap, write_fd)
     os.close(write_fd)
-    chunks, hung = [], False
-    deadline = start + timeout
+    done, started, buffer, hung = [], None, b"", False
     while True:
-        left = deadline - time.monotonic()
+        left = case_start + timeout - time.monotonic()
         if left <= 0:
             hung = True
             break
         ready, _, _ = select.select([read_fd], [], [], left)
-        if ready:
-            chunk = os.read(read_fd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
+        if not ready:
+            continue
+        chunk = os.read(read_fd, 1 << 16)
+        if not chunk:
+            break
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            message = json.loads(line)
+            now = time.monotonic()
+            if "start" in message:
+                started = message["start"]
+            else:
+                report = message["report"]
+                report["seconds"] = round(now - case_start, 4)
+                done.append((message["index"], report))
+                started = None
+            case_start = now
     os.close(read_fd)
     if hung:
         os.kill(pid, signal.SIGKILL)
     _, status, usage = os.wait4(pid, 0)
-    elapsed = time.monotonic() - start
-    if hung:
-        report = {"outcome": "hang"}
-    elif os.WIFSIGNALED(status) or not chunks:
-        how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
-        report = {"outcome": "crash", "error": f"child ended by {how} without a report"}
-    else:
-        report = json.loads(b"".join(chunks))
-    report["seconds"] = round(elapsed, 4)
-    report["max_rss_kib"] = usage.ru_maxrss
+    rest = cases[len(done):]
+    if rest:
+        index = started if started is not None else rest[0][0]
+        if hung:
+            report = {"outcome": "hang", "seconds": round(timeout, 4)}
+        else:
+            how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
+            report = {"outcome": "crash", "error": f"child ended by {how} without a report",
+                      "seconds": round(time.monotonic() - case_start, 4)}
+        assert rest[0][0] == index, (rest[0][0], index)
+        done.append((index, report))
+        rest = rest[1:]
+    for _, report in done:
+        report["max_rss_kib"] = usage.ru_maxrss
+    return done, rest
+
+
+def run_case(target, case: dict, *, memory_cap: int, timeout: float) -> dict:
+    """One case in its own child: its report, wall time and peak RSS (KiB)."""
+    (_, report), = run_batch(target, [(0, case)], memory_cap=memory_cap, timeout=timeout)[0]
     return report
 
 
@@ -391,51 +451,58 @@ def _finding(report: dict) -> str | None:
 
 # -- a campaign --------------------------------------------------------------------------------------
 def campaign(target, *, seed: int, cases: int | None, seconds: float | None, memory_cap: int, timeout: float,
-             failures: Path | None, only: int | None = None, progress: bool = False) -> dict:
+             failures: Path | None, only: int | None = None, progress: bool = False, batch: int = 1) -> dict:
     baseline = run_case(target, target.baseline(), memory_cap=memory_cap, timeout=timeout)
     if _finding(baseline) and target.name != "selftest":
         raise SystemExit(f"fuzz: {target.name}: the unmodified corpus case fails: {baseline}")
     target.execute(target.baseline())              # warm the parent: plugins and lazy imports load once
-    gc.collect()                                   # and free its engine before the children inherit it
+    gc.collect()                                   # and free its engine before the children inherit it;
+    gc.freeze()                                    # children's collections then skip the inherited heap
     outcomes, findings, signatures = Counter(), [], Counter()
     peak_rss, total_time, slowest = 0, 0.0, 0.0
     start = time.monotonic()
-    indices = [only] if only is not None else None
-    index = 0
+    pending: list = []                              # (index, case) generated, not yet run
+    next_index = only if only is not None else 0
     done = 0
+
+    def more_wanted() -> bool:
+        if only is not None:
+            return next_index == only
+        if cases is not None and next_index >= cases:
+            return False
+        return seconds is None or time.monotonic() - start < seconds
+
     while True:
-        if indices is not None:
-            if done == len(indices):
-                break
-            index = indices[done]
-        elif cases is not None and done >= cases:
+        while len(pending) < batch and more_wanted():
+            pending.append((next_index, target.generate(_case_rng(target.name, seed, next_index))))
+            next_index += 1
+        if not pending:
             break
-        elif seconds is not None and time.monotonic() - start >= seconds:
-            break
-        case = target.generate(_case_rng(target.name, seed, index))
-        report = run_case(target, case, memory_cap=memory_cap, timeout=timeout)
-        outcomes[report["outcome"]] += 1
-        peak_rss = max(peak_rss, report["max_rss_kib"])
-        total_time += report["seconds"]
-        slowest = max(slowest, report["seconds"])
-        kind = _finding(report)
-        if kind:
-            signature = f"{kind}: {report.get('error') or report.get('detail') or report.get('oracle') or ''}"[:200]
-            signatures[signature] += 1
-            if signatures[signature] <= 3:
-                entry = {"index": index, "kind": kind, **{k: v for k, v in report.items()},
-                         "case": {k: v for k, v in case.items() if k != "data"}}
-                findings.append(entry)
-                if failures is not None:
-                    failures.mkdir(parents=True, exist_ok=True)
-                    stem = failures / f"{target.name}-{seed}-{index}"
-                    stem.with_suffix(".json").write_text(json.dumps(entry, indent=1, default=str) + "\n")
-                    if "data" in case:
-                        stem.with_suffix(".bin").write_bytes(case["data"])
-        done += 1
-        index += 1
-        if progress and done % 500 == 0:
-            print(f"  {target.name}: {done} cases, {dict(outcomes)}", file=sys.stderr, flush=True)
+        by_index = dict(pending)
+        results, pending = run_batch(target, pending, memory_cap=memory_cap, timeout=timeout)
+        for index, report in results:
+            case = by_index[index]
+            outcomes[report["outcome"]] += 1
+            peak_rss = max(peak_rss, report["max_rss_kib"])
+            total_time += report["seconds"]
+            slowest = max(slowest, report["seconds"])
+            kind = _finding(report)
+            if kind:
+                signature = f"{kind}: {report.get('error') or report.get('detail') or report.get('oracle') or ''}"[:200]
+                signatures[signature] += 1
+                if signatures[signature] <= 3:
+                    entry = {"index": index, "kind": kind, **{k: v for k, v in report.items()},
+                             "case": {k: v for k, v in case.items() if k != "data"}}
+                    findings.append(entry)
+                    if failures is not None:
+                        failures.mkdir(parents=True, exist_ok=True)
+                        stem = failures / f"{target.name}-{seed}-{index}"
+                        stem.with_suffix(".json").write_text(json.dumps(entry, indent=1, default=str) + "\n")
+                        if "data" in case:
+                            stem.with_suffix(".bin").write_bytes(case["data"])
+            done += 1
+            if progress and done % 500 == 0:
+                print(f"  {target.name}: {done} cases, {dict(outcomes)}", file=sys.stderr, flush=True)
     wall = time.monotonic() - start
     return {
         "target": target.name, "seed": seed, "cases": done, "wall_seconds": round(wall, 1),
@@ -475,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, default=HERE / "corpus")
     parser.add_argument("--failures", type=Path, help="directory for failing cases")
     parser.add_argument("--json", type=Path, help="write the report here")
+    parser.add_argument("--batch", type=int, default=16,
+                        help="cases per child process (1: a fresh child for every case)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     names = args.target or ["all"]
@@ -489,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         target = TARGETS[name](args.corpus)
         report = campaign(target, seed=args.seed, cases=args.cases, seconds=args.seconds,
                           memory_cap=args.memory_cap << 20, timeout=args.case_timeout, failures=args.failures,
-                          only=args.only, progress=args.progress)
+                          only=args.only, progress=args.progress, batch=max(1, args.batch))
         _print(report)
         reports.append(report)
     total = {"command": " ".join(["fuzz/run.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -126,3 +126,40 @@ def test_random_efi_service_calls_end_in_a_guest_visible_stop(rows):
     report = target.execute({"rows": rows})
     assert report["outcome"] != "stop:host-error", report
     assert report["calls"] >= 1 and "oracle" not in report
+
+
+def test_in_a_batch_each_finding_is_the_case_that_caused_it(tmp_path):
+    """All 18 selftest cases offered to one child: a hang or a crash ends that child, is charged to
+    the case it had started, and the cases after it still run (in a new child)."""
+    cases = 18
+    proc, report = _campaign(tmp_path, "--target", "selftest", "--cases", str(cases), "--seed", "3",
+                             "--case-timeout", "1", "--memory-cap", "1024", "--batch", str(cases))
+    (result,) = report["targets"]
+    module = _runner_module()
+    target = module.SelfTestTarget(None)
+    kinds = [target.generate(module._case_rng("selftest", 3, i))["kind"] for i in range(cases)]
+    expected = {"raise": "exception", "hang": "hang", "allocate": "memory-cap", "signal": "crash"}
+    assert result["cases"] == cases == sum(result["outcomes"].values())
+    assert result["findings"] and all(f["kind"] == expected[kinds[f["index"]]] for f in result["findings"])
+    assert result["outcomes"].get("ok", 0) == kinds.count("ok")
+    assert sum(1 for f in result["findings"] if f["kind"] in ("hang", "crash")) == min(3, kinds.count("hang")) \
+        + min(3, kinds.count("signal"))
+
+
+@pytest.mark.parametrize("index", [330, 442, 738])
+def test_the_xen_hypercall_finding_of_seed_1_now_ends_in_the_guests_hlt(index):
+    """The campaign's open finding: after ~2,400 random hypercalls a multicall writes its results over
+    the guest's own page tables, the guest reaches its final ``hlt`` through the TLB entry it still
+    holds, and the run used to end as a host error ("stopped at 0x100032 for no known reason").  Run
+    to its end (a generous wall-clock cap, so a loaded machine cannot turn it into a timeout)."""
+    from hvsim import MachineConfig
+    from hvsim.api import Run
+
+    module = _runner_module()
+    target = module.XenHypercallTarget(ROOT / "fuzz" / "corpus")
+    case = target.generate(module._case_rng("xen-hypercall", 1, index))
+    result = Run("xen_pv", target.guest(case), MachineConfig(memory="64M", timeout=60),
+                 options={"dom0": case["dom0"]}).execute()
+    assert result.stop.kind == "idle", result.stop
+    assert result.stop.detail.startswith("hlt at 0x100031 ")
+    assert any(e.kind == "Call" and e.name == "multicall" and e.result == -14 for e in result.events)

@@ -90,12 +90,15 @@ class GuestClock:
             heapq.heappop(self._queue)
         return self._queue[0].at if self._queue else None
 
-    def run_due(self) -> int:
-        """Run every event due now, in deadline order; return how many ran."""
+    def run_due(self, give_up: Callable[[], bool] | None = None) -> int:
+        """Run every event due now, in deadline order; return how many ran.  ``give_up`` is asked
+        every 1024 events: when it answers true (the run is ending) the rest stay due."""
         ran = 0
         while True:
             deadline = self.next_deadline()
             if deadline is None or deadline > self.now():
+                break
+            if give_up is not None and ran % 1024 == 1023 and give_up():
                 break
             timer = heapq.heappop(self._queue)
             timer.cancelled = True

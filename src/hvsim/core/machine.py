@@ -23,7 +23,7 @@ from .devices.chipset import COM1_IRQ, PcChipset
 from .devices.keyboard import parse_keys
 from .devices.line import IrqLine
 from .devices.uart import Uart16550A
-from .engine import new_engine
+from .engine import fetch_physical, new_engine
 from .engine_state import EngineState, calibrate
 from .errors import LoadError
 from .events import ConsoleOutput, Event, Note, Shutdown
@@ -173,6 +173,28 @@ class Machine:
         """The linear address of ``rip`` in the current code segment."""
         base, bits = self.code_segment()
         return (base + rip) & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else 0xFFFF_FFFF)
+
+    def read_code(self, rip: int, size: int) -> bytes:
+        """The ``size`` bytes at ``rip`` of an instruction the engine has just executed or trapped
+        on, read where the engine fetched them.  That is where the guest page tables map them, unless
+        the guest (or a hypercall on its behalf) changed the tables without a flush and the engine
+        ran the instruction through its TLB, as a CPU does: then the TLB's translation
+        (``engine.fetch_physical``).  ``size`` must not go past the instruction (bytes the engine
+        did not fetch may not be in its TLB).  GuestMemoryError when neither reaches them."""
+        linear = self.code_address(rip)
+        try:
+            return self.vmem.read(linear, size)
+        except GuestMemoryError as exc:
+            failure = exc
+        out = bytearray()
+        while len(out) < size:
+            at = (linear + len(out)) & 0xFFFF_FFFF_FFFF_FFFF
+            physical = fetch_physical(self.uc, at)
+            if physical is None:
+                raise failure
+            n = min(size - len(out), PAGE_SIZE - at % PAGE_SIZE)
+            out += self.memory.read(physical, n)
+        return bytes(out)
 
     def cpl(self) -> int:
         """The current privilege level: 0 in real mode, 3 in virtual-8086 mode, else CS.RPL."""

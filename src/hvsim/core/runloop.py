@@ -113,7 +113,7 @@ class RunLoop:
                 if m.stop_reason is None:
                     self._classify_stop(rip)
                 if m.stop_reason is None:
-                    m.clock.run_due()
+                    m.clock.run_due(lambda: m.run_ending)   # a Stall of an hour can leave 10^5 due
                     self._deliver_interrupt()
                     rip = m.reg("rip")
         finally:
@@ -205,8 +205,10 @@ class RunLoop:
             control.want_if = 1
 
     def _after_hlt(self, rip: int) -> bool:
+        """Whether the instruction before ``rip`` is the ``hlt`` the engine stopped after (read as
+        the engine fetched it: ``Machine.read_code``)."""
         try:
-            return self.m.vmem.read(self.m.code_address(rip - 1), 1)[0] == HLT
+            return self.m.read_code(rip - 1, 1)[0] == HLT
         except GuestMemoryError:
             return False
 

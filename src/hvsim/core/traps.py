@@ -219,7 +219,7 @@ class TrapDispatcher:
     # -- MSRs (#VMEXIT MSR) --------------------------------------------------------------------
     def on_msr(self, rip: int) -> None:
         m, uc = self.m, self.m.regfile
-        opcode = m.vmem.read(m.code_address(rip), 2)
+        opcode = m.read_code(rip, 2)
         if opcode not in (RDMSR, WRMSR):
             m.stop(StopReason("host-error", detail=f"MSR exit at {rip:#x} on bytes {opcode.hex()}"))
             return

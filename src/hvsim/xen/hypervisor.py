@@ -276,7 +276,7 @@ class XenHypervisor:
                 info["cut_short"] = "the run is ending (interrupted, or its wall-clock budget is spent)"
             elif not woke:
                 self.m.stop(StopReason("idle", detail="SCHEDOP_block with no event that can wake the vCPU"))
-            elif self.deliver_upcall is None:
+            elif self.deliver_upcall is None and not self.m.run_ending:
                 # woken, but nothing would ever run the guest's handler: it would block again at once
                 self.m.stop(StopReason("idle", detail="SCHEDOP_block woken by an event that no upcall route "
                                                       "delivers (PV event callbacks are not modelled)"))
@@ -652,7 +652,7 @@ class XenHypervisor:
         deadline = clock.schedule(timeout_ns, lambda: None) if timeout_ns is not None else None
         try:
             while True:
-                clock.run_due()
+                clock.run_due(lambda: self.m.run_ending)
                 if wake() or (timeout_ns is not None and clock.now() >= timeout_ns) or self.m.run_ending:
                     return True
                 if clock.now() - started > MAX_BLOCK_NS or not clock.skip_to_next():
