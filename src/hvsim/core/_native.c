@@ -374,6 +374,9 @@ __attribute__((noinline)) static uint64_t rep_string(void *uc, struct hvsim_cont
  * NativeHooks.charge_upto), which decodes the block up to where it stopped.  When the count left is
  * smaller than the next block's, the hook stops before that block (STOPPED_BY_BUDGET_NEAR) and the run
  * loop counts the rest per instruction (hvsim_insn_hook), which stops exactly at the budget.
+ * A store into its own block's code makes the engine abandon the store (before it writes), leave the
+ * block and run the store again as a one-instruction block (translate-all.c,
+ * tb_invalidate_phys_page_range__locked, current_tb_modified): smc_restart uncharges the rest.
  * Not modelled: two live translations of the same bytes at the same address with the same size and
  * different counts (the same code decoded in two CPU modes) share one entry.
  */
