@@ -150,3 +150,55 @@ def test_the_probe_spin_loop_counts_four_instructions_an_iteration(monkeypatch):
     one = probe(False, monkeypatch, 10**12, spin=20_000)
     two = probe(False, monkeypatch, 10**12, spin=40_000)
     assert two.stats.instructions - one.stats.instructions == 4 * 20_000
+
+
+# A store into its own translated block: the engine abandons the store, leaves the block and runs the
+# store again in a block of its own (QEMU's precise self-modifying code), so the instructions after
+# the store in the first block did not run and are not counted.  Both counters count the abandoned
+# store as begun (it is run again), like the per-instruction hook that sees it twice.
+SMC_GUEST = f"""
+    mov $300, %r14
+    xor %r13, %r13
+    xor %r15, %r15
+loop:
+    inc %r15
+    xorb $0xf6, smc(%rip)                     /* rewrites the next instruction of its own block */
+smc:
+    .byte 0x66, 0x90                          /* 66 90 (one nop) <-> 90 90 (two) */
+    inc %r13
+    add %r13, %r15
+    dec %r14
+    jnz loop
+    mov $300, %r14
+head:
+    xorb $0xf6, smc2(%rip)                    /* the first instruction of its block */
+smc2:
+    .byte 0x90, 0x90
+    inc %r13
+    dec %r14
+    jnz head
+    mov %r13, {DATA:#x}
+    mov %r15, {DATA + 8:#x}
+    hlt
+"""
+
+
+def smc(per_instruction: bool, monkeypatch, budget: int):
+    monkeypatch.setattr(NativeHooks, "PER_INSTRUCTION", per_instruction)
+    result, m, _ = run_raw(SMC_GUEST, timeout=None, max_instructions=budget)
+    return result, m.memory.read(DATA, 16), m.native
+
+
+def test_a_store_into_its_own_block_counts_the_same_as_per_instruction(monkeypatch):
+    old, old_memory, _ = smc(True, monkeypatch, 10**12)
+    new, new_memory, native = smc(False, monkeypatch, 10**12)
+    assert old.stop.kind == "halt", old.stop
+    assert int.from_bytes(old_memory[:8], "little") == 600
+    assert native.control.smc_restarts == 600 and not native._per_instruction   # settled in the hook
+    assert observed(new, new_memory) == observed(old, old_memory)
+    total = old.stats.instructions
+    for budget in [1, 7, total // 5, total // 3 + 1, total // 2, total - 3]:
+        old, old_memory, _ = smc(True, monkeypatch, budget)
+        new, new_memory, _ = smc(False, monkeypatch, budget)
+        assert new.stop.kind == "budget" and new.stats.instructions == budget, (budget, new.stop)
+        assert observed(new, new_memory) == observed(old, old_memory), budget

@@ -218,7 +218,7 @@ def _config_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--smp", type=int, default=1, help="number of vCPUs described to the guest (default 1)")
     run.add_argument("--no-acpi", action="store_true", help="no ACPI tables")
     run.add_argument("--timeout", type=float, default=60.0, help="wall-clock budget in seconds (default 60; 0 = none)")
-    run.add_argument("--max-instructions", type=int, help="exact instruction budget (slows emulation ~15x)")
+    run.add_argument("--max-instructions", type=int, help="exact instruction budget (slows emulation ~2x)")
     run.add_argument("--keys", default="", help="keys typed on the machine's keyboard (EFI's ConIn takes them "
                                                 "until ExitBootServices): characters, {enter}, {esc}, {up}, {f1}...")
     run.add_argument("--keys-file", help="read the keys from this file (same syntax), after --keys")

@@ -90,6 +90,7 @@ struct hvsim_control {
     struct tb_count *tb_cache;     /* direct-mapped (address, size) -> instruction count */
     uint64_t tb_cache_mask;
     uint64_t tb_lookups;           /* counts asked of the engine (a translation not in tb_cache) */
+    uint64_t smc_restarts;         /* blocks left after a store into their own code (smc_restart) */
 };
 
 struct tb_count {
@@ -105,7 +106,7 @@ struct uc_tb {                     /* unicorn/unicorn.h */
 };
 
 enum { STOPPED_BY_REQUEST = 1, STOPPED_BY_INSN_LIMIT = 2, STOPPED_BY_DEADLINE = 3, STOPPED_BY_IF_WINDOW = 4,
-       STOPPED_BY_BUDGET_NEAR = 5 };
+       STOPPED_BY_BUDGET_NEAR = 5, STOPPED_BY_SMC = 6 };
 
 /* --- rep stos / rep movs host-side -------------------------------------------------------------
  *
@@ -373,29 +374,67 @@ __attribute__((noinline)) static uint64_t rep_string(void *uc, struct hvsim_cont
  * NativeHooks.charge_upto), which decodes the block up to where it stopped.  When the count left is
  * smaller than the next block's, the hook stops before that block (STOPPED_BY_BUDGET_NEAR) and the run
  * loop counts the rest per instruction (hvsim_insn_hook), which stops exactly at the budget.
+ * A store into its own block's code makes the engine abandon the store (before it writes), leave the
+ * block and run the store again as a one-instruction block (translate-all.c,
+ * tb_invalidate_phys_page_range__locked, current_tb_modified): smc_restart uncharges the rest.
  * Not modelled: two live translations of the same bytes at the same address with the same size and
  * different counts (the same code decoded in two CPU modes) share one entry.
  */
 #define UC_CTL_TB_REQUEST_CACHE_RW ((8u) | (2u << 26) | (3u << 30))  /* UC_CTL_READ_WRITE(UC_CTL_TB_REQUEST_CACHE, 2) */
+
+/* Keyed by size too: a one-instruction restart block shares its address with a whole block. */
+static struct tb_count *tb_slot(struct hvsim_control *c, uint64_t pc, uint32_t size)
+{
+    return &c->tb_cache[(pc ^ (pc >> 12) ^ ((uint64_t)size << 5)) & c->tb_cache_mask];
+}
 
 static void hvsim_tb_hook(void *uc, struct uc_tb *cur, struct uc_tb *prev, void *user)
 {
     struct hvsim_control *c = user;
     (void)uc;
     (void)prev;
-    struct tb_count *e = &c->tb_cache[(cur->pc ^ (cur->pc >> 12)) & c->tb_cache_mask];
+    struct tb_count *e = tb_slot(c, cur->pc, cur->size);
     e->pc = cur->pc;
     e->size = cur->size;
     e->icount = cur->icount;
 }
 
+/* A one-instruction block at `pc`, strictly inside the block charged last and ending before it: the
+ * engine's restart after a store into that block's own code (see above).  The instructions after
+ * `pc` in the block charged last did not run: uncharge them, counted by translating the block at `pc`
+ * afresh, which ends where the block charged last ended (same bytes: the abandoned store wrote
+ * nothing).  The instruction at `pc` stays charged there (begun, as the per-instruction count sees
+ * it) and is charged again in this block.  1: the fresh block ends elsewhere (the last one was cut
+ * short by the engine's instruction limit); stop, and the run loop decodes instead (STOPPED_BY_SMC). */
+static int smc_restart(void *uc, struct hvsim_control *c, uint64_t pc)
+{
+    struct uc_tb tb = {0, 0, 0};
+    c->tb_lookups++;
+    if (c->ctl(uc, UC_CTL_TB_REQUEST_CACHE_RW, pc, &tb) != 0 || tb.pc != pc ||
+        pc + tb.size != c->cur_pc + c->cur_size || tb.icount < 1 || tb.icount > c->cur_icount) {
+        c->stopped_by = STOPPED_BY_SMC;
+        c->emu_stop(uc);
+        return 1;
+    }
+    c->insns -= tb.icount - 1u;
+    c->cur_icount -= tb.icount - 1u;
+    c->smc_restarts++;
+    return 0;
+}
+
 /* Charge the block at `pc` (1: stop before it instead, the budget ends inside it). */
 __attribute__((noinline)) static int budget_block(void *uc, struct hvsim_control *c, uint64_t pc, uint32_t size)
 {
-    struct tb_count *e = &c->tb_cache[(pc ^ (pc >> 12)) & c->tb_cache_mask];
+    struct tb_count *e = tb_slot(c, pc, size);
+    int inside = c->cur_pc <= pc && pc + size < c->cur_pc + c->cur_size;
     uint64_t icount;
     if (e->pc == pc && e->size == size) {
         icount = e->icount;
+    } else if (inside) {
+        /* not in the table (the engine reuses a restart block it made before without telling
+         * tb_hook) and not askable (the engine's lookup makes whole blocks): a block that starts
+         * inside the last one and ends before it is only ever the one-instruction restart */
+        icount = 1;
     } else {
         struct uc_tb tb = {0, 0, 0};
         c->tb_lookups++;
@@ -409,6 +448,8 @@ __attribute__((noinline)) static int budget_block(void *uc, struct hvsim_control
         e->icount = tb.icount;
         icount = tb.icount;
     }
+    if (inside && icount == 1 && smc_restart(uc, c, pc))
+        return 1;
     if (c->insn_limit - c->insns < icount) {         /* insns <= insn_limit always */
         c->stopped_by = STOPPED_BY_BUDGET_NEAR;
         c->emu_stop(uc);
@@ -579,6 +620,7 @@ PyMODINIT_FUNC PyInit__native(void)
         PyModule_AddIntConstant(m, "CTL_TB_REQUEST_CACHE_RW", (long)UC_CTL_TB_REQUEST_CACHE_RW) < 0 ||
         PyModule_AddIntConstant(m, "tb_count_size", (long)sizeof(struct tb_count)) < 0 ||
         PyModule_AddIntConstant(m, "STOPPED_BY_BUDGET_NEAR", STOPPED_BY_BUDGET_NEAR) < 0 ||
+        PyModule_AddIntConstant(m, "STOPPED_BY_SMC", STOPPED_BY_SMC) < 0 ||
         PyModule_AddObject(m, "rdtsc_hook", PyLong_FromVoidPtr((void *)hvsim_rdtsc_hook)) < 0 ||
         PyModule_AddObject(m, "rdtscp_hook", PyLong_FromVoidPtr((void *)hvsim_rdtscp_hook)) < 0 ||
         PyModule_AddIntConstant(m, "REG_EFLAGS", REG_EFLAGS) < 0 ||

@@ -89,7 +89,8 @@ class MachineConfig:
 
     ``initrd`` is a path; its bytes are read when a run starts (``initrd_bytes``).
     ``timeout`` is wall-clock seconds for the guest's execution; ``max_instructions`` counts guest
-    instructions exactly, at a large cost in speed (a per-instruction native counter).
+    instructions exactly, at about half the speed (counted per translated block, and per instruction
+    only in the block where the budget ends).
     ``keys`` are typed on the machine's keyboard (``--keys`` syntax, ``devices.keyboard.parse_keys``;
     a firmware may take them first, as EFI's ConIn does); ``vga_png`` is where the VGA text screen
     is saved as a PNG when the run ends.

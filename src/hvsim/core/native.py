@@ -18,6 +18,7 @@ STOPPED_BY_INSN_LIMIT = _native.STOPPED_BY_INSN_LIMIT
 STOPPED_BY_DEADLINE = _native.STOPPED_BY_DEADLINE
 STOPPED_BY_IF_WINDOW = _native.STOPPED_BY_IF_WINDOW
 STOPPED_BY_BUDGET_NEAR = _native.STOPPED_BY_BUDGET_NEAR
+STOPPED_BY_SMC = _native.STOPPED_BY_SMC
 NO_DEADLINE = (1 << 64) - 1
 
 for _name in ("EFLAGS", "RAX", "RCX", "RDX", "MSR", "CS", "RDI", "RSI", "CR0", "CR3", "CR4", "GDTR"):
@@ -78,6 +79,7 @@ class NativeControl(ctypes.Structure):
         ("tb_cache", ctypes.POINTER(TbCount)),
         ("tb_cache_mask", ctypes.c_uint64),
         ("tb_lookups", ctypes.c_uint64),
+        ("smc_restarts", ctypes.c_uint64),
     ]
 
 
@@ -187,6 +189,14 @@ class NativeHooks:
         block did not run."""
         if self._code is not None and self.control.count_blocks:
             self.charge_upto(self._code[0](rip), inclusive=False)
+
+    def smc_restarted(self, rip: int) -> None:
+        """The block charged last was left at ``rip`` by a store into its own code, which the engine
+        abandoned (it runs the store again, in a block of its own, on resume) and which the native
+        hook could not settle (STOPPED_BY_SMC): charge the block up to and including the store, as
+        the per-instruction count does."""
+        if self._code is not None:
+            self.charge_upto(self._code[0](rip), inclusive=True)
 
     def _on_interrupt(self, uc, intno, user_data) -> None:
         if self._code is not None and self.control.count_blocks:

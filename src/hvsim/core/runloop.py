@@ -37,7 +37,10 @@ from .disasm import disassemble_one
 from .errors import GuestMemoryError
 from .events import Fault
 from .exceptions import DeliveryError, NotModelled, vector_name
-from .native import STOPPED_BY_BUDGET_NEAR, STOPPED_BY_DEADLINE, STOPPED_BY_IF_WINDOW, STOPPED_BY_INSN_LIMIT, STOPPED_BY_REQUEST
+from .native import (
+    STOPPED_BY_BUDGET_NEAR, STOPPED_BY_DEADLINE, STOPPED_BY_IF_WINDOW, STOPPED_BY_INSN_LIMIT, STOPPED_BY_REQUEST,
+    STOPPED_BY_SMC,
+)
 from .plugin_types import Trap
 from .result import GuestState, RunStats, StopReason
 
@@ -110,6 +113,9 @@ class RunLoop:
                 if m.stop_reason is None and control.stopped_by == STOPPED_BY_BUDGET_NEAR:
                     m.native.count_each_instruction()   # the budget ends inside the next block
                     continue
+                if m.stop_reason is None and control.stopped_by == STOPPED_BY_SMC:
+                    m.native.smc_restarted(rip)   # a store into its own block: what ran of the block
+                    continue
                 if m.stop_reason is None:
                     self._classify_stop(rip)
                 if m.stop_reason is None:
@@ -120,7 +126,7 @@ class RunLoop:
             if timer:
                 timer.cancel()
         if control.stopped_by not in (STOPPED_BY_REQUEST, STOPPED_BY_DEADLINE, STOPPED_BY_IF_WINDOW,
-                                      STOPPED_BY_INSN_LIMIT, STOPPED_BY_BUDGET_NEAR):
+                                      STOPPED_BY_INSN_LIMIT, STOPPED_BY_BUDGET_NEAR, STOPPED_BY_SMC):
             # stopped inside a block (a hook asked for it, or hlt): the budget counts what the engine
             # ran, up to where it stopped (which may be past the instruction that asked)
             m.native.settle_stop(rip)
