@@ -362,7 +362,9 @@ class Machine:
         if event.seq != len(self.events):
             event = attrs.evolve(event, seq=len(self.events))
         self.events.append(event)
-        self.pm.hook.hvsim_event(machine=self, event=event)
+        hook = self.pm.hook.hvsim_event
+        if hook.get_hookimpls():      # nobody observing (a benchmark, a batch run): no hook call per event
+            hook(machine=self, event=event)
         return event
 
     def next_seq(self) -> int:

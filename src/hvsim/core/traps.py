@@ -145,6 +145,8 @@ class TrapDispatcher:
         self.m = machine
         uc = machine.uc
         self._handle = uc._uch.value
+        self._physical = ctypes.c_uint64()          # uc_vmem_translate's answer (_code)
+        self._physical_at = ctypes.addressof(self._physical)
         uc.hook_add(UC_HOOK_INSN, self.on_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self.on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
@@ -269,9 +271,8 @@ class TrapDispatcher:
         accessor.  Bytes that reach into the next page, or a page the engine cannot translate, go
         through ``machine.vmem`` as before (all fifteen or a GuestMemoryError)."""
         if PAGE - linear % PAGE >= MAX_INSN and (linear <= 0xFFFF_FFFF or bits == 64 and linear >> 64 == 0):
-            physical = ctypes.c_uint64()
-            if _VMEM_TRANSLATE(self._handle, linear, UC_PROT_EXEC, ctypes.addressof(physical)) == UC_ERR_OK:
-                return self.m.memory.read(physical.value, MAX_INSN)
+            if _VMEM_TRANSLATE(self._handle, linear, UC_PROT_EXEC, self._physical_at) == UC_ERR_OK:
+                return self.m.memory.read(self._physical.value, MAX_INSN)
         return self.m.vmem.read(linear, MAX_INSN)
 
     @_guarded
