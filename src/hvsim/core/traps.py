@@ -360,11 +360,12 @@ class TrapDispatcher:
         rip = m.regfile.read(UC_X86_REG_RIP)
         base, bits = m.code_segment()      # one read of the hidden state for the whole trap
         code = self._code_bytes(rip, base, bits)
-        _, prefixes, _ = software_interrupt(code, bits == 64)
-        if prefixes < len(code) and code[prefixes] == ICEBP and not code[:prefixes].count(LOCK):
-            # the engine has no ICEBP: it is #DB as a trap, without the gate DPL check of int n
-            self.exception(DEBUG, None, rip + prefixes + 1, insn_rip=rip)
-            return True
+        if ICEBP in code:        # (a test in C: no ICEBP byte, no ICEBP after prefixes)
+            _, prefixes, _ = software_interrupt(code, bits == 64)
+            if prefixes < len(code) and code[prefixes] == ICEBP and not code[:prefixes].count(LOCK):
+                # the engine has no ICEBP: it is #DB as a trap, without the gate DPL check of int n
+                self.exception(DEBUG, None, rip + prefixes + 1, insn_rip=rip)
+                return True
         # a Trap carries all fifteen bytes or none (the instruction ran into memory that is not there)
         whole = code if len(code) == MAX_INSN else b""
         trap = Trap(kind="invalid-opcode", rip=rip, length=instruction_length(whole, bits) if whole else 0,

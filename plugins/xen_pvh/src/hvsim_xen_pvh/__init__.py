@@ -180,10 +180,11 @@ def _hypercall(machine, trap, bits: int) -> bool:
     long_mode = bits == 64
     nr, *args, cr0, rflags, cs = machine.regs(*(_ARGS64 if long_mode else _ARGS32))
     mask = 0xFFFF_FFFF_FFFF_FFFF if long_mode else 0xFFFF_FFFF
+    if not long_mode:
+        nr, args = nr & mask, [a & mask for a in args]
     cpl = 0 if not cr0 & 1 else 3 if rflags & RFLAGS_VM else cs & 3      # as Machine.cpl() reads it
     deny = HypercallError(x.EPERM, f"from CPL {cpl}") if cpl else None
-    result = _xen(machine).dispatch(nr & mask, tuple(a & mask for a in args), rip=trap.rip,
-                                    compat=not long_mode, deny=deny)
+    result = _xen(machine).dispatch(nr, tuple(args), rip=trap.rip, compat=not long_mode, deny=deny)
     machine.set_reg("rax", result & mask)
     machine.set_rip(trap.rip + 3)
     return True
