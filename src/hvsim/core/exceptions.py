@@ -91,6 +91,9 @@ TSS64_RSP0, TSS64_IST1 = 0x04, 0x24
 TSS32_ESP0, TSS32_SS0 = 0x04, 0x08
 
 KINDS = ("exception", "software", "external")
+# Registers delivery reads together (one engine call each tuple: registers.py)
+_MODE_REGISTERS = (UC_X86_REG_CR0, UC_X86_REG_RFLAGS)
+_FRAME_REGISTERS = (UC_X86_REG_RSP, UC_X86_REG_SS, UC_X86_REG_CS)
 
 
 def vector_name(vector: int) -> str:
@@ -202,13 +205,13 @@ class ExceptionDelivery:
 
     # -- one delivery attempt --------------------------------------------------------------------
     def _deliver_once(self, vector: int, error_code: int | None, return_rip: int, software: bool) -> int:
-        uc = self.m.uc
-        if not uc.reg_read(UC_X86_REG_CR0) & 1:
+        regs = self.m.regfile
+        cr0, rflags = regs.read_many(_MODE_REGISTERS)
+        if not cr0 & 1:
             raise NotModelled("real-mode interrupt delivery is not modelled")
-        rflags = uc.reg_read(UC_X86_REG_RFLAGS)
         if rflags & RFLAGS_VM:
             raise NotModelled("interrupt delivery in virtual-8086 mode is not modelled")
-        long_mode = bool(uc.msr_read(MSR_EFER) & EFER_LMA)
+        long_mode = bool(regs.msr_read(MSR_EFER) & EFER_LMA)
         gate = self._gate(vector, long_mode)
         cpl = self.m.engine.cpl()
         if software and gate.dpl < cpl:
@@ -305,16 +308,15 @@ class ExceptionDelivery:
         cs = attrs.evolve(code, selector=(code.selector & ~3) | new_cpl)
         self.m.engine.load_segments(cs=cs, ss=ss, cpl=new_cpl)
         cleared = RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM | (RFLAGS_IF if gate.gate_type == GATE_INT else 0)
-        uc = self.m.uc
-        uc.reg_write(UC_X86_REG_RSP, rsp)
-        uc.reg_write(UC_X86_REG_RFLAGS, rflags & ~cleared)
-        uc.reg_write(UC_X86_REG_RIP, gate.handler)
+        regs = self.m.regfile
+        regs.write(UC_X86_REG_RSP, rsp)
+        regs.write(UC_X86_REG_RFLAGS, rflags & ~cleared)
+        regs.write(UC_X86_REG_RIP, gate.handler)
         return gate.handler
 
     def _push64(self, gate: _Gate, code: SegmentCache, new_cpl: int, cpl: int, rflags: int,
                 error_code: int | None, return_rip: int) -> int:
-        uc = self.m.uc
-        rsp = uc.reg_read(UC_X86_REG_RSP)
+        rsp, ss_selector, cs_selector = self.m.regfile.read_many(_FRAME_REGISTERS)
         inner = new_cpl < cpl
         if gate.ist:
             frame_rsp = self._tss(TSS64_IST1 + 8 * (gate.ist - 1), 8, f"IST{gate.ist}")
@@ -325,11 +327,11 @@ class ExceptionDelivery:
         else:
             frame_rsp, stack = rsp, "exception stack"
         frame_rsp &= ~0xF
-        words = [uc.reg_read(UC_X86_REG_SS), rsp, rflags, uc.reg_read(UC_X86_REG_CS), return_rip]
+        words = [ss_selector, rsp, rflags, cs_selector, return_rip]
         if error_code is not None:
             words.append(error_code)
         new_rsp = (frame_rsp - 8 * len(words)) & 0xFFFF_FFFF_FFFF_FFFF
-        self._write_frame(new_rsp, b"".join(struct.pack("<Q", w & 0xFFFF_FFFF_FFFF_FFFF) for w in reversed(words)),
+        self._write_frame(new_rsp, struct.pack(f"<{len(words)}Q", *(w & 0xFFFF_FFFF_FFFF_FFFF for w in reversed(words))),
                           f"{stack} at {new_rsp:#x}")
         # A privilege change loads SS with the NULL selector, RPL = new CPL (SDM vol. 3, 6.14.4).
         ss = SegmentCache(new_cpl, 0, 0, new_cpl << DESC_DPL_SHIFT) if inner else None

@@ -171,6 +171,12 @@ def hvsim_trap(machine: "Machine", trap: "Trap") -> "bool | None":
     ``int N`` delivered through gate N, and for ``hlt`` the end of the run (``halt``, or ``idle``
     with interrupts on).  For ``hlt``, RIP is already past the instruction; returning ``True``
     resumes the guest there (an environment that models waking events answers it).
+
+    Direct handlers: an environment whose hot traps are invalid opcodes (``vmcall``/``vmmcall``
+    hypercalls) may register ``machine.traps.add_opcode_handler(opcode_bytes, handler)`` in
+    ``hvsim_setup``; a trap whose bytes start with ``opcode_bytes`` then goes to
+    ``handler(machine, trap, bits)`` (``bits``: the code size it ran in) before this hook, and
+    reaches this hook only when the handler returns ``None``.  Every other trap comes here as before.
     """
 
 

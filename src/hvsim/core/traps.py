@@ -147,12 +147,16 @@ class TrapDispatcher:
         self.m = machine
         uc = machine.uc
         self._handle = uc._uch.value
+        self._physical = ctypes.c_uint64()          # uc_vmem_translate's answer (_code)
+        self._physical_at = ctypes.addressof(self._physical)
         uc.hook_add(UC_HOOK_INSN, self.on_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self.on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_INSN, self.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
         uc.hook_add(UC_HOOK_INSN_INVALID, self.on_invalid)
         uc.hook_add(UC_HOOK_INTR, self.on_interrupt)
+        self._opcode_handlers: dict[bytes, object] = {}     # add_opcode_handler
+        self._opcode_lengths: tuple[int, ...] = ()
         unmapped = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
         for start, end in self._holes():
             uc.hook_add(unmapped, self.on_unmapped, None, start, end)
@@ -269,9 +273,8 @@ class TrapDispatcher:
         accessor.  Bytes that reach into the next page, or a page the engine cannot translate, go
         through ``machine.vmem`` as before (all fifteen or a GuestMemoryError)."""
         if PAGE - linear % PAGE >= MAX_INSN and (linear <= 0xFFFF_FFFF or bits == 64 and linear >> 64 == 0):
-            physical = ctypes.c_uint64()
-            if _VMEM_TRANSLATE(self._handle, linear, UC_PROT_EXEC, ctypes.addressof(physical)) == UC_ERR_OK:
-                return self.m.memory.read(physical.value, MAX_INSN)
+            if _VMEM_TRANSLATE(self._handle, linear, UC_PROT_EXEC, self._physical_at) == UC_ERR_OK:
+                return self.m.memory.read(self._physical.value, MAX_INSN)
         return self.m.vmem.read(linear, MAX_INSN)
 
     @_guarded
@@ -339,16 +342,41 @@ class TrapDispatcher:
         m.set_reg("rsp", m.msr_read(MSR_SYSENTER_ESP) & 0xFFFF_FFFF)
         m.set_rip(((m.msr_read(MSR_SYSENTER_EIP) & 0xFFFF_FFFF) - SYSCALL_INSN_LENGTH) & 0xFFFF_FFFF_FFFF_FFFF)
 
+    def add_opcode_handler(self, opcode: bytes, handler) -> None:
+        """Answer invalid-opcode traps whose bytes start with ``opcode`` by calling
+        ``handler(machine, trap, bits)`` directly (``bits``: 16, 32 or 64, the code size the
+        instruction ran in), before ``hvsim_trap``; its answer means what ``hvsim_trap``'s does
+        (``None``: offer the trap to the hook implementations, then #UD).  For an environment's
+        hot traps (hypercall instructions), registered in ``hvsim_setup``: one dict lookup per
+        trap instead of the hook fan-out.  One handler per opcode."""
+        if not opcode or len(opcode) > MAX_INSN:
+            raise ValueError(f"opcode {opcode.hex()} must be 1 to {MAX_INSN} bytes")
+        if opcode in self._opcode_handlers:
+            raise ValueError(f"opcode {opcode.hex()} already has a handler")
+        self._opcode_handlers[opcode] = handler
+        self._opcode_lengths = tuple(sorted({len(o) for o in self._opcode_handlers}))
+
     @_guarded
     def on_invalid(self, _ud=None) -> bool:
-        rip = self.m.regfile.read(UC_X86_REG_RIP)
-        code = self._code_bytes(rip)
-        _, prefixes, _ = software_interrupt(code, self.m.code_segment()[1] == 64)
-        if prefixes < len(code) and code[prefixes] == ICEBP and not code[:prefixes].count(LOCK):
-            # the engine has no ICEBP: it is #DB as a trap, without the gate DPL check of int n
-            self.exception(DEBUG, None, rip + prefixes + 1, insn_rip=rip)
-            return True
-        if self.m.pm.hook.hvsim_trap(machine=self.m, trap=self._trap("invalid-opcode", rip)):
+        m = self.m
+        rip = m.regfile.read(UC_X86_REG_RIP)
+        base, bits = m.code_segment()      # one read of the hidden state for the whole trap
+        code = self._code_bytes(rip, base, bits)
+        if ICEBP in code:        # (a test in C: no ICEBP byte, no ICEBP after prefixes)
+            _, prefixes, _ = software_interrupt(code, bits == 64)
+            if prefixes < len(code) and code[prefixes] == ICEBP and not code[:prefixes].count(LOCK):
+                # the engine has no ICEBP: it is #DB as a trap, without the gate DPL check of int n
+                self.exception(DEBUG, None, rip + prefixes + 1, insn_rip=rip)
+                return True
+        # a Trap carries all fifteen bytes or none (the instruction ran into memory that is not there)
+        whole = code if len(code) == MAX_INSN else b""
+        trap = Trap(kind="invalid-opcode", rip=rip, length=instruction_length(whole, bits) if whole else 0,
+                    code=whole)
+        for n in self._opcode_lengths:
+            handler = self._opcode_handlers.get(whole[:n])
+            if handler is not None and handler(m, trap, bits):
+                return True
+        if m.pm.hook.hvsim_trap(machine=m, trap=trap):
             return True
         self.exception(UD, None, rip)
         return True
@@ -407,9 +435,18 @@ class TrapDispatcher:
             return
         self.exception(vector, None, rip + length, kind="software", insn_rip=rip)
 
-    def _code_bytes(self, rip: int) -> bytes:
-        """Up to 15 instruction bytes at ``rip``, fewer where the code runs into unmapped memory."""
-        address = self.m.code_address(rip)
+    def _code_bytes(self, rip: int, base: int | None = None, bits: int | None = None) -> bytes:
+        """Up to 15 instruction bytes at ``rip``, fewer where the code runs into unmapped memory
+        (``base``/``bits``: the code segment, when the caller has it).  All fifteen within one
+        page come through the engine's TLB (``_code``)."""
+        if bits is None:
+            base, bits = self.m.code_segment()
+        address = (base + rip) & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else 0xFFFF_FFFF)
+        if PAGE - address % PAGE >= MAX_INSN:
+            try:
+                return self._code(address, bits)
+            except GuestMemoryError:
+                pass
         for size in (MAX_INSN, PAGE - address % PAGE):
             try:
                 return self.m.vmem.read(address, size)

@@ -324,16 +324,15 @@ class XenHypervisor:
     # -- xen_version ---------------------------------------------------------------------------
     def xen_version(self, a, info) -> int:
         cmd, arg = a[0], a[1]
-        major, minor = XEN_VERSION
+        if cmd == x.XENVER_VERSION:          # the most frequent call (a guest's version check)
+            info["op"] = "version"
+            return XEN_VERSION[0] << 16 | XEN_VERSION[1]
         strings = {
             x.XENVER_EXTRAVERSION: ("extraversion", EXTRAVERSION, x.XEN_EXTRAVERSION_LEN),
             x.XENVER_CAPABILITIES: ("capabilities", self.capabilities.encode(), x.XEN_CAPABILITIES_INFO_LEN),
             x.XENVER_CHANGESET: ("changeset", b"hvsim", x.XEN_CHANGESET_INFO_LEN),
             x.XENVER_COMMANDLINE: ("commandline", b"", x.XEN_COMMANDLINE_LEN),
         }
-        if cmd == x.XENVER_VERSION:
-            info["op"] = "version"
-            return major << 16 | minor
         if cmd in strings:
             op, text, size = strings[cmd]
             info["op"] = op

@@ -116,6 +116,9 @@ def hvsim_setup(machine, image, config, options):
     machine.interrupt_source = HvmUpcall(xen, machine.interrupt_source, machine.chipset.lapic, machine.kick)
     machine.plugin_state[ENV] = xen
     machine.plugin_state[ENV + ".msrs"] = HvmMsrPolicy(machine)
+    for opcode in (x.VMCALL, x.VMMCALL):
+        machine.traps.add_opcode_handler(opcode, _hypercall)
+    machine.traps.add_opcode_handler(XEN_EMULATE_PREFIX, _forced_emulation)
     pvh.enter(machine, entry, start_info)
     return f"pvh at {entry:#x}, hvm_start_info v{version} at {start_info:#x}"
 
@@ -165,28 +168,33 @@ def hvsim_msr(machine, access):
     return True
 
 
-@hookimpl
-def hvsim_trap(machine, trap):
-    xen = _xen(machine)
-    if xen is None or trap.kind != "invalid-opcode":
-        return None
-    long_mode = machine.code_segment()[1] == 64      # Xen picks the ABI from the caller's mode
-    if trap.code[:5] == XEN_EMULATE_PREFIX and xen.debug_build:
-        # hvm_fep (xen/arch/x86/hvm/hvm.c hvm_ud_intercept): Xen steps over the prefix and emulates
-        # the next instruction; its emulator gives what the CPU gives, so the CPU executes it.
-        machine.set_rip((trap.rip + 5) & (0xFFFF_FFFF_FFFF_FFFF if long_mode else 0xFFFF_FFFF))
-        return True
-    if trap.code[:3] not in (x.VMCALL, x.VMMCALL):
-        return None
-    if long_mode:
-        nr = machine.reg("rax")
-        args = tuple(machine.reg(r) for r in ("rdi", "rsi", "rdx", "r10", "r8"))
-    else:
-        nr = machine.reg("rax") & 0xFFFF_FFFF
-        args = tuple(machine.reg(r) & 0xFFFF_FFFF for r in ("rbx", "rcx", "rdx", "rsi", "rdi"))
-    cpl = machine.cpl()
+_ARGS64 = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "cr0", "rflags", "cs")
+_ARGS32 = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "cr0", "rflags", "cs")
+RFLAGS_VM = 1 << 17
+
+
+def _hypercall(machine, trap, bits: int) -> bool:
+    """``vmcall``/``vmmcall``: one hypercall.  Xen picks the ABI (64-bit registers, or the 32-bit
+    ones with compat structure layouts) from the caller's mode, and refuses callers above CPL 0
+    with -EPERM.  Registered as the core's direct handler of both opcodes (``add_opcode_handler``)."""
+    long_mode = bits == 64
+    nr, *args, cr0, rflags, cs = machine.regs(*(_ARGS64 if long_mode else _ARGS32))
+    mask = 0xFFFF_FFFF_FFFF_FFFF if long_mode else 0xFFFF_FFFF
+    if not long_mode:
+        nr, args = nr & mask, [a & mask for a in args]
+    cpl = 0 if not cr0 & 1 else 3 if rflags & RFLAGS_VM else cs & 3      # as Machine.cpl() reads it
     deny = HypercallError(x.EPERM, f"from CPL {cpl}") if cpl else None
-    result = xen.dispatch(nr, args, rip=trap.rip, compat=not long_mode, deny=deny)
-    machine.set_reg("rax", result & (0xFFFF_FFFF_FFFF_FFFF if long_mode else 0xFFFF_FFFF))
+    result = _xen(machine).dispatch(nr, tuple(args), rip=trap.rip, compat=not long_mode, deny=deny)
+    machine.set_reg("rax", result & mask)
     machine.set_rip(trap.rip + 3)
+    return True
+
+
+def _forced_emulation(machine, trap, bits: int) -> bool | None:
+    """hvm_fep (xen/arch/x86/hvm/hvm.c hvm_ud_intercept): on a debug build Xen steps over the
+    prefix and emulates the next instruction; its emulator gives what the CPU gives, so the CPU
+    executes it.  A release build leaves the #UD."""
+    if not _xen(machine).debug_build:
+        return None
+    machine.set_rip((trap.rip + 5) & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else 0xFFFF_FFFF))
     return True
