@@ -381,7 +381,8 @@ MB = 1000 * 1000
     ("efi-reloc-odd-blocksize-run.efi", ["--env", "efi"], 3, None),
     ("efi-loadimage-odd-reloc.efi", ["--env", "efi"], 0, "poweroff"),
     ("inspect-s1-5383-ok.bin", ["--env", "efi"], 0, "poweroff"),
-    ("setmem1g.efi", ["--env", "efi", "--memory", "2G", "--timeout", "1"], 30, "timeout"),
+    # 1 GiB of SetMem: finished within its 1 s budget on a fast host, or stopped by it on a slow one
+    ("setmem1g.efi", ["--env", "efi", "--memory", "2G", "--timeout", "1"], (0, 30), ("poweroff", "timeout")),
 ])
 def test_a_shared_reproducer_ends_cleanly(tmp_path, name, args, status, stop):
     """Each reproducer of the hardening issue, run as its README says: a guest-visible stop or a
@@ -404,12 +405,13 @@ def test_a_shared_reproducer_ends_cleanly(tmp_path, name, args, status, stop):
                           env={k: v for k, v in os.environ.items() if k != "HVSIM_DEBUG"})
     assert "Traceback" not in done.stderr and "internal error" not in done.stderr, done.stderr
     code, rss_kib = map(int, done.stdout.split())
-    assert code == status, done.stderr
+    assert code in (status if isinstance(status, tuple) else (status,)), done.stderr
     if stop is None:                                   # refused before the guest ran: one line
         assert len(done.stderr.strip().splitlines()) == 1 and "SizeOfBlock 0x9" in done.stderr
         return
     result = json.loads(report.read_text())
-    assert result["stop"]["kind"] == stop, result["stop"]
+    endings = set(zip(stop, status)) if isinstance(stop, tuple) else {(stop, status)}
+    assert (result["stop"]["kind"], code) in endings, result["stop"]
     if name == "efi-loadimage-odd-reloc.efi":
         (load,) = [e for e in result["events"] if e.get("name") == "BS.LoadImage"]
         assert load["result"] == "EFI_LOAD_ERROR" and "SizeOfBlock 0x9" in load["args"]["error"]
@@ -490,22 +492,20 @@ def test_a_xen_pv_block_with_a_periodic_timer_nothing_listens_to_stops_at_the_wa
 
 
 # -- open: found by the efi-service campaign of seed 11 (case 1607), not fixed ---------------------------
-@pytest.mark.xfail(strict=True, reason="open defect: SetMem over the app's page tables with 0xd9 kills the "
-                                       "host process by SIGSEGV inside emu_start")
-def test_set_mem_over_low_memory_from_address_1_ends_cleanly(value=0xD9):
-    """``SetMem(1, <ImageHandle as a size, ~512 MB>, value)`` fills low memory, page tables
-    included, with ``value``.  It must end as a guest-visible stop within its 2 s budget."""
+# The case's SetMem filled the app's code with 0xd9.  256 of the x87 instruction "d9 d9" (fstp1 %st(1))
+# in one translation block kill Unicorn 2.1.4 itself, with no hvsim hook installed: its translator
+# (QEMU 5.0's) takes a TCG temporary per x87 register operand and never frees it, and the block runs
+# out of temporaries.  Only a per-instruction code hook over all addresses avoids it (~10x slower).
+@pytest.mark.xfail(strict=True, reason="open defect in the pinned engine: a block of 256 x87 'd9 d9' "
+                                       "instructions kills the host process with SIGSEGV while it is translated")
+def test_a_block_of_x87_register_stack_instructions_ends_cleanly():
     probe = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
-        from efi_apps import BS, IMAGE_HANDLE, bs, script
-        from hvsim import MachineConfig
-        _, result, _, _ = script([(BS, bs("SetMem"), 1, IMAGE_HANDLE, {value})], config=MachineConfig(timeout=2))
+        from guestcode import run_raw
+        result, _, _ = run_raw(".fill 512, 1, 0xd9\\n    hlt")
         print(result.stop.kind)
     """)
-    try:
-        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the run ran past its 2 s budget by more than 28 s")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.split()[-1] not in ("host-error",)

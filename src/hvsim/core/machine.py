@@ -26,7 +26,7 @@ from .devices.uart import Uart16550A
 from .devices.vga_text import TEXT_BASE, TEXT_SIZE
 from .engine import fetch_physical, new_engine
 from .engine_state import EngineState, calibrate
-from .errors import LoadError
+from .errors import GuestMemoryError, LoadError
 from .events import ConsoleOutput, Event, Note, Shutdown
 from .exceptions import ExceptionDelivery
 from .layout import BIOS_AREA, PhysicalLayout
