@@ -509,3 +509,14 @@ def test_a_block_of_x87_register_stack_instructions_ends_cleanly():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.split()[-1] not in ("host-error",)
+
+
+def test_running_into_a_device_window_is_a_bad_access_not_an_engine_error():
+    """Found by the hypothesis test of spliced EFI images: code running off the end of low RAM into
+    the VGA text window.  The engine cannot execute MMIO; the stop names the address."""
+    from guestcode import run_raw
+
+    result, _, _ = run_raw("mov $0xb7ff8, %eax\n    movl $0x90909090, (%rax)\n    movl $0x90909090, 4(%rax)\n"
+                           "    jmp *%rax")
+    assert result.stop.kind == "bad-access", result.stop
+    assert "0xb8000" in result.stop.detail and "device memory" in result.stop.detail

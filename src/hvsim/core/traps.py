@@ -16,6 +16,7 @@ exception deliveries.  No hook here runs per instruction.
 | CPU exception             | UC_HOOK_INTR               | ``hvsim_exception``, else IDT delivery       |
 |                           |                            | (#GP/#PF of a segment check: memop.py)       |
 | access outside RAM        | UC_HOOK_MEM_*_UNMAPPED     | stop ``bad-access`` with the address         |
+| fetch from a device window| UC_HOOK_MEM_FETCH_PROT     | stop ``bad-access`` with the address         |
 
 The #VMEXIT rows exist because the guest runs as an SVM guest of the emulated CPU (svm.py).
 
@@ -40,6 +41,7 @@ from unicorn import (
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
+    UC_HOOK_MEM_FETCH_PROT,
     UC_HOOK_MEM_FETCH_UNMAPPED,
     UC_HOOK_MEM_READ_UNMAPPED,
     UC_HOOK_MEM_WRITE_UNMAPPED,
@@ -160,6 +162,7 @@ class TrapDispatcher:
         unmapped = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
         for start, end in self._holes():
             uc.hook_add(unmapped, self.on_unmapped, None, start, end)
+        uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self.on_fetch_from_device)
         self.bad_access: str | None = None
 
     def _holes(self) -> list[tuple[int, int]]:
@@ -495,6 +498,15 @@ class TrapDispatcher:
             m.set_rip(delivered.handler + rip_bias)
 
     # -- memory outside RAM --------------------------------------------------------------------
+    @_guarded
+    def on_fetch_from_device(self, access: int, address: int, size: int, value: int, _ud=None) -> bool:
+        """A fetch from a device window (MMIO: the VGA text window, the local APIC page...).  A PC
+        would execute whatever the device returns; the engine cannot execute MMIO, so the run stops
+        with the address instead of an engine error."""
+        self.m.stop(StopReason("bad-access", detail=f"instruction fetch of {size} byte(s) at guest-physical "
+                                                    f"{address:#x} (device memory, which hvsim cannot execute)"))
+        return False
+
     @_guarded
     def on_unmapped(self, access: int, address: int, size: int, value: int, _ud=None) -> bool:
         what = {UC_MEM_WRITE_UNMAPPED: "write", UC_MEM_FETCH_UNMAPPED: "instruction fetch"}.get(access, "read")
