@@ -500,7 +500,7 @@ def bench_coverage(n: int, linux: Path, reps: int) -> dict:
 
     cases = [("probe loop, probe.spin=N", probe_path("elf"), MachineConfig(cmdline=f"probe.spin={n}", timeout=None))]
     if linux.is_file():
-        cases.append(("Linux vmlinux to the LAPIC stop", load_image(linux).payload_elf().data,
+        cases.append(("Linux vmlinux, no initrd (to its panic)", load_image(linux).payload_elf().data,
                       MachineConfig(memory="512M", cmdline=LINUX_CMDLINE, timeout=120)))
     print(f"coverage overhead (bare_metal, same run with / without the native block set; {reps} runs)")
     out = {}
