@@ -195,13 +195,19 @@ class XenHypercallTarget:
         result = Run("xen_pv", self.guest(case), MachineConfig(memory="64M", timeout=1),
                      options={"dom0": case["dom0"]}, pm=_plugins()).execute()
         calls = sum(1 for e in result.events if e.kind == "Call" and e.interface == "xen-hypercall")
-        report = {"outcome": f"stop:{result.stop.kind}", "calls": calls}
-        if result.stop.kind == "host-error":
-            report["detail"] = result.stop.describe()
-            report["traceback"] = str(result.extra.get("host_traceback", ""))[-4000:]
-        elif not calls:
-            report["oracle"] = "no hypercall recorded"
-        return report
+        return _run_report(result, calls, "no hypercall recorded")
+
+
+def _run_report(result, calls: int, silent: str) -> dict:
+    """A case's outcome from its run: the stop, the calls recorded, the traceback of a host error, or
+    ``silent`` as an oracle failure when the guest's calls never reached the environment."""
+    report = {"outcome": f"stop:{result.stop.kind}", "calls": calls}
+    if result.stop.kind == "host-error":
+        report["detail"] = result.stop.describe()
+        report["traceback"] = str(result.extra.get("host_traceback", ""))[-4000:]
+    elif not calls:
+        report["oracle"] = silent
+    return report
 
 
 # tests/efi_apps.py's argument encodings (resolved by the app at run time)
@@ -278,13 +284,7 @@ class EfiServiceTarget:
         app[at:at + len(records)] = records
         result = Run("efi", bytes(app), MachineConfig(timeout=1), pm=_plugins()).execute()
         calls = sum(1 for e in result.events if e.kind == "Call")
-        report = {"outcome": f"stop:{result.stop.kind}", "calls": calls}
-        if result.stop.kind == "host-error":
-            report["detail"] = result.stop.describe()
-            report["traceback"] = str(result.extra.get("host_traceback", ""))[-4000:]
-        elif not calls:
-            report["oracle"] = "no service call recorded"
-        return report
+        return _run_report(result, calls, "no service call recorded")
 
 
 class SelfTestTarget:

@@ -17,17 +17,22 @@ from hvsim.linux_console import e820_map
 from hvsim.core.result import StopReason
 
 ROOT = Path(__file__).resolve().parent.parent
-FETCH = ROOT / "scripts" / "fetch-linux"
+
+
+def fetched(script: str, what: str) -> Path:
+    """The path ``scripts/<script>`` prints once it has fetched ``what`` into the cache.  Without
+    Debian's package tools the test skips saying why; with ``CI`` set that is a failure."""
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / script)], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        why = f"scripts/{script} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why} — CI must have {what}", pytrace=False)
+        pytest.skip(why)
+    return Path(proc.stdout.strip().splitlines()[-1])
 
 
 def debian_vmlinuz() -> Path:
-    proc = subprocess.run(["bash", str(FETCH)], capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        why = f"scripts/fetch-linux failed ({proc.returncode}): {proc.stderr.strip()[-500:]}"
-        if os.environ.get("CI"):
-            pytest.fail(why + " — CI must have Debian's kernel", pytrace=False)
-        pytest.skip(why)
-    return Path(proc.stdout.strip().splitlines()[-1])
+    return fetched("fetch-linux", "Debian's kernel")
 
 
 def e820_from_console(text: str) -> list[tuple[int, int, int]]:

@@ -12,7 +12,6 @@ Cost on a loaded 2-core machine: ~2.5 min (GRUB's own part is a few seconds).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,12 +22,10 @@ import pytest
 from hvsim.kernels import init_cpio_path
 from hvsim.userspace_report import parse_userspace_report
 
-from linux_kernel import debian_vmlinuz
+from linux_kernel import debian_vmlinuz, fetched
 
 pytestmark = pytest.mark.linux
 
-ROOT = Path(__file__).resolve().parent.parent
-FETCH = ROOT / "scripts" / "fetch-grub"
 # A long name (several long-name entries, an 8.3 alias) in a subdirectory, as Debian's ESP has them.
 KERNEL, INITRD = "debian/vmlinuz-6.1-amd64", "debian/initrd.img-hvsim-init"
 GRUB_CFG = f"""set timeout=0
@@ -40,13 +37,7 @@ menuentry 'Debian GNU/Linux (hvsim)' {{
 
 
 def debian_grub() -> Path:
-    proc = subprocess.run(["bash", str(FETCH)], capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        why = f"scripts/fetch-grub failed ({proc.returncode}): {proc.stderr.strip()[-500:]}"
-        if os.environ.get("CI"):
-            pytest.fail(why + " — CI must have Debian's GRUB", pytrace=False)
-        pytest.skip(why)
-    return Path(proc.stdout.strip().splitlines()[-1])
+    return fetched("fetch-grub", "Debian's GRUB")
 
 
 def test_grub_boots_linux_from_the_esp_to_init(tmp_path):
