@@ -123,7 +123,9 @@ halt_handler:
 """
 
 
-def test_ring3_int_gp_syscall_pagefault_and_ist():
+def ring3_guest():
+    """A ring-0 kernel entering ring 3, where int, a denied int, syscall/sysretq, an IST gate and a
+    user #PF come back to it: (source, check(result, machine, symbols))."""
     gates = """
     GATE 0x80, int80, 0xee, 0
     GATE 0x81, int81, 0x8e, 0
@@ -201,7 +203,10 @@ pf_insn:
     int $0x83
 """
     source = kernel64(user, handlers, gates=gates).replace("kernel_init:\n    ret", "kernel_init:\n    int $0x82\n    ret")
-    result, m, sym = run_raw(source)
+    return source, _check_ring3
+
+
+def _check_ring3(result, m, sym):
     assert result.stop.kind == "halt", result.stop
     # int $0x80 through a DPL3 gate: ring-3 frame on the RSP0 stack, CS/SS of the kernel in the handler
     assert [u64(m, DATA + 8 * i) for i in range(5)] == [sym["int80_ret"], USER_CS, 0x202, USTACK, USER_SS]
@@ -233,6 +238,11 @@ pf_insn:
     faults = [(e.name, e.error_code) for e in result.events if e.kind == "Fault"]
     assert faults == [("vector 0x82", None), ("vector 0x80", None), ("#GP", 0x81 * 8 + 2),
                       ("vector 0x82", None), ("#PF", 6), ("vector 0x83", None)]
+
+
+def test_ring3_int_gp_syscall_pagefault_and_ist():
+    source, check = ring3_guest()
+    check(*run_raw(source))
 
 
 DF_GATES = """

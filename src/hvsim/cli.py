@@ -223,6 +223,10 @@ def _config_options(run: argparse.ArgumentParser) -> None:
                                                 "until ExitBootServices): characters, {enter}, {esc}, {up}, {f1}...")
     run.add_argument("--keys-file", help="read the keys from this file (same syntax), after --keys")
     run.add_argument("--vga-png", metavar="FILE", help="save the VGA text screen as this PNG when the run ends")
+    run.add_argument("--tlb", choices=("native", "engine"), default="native",
+                     help="who fills the engine's TLB: native (hvsim's page walker, the default: stores to "
+                          "identity-mapped code run at full speed) or engine (Unicorn's own walker); the guest "
+                          "sees the same either way")
     run.add_argument("--quiet", action="store_true", help="no live progress line on stderr (it is shown only when "
                                                           "stderr is a terminal, after 2 s)")
 
@@ -342,6 +346,7 @@ def _config(args) -> MachineConfig:
     return MachineConfig(
         memory=args.memory, cmdline=args.cmdline, initrd=initrd, smp=args.smp, acpi=not args.no_acpi,
         timeout=args.timeout or None, max_instructions=args.max_instructions, keys=keys, vga_png=args.vga_png,
+        tlb=args.tlb,
     )
 
 

@@ -30,6 +30,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,6 +92,20 @@ struct hvsim_control {
     uint64_t tb_cache_mask;
     uint64_t tb_lookups;           /* counts asked of the engine (a translation not in tb_cache) */
     uint64_t smc_restarts;         /* blocks left after a store into their own code (smc_restart) */
+    /* the virtual TLB (vtlb_fill below) */
+    int32_t vtlb_on;               /* nonzero: the fill hook answers; 0 once it handed over to the engine */
+    int32_t vtlb_event;            /* why the last fill it refused was refused: VTLB_FAULT, VTLB_HANDOVER */
+    int32_t vtlb_handover;         /* why it handed over (VTLB_WHY_*), 0 while it has not */
+    int32_t vtlb_fetch;            /* the refused fill was an instruction fetch (before its block ran) */
+    int32_t vtlb_probing;          /* nonzero: fills are the host's probes (uc_vmem_translate): refuse quietly */
+    int32_t reserved3;
+    uint8_t *vtlb_code;            /* per physical page below vtlb_pages: a fetch was granted there */
+    uint8_t *vtlb_clean;           /* per page: a write granted without exec since the last TLB flush */
+    uint64_t vtlb_pages;
+    uint64_t vtlb_fills;           /* fills answered, faults found, TLB flushes made, pages turned code */
+    uint64_t vtlb_faults;
+    uint64_t vtlb_flushes;
+    uint64_t vtlb_code_pages;
 };
 
 struct tb_count {
@@ -210,6 +225,315 @@ static int walk(void *uc, struct hvsim_control *c, const struct paging *p, uint6
     return 0;
 }
 
+/* --- the virtual TLB: the guest's page walk done here, exec withheld from pages never fetched -----
+ *
+ * Unicorn 2.1.4 gives every writable TLB entry of RAM its NOTDIRTY flag and clears it, after the
+ * first store through the entry, only when the entry is not executable (notdirty_write), so every
+ * store to a page the guest maps executable takes the engine's slow path
+ * (shared/design/ref/guest-store-speed.md C1).  Identity-mapped, store-heavy code (the bzImage's
+ * decompressor, early startup, EFI loaders) maps everything executable.  In the engine's
+ * UC_TLB_VIRTUAL mode the TLB is filled by this hook instead of the engine's walker:
+ *  - vtlb_walk walks the guest's page tables as the engine's handle_mmu_fault does (paging off,
+ *    32-bit with PSE/PSE-36, PAE, 4-level; the same accessed/dirty updates, reserved-bit checks,
+ *    R/W with CR0.WP, NX with EFER.NXE, SMEP/SMAP, and write access granted only once the dirty bit
+ *    is set) and finds the same faults with the same error codes;
+ *  - the entry is granted exec only on a physical page that has been fetched from (vtlb_code).  A
+ *    store through an entry without exec is fast after its first, which drops translated code in its
+ *    range; an entry with exec keeps every store on the slow path, which drops translated code the
+ *    store hits (self-modifying code stays exact).  When a page is first fetched from, entries made
+ *    earlier that grant a store to it without exec (vtlb_clean) would let stores skip its new code:
+ *    the whole TLB is flushed then;
+ *  - where the access faults (#PF, or #GP for a non-canonical address), the fill is refused and the
+ *    TLB handed to the engine's own walker: the engine stops its run with UC_ERR_EXCEPTION, RIP at
+ *    the instruction (unicorn_fill_tlb restores it first), and `vtlb_event` is VTLB_FAULT.  The hook
+ *    is given only the page, not the address the access used, so it cannot give CR2: the run loop
+ *    runs the instruction again under the engine's walker, which raises the fault as usual, and
+ *    turns this filler back on after one block (dropping the code translated meanwhile, so that
+ *    every page with code is one this filler saw fetched);
+ * It hands over for the rest of the run (VTLB_HANDOVER) wherever one walk cannot answer for every access the entry
+ * will serve, or the hook cannot see the access's privilege: CPL > 0 (the entries at CPL 3 also serve
+ * the CPU's implicit supervisor accesses, which the hook cannot tell apart), a user page under SMAP
+ * with RFLAGS.AC set (same), protection keys, 5-level paging, page tables outside RAM.  The engine's
+ * entries are 4 KiB; for a large page QEMU's walker also records the page size so that `invlpg`
+ * anywhere in it drops all of it, which this hook cannot: the machine intercepts `invlpg` (SVM) and
+ * flushes the whole TLB instead.  Not modelled, as in the engine: the A20 mask (always enabled).
+ */
+enum { VTLB_NONE = 0, VTLB_FAULT = 1, VTLB_HANDOVER = 2 };
+enum { VTLB_WHY_CPL = 1, VTLB_WHY_SMAP_AC = 2, VTLB_WHY_MODE = 3, VTLB_WHY_TABLE = 4 };
+#define UC_CTL_TLB_FLUSH_WRITE ((11u) | (0u << 26) | (1u << 30))     /* UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0) */
+#define UC_CTL_TLB_TYPE_WRITE ((12u) | (1u << 26) | (1u << 30))      /* UC_CTL_WRITE(UC_CTL_TLB_TYPE, 1) */
+#define UC_TLB_CPU 0
+#define UC_MEM_WRITE_TYPE 17
+#define UC_MEM_FETCH_TYPE 18
+#define PROT_R 1u                                       /* uc_prot */
+#define PROT_W 2u
+#define PROT_X 4u
+#define CR0_PE (1ull << 0)
+#define CR4_PSE (1ull << 4)
+#define CR4_PKE (1ull << 22)
+#define RFLAGS_VM (1ull << 17)
+#define PG_HI_RSVD (0x000FFFFFFFFFF000ull & ~((1ull << 40) - 1))   /* bits 51:40: the engine's MAXPHYADDR is 40 */
+#define PG_HI_USER 0x7FF0000000000000ull
+#define PG_PAT_LARGE (1ull << 12)
+
+struct uc_tlb_entry {              /* unicorn/unicorn.h */
+    uint64_t paddr;
+    uint32_t perms;
+};
+
+struct vtlb_walk {
+    uint64_t pa;                   /* the physical page */
+    uint32_t prot;                 /* PROT_* the entry may grant */
+    int handover;                  /* VTLB_WHY_* when the hook cannot answer */
+};
+
+static int vtlb_read(void *uc, struct hvsim_control *c, uint64_t at, uint64_t *entry, int size,
+                     struct vtlb_walk *w)
+{
+    *entry = 0;
+    if (!in_ram(c, at, size) || c->mem_read(uc, at, entry, size) != 0) {
+        w->handover = VTLB_WHY_TABLE;
+        return -1;
+    }
+    return 0;
+}
+
+/* The engine's x86_stl_phys_notdirty: the low 32 bits of an entry, with the bits it sets. */
+static void vtlb_set(void *uc, struct hvsim_control *c, uint64_t at, uint64_t entry)
+{
+    uint32_t low = (uint32_t)entry;
+    c->mem_write(uc, at, &low, 4);
+}
+
+/* 0: mapped (w->pa, w->prot); 1: the access faults (#PF, or #GP(0) when non-canonical); -1: hand over
+ * (w->handover).
+ * `access`: 0 read, 1 write, 2 fetch; supervisor (CPL 0) only. */
+static int vtlb_walk(void *uc, struct hvsim_control *c, const struct paging *p, uint64_t va, int access,
+                     struct vtlb_walk *w)
+{
+    uint64_t rsvd = PG_HI_RSVD, ptep, pte, pte_at, page_size;
+    int is_write = access == 1;
+    if (!(p->efer & EFER_NXE))
+        rsvd |= PTE_NX;
+    if (p->cr4 & CR4_PAE) {
+        uint64_t pde, pde_at, pdpe, pdpe_at;
+        if (p->efer & EFER_LMA) {
+            int64_t sext = (int64_t)va >> 47;
+            if (sext != 0 && sext != -1)
+                return 1;
+            uint64_t pml4e, pml4e_at = (p->cr3 & PTE_ADDR) + (((va >> 39) & 511) << 3);
+            if (vtlb_read(uc, c, pml4e_at, &pml4e, 8, w) < 0)
+                return -1;
+            if (!(pml4e & PTE_P))
+                goto fault;
+            if (pml4e & (rsvd | PTE_PS))
+                goto fault;
+            if (!(pml4e & PTE_A)) {
+                pml4e |= PTE_A;
+                vtlb_set(uc, c, pml4e_at, pml4e);
+            }
+            ptep = (PTE_NX | PTE_US | PTE_RW) & (pml4e ^ PTE_NX);
+            pdpe_at = (pml4e & PTE_ADDR) + (((va >> 30) & 511) << 3);
+            if (vtlb_read(uc, c, pdpe_at, &pdpe, 8, w) < 0)
+                return -1;
+            if (!(pdpe & PTE_P))
+                goto fault;
+            if (pdpe & rsvd)
+                goto fault;
+            ptep &= pdpe ^ PTE_NX;
+            if (!(pdpe & PTE_A)) {
+                pdpe |= PTE_A;
+                vtlb_set(uc, c, pdpe_at, pdpe);
+            }
+            if (pdpe & PTE_PS) {
+                page_size = 1ull << 30;
+                pte_at = pdpe_at;
+                pte = pdpe;
+                goto check_protect;
+            }
+        } else {
+            pdpe_at = (p->cr3 & ~0x1Full & 0xFFFFFFFFull) + ((va >> 27) & 0x18);
+            if (vtlb_read(uc, c, pdpe_at, &pdpe, 8, w) < 0)
+                return -1;
+            if (!(pdpe & PTE_P))
+                goto fault;
+            rsvd |= PG_HI_USER;
+            if (pdpe & (rsvd | PTE_NX))
+                goto fault;
+            ptep = PTE_NX | PTE_US | PTE_RW;
+        }
+        pde_at = (pdpe & PTE_ADDR) + (((va >> 21) & 511) << 3);
+        if (vtlb_read(uc, c, pde_at, &pde, 8, w) < 0)
+            return -1;
+        if (!(pde & PTE_P))
+            goto fault;
+        if (pde & rsvd)
+            goto fault;
+        ptep &= pde ^ PTE_NX;
+        if (pde & PTE_PS) {
+            page_size = 1ull << 21;
+            pte_at = pde_at;
+            pte = pde;
+            goto check_protect;
+        }
+        if (!(pde & PTE_A)) {
+            pde |= PTE_A;
+            vtlb_set(uc, c, pde_at, pde);
+        }
+        pte_at = (pde & PTE_ADDR) + (((va >> 12) & 511) << 3);
+        if (vtlb_read(uc, c, pte_at, &pte, 8, w) < 0)
+            return -1;
+        if (!(pte & PTE_P))
+            goto fault;
+        if (pte & rsvd)
+            goto fault;
+        ptep &= pte ^ PTE_NX;
+        page_size = 4096;
+    } else {
+        uint64_t pde, pde_at = ((p->cr3 & ~0xFFFull) & 0xFFFFFFFFull) + ((va >> 20) & 0xFFC);
+        if (vtlb_read(uc, c, pde_at, &pde, 4, w) < 0)
+            return -1;
+        if (!(pde & PTE_P))
+            goto fault;
+        ptep = pde | PTE_NX;
+        if ((pde & PTE_PS) && (p->cr4 & CR4_PSE)) {
+            page_size = 4ull << 20;
+            pte_at = pde_at;
+            pte = pde | ((pde & 0x1FE000ull) << (32 - 13));   /* PSE-36: bits 20:13 are address bits 39:32 */
+            rsvd = 0x200000;
+            goto check_protect_pse36;
+        }
+        if (!(pde & PTE_A)) {
+            pde |= PTE_A;
+            vtlb_set(uc, c, pde_at, pde);
+        }
+        pte_at = (pde & ~0xFFFull) + ((va >> 10) & 0xFFC);
+        if (vtlb_read(uc, c, pte_at, &pte, 4, w) < 0)
+            return -1;
+        if (!(pte & PTE_P))
+            goto fault;
+        ptep &= pte | PTE_NX;
+        page_size = 4096;
+        rsvd = 0;
+    }
+check_protect:
+    rsvd |= (page_size - 1) & PTE_ADDR & ~PG_PAT_LARGE;
+check_protect_pse36:
+    if (pte & rsvd)
+        goto fault;
+    ptep ^= PTE_NX;
+    {
+        uint32_t prot = 0;
+        int user_page = !!(ptep & PTE_US);
+        if (user_page && (p->cr4 & CR4_SMAP)) {
+            /* the entry serves MMU_KSMAP_IDX (AC clear: no data access) or MMU_KNOSMAP_IDX (AC set),
+             * but the engine's implicit supervisor accesses use KSMAP whatever AC says */
+            if ((p->rflags & RFLAGS_AC) && access != 2) {
+                w->handover = VTLB_WHY_SMAP_AC;
+                return -1;
+            }
+        } else {
+            prot |= PROT_R;
+            if ((ptep & PTE_RW) || !(p->cr0 & CR0_WP))
+                prot |= PROT_W;
+        }
+        if (!(ptep & PTE_NX) && !((p->cr4 & CR4_SMEP) && user_page))
+            prot |= PROT_X;
+        uint32_t need = access == 0 ? PROT_R : access == 1 ? PROT_W : PROT_X;
+        if (!(prot & need))
+            goto fault;
+        int dirtying = is_write && !(pte & PTE_D);
+        if (!(pte & PTE_A) || dirtying) {
+            pte |= PTE_A | (dirtying ? PTE_D : 0);
+            vtlb_set(uc, c, pte_at, pte);
+        }
+        if (!(pte & PTE_D))
+            prot &= ~PROT_W;                              /* write access waits for the dirty bit */
+        w->pa = (pte & PTE_ADDR & ~(page_size - 1)) | (va & (page_size - 1) & ~0xFFFull);
+        w->prot = prot;
+        return 0;
+    }
+fault:
+    return 1;
+}
+
+/* Refuse the fill and hand the TLB to the engine's own walker for the rest of the run. */
+static bool vtlb_hand_over(void *uc, struct hvsim_control *c, int why)
+{
+    if (c->vtlb_probing)
+        return false;
+    c->vtlb_on = 0;
+    c->vtlb_handover = why;
+    c->vtlb_event = VTLB_HANDOVER;
+    c->ctl(uc, UC_CTL_TLB_TYPE_WRITE, UC_TLB_CPU);
+    return false;
+}
+
+static bool vtlb_fill(void *uc, uint64_t va, int type, struct uc_tlb_entry *e, void *user)
+{
+    struct hvsim_control *c = user;
+    struct paging p;
+    struct uc_x86_msr efer = {MSR_EFER, 0};
+    uint16_t cs = 0;
+    int access = type == UC_MEM_WRITE_TYPE ? 1 : type == UC_MEM_FETCH_TYPE ? 2 : 0;
+    c->vtlb_fetch = access == 2;
+    if (!c->vtlb_on)
+        return vtlb_hand_over(uc, c, c->vtlb_handover ? c->vtlb_handover : VTLB_WHY_MODE);
+    c->reg_read(uc, REG_CR0, &p.cr0);
+    c->reg_read(uc, REG_MSR, &efer);
+    p.efer = efer.value;
+    struct vtlb_walk w = {0, 0, 0, 0};
+    if (!(p.cr0 & CR0_PG)) {
+        w.pa = (p.efer & EFER_LMA) ? va : (uint32_t)va;
+        w.prot = PROT_R | PROT_W | PROT_X;
+    } else {
+        c->reg_read(uc, REG_CR3, &p.cr3);
+        c->reg_read(uc, REG_CR4, &p.cr4);
+        c->reg_read(uc, REG_EFLAGS, &p.rflags);
+        c->reg_read(uc, REG_CS, &cs);
+        if ((cs & 3) || (p.rflags & RFLAGS_VM))
+            return vtlb_hand_over(uc, c, VTLB_WHY_CPL);
+        if ((p.cr4 & (CR4_PKE | CR4_LA57)) && (p.efer & EFER_LMA))
+            return vtlb_hand_over(uc, c, VTLB_WHY_MODE);
+        switch (vtlb_walk(uc, c, &p, va, access, &w)) {
+        case 0:
+            break;
+        case 1:                                       /* the engine's walker raises it (see above) */
+            if (c->vtlb_probing)
+                return false;
+            c->vtlb_faults++;
+            c->vtlb_event = VTLB_FAULT;
+            c->ctl(uc, UC_CTL_TLB_TYPE_WRITE, UC_TLB_CPU);
+            return false;
+        default:
+            return vtlb_hand_over(uc, c, w.handover);
+        }
+    }
+    c->vtlb_fills++;
+    uint64_t page = w.pa >> 12;
+    uint32_t perms = w.prot;
+    if (page < c->vtlb_pages && in_ram(c, w.pa & ~0xFFFull, PAGE)) {
+        if (access == 2) {
+            if (!c->vtlb_code[page]) {
+                c->vtlb_code[page] = 1;
+                c->vtlb_code_pages++;
+                if (c->vtlb_clean[page]) {
+                    c->ctl(uc, UC_CTL_TLB_FLUSH_WRITE);
+                    memset(c->vtlb_clean, 0, c->vtlb_pages);
+                    c->vtlb_flushes++;
+                }
+            }
+        } else if (!c->vtlb_code[page]) {
+            perms &= ~PROT_X;
+            if (perms & PROT_W)
+                c->vtlb_clean[page] = 1;
+        }
+    }
+    e->paddr = w.pa & ~0xFFFull;
+    e->perms = perms;
+    return true;
+}
+
 /* The instruction at `pc` as a rep string operation: element width, and whether it is a movs. */
 static int decode_rep(const uint8_t *code, uint32_t size, int *width, int *movs)
 {
@@ -287,7 +611,10 @@ static uint64_t rep_chunk(void *uc, struct hvsim_control *c, const struct paging
     }
     if (c->mem_write(uc, dst, buffer, len) != 0)
         return 0;
-    if (dst_exec)
+    /* While the native TLB filler is on, a page never fetched from holds no translated code; and
+     * the engine's removal looks the address up as a fetch, which would make the page look like
+     * code to the filler (vtlb_fill) and keep every later store to it slow. */
+    if (dst_exec && !(c->vtlb_on && (dst >> 12) < c->vtlb_pages && !c->vtlb_code[dst >> 12]))
         c->ctl(uc, UC_CTL_TB_REMOVE_CACHE_WRITE, rdi, rdi + len);
     return n;
 }
@@ -643,7 +970,12 @@ PyMODINIT_FUNC PyInit__native(void)
         PyModule_AddIntConstant(m, "coverage_size", (long)sizeof(struct hvsim_coverage)) < 0 ||
         PyModule_AddIntConstant(m, "control_size", (long)sizeof(struct hvsim_control)) < 0 ||
         PyModule_AddIntConstant(m, "STOPPED_BY_REQUEST", STOPPED_BY_REQUEST) < 0 ||
-        PyModule_AddIntConstant(m, "STOPPED_BY_INSN_LIMIT", STOPPED_BY_INSN_LIMIT) < 0) {
+        PyModule_AddIntConstant(m, "STOPPED_BY_INSN_LIMIT", STOPPED_BY_INSN_LIMIT) < 0 ||
+        PyModule_AddObject(m, "tlb_fill_hook", PyLong_FromVoidPtr((void *)vtlb_fill)) < 0 ||
+        PyModule_AddIntConstant(m, "VTLB_FAULT", VTLB_FAULT) < 0 ||
+        PyModule_AddIntConstant(m, "VTLB_HANDOVER", VTLB_HANDOVER) < 0 ||
+        PyModule_AddIntConstant(m, "CTL_TLB_FLUSH_WRITE", (long)UC_CTL_TLB_FLUSH_WRITE) < 0 ||
+        PyModule_AddIntConstant(m, "CTL_TLB_TYPE_WRITE", (long)UC_CTL_TLB_TYPE_WRITE) < 0) {
         Py_DECREF(m);
         return NULL;
     }

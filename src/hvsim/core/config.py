@@ -83,6 +83,9 @@ def _check_keys(instance, attribute, value: str) -> None:
         raise UsageError(f"--keys: {exc}") from None
 
 
+TLB_FILLERS = ("native", "engine")
+
+
 @attrs.frozen
 class MachineConfig:
     """RAM, command line, modules, vCPUs and budgets of one simulated machine.
@@ -94,6 +97,10 @@ class MachineConfig:
     ``keys`` are typed on the machine's keyboard (``--keys`` syntax, ``devices.keyboard.parse_keys``;
     a firmware may take them first, as EFI's ConIn does); ``vga_png`` is where the VGA text screen
     is saved as a PNG when the run ends.
+    ``tlb`` says who fills the engine's TLB: ``native``, hvsim's walker, which keeps stores to
+    identity-mapped code pages fast and hands over to the engine's walker where it cannot decide
+    (user mode, for one); or ``engine``, Unicorn's own walker throughout.  The guest sees the same
+    either way (the same console, faults and guest time); only the speed differs.
     """
 
     memory: int = attrs.field(default=512 * MiB, converter=parse_size, validator=_check_memory)
@@ -105,6 +112,7 @@ class MachineConfig:
     max_instructions: int | None = attrs.field(default=None, validator=_check_budget)
     keys: str = attrs.field(default="", validator=_check_keys)
     vga_png: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    tlb: str = attrs.field(default="native", validator=attrs.validators.in_(TLB_FILLERS))
 
     def cmdline_bytes(self) -> bytes:
         """The command line as the guest gets it: UTF-8, with bytes that came undecodable from the
@@ -130,4 +138,5 @@ class MachineConfig:
             "max_instructions": self.max_instructions,
             "keys": self.keys,
             "vga_png": str(self.vga_png) if self.vga_png else None,
+            "tlb": self.tlb,
         }

@@ -106,6 +106,7 @@ class Machine:
         for start, size in _engine_regions(self.layout.backed):
             self.uc.mem_map(start, size, UC_PROT_ALL)
         self.guest_mode = GuestMode(self.uc)
+        self.guest_mode.intercept_invlpg = config.tlb == "native"     # the native TLB filler needs it
         self.memory = GuestMemory(self.uc, list(self.layout.backed))
         self.vmem = VirtualMemory(self.uc, self.memory)
         self.ports = PortTable()
@@ -208,7 +209,11 @@ class Machine:
         out = bytearray()
         while len(out) < size:
             at = (linear + len(out)) & 0xFFFF_FFFF_FFFF_FFFF
-            physical = fetch_physical(self.uc, at)
+            self.native.control.vtlb_probing = 1       # a miss asks the native TLB filler: quietly
+            try:
+                physical = fetch_physical(self.uc, at)
+            finally:
+                self.native.control.vtlb_probing = 0
             if physical is None:
                 raise failure
             n = min(size - len(out), PAGE_SIZE - at % PAGE_SIZE)

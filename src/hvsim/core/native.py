@@ -6,8 +6,9 @@ import ctypes
 
 from unicorn import x86_const
 from unicorn.unicorn_const import (
-    UC_CTL_IO_READ_WRITE, UC_CTL_TB_REMOVE_CACHE, UC_CTL_TB_REQUEST_CACHE, UC_ERR_OK, UC_HOOK_BLOCK, UC_HOOK_CODE,
-    UC_HOOK_EDGE_GENERATED, UC_HOOK_INSN, UC_HOOK_INTR,
+    UC_CTL_IO_READ_WRITE, UC_CTL_IO_WRITE, UC_CTL_TB_REMOVE_CACHE, UC_CTL_TB_REQUEST_CACHE, UC_CTL_TLB_FLUSH,
+    UC_CTL_TLB_TYPE, UC_ERR_OK, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED, UC_HOOK_INSN, UC_HOOK_INTR,
+    UC_HOOK_TLB_FILL, UC_TLB_VIRTUAL,
 )
 from unicorn.unicorn_py3.unicorn import UcError, uclib
 
@@ -28,6 +29,14 @@ if _native.CTL_TB_REMOVE_CACHE_WRITE != UC_CTL_TB_REMOVE_CACHE | 2 << 26 | 1 << 
     raise ImportError("hvsim native helper: UC_CTL_TB_REMOVE_CACHE differs from unicorn's; rebuild")
 if _native.CTL_TB_REQUEST_CACHE_RW != UC_CTL_TB_REQUEST_CACHE | 2 << 26 | UC_CTL_IO_READ_WRITE << 30:  # pragma: no cover
     raise ImportError("hvsim native helper: UC_CTL_TB_REQUEST_CACHE differs from unicorn's; rebuild")
+if (_native.CTL_TLB_FLUSH_WRITE != UC_CTL_TLB_FLUSH | UC_CTL_IO_WRITE << 30
+        or _native.CTL_TLB_TYPE_WRITE != UC_CTL_TLB_TYPE | 1 << 26 | UC_CTL_IO_WRITE << 30):  # pragma: no cover
+    raise ImportError("hvsim native helper: UC_CTL_TLB_FLUSH/UC_CTL_TLB_TYPE differ from unicorn's; rebuild")
+VTLB_FAULT = _native.VTLB_FAULT
+VTLB_HANDOVER = _native.VTLB_HANDOVER
+VTLB_HANDOVER_REASONS = {1: "code at CPL > 0", 2: "a user page under SMAP with RFLAGS.AC set",
+                         3: "a paging mode it does not walk (protection keys, 5-level)",
+                         4: "a page table outside RAM"}
 MAX_RAM_RANGES = 8
 TB_CACHE_ENTRIES = 1 << 16
 
@@ -80,6 +89,19 @@ class NativeControl(ctypes.Structure):
         ("tb_cache_mask", ctypes.c_uint64),
         ("tb_lookups", ctypes.c_uint64),
         ("smc_restarts", ctypes.c_uint64),
+        ("vtlb_on", ctypes.c_int32),
+        ("vtlb_event", ctypes.c_int32),
+        ("vtlb_handover", ctypes.c_int32),
+        ("vtlb_fetch", ctypes.c_int32),
+        ("vtlb_probing", ctypes.c_int32),
+        ("reserved3", ctypes.c_int32),
+        ("vtlb_code", ctypes.c_void_p),
+        ("vtlb_clean", ctypes.c_void_p),
+        ("vtlb_pages", ctypes.c_uint64),
+        ("vtlb_fills", ctypes.c_uint64),
+        ("vtlb_faults", ctypes.c_uint64),
+        ("vtlb_flushes", ctypes.c_uint64),
+        ("vtlb_code_pages", ctypes.c_uint64),
     ]
 
 
@@ -125,6 +147,7 @@ class NativeHooks:
         for i, (start, size) in enumerate(ram):
             self.control.ram[i][0], self.control.ram[i][1] = start, start + size
         self.control.ram_count = len(ram)
+        self.ram = list(ram)
         self.control.rep_fast = int(rep_fast and insn_limit is None and bool(ram))
         self.control.deadline_blocks = NO_DEADLINE
         self.control.ns_per_block = ns_per_block
@@ -146,6 +169,56 @@ class NativeHooks:
                 self._add(UC_HOOK_EDGE_GENERATED, _native.tb_hook)
                 # before the trap dispatcher's, which moves RIP to the handler
                 uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+
+    def enable_virtual_tlb(self) -> None:
+        """Fill the engine's TLB with the native walker (``_native.c``, vtlb_fill), which withholds
+        exec from pages never fetched so that stores to identity-mapped data stay on the engine's
+        fast path.  Call after guest mode is entered; ``invlpg`` must be intercepted (the engine's
+        entries do not remember large pages).  Refused fills come back as UC_ERR_EXCEPTION from
+        ``emu_start`` with ``control.vtlb_event`` saying why (VTLB_FAULT: the engine's walker is
+        in charge until ``resume_virtual_tlb``; VTLB_HANDOVER: for good)."""
+        end = max((start + size for start, size in self.ram), default=0)
+        pages = (end + 0xFFF) >> 12
+        self._vtlb_code = (ctypes.c_uint8 * pages)()
+        self._vtlb_clean = (ctypes.c_uint8 * pages)()
+        c = self.control
+        c.vtlb_code = ctypes.addressof(self._vtlb_code)
+        c.vtlb_clean = ctypes.addressof(self._vtlb_clean)
+        c.vtlb_pages = pages
+        c.vtlb_on = 1
+        self._add(UC_HOOK_TLB_FILL, _native.tlb_fill_hook)
+        self._uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        self._uc._Uc__ctl_w(UC_CTL_TLB_FLUSH)
+
+    def resume_virtual_tlb(self) -> None:
+        """After a fault the native walker left to the engine's (VTLB_FAULT): drop the code the
+        engine translated meanwhile, whose pages the native walker has not seen fetched, and fill
+        the TLB natively again."""
+        if not self.control.vtlb_on:
+            return
+        self._uc.ctl_flush_tb()
+        self._uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        self._uc._Uc__ctl_w(UC_CTL_TLB_FLUSH)
+
+    @property
+    def virtual_tlb(self) -> bool:
+        """True while the native walker fills the TLB (False before it is enabled and after it
+        handed over to the engine's own walker)."""
+        return bool(self.control.vtlb_on)
+
+    def handover_reason(self) -> str | None:
+        why = self.control.vtlb_handover
+        return VTLB_HANDOVER_REASONS.get(why, f"reason {why}") if why else None
+
+    def block_entered_again(self, rip: int) -> None:
+        """The engine left the block it entered last at ``rip`` without running the instruction
+        there (a TLB fill refused) and enters a block at ``rip`` next: count the block once, and
+        charge only its instructions before ``rip`` (the block at ``rip`` charges the rest)."""
+        self.control.blocks -= 1
+        if self._per_instruction:
+            self.control.insns -= 1          # the instruction hook counted it, and will again
+        elif self._code is not None and self.control.count_blocks:
+            self.charge_upto(self._code[0](rip), inclusive=False)
 
     def attach(self, code_address, read, bits) -> None:
         """How to decode guest code for the budget: ``code_address(rip)`` (linear address),

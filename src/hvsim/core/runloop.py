@@ -32,6 +32,7 @@ import traceback
 from typing import TYPE_CHECKING
 
 from unicorn import UcError
+from unicorn.unicorn_const import UC_ERR_EXCEPTION, UC_ERR_FETCH_PROT
 
 from .disasm import disassemble_one
 from .errors import GuestMemoryError
@@ -39,7 +40,7 @@ from .events import Fault
 from .exceptions import DeliveryError, NotModelled, vector_name
 from .native import (
     STOPPED_BY_BUDGET_NEAR, STOPPED_BY_DEADLINE, STOPPED_BY_IF_WINDOW, STOPPED_BY_INSN_LIMIT, STOPPED_BY_REQUEST,
-    STOPPED_BY_SMC,
+    STOPPED_BY_SMC, VTLB_FAULT,
 )
 from .plugin_types import Trap
 from .result import GuestState, RunStats, StopReason
@@ -62,6 +63,7 @@ class RunLoop:
         self.emu_starts = 0
         self.interrupted = False
         self._deadline_passed = False
+        self._native_tlb_at = None      # fill the TLB natively again once `blocks` reaches this
 
     def interrupt(self) -> None:
         """Stop the run at the next block boundary (signal-handler and thread safe)."""
@@ -86,6 +88,8 @@ class RunLoop:
             m.stop(StopReason("host-error", detail=f"could not load the entry state: {exc}"))
         finally:
             control.deadline_blocks = deadline
+        if m.stop_reason is None and m.config.tlb == "native":
+            m.native.enable_virtual_tlb()
         rip = m.entry_rip
         m.native.attach(m.code_address, m.vmem.read, lambda: m.code_segment()[1])
         timer = None
@@ -99,10 +103,21 @@ class RunLoop:
             while m.stop_reason is None:
                 if not (self.interrupted or self._deadline_passed):
                     m.native.rearm()
+                if self._native_tlb_at is not None and control.blocks >= self._native_tlb_at:
+                    self._native_tlb_at = None
+                    m.native.resume_virtual_tlb()
                 self.emu_starts += 1
+                control.vtlb_event = 0
                 try:
                     m.uc.emu_start(rip, 0)
                 except UcError as exc:
+                    if m.stop_reason is None and exc.errno == UC_ERR_EXCEPTION and control.vtlb_event:
+                        rip = m.reg("rip")
+                        self._tlb_fill_refused(rip)
+                        continue
+                    if m.stop_reason is None and exc.errno == UC_ERR_FETCH_PROT:
+                        m.stop(StopReason("bad-access", detail=f"instruction fetch at {m.reg('rip'):#x} from "
+                                                                "device memory, which hvsim cannot execute"))
                     if m.stop_reason is None:
                         m.stop(StopReason("host-error", detail=f"engine error at rip {m.reg('rip'):#x}: {exc}"))
                 except Exception as exc:  # noqa: BLE001 - a hook's exception re-raised by the binding
@@ -132,6 +147,21 @@ class RunLoop:
             m.native.settle_stop(rip)
         m.flush_consoles()
         return m.stop_reason, time.monotonic() - started
+
+    def _tlb_fill_refused(self, rip: int) -> None:
+        """The native TLB filler refused a fill (_native.c vtlb_fill) and the engine stopped with RIP
+        at the instruction that asked for it, whose accesses the engine's own walker makes when the
+        run resumes.  For a fault (VTLB_FAULT) that walker raises it, with the CR2 the filler cannot
+        know, and the native filler takes over again after one more block (the handler's first).
+        A load or store was refused inside a block already counted, which the engine enters again
+        at ``rip``; an instruction fetch, before its block."""
+        m = self.m
+        control = m.native.control
+        if not control.vtlb_fetch:
+            m.native.block_entered_again(rip)
+        if control.vtlb_event == VTLB_FAULT:
+            self._native_tlb_at = control.blocks + 1
+            m.clock.stop_after_block()
 
     def _classify_stop(self, rip: int) -> None:
         m = self.m

@@ -17,6 +17,8 @@ entry state and two intercepts:
   instructions of the block still run, so it cannot deliver a fault.
 - CR4 writes: ``mov %reg, %cr4`` exits as vector 0x114 with RIP at the instruction, so a bit the
   guest's CPUID does not offer can be #GP as on hardware (the engine takes any bit).
+- INVLPG (when ``intercept_invlpg`` is set, which the native TLB filler needs): ``invlpg`` exits as
+  vector 0x179 with RIP at the instruction, before the engine drops anything.
 
 The VMCB, the host save area, the permission map and the ``vmrun`` stub live in a small region mapped
 at 2^40, just past the engine CPU's physical address width (MAXPHYADDR 40, Unicorn's
@@ -70,6 +72,7 @@ INTERCEPT_CR4_WRITE = 1 << 4
 VMCB_MSRPM_BASE_PA = 0x048
 INTERCEPT_CPUID = 1 << 18
 INTERCEPT_INTN = 1 << 21
+INTERCEPT_INVLPG = 1 << 25
 INTERCEPT_MSR_PROT = 1 << 28
 
 # VMCB state save area: segments are {u16 selector, u16 attrib, u32 limit, u64 base}
@@ -85,6 +88,7 @@ EXCP_VMEXIT = 0x100
 EXIT_CR4_WRITE = EXCP_VMEXIT + 0x14
 EXIT_CPUID = EXCP_VMEXIT + 0x72
 EXIT_SWINT = EXCP_VMEXIT + 0x75
+EXIT_INVLPG = EXCP_VMEXIT + 0x79
 EXIT_MSR = EXCP_VMEXIT + 0x7C
 EXIT_SHUTDOWN = EXCP_VMEXIT + 0x7F
 
@@ -110,6 +114,7 @@ class GuestMode:
         uc.mem_map(REGION, REGION_SIZE, UC_PROT_ALL)
         uc.mem_write(STUB, VMRUN)
         self.entered = False
+        self.intercept_invlpg = False
 
     def intercept_msr(self, index: int, *, read: bool = True, write: bool = True) -> None:
         """Make accesses to an MSR inside the permission map exit (those outside always do)."""
@@ -139,7 +144,8 @@ class GuestMode:
         uc = self.uc
         gdt_base, gdt_limit = state.gdt
         vmcb = bytearray(0x1000)
-        struct.pack_into("<I", vmcb, VMCB_INTERCEPT_MISC1, INTERCEPT_MSR_PROT | INTERCEPT_INTN | INTERCEPT_CPUID)
+        struct.pack_into("<I", vmcb, VMCB_INTERCEPT_MISC1, INTERCEPT_MSR_PROT | INTERCEPT_INTN | INTERCEPT_CPUID
+                         | (INTERCEPT_INVLPG if self.intercept_invlpg else 0))
         struct.pack_into("<H", vmcb, VMCB_INTERCEPT_CR_WRITE, INTERCEPT_CR4_WRITE)
         struct.pack_into("<Q", vmcb, VMCB_MSRPM_BASE_PA, MSRPM)
         for offset, segment in ((VMCB_ES, state.es), (VMCB_CS, state.cs), (VMCB_SS, state.ss),

@@ -74,7 +74,7 @@ from .events import Call
 from .plugin_types import GuestException, MsrAccess, PortAccess, Trap
 from .result import StopReason
 from .cr4 import cr4_write
-from .svm import EXCP_VMEXIT, EXIT_CPUID, EXIT_CR4_WRITE, EXIT_MSR, EXIT_SHUTDOWN, EXIT_SWINT
+from .svm import EXCP_VMEXIT, EXIT_CPUID, EXIT_CR4_WRITE, EXIT_INVLPG, EXIT_MSR, EXIT_SHUTDOWN, EXIT_SWINT
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -162,7 +162,15 @@ class TrapDispatcher:
         unmapped = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
         for start, end in self._holes():
             uc.hook_add(unmapped, self.on_unmapped, None, start, end)
-        uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self.on_fetch_from_device)
+            # bounded like the others: a memory hook whose range covers RAM keeps every store to RAM
+            # on the engine's slow path (exec-all.h uc_mem_hook_installed; guest-store-speed.md).
+            # The engine checks a fetch hook against the linear address: a fetch from a device
+            # window mapped at a linear address inside RAM's range ends as UC_ERR_FETCH_PROT, which
+            # the run loop reports the same way.
+            uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self.on_fetch_from_device, None, start, end)
+        from .machine import DEVICE_WINDOWS          # RAM a device may take over (imports this module)
+        for start, size in DEVICE_WINDOWS:
+            uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self.on_fetch_from_device, None, start, start + size - 1)
         self.bad_access: str | None = None
 
     def _holes(self) -> list[tuple[int, int]]:
@@ -276,7 +284,13 @@ class TrapDispatcher:
         accessor.  Bytes that reach into the next page, or a page the engine cannot translate, go
         through ``machine.vmem`` as before (all fifteen or a GuestMemoryError)."""
         if PAGE - linear % PAGE >= MAX_INSN and (linear <= 0xFFFF_FFFF or bits == 64 and linear >> 64 == 0):
-            if _VMEM_TRANSLATE(self._handle, linear, UC_PROT_EXEC, self._physical_at) == UC_ERR_OK:
+            control = self.m.native.control
+            control.vtlb_probing = 1         # a miss asks the native TLB filler (_native.c): quietly
+            try:
+                found = _VMEM_TRANSLATE(self._handle, linear, UC_PROT_EXEC, self._physical_at) == UC_ERR_OK
+            finally:
+                control.vtlb_probing = 0
+            if found:
                 return self.m.memory.read(self._physical.value, MAX_INSN)
         return self.m.vmem.read(linear, MAX_INSN)
 
@@ -396,19 +410,39 @@ class TrapDispatcher:
                 self.exception(GP, 0, rip)
         elif intno == EXIT_SWINT:
             self.on_software_interrupt(rip)
+        elif intno == EXIT_INVLPG:
+            self.on_invlpg(rip)
         elif intno == EXIT_SHUTDOWN:
             self.m.stop(StopReason("triple-fault", detail=f"shutdown at {rip:#x}: an exception during #DF delivery"))
         elif intno >= EXCP_VMEXIT:
             self.m.stop(StopReason("host-error", detail=f"unexpected #VMEXIT {intno - EXCP_VMEXIT:#x} at {rip:#x}"))
         else:
             error_code, _ = self.m.engine.pending_exception()
-            if intno == DEVICE_NOT_AVAILABLE:
-                intno = self._nm_or_ud(rip)
-            else:           # the segment checks the engine does not make (memop.py)
-                converted = segment_fault(self.m, intno, error_code, rip, self._code_bytes)
-                if converted is not None:
-                    intno, error_code = converted
-            self.exception(intno, error_code if intno in HAS_ERROR_CODE else None, rip)
+            self.engine_exception(intno, error_code, rip)
+
+    def engine_exception(self, intno: int, error_code: int, rip: int) -> None:
+        """A CPU exception the engine raised (or the native TLB filler found) at ``rip``: delivered
+        after the checks the engine does not make."""
+        if intno == DEVICE_NOT_AVAILABLE:
+            intno = self._nm_or_ud(rip)
+        else:           # the segment checks the engine does not make (memop.py)
+            converted = segment_fault(self.m, intno, error_code, rip, self._code_bytes)
+            if converted is not None:
+                intno, error_code = converted
+        self.exception(intno, error_code if intno in HAS_ERROR_CODE else None, rip)
+
+    def on_invlpg(self, rip: int) -> None:
+        """``invlpg`` at ``rip`` (intercepted while the native walker may fill the TLB: its entries
+        do not know the size of the page they came from, so one ``invlpg`` inside a large page must
+        drop them all).  The whole TLB is dropped, which hardware allows; RIP moves past it."""
+        self.m.flush_tlb()
+        base, bits = self.m.code_segment()
+        code = self._code_bytes(rip, base, bits)
+        length = instruction_length(code, bits) if code else 0
+        if not length:
+            self.m.stop(StopReason("host-error", detail=f"invlpg exit at {rip:#x} on undecodable bytes {code.hex()}"))
+            return
+        self.m.set_rip(rip + length)
 
     def _nm_or_ud(self, rip: int) -> int:
         """The engine checks CR0.TS before CR0.EM and CR4.OSFXSR for MMX/SSE instructions; the CPU
