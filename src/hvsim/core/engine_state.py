@@ -60,6 +60,7 @@ HF_ADDSEG = 1 << 6
 HF_PE = 1 << 7
 HF_LMA = 1 << 14
 HF_CS64 = 1 << 15
+HF_IOBPT = 1 << 24      # blocks call helper_bpt_io after each in/out/ins/outs (traps.py port policy)
 # SegmentCache.flags bits (the descriptor high dword), cpu.h DESC_*.
 DESC_B = 1 << 22
 DESC_L = 1 << 21
@@ -333,6 +334,22 @@ class EngineState:
         if cpl is not None:
             hflags = (hflags & ~HF_CPL_MASK) | (cpl & 3)
         ctypes.memmove(hflags_at, struct.pack("<I", hflags), 4)
+        self._uc.context_restore(ctx)
+
+    def io_breakpoint_checks(self) -> bool:
+        """Whether hflags has HF_IOBPT: translated ``in``/``out``/``ins``/``outs`` then end in the
+        engine's I/O-breakpoint check (``helper_bpt_io``), which raises #DB right after the access
+        when an enabled DR7 I/O breakpoint covers the port."""
+        return bool(self._hflags() & HF_IOBPT)
+
+    def enable_io_breakpoint_checks(self) -> None:
+        """Set HF_IOBPT, which the engine sets only when the guest itself loads DR7 with an
+        enabled I/O breakpoint (``cpu_x86_update_dr7``); a guest DR7 load recomputes it.  Blocks
+        translated from now on carry the check (the flag is part of a block's lookup key)."""
+        ctx = self._uc.context_save()
+        at = ctx.context.value + self.offsets.hflags
+        hflags = struct.unpack("<I", ctypes.string_at(at, 4))[0]
+        ctypes.memmove(at, struct.pack("<I", hflags | HF_IOBPT), 4)
         self._uc.context_restore(ctx)
 
     def pending_exception(self) -> tuple[int, bool]:

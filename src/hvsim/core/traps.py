@@ -3,7 +3,8 @@ exception deliveries.  No hook here runs per instruction.
 
 | guest does                | engine reports             | goes to                                      |
 |---------------------------|----------------------------|----------------------------------------------|
-| ``in``/``out``            | UC_HOOK_INSN IN/OUT        | attached device, else ``hvsim_port_io``      |
+| ``in``/``out``            | UC_HOOK_INSN IN/OUT        | the port policy's fault if it denies, else   |
+|                           |                            | attached device, else ``hvsim_port_io``      |
 | ``cpuid``                 | UC_HOOK_INTR, #VMEXIT CPUID| #GP(0) if faulting, else ``hvsim_cpuid``,    |
 |                           |                            | else ``machine.native_cpuid``                |
 | ``mov %reg, %cr4``        | UC_HOOK_INTR, #VMEXIT CR4  | #GP(0) for bits CPUID does not offer, else   |
@@ -24,6 +25,22 @@ A trap is on the guest's hot path (a PV kernel makes tens of thousands of hyperc
 are read through ``machine.regfile`` (registers.py, no binding work per read), the code segment comes
 from the engine's hidden state in one context copy, and a trapping instruction's length is decoded
 once per distinct byte sequence (``disasm.instruction_length``).
+
+Port policy (``set_port_policy``): an environment whose guest may be refused a port (Xen's PV
+guests: a virtual IOPL and I/O bitmap, not the CPU's) names a callable that the IN/OUT hooks ask
+before the access completes.  The engine cannot fault there itself (Unicorn 2.1.4's gen_check_io
+returns before its IOPL/TSS-bitmap checks), and a fault cannot be delivered from the hook: it runs
+inside the translation block (RIP synced to the I/O instruction by ``cpu_restore_state``), a RIP
+written there is lost and the rest of the block still runs.  So a denied access borrows the
+engine's I/O-breakpoint check: with HF_IOBPT in hflags (set when the policy is installed) every
+translated ``in``/``out``/``ins``/``outs`` ends in ``helper_bpt_io``, which raises #DB before the
+next instruction when an enabled DR7 I/O breakpoint covers the port.  The hook sets such a
+breakpoint (DR3/DR7) on the port, skips the device, and the #DB reaches ``on_interrupt``, which
+puts back DR3/DR6/DR7 and the registers the instruction wrote (RAX of ``in``, RSI/RDI/RCX of the
+string forms) and delivers the policy's fault at the I/O instruction.  Not undone: a denied ``ins``
+has already stored to its destination (the engine's restartability store precedes the port read).
+A guest that loads DR7 itself (``mov %dr7``) clears HF_IOBPT; a denied access after that stops the
+run as ``unhandled-trap``.
 
 The unmapped-memory hooks are bounded to the ranges that hold no RAM: a memory hook covering RAM
 would put every store to an executable page on the engine's slow path (guest-store-speed.md).
@@ -59,8 +76,13 @@ from unicorn.x86_const import (
     UC_X86_REG_RAX,
     UC_X86_REG_RBX,
     UC_X86_REG_RCX,
+    UC_X86_REG_DR3,
+    UC_X86_REG_DR6,
+    UC_X86_REG_DR7,
+    UC_X86_REG_RDI,
     UC_X86_REG_RDX,
     UC_X86_REG_RIP,
+    UC_X86_REG_RSI,
 )
 
 from .disasm import disassemble_one, instruction_length
@@ -90,6 +112,13 @@ LEGACY_PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3")
 DEVICE_NOT_AVAILABLE, CR0_EM, CR4_OSFXSR = 7, 1 << 2, 1 << 9
 ICEBP, LOCK, DEBUG = 0xF1, 0xF0, 1      # INT1 (SDM vol. 2A, INT n/INTO/INT3/INT1): #DB, a trap
 PAGE = 0x1000
+# DR7 (SDM vol. 3, 18.2.4): breakpoint 3 locally enabled (L3, bit 6), R/W3 = 10b (I/O read or write,
+# bits 28-29), LEN3 = 00b (one byte); the engine's helper_bpt_io needs no CR4.DE.
+DR7_BP3_IO = (1 << 6) | (2 << 28)
+DR7_BP3_FIELDS = (3 << 6) | (0xF << 28)
+# What a port access may write, put back when a denied one is faulted.
+_IO_REGISTERS = (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RSI, UC_X86_REG_RDI,
+                 UC_X86_REG_DR3, UC_X86_REG_DR6, UC_X86_REG_DR7)
 
 
 def software_interrupt(code: bytes, long_mode: bool) -> tuple[int | None, int, int]:
@@ -172,6 +201,8 @@ class TrapDispatcher:
         for start, size in DEVICE_WINDOWS:
             uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self.on_fetch_from_device, None, start, start + size - 1)
         self.bad_access: str | None = None
+        self._port_policy = None        # set_port_policy
+        self._denied_io: tuple[GuestException, tuple[int, ...]] | None = None
 
     def _holes(self) -> list[tuple[int, int]]:
         holes, cursor = [], 0
@@ -192,8 +223,65 @@ class TrapDispatcher:
         rip = self.m.regfile.read(UC_X86_REG_RIP)
         self.m.freeze_state(rip + max(self._trap("io", rip).length, 1))
 
+    def set_port_policy(self, policy) -> None:
+        """Ask ``policy(access: PortAccess, rip: int)`` before every port access completes:
+        ``None`` lets it proceed; a ``GuestException`` is raised instead, at the I/O instruction
+        ``rip``, with nothing done on the port and the guest's registers as before it.  For an
+        environment that decides I/O privilege itself (see the module docstring).  One policy."""
+        if self._port_policy is not None:
+            raise ValueError("a port policy is already set")
+        self._port_policy = policy
+        self.m.engine.enable_io_breakpoint_checks()
+
+    def _denied(self, access: PortAccess) -> bool:
+        """Ask the port policy; on a denial arm the one-shot #DB that ends the instruction."""
+        regs = self.m.regfile
+        rip = regs.read(UC_X86_REG_RIP)
+        fault = self._port_policy(access, rip)
+        if fault is None:
+            return False
+        if not self.m.engine.io_breakpoint_checks():
+            self.m.stop(StopReason("unhandled-trap", detail=(
+                f"{vector_name(fault.vector)} for port {access.port:#x} at {rip:#x} cannot be raised: "
+                "the guest loaded DR7 itself, which turned off the engine's I/O check")))
+            return True
+        saved = regs.read_many(_IO_REGISTERS)
+        self._denied_io = (GuestException(fault.vector, rip, fault.error_code, fault.cr2), saved)
+        regs.write(UC_X86_REG_DR3, access.port)
+        regs.write(UC_X86_REG_DR7, (saved[-1] & ~DR7_BP3_FIELDS) | DR7_BP3_IO)
+        return True
+
+    def _fault_denied_io(self) -> None:
+        """The #DB a denied access armed: undo what the instruction did, deliver the policy's fault."""
+        fault, saved = self._denied_io
+        self._denied_io = None
+        regs = self.m.regfile
+        rip = self._instruction_ending_at(fault.rip, regs.read(UC_X86_REG_RIP))
+        for reg, value in zip(_IO_REGISTERS, saved):
+            regs.write(reg, value)
+        self.m.set_rip(rip)
+        if fault.cr2 is not None:
+            self.m.set_reg("cr2", fault.cr2)
+        self.exception(fault.vector, fault.error_code, rip)
+
+    def _instruction_ending_at(self, start: int, end: int) -> int:
+        """The address of the instruction that ends at ``end``, decoding forward from ``start``.
+        The I/O hook's RIP is not always the I/O instruction's: in some blocks (seen under xen_pv)
+        the engine's ``cpu_restore_state`` leaves it at the block start; the #DB's RIP is exactly
+        the next instruction's (``helper_bpt_io``), and the block between is straight-line code."""
+        base, bits = self.m.code_segment()
+        rip = start
+        while rip < end:
+            length = instruction_length(self._code_bytes(rip, base, bits), bits)
+            if length == 0 or rip + length >= end:
+                return rip
+            rip += length
+        return start
+
     @_guarded
     def on_in(self, port: int, size: int, _ud=None) -> int:
+        if self._port_policy is not None and self._denied(PortAccess(port, size, False)):
+            return (1 << (8 * size)) - 1
         device = self.m.ports.devices.get(port)
         if device is not None:
             stopped = self.m.stop_reason is not None
@@ -208,6 +296,8 @@ class TrapDispatcher:
 
     @_guarded
     def on_out(self, port: int, size: int, value: int, _ud=None) -> None:
+        if self._port_policy is not None and self._denied(PortAccess(port, size, True, value)):
+            return
         device = self.m.ports.devices.get(port)
         if device is not None:
             stopped = self.m.stop_reason is not None
@@ -400,6 +490,9 @@ class TrapDispatcher:
 
     @_guarded
     def on_interrupt(self, intno: int, _ud=None) -> None:
+        if intno == DEBUG and self._denied_io is not None:
+            self._fault_denied_io()
+            return
         rip = self.m.regfile.read(UC_X86_REG_RIP)
         if intno == EXIT_MSR:
             self.on_msr(rip)

@@ -211,6 +211,7 @@ def hvsim_setup(machine, image, config, options):
     cpu.mmu = mmu
     xen.deliver_upcall = cpu.upcall_raised          # events reach the guest's event callback
     machine.interrupt_source = cpu
+    machine.traps.set_port_policy(cpu.port_access)     # virtual IOPL and I/O bitmap (cpu.py)
     domain = PvDomain(xen, dom, mmu, cpu, dom0, layout)
     machine.plugin_state[ENV] = domain
     _register(domain)

@@ -20,12 +20,18 @@ left them).  ``int $n`` from user mode reaches its handler only if the trap tabl
 #GP(n * 8 + 2).  Not modelled: the LDT, 32-bit (compat) user space's syscall32/sysenter callbacks,
 the failsafe callback (a bad user CS/SS in an iret frame crashes the domain instead).
 
-Virtual IOPL (pv/emul-priv-op.c iopl_ok, pv/iret.c): PHYSDEVOP_set_iopl, or with
-VMASST_TYPE_architectural_iopl the iret frame's IOPL, sets it; user-mode ``cli``/``sti`` (#GP(0) at
-CPL 3) complete as Xen's no-op when it allows them.  Not modelled: the #GP Xen gives the kernel's
-``cli``/``in``/``out`` at vIOPL 0 (the kernel runs at CPL 0, where they never fault) and user-mode
-``in``/``out`` at vIOPL < 3 (the engine lets every I/O instruction through: Unicorn 2.1.4's
-gen_check_io returns before the IOPL and TSS-bitmap checks, so nothing faults or exits).
+Virtual IOPL (pv/emul-priv-op.c iopl_ok, guest_io_okay; pv/iret.c): PHYSDEVOP_set_iopl, or with
+VMASST_TYPE_architectural_iopl the iret frame's IOPL, sets it.  ``port_access`` is the machine's port
+policy (traps.py ``set_port_policy``): an ``in``/``out``/``ins``/``outs`` at a virtual CPL above the
+virtual IOPL (3 in user mode; 1 in kernel mode, 0 with architectural_iopl) is #GP(0) at the
+instruction with nothing done on the port, unless the PHYSDEVOP_set_iobitmap bitmap covers the
+port (its nr_ports, then a clear bit for every byte of the access, read through the kernel's page
+table; a bitmap Xen cannot read is the #PF it gives).  User-mode ``cli``/``sti`` (#GP(0) at CPL 3)
+complete as Xen's no-op when iopl_ok allows them.  Not modelled: the #GP Xen gives the kernel's
+``cli``/``sti`` at vIOPL 0.  The kernel runs at CPL 0 (above), where ``cli``/``sti`` are never
+privileged and nothing traps them, so they change the engine's IF instead (Xen runs a 64-bit PV
+kernel in ring 3, where they fault into its emulator, which refuses them without vIOPL 1).  Ports
+are not: the policy sees every access, whatever the CPL.  The #GP's Fault is in the trace.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from hvsim.core.engine_state import SegmentCache
 from hvsim.core.errors import GuestMemoryError
 from hvsim.core.memory import is_canonical
 from hvsim.core.exceptions import HAS_ERROR_CODE, vector_name
+from hvsim.core.plugin_types import GuestException
 from hvsim.core.result import StopReason
 from hvsim.xen import HypercallError
 
@@ -46,7 +53,7 @@ from .builder import KERNEL_CS, KERNEL_SS, map_gdt_frames
 
 if TYPE_CHECKING:
     from hvsim.core.machine import Machine
-    from hvsim.core.plugin_types import GuestException
+    from hvsim.core.plugin_types import PortAccess
     from hvsim.xen import XenHypervisor
 
     from .builder import XenArea
@@ -59,7 +66,7 @@ RFLAGS_CLEARED_ON_BOUNCE = (1 << 8) | (1 << 14) | (1 << 16) | (1 << 17) | (1 << 
 MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE = 0xC000_0100, 0xC000_0101, 0xC000_0102
 VCPU_INFO_CR2 = 16
 SYSCALL_INSN_LENGTH = 2
-GP_VECTOR, UD_VECTOR = 13, 6
+GP_VECTOR, UD_VECTOR, PF_VECTOR = 13, 6, 14
 CLI, STI = 0xFA, 0xFB
 IDT_ERROR_FLAG = 2                 # #GP error code naming an IDT entry (SDM vol. 3, 6.13)
 # Segment descriptor high-dword bits (SDM vol. 3, 3.4.5); the selector's TI bit names the LDT.
@@ -147,6 +154,41 @@ class PvCpu:
         else:
             cpl = 0 if pv.VMASST_ARCHITECTURAL_IOPL in self.vm_assists else 1
         return cpl <= self.iopl
+
+    def port_access(self, access: "PortAccess", rip: int) -> "GuestException | None":
+        """Xen's guest_io_okay: None lets the access proceed, else the fault it raises instead."""
+        if self.iopl_ok():
+            return None
+        bitmap, nr_ports = self.iobitmap
+        if access.port + access.size <= nr_ports:
+            address = bitmap + (access.port >> 3)     # Xen reads two bytes, as the TSS bitmap is read
+            try:
+                mask = int.from_bytes(self._kernel_read(address, 2), "little")
+            except GuestMemoryError:
+                unreadable = address if not self._kernel_readable(address) else address + 1
+                return GuestException(PF_VECTOR, rip, 0, unreadable)
+            if not mask & (((1 << access.size) - 1) << (access.port & 7)):
+                return None
+        return GuestException(GP_VECTOR, rip, 0)
+
+    def _kernel_read(self, address: int, size: int) -> bytes:
+        """Guest-virtual bytes as the kernel's page table maps them (Xen switches to it to read the
+        I/O bitmap from user mode)."""
+        if self.kernel_mode:
+            return self.m.vmem.read(address, size)
+        user_cr3 = self.m.reg("cr3")
+        self.m.set_reg("cr3", self.kernel_cr3)
+        try:
+            return self.m.vmem.read(address, size)
+        finally:
+            self.m.set_reg("cr3", user_cr3)
+
+    def _kernel_readable(self, address: int) -> bool:
+        try:
+            self._kernel_read(address, 1)
+        except GuestMemoryError:
+            return False
+        return True
 
     def _emulate_cli_sti(self, exc: "GuestException") -> str | None:
         """User mode runs at CPL 3 with IOPL 0, so ``cli``/``sti`` there are #GP(0), which Xen's
