@@ -16,6 +16,7 @@ zeroed before every read.
 from __future__ import annotations
 
 import ctypes
+import struct
 from typing import TYPE_CHECKING, Sequence
 
 from unicorn import x86_const
@@ -61,7 +62,9 @@ class _Batch:
         base = ctypes.addressof(self.values)
         self.pointers = (_VOID_P * n)(*(base + 8 * i for i in range(n)))
         self.ids_at, self.pointers_at = ctypes.addressof(self.ids), ctypes.addressof(self.pointers)
-        self.zeros = (0,) * n
+        self.view = memoryview(self.values).cast("B")      # zeroed and unpacked without ctypes objects
+        self.zeros = bytes(8 * n)
+        self.unpack = struct.Struct(f"<{n}Q").unpack_from
 
 
 class RegisterFile:
@@ -112,12 +115,12 @@ class RegisterFile:
             if bad:
                 raise ValueError(f"register ids {bad} are not plain 64-bit registers")
             batch = self._batches[ids] = _Batch(ids)
-        values = batch.values
-        values[:] = batch.zeros
+        view = batch.view
+        view[:] = batch.zeros
         status = _REG_READ_BATCH(self._handle, batch.ids_at, batch.pointers_at, batch.n)
         if status != UC_ERR_OK:
             raise UcError(status)
-        return tuple(values)
+        return batch.unpack(view)
 
     def msr_read(self, index: int) -> int:
         msr = self._msr

@@ -159,6 +159,10 @@ class TrapDispatcher:
         uc.hook_add(UC_HOOK_INTR, self.on_interrupt)
         self._opcode_handlers: dict[bytes, object] = {}     # add_opcode_handler
         self._opcode_lengths: tuple[int, ...] = ()
+        # what every invalid-opcode trap uses, looked up once (the machine keeps these for its life)
+        self._read_reg = machine.regfile.read
+        self._code_segment = machine.engine.code_segment
+        self._read_physical = machine.memory.read
         unmapped = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
         for start, end in self._holes():
             uc.hook_add(unmapped, self.on_unmapped, None, start, end)
@@ -361,9 +365,13 @@ class TrapDispatcher:
 
     @_guarded
     def on_invalid(self, _ud=None) -> bool:
-        m = self.m
-        rip = m.regfile.read(UC_X86_REG_RIP)
-        base, bits = m.code_segment()      # one read of the hidden state for the whole trap
+        """An invalid opcode: a direct handler for its first bytes, else ``hvsim_trap``, else #UD
+        (ICEBP, which the engine does not know, is #DB).  This is the path of every hypercall made
+        with ``vmcall``/``vmmcall``: one register read, one context copy for the code segment, one
+        translation through the engine's TLB, one memory read and one dict lookup per registered
+        opcode length before the handler runs."""
+        rip = self._read_reg(UC_X86_REG_RIP)
+        base, bits = self._code_segment()      # one read of the hidden state for the whole trap
         code = self._code_bytes(rip, base, bits)
         if ICEBP in code:        # (a test in C: no ICEBP byte, no ICEBP after prefixes)
             _, prefixes, _ = software_interrupt(code, bits == 64)
@@ -375,10 +383,12 @@ class TrapDispatcher:
         whole = code if len(code) == MAX_INSN else b""
         trap = Trap(kind="invalid-opcode", rip=rip, length=instruction_length(whole, bits) if whole else 0,
                     code=whole)
+        handlers = self._opcode_handlers
         for n in self._opcode_lengths:
-            handler = self._opcode_handlers.get(whole[:n])
-            if handler is not None and handler(m, trap, bits):
+            handler = handlers.get(whole[:n])
+            if handler is not None and handler(self.m, trap, bits):
                 return True
+        m = self.m
         if m.pm.hook.hvsim_trap(machine=m, trap=trap):
             return True
         self.exception(UD, None, rip)
@@ -441,15 +451,16 @@ class TrapDispatcher:
     def _code_bytes(self, rip: int, base: int | None = None, bits: int | None = None) -> bytes:
         """Up to 15 instruction bytes at ``rip``, fewer where the code runs into unmapped memory
         (``base``/``bits``: the code segment, when the caller has it).  All fifteen within one
-        page come through the engine's TLB (``_code``)."""
+        page come through the engine's TLB (``_code``), inline here for the trap path."""
         if bits is None:
-            base, bits = self.m.code_segment()
+            base, bits = self._code_segment()
         address = (base + rip) & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else 0xFFFF_FFFF)
         if PAGE - address % PAGE >= MAX_INSN:
-            try:
-                return self._code(address, bits)
-            except GuestMemoryError:
-                pass
+            if _VMEM_TRANSLATE(self._handle, address, UC_PROT_EXEC, self._physical_at) == UC_ERR_OK:
+                try:
+                    return self._read_physical(self._physical.value, MAX_INSN)
+                except GuestMemoryError:
+                    pass
         for size in (MAX_INSN, PAGE - address % PAGE):
             try:
                 return self.m.vmem.read(address, size)

@@ -193,7 +193,7 @@ class XenHypervisor:
         self.depth += 1
         if self.depth == 1:
             self.continuation = None
-        name = x.HYPERCALLS.get(nr, f"hypercall_{nr}")
+        name = x.HYPERCALLS.get(nr) or f"hypercall_{nr}"
         info: dict = {}
         handler = self.handlers.get(nr)
         try:
