@@ -50,7 +50,7 @@ from unicorn import (
     UC_PROT_EXEC,
 )
 from unicorn.unicorn_const import UC_ERR_OK
-from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.unicorn_py3.unicorn import UcError, uclib
 from unicorn.x86_const import (
     UC_X86_INS_IN,
     UC_X86_INS_OUT,
@@ -124,6 +124,8 @@ PAGE = 0x1000
 _VMEM_TRANSLATE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p)(
     ctypes.cast(uclib.uc_vmem_translate, ctypes.c_void_p).value)
 _MSR_ARGUMENTS = (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX)
+# UC_HOOK_INSN_INVALID's C signature (unicorn.h uc_cb_hookinsn_invalid_t): bool (uc_engine *, void *user_data)
+_INVALID_HOOK = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p)
 _CPUID_ARGUMENTS = (UC_X86_REG_RAX, UC_X86_REG_RCX)
 
 
@@ -143,7 +145,7 @@ def _guarded(method):
 
 
 class TrapDispatcher:
-    _failure_value = {"on_in": 0, "on_invalid": True, "on_unmapped": False}
+    _failure_value = {"on_in": 0, "on_unmapped": False}
 
     def __init__(self, machine: "Machine"):
         self.m = machine
@@ -155,7 +157,15 @@ class TrapDispatcher:
         uc.hook_add(UC_HOOK_INSN, self.on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_INSN, self.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
-        uc.hook_add(UC_HOOK_INSN_INVALID, self.on_invalid)
+        # The invalid-opcode hook is on every hypercall's path: the engine calls ``_invalid_entry``
+        # through a callback of its own instead of the binding's two wrapper frames.
+        self._invalid_callback = _INVALID_HOOK(self._invalid_entry)
+        handle = ctypes.c_size_t()
+        status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_INSN_INVALID,
+                                   ctypes.cast(self._invalid_callback, ctypes.c_void_p), None,
+                                   ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if status != UC_ERR_OK:
+            raise UcError(status)
         uc.hook_add(UC_HOOK_INTR, self.on_interrupt)
         self._opcode_handlers: dict[bytes, object] = {}     # add_opcode_handler
         self._opcode_lengths: tuple[int, ...] = ()
@@ -363,8 +373,25 @@ class TrapDispatcher:
         self._opcode_handlers[opcode] = handler
         self._opcode_lengths = tuple(sorted({len(o) for o in self._opcode_handlers}))
 
-    @_guarded
-    def on_invalid(self, _ud=None) -> bool:
+    def _invalid_entry(self, _engine, _user_data) -> bool:
+        """The engine's UC_HOOK_INSN_INVALID callback: ``on_invalid`` with what the binding's
+        wrapper and ``_guarded`` do around a hook, in one frame.  A Python exception is a
+        ``host-error`` stop; a BaseException (Ctrl-C under the default SIGINT handler) stops the
+        engine and is raised again by ``emu_start``, as the binding does for its own hooks."""
+        try:
+            return self.on_invalid()
+        except Exception as exc:  # noqa: BLE001 - the run must end with a result, not a traceback
+            self.m.host_traceback = traceback.format_exc()
+            self.m.stop(StopReason("host-error", detail=f"{type(exc).__name__} in on_invalid: {exc}"))
+            return True
+        except BaseException as exc:
+            uc = self.m.uc
+            if uc._hook_exception is None:
+                uc._hook_exception = exc
+            uc.emu_stop()
+            return True
+
+    def on_invalid(self) -> bool:
         """An invalid opcode: a direct handler for its first bytes, else ``hvsim_trap``, else #UD
         (ICEBP, which the engine does not know, is #DB).  This is the path of every hypercall made
         with ``vmcall``/``vmmcall``: one register read, one context copy for the code segment, one
