@@ -408,8 +408,7 @@ class TrapDispatcher:
                 return True
         # a Trap carries all fifteen bytes or none (the instruction ran into memory that is not there)
         whole = code if len(code) == MAX_INSN else b""
-        trap = Trap(kind="invalid-opcode", rip=rip, length=instruction_length(whole, bits) if whole else 0,
-                    code=whole)
+        trap = Trap("invalid-opcode", rip, instruction_length(whole, bits) if whole else 0, whole)
         handlers = self._opcode_handlers
         for n in self._opcode_lengths:
             handler = handlers.get(whole[:n])
