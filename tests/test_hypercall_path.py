@@ -82,3 +82,29 @@ _start:
     assert {c["name"] for c in calls[1::2]} == {"sched_op.yield"}
     assert [c["seq"] for c in calls] == sorted(c["seq"] for c in calls)
     assert prepared.machine.plugin_state["xen_pvh"].calls == 2 * n
+
+
+class RipWitness:
+    """A direct handler for ``vmcall`` that records the trap's RIP beside the register's, and the
+    address of the loop's vmcall the assembler placed."""
+
+    def __init__(self):
+        self.seen = []
+
+    def handle(self, machine, trap, bits):
+        self.seen.append((trap.rip, machine.reg("rip"), trap.code[:3], bits))
+        machine.set_rip(trap.rip + trap.length)
+        return True
+
+    @hookimpl
+    def hvsim_setup(self, machine, image, config, options):
+        machine.traps.add_opcode_handler(x.VMCALL, self.handle)
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_the_trap_rip_read_from_the_context_is_the_register(bits):
+    witness = RipWitness()
+    result, m, symbols = run_raw("    mov $3, %ecx\nhere:\n    vmcall\n    dec %ecx\n    jnz here\n    hlt\n",
+                                 bits=bits, plugins=[witness])
+    assert result.stop.kind == "halt", result.stop
+    assert witness.seen == [(symbols["here"], symbols["here"], x.VMCALL, bits)] * 3

@@ -170,7 +170,7 @@ class TrapDispatcher:
         self._opcode_handlers: dict[bytes, object] = {}     # add_opcode_handler
         self._opcode_lengths: tuple[int, ...] = ()
         # what every invalid-opcode trap uses, looked up once (the machine keeps these for its life)
-        self._read_reg = machine.regfile.read
+        self._code_position = machine.engine.code_position
         self._code_segment = machine.engine.code_segment
         self._read_physical = machine.memory.read
         unmapped = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
@@ -394,11 +394,10 @@ class TrapDispatcher:
     def on_invalid(self) -> bool:
         """An invalid opcode: a direct handler for its first bytes, else ``hvsim_trap``, else #UD
         (ICEBP, which the engine does not know, is #DB).  This is the path of every hypercall made
-        with ``vmcall``/``vmmcall``: one register read, one context copy for the code segment, one
+        with ``vmcall``/``vmmcall``: one context copy for RIP and the code segment, one
         translation through the engine's TLB, one memory read and one dict lookup per registered
         opcode length before the handler runs."""
-        rip = self._read_reg(UC_X86_REG_RIP)
-        base, bits = self._code_segment()      # one read of the hidden state for the whole trap
+        rip, base, bits = self._code_position()    # one read of the CPU state for the whole trap
         code = self._code_bytes(rip, base, bits)
         if ICEBP in code:        # (a test in C: no ICEBP byte, no ICEBP after prefixes)
             _, prefixes, _ = software_interrupt(code, bits == 64)
