@@ -22,8 +22,11 @@ The #VMEXIT rows exist because the guest runs as an SVM guest of the emulated CP
 
 A trap is on the guest's hot path (a PV kernel makes tens of thousands of hypercalls): registers
 are read through ``machine.regfile`` (registers.py, no binding work per read), the code segment comes
-from the engine's hidden state in one context copy, and a trapping instruction's length is decoded
-once per distinct byte sequence (``disasm.instruction_length``).
+from the engine's hidden state in one context copy (for an invalid opcode, RIP with it:
+``EngineState.code_position``), and a trapping instruction's length is decoded once per distinct
+byte sequence (``disasm.instruction_length``).  The invalid-opcode hook, which every ``vmcall``
+hypercall takes, is registered with libunicorn directly (``_invalid_entry``), without the binding's
+wrapper frames.
 
 The unmapped-memory hooks are bounded to the ranges that hold no RAM: a memory hook covering RAM
 would put every store to an executable page on the engine's slow path (guest-store-speed.md).
