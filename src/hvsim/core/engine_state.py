@@ -244,7 +244,7 @@ class EngineState:
         self._uc = uc
         self.offsets = offsets
         self._ctx = None          # one context reused by the cheap readers (context_update)
-        self._code_view = None    # (context, hflags, CS base) for code_segment, read in place
+        self._code_view = None    # (context, its pointer, hflags, CS base, EIP) for code_position, read in place
         self._handle = uc._uch.value
 
     def _hflags(self) -> int:
@@ -265,21 +265,30 @@ class EngineState:
 
     def code_segment(self) -> tuple[int, int]:
         """``(base, bits)`` of the code segment the CPU executes with now, from its hidden state:
-        64 when hflags has CS64 (base 0), else 32 or 16 from CS32, with the segment cache's base.
-        One context update (~5 KiB copied) into a context kept for it, read in place."""
-        if self._code_view is None:
+        64 when hflags has CS64 (base 0), else 32 or 16 from CS32, with the segment cache's base."""
+        _, base, bits = self.code_position()
+        return base, bits
+
+    def code_position(self) -> tuple[int, int, int]:
+        """``(rip, base, bits)``: RIP (CPUX86State.eip, what ``uc_reg_read`` of RIP answers) and the
+        code segment as ``code_segment`` gives it, from one context update (~5 KiB copied) into a
+        context kept for it, read in place: what a trap reads first."""
+        view = self._code_view
+        if view is None:
             ctx = self._uc.context_save()
             at = ctx.context.value
-            self._code_view = (ctx, ctypes.c_uint32.from_address(at + self.offsets.hflags),
-                               ctypes.c_uint64.from_address(at + self.offsets.segs + SEGMENT_CACHE_SIZE * R_CS + 8))
+            view = self._code_view = (
+                ctx, ctx.context, ctypes.c_uint32.from_address(at + self.offsets.hflags),
+                ctypes.c_uint64.from_address(at + self.offsets.segs + SEGMENT_CACHE_SIZE * R_CS + 8),
+                ctypes.c_uint64.from_address(at + self.offsets.regs + EIP_FROM_REGS))
         else:
-            status = _CONTEXT_SAVE(self._handle, self._code_view[0].context)
+            status = _CONTEXT_SAVE(self._handle, view[1])
             if status:
                 raise UcError(status)
-        _, hflags, cs_base = self._code_view
+        _, _, hflags, cs_base, eip = view
         if hflags.value & HF_CS64:
-            return 0, 64
-        return cs_base.value & 0xFFFF_FFFF, 32 if hflags.value & HF_CS32 else 16
+            return eip.value, 0, 64
+        return eip.value, cs_base.value & 0xFFFF_FFFF, 32 if hflags.value & HF_CS32 else 16
 
     def segment(self, reg: int) -> SegmentCache:
         """The segment cache of ``reg`` (R_ES .. R_GS) with its hidden part."""

@@ -49,10 +49,12 @@ class GuestMemory:
         self._handle = uc._uch.value
         self._scratch = ctypes.create_string_buffer(_SCRATCH)
         self._scratch_at = ctypes.addressof(self._scratch)
+        self._scratch_view = memoryview(self._scratch).cast("B")
         self._word = ctypes.c_uint64()
         self._word_at = ctypes.addressof(self._word)
         self._regions = sorted(regions)
         self._starts = [start for start, _ in self._regions]
+        self._ends = [start + size for start, size in self._regions]
         # Called as ``after_write(address, size)`` after every write: the machine drops the
         # engine's translations of code in the range (the engine does not see host stores).
         self.after_write: Callable[[int, int], None] | None = None
@@ -61,6 +63,7 @@ class GuestMemory:
         """Make an engine-mapped range (``Machine.add_private_memory``) reachable through this accessor."""
         self._regions = sorted(self._regions + [(start, size)])
         self._starts = [s for s, _ in self._regions]
+        self._ends = [s + n for s, n in self._regions]
 
     def remove_region(self, start: int, size: int) -> None:
         """Take ``[start, start+size)`` out of this accessor (the engine maps a device there instead)."""
@@ -72,6 +75,7 @@ class GuestMemory:
                 kept.append((s, n))
         self._regions = sorted(kept)
         self._starts = [s for s, _ in self._regions]
+        self._ends = [s + n for s, n in self._regions]
 
     @property
     def regions(self) -> tuple[tuple[int, int], ...]:
@@ -91,7 +95,10 @@ class GuestMemory:
             raise GuestMemoryError(address, size)
 
     def read(self, address: int, size: int) -> bytes:
-        self.check(address, size)
+        # ``check`` inline: this is on every trap's path (the instruction bytes)
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i < 0 or address < 0 or size < 0 or address + size > self._ends[i]:
+            raise GuestMemoryError(address, size)
         if size == 0:
             return b""
         if size > _SCRATCH:
@@ -99,7 +106,7 @@ class GuestMemory:
         status = _MEM_READ(self._handle, address, self._scratch_at, size)
         if status:
             raise UcError(status)
-        return ctypes.string_at(self._scratch_at, size)
+        return self._scratch_view[:size].tobytes()
 
     def write(self, address: int, data: bytes) -> None:
         self.check(address, len(data))

@@ -16,6 +16,7 @@ zeroed before every read.
 from __future__ import annotations
 
 import ctypes
+import struct
 from typing import TYPE_CHECKING, Sequence
 
 from unicorn import x86_const
@@ -28,14 +29,21 @@ if TYPE_CHECKING:
 
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
 _VOID_P = ctypes.c_void_p
-# Unprototyped function pointers: ctypes converts plain ints and addresses without the binding's
-# per-call ``from_param`` work.
-_REG_READ = ctypes.CFUNCTYPE(ctypes.c_int, _VOID_P, ctypes.c_int, _VOID_P)(
-    ctypes.cast(uclib.uc_reg_read, _VOID_P).value)
-_REG_WRITE = ctypes.CFUNCTYPE(ctypes.c_int, _VOID_P, ctypes.c_int, _VOID_P)(
-    ctypes.cast(uclib.uc_reg_write, _VOID_P).value)
-_REG_READ_BATCH = ctypes.CFUNCTYPE(ctypes.c_int, _VOID_P, _VOID_P, _VOID_P, ctypes.c_int)(
-    ctypes.cast(uclib.uc_reg_read_batch, _VOID_P).value)
+
+
+def _unprototyped(function) -> "ctypes._CFuncPtr":
+    """``function`` of libunicorn (returning ``uc_err``) as a function pointer without argument
+    types: ctypes passes prebuilt ``c_void_p`` objects (the engine handle, buffer addresses) and
+    Python ints (register ids and counts, C ``int``) as they are, without a conversion per argument
+    and per call.  Every pointer argument must therefore be a ``c_void_p``, never a bare int."""
+    pointer = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.cast(function, _VOID_P).value)
+    pointer.argtypes = None
+    return pointer
+
+
+_REG_READ = _unprototyped(uclib.uc_reg_read)             # (uc, int regid, void *value)
+_REG_WRITE = _unprototyped(uclib.uc_reg_write)           # (uc, int regid, const void *value)
+_REG_READ_BATCH = _unprototyped(uclib.uc_reg_read_batch)  # (uc, int *regs, void *const *vals, int count)
 _MSR = x86_const.UC_X86_REG_MSR
 
 
@@ -60,8 +68,10 @@ class _Batch:
         self.values = (ctypes.c_uint64 * n)()
         base = ctypes.addressof(self.values)
         self.pointers = (_VOID_P * n)(*(base + 8 * i for i in range(n)))
-        self.ids_at, self.pointers_at = ctypes.addressof(self.ids), ctypes.addressof(self.pointers)
-        self.zeros = (0,) * n
+        self.ids_at, self.pointers_at = _VOID_P(ctypes.addressof(self.ids)), _VOID_P(ctypes.addressof(self.pointers))
+        self.view = memoryview(self.values).cast("B")      # zeroed and unpacked without ctypes objects
+        self.zeros = bytes(8 * n)
+        self.unpack = struct.Struct(f"<{n}Q").unpack_from
 
 
 class RegisterFile:
@@ -69,11 +79,11 @@ class RegisterFile:
 
     def __init__(self, uc: "Uc"):
         self._uc = uc
-        self._handle = uc._uch.value
+        self._handle = _VOID_P(uc._uch.value)
         self._buffer = ctypes.c_uint64()
-        self._buffer_at = ctypes.addressof(self._buffer)
+        self._buffer_at = _VOID_P(ctypes.addressof(self._buffer))
         self._msr = _UcX86Msr()
-        self._msr_at = ctypes.addressof(self._msr)
+        self._msr_at = _VOID_P(ctypes.addressof(self._msr))
         self._plain: dict[int, bool] = {}
         self._batches: dict[tuple[int, ...], _Batch] = {}
 
@@ -112,12 +122,12 @@ class RegisterFile:
             if bad:
                 raise ValueError(f"register ids {bad} are not plain 64-bit registers")
             batch = self._batches[ids] = _Batch(ids)
-        values = batch.values
-        values[:] = batch.zeros
+        view = batch.view
+        view[:] = batch.zeros
         status = _REG_READ_BATCH(self._handle, batch.ids_at, batch.pointers_at, batch.n)
         if status != UC_ERR_OK:
             raise UcError(status)
-        return tuple(values)
+        return batch.unpack(view)
 
     def msr_read(self, index: int) -> int:
         msr = self._msr

@@ -23,8 +23,11 @@ The #VMEXIT rows exist because the guest runs as an SVM guest of the emulated CP
 
 A trap is on the guest's hot path (a PV kernel makes tens of thousands of hypercalls): registers
 are read through ``machine.regfile`` (registers.py, no binding work per read), the code segment comes
-from the engine's hidden state in one context copy, and a trapping instruction's length is decoded
-once per distinct byte sequence (``disasm.instruction_length``).
+from the engine's hidden state in one context copy (for an invalid opcode, RIP with it:
+``EngineState.code_position``), and a trapping instruction's length is decoded once per distinct
+byte sequence (``disasm.instruction_length``).  The invalid-opcode hook, which every ``vmcall``
+hypercall takes, is registered with libunicorn directly (``_invalid_entry``), without the binding's
+wrapper frames.
 
 Port policy (``set_port_policy``): an environment whose guest may be refused a port (Xen's PV
 guests: a virtual IOPL and I/O bitmap, not the CPU's) names a callable that the IN/OUT hooks ask
@@ -67,7 +70,7 @@ from unicorn import (
     UC_PROT_EXEC,
 )
 from unicorn.unicorn_const import UC_ERR_OK
-from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.unicorn_py3.unicorn import UcError, uclib
 from unicorn.x86_const import (
     UC_X86_INS_IN,
     UC_X86_INS_OUT,
@@ -153,6 +156,8 @@ PAGE = 0x1000
 _VMEM_TRANSLATE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p)(
     ctypes.cast(uclib.uc_vmem_translate, ctypes.c_void_p).value)
 _MSR_ARGUMENTS = (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX)
+# UC_HOOK_INSN_INVALID's C signature (unicorn.h uc_cb_hookinsn_invalid_t): bool (uc_engine *, void *user_data)
+_INVALID_HOOK = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p)
 _CPUID_ARGUMENTS = (UC_X86_REG_RAX, UC_X86_REG_RCX)
 
 
@@ -172,7 +177,7 @@ def _guarded(method):
 
 
 class TrapDispatcher:
-    _failure_value = {"on_in": 0, "on_invalid": True, "on_unmapped": False}
+    _failure_value = {"on_in": 0, "on_unmapped": False}
 
     def __init__(self, machine: "Machine"):
         self.m = machine
@@ -184,10 +189,22 @@ class TrapDispatcher:
         uc.hook_add(UC_HOOK_INSN, self.on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_INSN, self.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
-        uc.hook_add(UC_HOOK_INSN_INVALID, self.on_invalid)
+        # The invalid-opcode hook is on every hypercall's path: the engine calls ``_invalid_entry``
+        # through a callback of its own instead of the binding's two wrapper frames.
+        self._invalid_callback = _INVALID_HOOK(self._invalid_entry)
+        handle = ctypes.c_size_t()
+        status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_INSN_INVALID,
+                                   ctypes.cast(self._invalid_callback, ctypes.c_void_p), None,
+                                   ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if status != UC_ERR_OK:
+            raise UcError(status)
         uc.hook_add(UC_HOOK_INTR, self.on_interrupt)
         self._opcode_handlers: dict[bytes, object] = {}     # add_opcode_handler
         self._opcode_lengths: tuple[int, ...] = ()
+        # what every invalid-opcode trap uses, looked up once (the machine keeps these for its life)
+        self._code_position = machine.engine.code_position
+        self._code_segment = machine.engine.code_segment
+        self._read_physical = machine.memory.read
         unmapped = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
         for start, end in self._holes():
             uc.hook_add(unmapped, self.on_unmapped, None, start, end)
@@ -463,11 +480,31 @@ class TrapDispatcher:
         self._opcode_handlers[opcode] = handler
         self._opcode_lengths = tuple(sorted({len(o) for o in self._opcode_handlers}))
 
-    @_guarded
-    def on_invalid(self, _ud=None) -> bool:
-        m = self.m
-        rip = m.regfile.read(UC_X86_REG_RIP)
-        base, bits = m.code_segment()      # one read of the hidden state for the whole trap
+    def _invalid_entry(self, _engine, _user_data) -> bool:
+        """The engine's UC_HOOK_INSN_INVALID callback: ``on_invalid`` with what the binding's
+        wrapper and ``_guarded`` do around a hook, in one frame.  A Python exception is a
+        ``host-error`` stop; a BaseException (Ctrl-C under the default SIGINT handler) stops the
+        engine and is raised again by ``emu_start``, as the binding does for its own hooks."""
+        try:
+            return self.on_invalid()
+        except Exception as exc:  # noqa: BLE001 - the run must end with a result, not a traceback
+            self.m.host_traceback = traceback.format_exc()
+            self.m.stop(StopReason("host-error", detail=f"{type(exc).__name__} in on_invalid: {exc}"))
+            return True
+        except BaseException as exc:
+            uc = self.m.uc
+            if uc._hook_exception is None:
+                uc._hook_exception = exc
+            uc.emu_stop()
+            return True
+
+    def on_invalid(self) -> bool:
+        """An invalid opcode: a direct handler for its first bytes, else ``hvsim_trap``, else #UD
+        (ICEBP, which the engine does not know, is #DB).  This is the path of every hypercall made
+        with ``vmcall``/``vmmcall``: one context copy for RIP and the code segment, one
+        translation through the engine's TLB, one memory read and one dict lookup per registered
+        opcode length before the handler runs."""
+        rip, base, bits = self._code_position()    # one read of the CPU state for the whole trap
         code = self._code_bytes(rip, base, bits)
         if ICEBP in code:        # (a test in C: no ICEBP byte, no ICEBP after prefixes)
             _, prefixes, _ = software_interrupt(code, bits == 64)
@@ -477,12 +514,13 @@ class TrapDispatcher:
                 return True
         # a Trap carries all fifteen bytes or none (the instruction ran into memory that is not there)
         whole = code if len(code) == MAX_INSN else b""
-        trap = Trap(kind="invalid-opcode", rip=rip, length=instruction_length(whole, bits) if whole else 0,
-                    code=whole)
+        trap = Trap("invalid-opcode", rip, instruction_length(whole, bits) if whole else 0, whole)
+        handlers = self._opcode_handlers
         for n in self._opcode_lengths:
-            handler = self._opcode_handlers.get(whole[:n])
-            if handler is not None and handler(m, trap, bits):
+            handler = handlers.get(whole[:n])
+            if handler is not None and handler(self.m, trap, bits):
                 return True
+        m = self.m
         if m.pm.hook.hvsim_trap(machine=m, trap=trap):
             return True
         self.exception(UD, None, rip)
@@ -568,15 +606,16 @@ class TrapDispatcher:
     def _code_bytes(self, rip: int, base: int | None = None, bits: int | None = None) -> bytes:
         """Up to 15 instruction bytes at ``rip``, fewer where the code runs into unmapped memory
         (``base``/``bits``: the code segment, when the caller has it).  All fifteen within one
-        page come through the engine's TLB (``_code``)."""
+        page come through the engine's TLB (``_code``), inline here for the trap path."""
         if bits is None:
-            base, bits = self.m.code_segment()
+            base, bits = self._code_segment()
         address = (base + rip) & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else 0xFFFF_FFFF)
         if PAGE - address % PAGE >= MAX_INSN:
-            try:
-                return self._code(address, bits)
-            except GuestMemoryError:
-                pass
+            if _VMEM_TRANSLATE(self._handle, address, UC_PROT_EXEC, self._physical_at) == UC_ERR_OK:
+                try:
+                    return self._read_physical(self._physical.value, MAX_INSN)
+                except GuestMemoryError:
+                    pass
         for size in (MAX_INSN, PAGE - address % PAGE):
             try:
                 return self.m.vmem.read(address, size)

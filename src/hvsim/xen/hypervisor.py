@@ -104,6 +104,9 @@ class Continuation(Exception):
 
 
 Handler = Callable[[tuple[int, ...], dict], int]
+INTERFACE = "xen-hypercall"               # the Call events' interface
+_NAMES = x.HYPERCALLS
+_NOT_IMPLEMENTED = -x.ENOSYS
 
 
 class XenHypervisor:
@@ -190,10 +193,10 @@ class XenHypervisor:
         still recording it."""
         self.calls += 1
         self.compat = compat
-        self.depth += 1
-        if self.depth == 1:
+        depth = self.depth = self.depth + 1
+        if depth == 1:
             self.continuation = None
-        name = x.HYPERCALLS.get(nr, f"hypercall_{nr}")
+        name = _NAMES.get(nr) or f"hypercall_{nr}"
         info: dict = {}
         handler = self.handlers.get(nr)
         try:
@@ -220,10 +223,11 @@ class XenHypervisor:
         op = info.pop("op", None)
         if (op is None or op.startswith("cmd_")) and args:
             op = x.sub_op_name(name, args[0]) or op       # a sub-operation hvsim does not answer: named
-        if handler is None or (result == -x.ENOSYS and op is None):
+        if handler is None or (result == _NOT_IMPLEMENTED and op is None):
             info.setdefault("args", [hex(a) for a in args])
-        self.m.emit(Call(interface="xen-hypercall", name=f"{name}.{op}" if op else name,
-                         args=info, result=result, rip=rip, seq=self.m.next_seq()))
+        m = self.m
+        # positional: the record is built on every hypercall
+        m.emit(Call(INTERFACE, f"{name}.{op}" if op else name, info, result, rip, seq=m.next_seq()))
         if self._after_call is not None:
             after, self._after_call = self._after_call, None
             after()

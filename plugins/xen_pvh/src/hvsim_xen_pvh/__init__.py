@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import struct
 
+from unicorn import x86_const
+
 from hvsim import Acceptance, Environment, InherentDifference, hookimpl, pvh
 from hvsim.abi import xen as x
 from hvsim.abi.xen_pv import XEN_EMULATE_PREFIX
@@ -116,8 +118,9 @@ def hvsim_setup(machine, image, config, options):
     machine.interrupt_source = HvmUpcall(xen, machine.interrupt_source, machine.chipset.lapic, machine.kick)
     machine.plugin_state[ENV] = xen
     machine.plugin_state[ENV + ".msrs"] = HvmMsrPolicy(machine)
+    hypercall = HypercallTrap(machine, xen)
     for opcode in (x.VMCALL, x.VMMCALL):
-        machine.traps.add_opcode_handler(opcode, _hypercall)
+        machine.traps.add_opcode_handler(opcode, hypercall)
     machine.traps.add_opcode_handler(XEN_EMULATE_PREFIX, _forced_emulation)
     pvh.enter(machine, entry, start_info)
     return f"pvh at {entry:#x}, hvm_start_info v{version} at {start_info:#x}"
@@ -168,26 +171,45 @@ def hvsim_msr(machine, access):
     return True
 
 
-_ARGS64 = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "cr0", "rflags", "cs")
-_ARGS32 = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "cr0", "rflags", "cs")
+# The registers a hypercall reads, in one batch: number, five arguments, then what its CPL is
+# derived from.  64-bit callers pass arguments in rdi rsi rdx r10 r8, 32-bit ones in ebx ecx edx esi edi
+# (xen/include/public/arch-x86/xen-x86_{64,32}.h).
+_ARGS64 = tuple(getattr(x86_const, f"UC_X86_REG_{r.upper()}")
+                for r in ("rax", "rdi", "rsi", "rdx", "r10", "r8", "cr0", "rflags", "cs"))
+_ARGS32 = tuple(getattr(x86_const, f"UC_X86_REG_{r.upper()}")
+                for r in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "cr0", "rflags", "cs"))
+_RAX, _RIP = x86_const.UC_X86_REG_RAX, x86_const.UC_X86_REG_RIP
 RFLAGS_VM = 1 << 17
+VMCALL_LENGTH = 3                     # vmcall 0f 01 c1 and vmmcall 0f 01 d9
 
 
-def _hypercall(machine, trap, bits: int) -> bool:
-    """``vmcall``/``vmmcall``: one hypercall.  Xen picks the ABI (64-bit registers, or the 32-bit
-    ones with compat structure layouts) from the caller's mode, and refuses callers above CPL 0
-    with -EPERM.  Registered as the core's direct handler of both opcodes (``add_opcode_handler``)."""
-    long_mode = bits == 64
-    nr, *args, cr0, rflags, cs = machine.regs(*(_ARGS64 if long_mode else _ARGS32))
-    mask = 0xFFFF_FFFF_FFFF_FFFF if long_mode else 0xFFFF_FFFF
-    if not long_mode:
-        nr, args = nr & mask, [a & mask for a in args]
-    cpl = 0 if not cr0 & 1 else 3 if rflags & RFLAGS_VM else cs & 3      # as Machine.cpl() reads it
-    deny = HypercallError(x.EPERM, f"from CPL {cpl}") if cpl else None
-    result = _xen(machine).dispatch(nr, tuple(args), rip=trap.rip, compat=not long_mode, deny=deny)
-    machine.set_reg("rax", result & mask)
-    machine.set_rip(trap.rip + 3)
-    return True
+class HypercallTrap:
+    """``vmcall``/``vmmcall``: one hypercall, as the core's direct handler of both opcodes
+    (``add_opcode_handler``).  Xen picks the ABI (64-bit registers, or the 32-bit ones with compat
+    structure layouts) from the caller's mode, and refuses callers above CPL 0 with -EPERM.  The
+    registers come in one batch read; the result and the RIP past the instruction go back in two
+    writes."""
+
+    def __init__(self, machine, xen: XenHypervisor):
+        self.dispatch = xen.dispatch
+        self.read_many = machine.regfile.read_many
+        self.write = machine.regfile.write
+
+    def __call__(self, machine, trap, bits: int) -> bool:
+        if bits == 64:
+            nr, a0, a1, a2, a3, a4, cr0, rflags, cs = self.read_many(_ARGS64)
+            mask = 0xFFFF_FFFF_FFFF_FFFF
+        else:
+            nr, a0, a1, a2, a3, a4, cr0, rflags, cs = self.read_many(_ARGS32)
+            mask = 0xFFFF_FFFF
+            nr, a0, a1, a2, a3, a4 = nr & mask, a0 & mask, a1 & mask, a2 & mask, a3 & mask, a4 & mask
+        cpl = 0 if not cr0 & 1 else 3 if rflags & RFLAGS_VM else cs & 3      # as Machine.cpl() reads it
+        deny = HypercallError(x.EPERM, f"from CPL {cpl}") if cpl else None
+        rip = trap.rip
+        result = self.dispatch(nr, (a0, a1, a2, a3, a4), rip=rip, compat=bits != 64, deny=deny)
+        self.write(_RAX, result & mask)
+        self.write(_RIP, rip + VMCALL_LENGTH)
+        return True
 
 
 def _forced_emulation(machine, trap, bits: int) -> bool | None:
