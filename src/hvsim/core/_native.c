@@ -93,7 +93,8 @@ struct hvsim_control {
     uint64_t tb_lookups;           /* counts asked of the engine (a translation not in tb_cache) */
     uint64_t smc_restarts;         /* blocks left after a store into their own code (smc_restart) */
     /* the virtual TLB (vtlb_fill below) */
-    int32_t vtlb_on;               /* nonzero: the fill hook answers; 0 once it handed over to the engine */
+    int32_t vtlb_on;               /* VTLB_ON: the fill hook answers; VTLB_PAUSED: the engine's walker raises a
+                                      fault the hook found (see below); 0: off, or handed over for good */
     int32_t vtlb_event;            /* why the last fill it refused was refused: VTLB_FAULT, VTLB_HANDOVER */
     int32_t vtlb_handover;         /* why it handed over (VTLB_WHY_*), 0 while it has not */
     int32_t vtlb_fetch;            /* the refused fill was an instruction fetch (before its block ran) */
@@ -259,6 +260,7 @@ static int walk(void *uc, struct hvsim_control *c, const struct paging *p, uint6
  * flushes the whole TLB instead.  Not modelled, as in the engine: the A20 mask (always enabled).
  */
 enum { VTLB_NONE = 0, VTLB_FAULT = 1, VTLB_HANDOVER = 2 };
+enum { VTLB_ON = 1, VTLB_PAUSED = 2 };
 enum { VTLB_WHY_CPL = 1, VTLB_WHY_SMAP_AC = 2, VTLB_WHY_MODE = 3, VTLB_WHY_TABLE = 4 };
 #define UC_CTL_TLB_FLUSH_WRITE ((11u) | (0u << 26) | (1u << 30))     /* UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0) */
 #define UC_CTL_TLB_TYPE_WRITE ((12u) | (1u << 26) | (1u << 30))      /* UC_CTL_WRITE(UC_CTL_TLB_TYPE, 1) */
@@ -477,7 +479,7 @@ static bool vtlb_fill(void *uc, uint64_t va, int type, struct uc_tlb_entry *e, v
     uint16_t cs = 0;
     int access = type == UC_MEM_WRITE_TYPE ? 1 : type == UC_MEM_FETCH_TYPE ? 2 : 0;
     c->vtlb_fetch = access == 2;
-    if (!c->vtlb_on)
+    if (c->vtlb_on != VTLB_ON)
         return vtlb_hand_over(uc, c, c->vtlb_handover ? c->vtlb_handover : VTLB_WHY_MODE);
     c->reg_read(uc, REG_CR0, &p.cr0);
     c->reg_read(uc, REG_MSR, &efer);
@@ -503,6 +505,7 @@ static bool vtlb_fill(void *uc, uint64_t va, int type, struct uc_tlb_entry *e, v
                 return false;
             c->vtlb_faults++;
             c->vtlb_event = VTLB_FAULT;
+            c->vtlb_on = VTLB_PAUSED;
             c->ctl(uc, UC_CTL_TLB_TYPE_WRITE, UC_TLB_CPU);
             return false;
         default:
@@ -614,7 +617,7 @@ static uint64_t rep_chunk(void *uc, struct hvsim_control *c, const struct paging
     /* While the native TLB filler is on, a page never fetched from holds no translated code; and
      * the engine's removal looks the address up as a fetch, which would make the page look like
      * code to the filler (vtlb_fill) and keep every later store to it slow. */
-    if (dst_exec && !(c->vtlb_on && (dst >> 12) < c->vtlb_pages && !c->vtlb_code[dst >> 12]))
+    if (dst_exec && !(c->vtlb_on == VTLB_ON && (dst >> 12) < c->vtlb_pages && !c->vtlb_code[dst >> 12]))
         c->ctl(uc, UC_CTL_TB_REMOVE_CACHE_WRITE, rdi, rdi + len);
     return n;
 }
@@ -974,6 +977,8 @@ PyMODINIT_FUNC PyInit__native(void)
         PyModule_AddObject(m, "tlb_fill_hook", PyLong_FromVoidPtr((void *)vtlb_fill)) < 0 ||
         PyModule_AddIntConstant(m, "VTLB_FAULT", VTLB_FAULT) < 0 ||
         PyModule_AddIntConstant(m, "VTLB_HANDOVER", VTLB_HANDOVER) < 0 ||
+        PyModule_AddIntConstant(m, "VTLB_ON", VTLB_ON) < 0 ||
+        PyModule_AddIntConstant(m, "VTLB_PAUSED", VTLB_PAUSED) < 0 ||
         PyModule_AddIntConstant(m, "CTL_TLB_FLUSH_WRITE", (long)UC_CTL_TLB_FLUSH_WRITE) < 0 ||
         PyModule_AddIntConstant(m, "CTL_TLB_TYPE_WRITE", (long)UC_CTL_TLB_TYPE_WRITE) < 0) {
         Py_DECREF(m);

@@ -34,6 +34,7 @@ if (_native.CTL_TLB_FLUSH_WRITE != UC_CTL_TLB_FLUSH | UC_CTL_IO_WRITE << 30
     raise ImportError("hvsim native helper: UC_CTL_TLB_FLUSH/UC_CTL_TLB_TYPE differ from unicorn's; rebuild")
 VTLB_FAULT = _native.VTLB_FAULT
 VTLB_HANDOVER = _native.VTLB_HANDOVER
+VTLB_ON, VTLB_PAUSED = _native.VTLB_ON, _native.VTLB_PAUSED      # control.vtlb_on
 VTLB_HANDOVER_REASONS = {1: "code at CPL > 0", 2: "a user page under SMAP with RFLAGS.AC set",
                          3: "a paging mode it does not walk (protection keys, 5-level)",
                          4: "a page table outside RAM"}
@@ -185,7 +186,7 @@ class NativeHooks:
         c.vtlb_code = ctypes.addressof(self._vtlb_code)
         c.vtlb_clean = ctypes.addressof(self._vtlb_clean)
         c.vtlb_pages = pages
-        c.vtlb_on = 1
+        c.vtlb_on = VTLB_ON
         self._add(UC_HOOK_TLB_FILL, _native.tlb_fill_hook)
         self._uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         self._uc._Uc__ctl_w(UC_CTL_TLB_FLUSH)
@@ -194,8 +195,9 @@ class NativeHooks:
         """After a fault the native walker left to the engine's (VTLB_FAULT): drop the code the
         engine translated meanwhile, whose pages the native walker has not seen fetched, and fill
         the TLB natively again."""
-        if not self.control.vtlb_on:
+        if self.control.vtlb_on != VTLB_PAUSED:
             return
+        self.control.vtlb_on = VTLB_ON
         self._uc.ctl_flush_tb()
         self._uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         self._uc._Uc__ctl_w(UC_CTL_TLB_FLUSH)
