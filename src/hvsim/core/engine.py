@@ -11,9 +11,12 @@ all agree.
 from __future__ import annotations
 
 import ctypes
+import struct
 
 from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_EXEC, Uc
 from unicorn.unicorn_py3.unicorn import uclib
+
+uclib.uc_context_size.restype = ctypes.c_size_t
 from unicorn.x86_const import UC_CPU_X86_EPYC, UC_X86_REG_CR2
 
 CPU_MODEL = UC_CPU_X86_EPYC
@@ -43,3 +46,56 @@ def fetch_physical(uc: Uc, linear: int) -> int | None:
     if uc.reg_read(UC_X86_REG_CR2) != cr2:
         uc.reg_write(UC_X86_REG_CR2, cr2)
     return physical.value if status == 0 else None
+
+
+# --- the per-access exit check ---------------------------------------------------------------------
+#
+# Unicorn 2.1.4 follows every guest load and store with a call to helper_check_exit_request
+# (tcg-op.c check_exit_request; unicorn issue #823), so that a stop asked for during the access
+# (an unmapped access a hook refused, uc_emu_stop from an MMIO callback, a mapping changed from a
+# hook) takes effect at once instead of at the next block: about a third of the time of
+# store-heavy code such as a bzImage's decompressor (guest-store-speed.md C2).  The engine skips
+# the call while its uc_struct field `no_exit_request` is set (a workaround it has for ARM IT
+# blocks), read when a block is translated.  hvsim sets it: its own stops come from the native
+# block hook, at block starts, and its faults longjmp; a stop asked for inside an access still
+# happens, at the next block start, with the state the engine reached there.  The exit check after
+# a UC_HOOK_CODE callback is the same call, so the per-instruction counter (native.py) turns the
+# field off again before it adds its hook.
+#
+# The field has no API.  uc_priv.h (2.1.4) ends the struct with ... target_page_size (u32),
+# target_page_align (u32), qemu_host_page_size (u64), qemu_real_host_page_size (u64),
+# qemu_icache_linesize (int), context_content (int), cpu_context_size (int), next_pc (u64),
+# hook_insert, first_tb, no_exit_request, init_done (bools): the page-size run is found in the
+# initialised struct and every neighbour is checked before one byte is written.
+_PAGE_RUN = struct.pack("<IIQQ", 4096, 4095, 4096, 4096)
+_SEARCH = 8192
+
+
+def _exit_check_field(uc: Uc) -> int | None:
+    """The address of ``no_exit_request`` in ``uc``'s uc_struct, or None when the layout is not
+    the one expected (the field is then left alone)."""
+    uc.ctl_get_page_size()                     # makes the engine initialise the struct
+    base = uc._uch.value
+    raw = ctypes.string_at(base, _SEARCH)
+    at = raw.find(_PAGE_RUN)
+    if at < 0 or raw.find(_PAGE_RUN, at + 1) >= 0:
+        return None
+    linesize, content, context_size = struct.unpack_from("<iii", raw, at + 24)
+    bools = (at + 24 + 12 + 7 & ~7) + 8
+    hook_insert, _first_tb, no_exit_request, init_done = raw[bools:bools + 4]
+    header = uclib.uc_context_size(uc._uch) - context_size
+    if not (0 < linesize <= 4096 and content == 1 and 0 < header <= 64 and hook_insert in (0, 1)
+            and no_exit_request in (0, 1) and init_done == 1):
+        return None
+    return base + bools + 2
+
+
+def set_access_exit_checks(uc: Uc, enabled: bool) -> bool:
+    """Whether blocks translated from now on check for a stop after each guest memory access (the
+    engine's default) or not; False when the engine's layout is not recognised and nothing
+    changed."""
+    field = _exit_check_field(uc)
+    if field is None:
+        return False
+    ctypes.memmove(field, b"\x00" if enabled else b"\x01", 1)
+    return True

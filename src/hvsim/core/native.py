@@ -13,6 +13,7 @@ from unicorn.unicorn_const import (
 from unicorn.unicorn_py3.unicorn import UcError, uclib
 
 from . import _native
+from .engine import set_access_exit_checks
 
 STOPPED_BY_REQUEST = _native.STOPPED_BY_REQUEST
 STOPPED_BY_INSN_LIMIT = _native.STOPPED_BY_INSN_LIMIT
@@ -153,6 +154,9 @@ class NativeHooks:
         self.control.deadline_blocks = NO_DEADLINE
         self.control.ns_per_block = ns_per_block
         self._uc = uc
+        # hvsim's stops happen at block starts (this hook): the engine's check after every guest
+        # memory access is not needed, and costs a third of store-heavy code (engine.py)
+        self.access_exit_checks = not set_access_exit_checks(uc, False)
         self._add(UC_HOOK_BLOCK, _native.block_hook)
         self._add(UC_HOOK_INSN, _native.rdtsc_hook, x86_const.UC_X86_INS_RDTSC)
         self._add(UC_HOOK_INSN, _native.rdtscp_hook, x86_const.UC_X86_INS_RDTSCP)
@@ -234,6 +238,8 @@ class NativeHooks:
             return
         self._per_instruction = True
         self.control.count_blocks = 0
+        # the instruction hook stops before an instruction through the exit check after it
+        self.access_exit_checks = self.access_exit_checks or set_access_exit_checks(self._uc, True)
         self._add(UC_HOOK_CODE, _native.insn_hook)
         self._uc.ctl_flush_tb()
 

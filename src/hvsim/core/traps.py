@@ -678,4 +678,8 @@ class TrapDispatcher:
         what = {UC_MEM_WRITE_UNMAPPED: "write", UC_MEM_FETCH_UNMAPPED: "instruction fetch"}.get(access, "read")
         self.m.stop(StopReason("bad-access", detail=f"{what} of {size} byte(s) at guest-physical {address:#x} "
                                                     "(no RAM or device there)"))
+        if access != UC_MEM_FETCH_UNMAPPED:
+            # the engine synced RIP to the access before this hook; it stops at the next block start
+            # (no exit check after each access, engine.py): the state of the stop is this one
+            self.m.freeze_state(self.m.regfile.read(UC_X86_REG_RIP))
         return False
