@@ -125,8 +125,9 @@ class StopAtBanner:
             machine.stop(StopReason("poweroff", detail="banner (test)"))
 
 
-def linux_run(kernel, fast: bool, *, initrd=None, observers=(), cmdline="console=ttyS0"):
-    prepared = Run("bare_metal", kernel, MachineConfig(memory="512M", cmdline=cmdline, initrd=initrd, timeout=600),
+def linux_run(kernel, fast: bool, *, initrd=None, observers=(), cmdline="console=ttyS0", tlb="native"):
+    prepared = Run("bare_metal", kernel, MachineConfig(memory="512M", cmdline=cmdline, initrd=initrd, timeout=600,
+                                                       tlb=tlb),
                    observers=list(observers))
     prepared.machine.native.control.rep_fast = int(fast)
     return prepared.execute(), prepared.machine
@@ -153,3 +154,30 @@ def test_bzimage_decompresses_the_same_kernel_with_and_without_the_fast_path():
     # the decompressed kernel at LOAD_PHYSICAL_ADDR (16 MiB), 48 MiB of it, as each run left it
     assert zlib.crc32(m1.memory.read(0x1000000, 48 << 20)) == zlib.crc32(m0.memory.read(0x1000000, 48 << 20))
     assert m1.native.control.rep_elements > 0
+
+
+# -- Debian's Linux, the native TLB filler against the engine's walker ------------------------------
+@pytest.mark.linux
+def test_bzimage_decompresses_the_same_kernel_with_either_tlb_filler():
+    """The in-guest decompressor is what the native filler is for (test_virtual_tlb.py has the
+    small cases): the same console, blocks (guest time) and decompressed kernel as under the
+    engine's walker, and the filler answered the whole way (it hands over at Linux's first invlpg,
+    after the banner)."""
+    runs = [linux_run(debian_vmlinuz(), True, observers=[StopAtBanner()], tlb=tlb,
+                      cmdline="earlyprintk=serial,ttyS0 console=ttyS0 nokaslr") for tlb in ("native", "engine")]
+    (native, m1), (engine, m0) = runs
+    assert "Linux version" in native.console() and native.console() == engine.console()
+    assert native.stats.blocks == engine.stats.blocks and native.stats.faults_delivered == engine.stats.faults_delivered
+    assert zlib.crc32(m1.memory.read(0x1000000, 48 << 20)) == zlib.crc32(m0.memory.read(0x1000000, 48 << 20))
+    assert m1.native.virtual_tlb and m1.native.control.vtlb_fills > 10_000 and m1.native.control.vtlb_faults > 0
+    assert m0.native.control.vtlb_fills == 0
+
+
+@pytest.mark.linux
+def test_linux_to_init_is_the_same_boot_with_either_tlb_filler(vmlinux):  # noqa: F811
+    (native, m1), (engine, m0) = (linux_run(vmlinux, True, initrd=init_cpio_path(), tlb=tlb)
+                                  for tlb in ("native", "engine"))
+    assert native.stop.kind == engine.stop.kind == "poweroff"
+    assert native.console() == engine.console()                    # printk timestamps included
+    assert native.stats.blocks == engine.stats.blocks and native.stats.interrupts == engine.stats.interrupts
+    assert m1.native.handover_reason().startswith("invlpg")

@@ -1,7 +1,7 @@
 """The native TLB filler (``--tlb native``, the default; _native.c vtlb_fill) against the engine's own
 walker (``--tlb engine``): the same faults with the same error codes and CR2, the same accessed and
 dirty bits, self-modifying code through a second mapping, ``invlpg`` inside a large page, and the
-hand-over to the engine's walker in user mode.  Every guest builds its own page tables: a 2 MiB
+hand-overs to the engine's walker (user mode, ``invlpg``).  Every guest builds its own page tables: a 2 MiB
 identity page for the code at 0x100000, and 4 KiB pages for 0x200000-0x3FFFFF through one table."""
 
 import pytest
@@ -145,6 +145,13 @@ def test_invlpg_inside_a_large_page_drops_all_of_it():
         result, machine, faults = run(body, tlb, map_bytes=1 << 30)
         assert result.stop.kind == "halt" and not faults, (tlb, result.stop, faults)
         assert machine.reg("rsi") == 0x22, tlb
+    # a guest that invalidates single entries manages its TLB itself: the native filler hands over
+    # at its first invlpg, and later ones run in the engine without an exit
+    assert machine.native.handover_reason() is None                  # the engine run: never on
+    result, machine, _ = run(body + "    invlpg 0x601000\n    invlpg 0x602000\n", "native", map_bytes=1 << 30)
+    assert result.stop.kind == "halt"
+    assert not machine.native.virtual_tlb and machine.native.handover_reason().startswith("invlpg")
+    assert not machine.guest_mode.intercept_invlpg
 
 
 def test_it_hands_over_to_the_engine_in_user_mode():

@@ -256,12 +256,13 @@ static int walk(void *uc, struct hvsim_control *c, const struct paging *p, uint6
  * the CPU's implicit supervisor accesses, which the hook cannot tell apart), a user page under SMAP
  * with RFLAGS.AC set (same), protection keys, 5-level paging, page tables outside RAM.  The engine's
  * entries are 4 KiB; for a large page QEMU's walker also records the page size so that `invlpg`
- * anywhere in it drops all of it, which this hook cannot: the machine intercepts `invlpg` (SVM) and
- * flushes the whole TLB instead.  Not modelled, as in the engine: the A20 mask (always enabled).
+ * anywhere in it drops all of it, which this hook cannot: the machine intercepts `invlpg` (SVM),
+ * flushes the whole TLB and hands over (a guest that manages single TLB entries has its own
+ * page tables, and the engine's walker serves it as well: Linux marks its data pages NX).  Not modelled, as in the engine: the A20 mask (always enabled).
  */
 enum { VTLB_NONE = 0, VTLB_FAULT = 1, VTLB_HANDOVER = 2 };
 enum { VTLB_ON = 1, VTLB_PAUSED = 2 };
-enum { VTLB_WHY_CPL = 1, VTLB_WHY_SMAP_AC = 2, VTLB_WHY_MODE = 3, VTLB_WHY_TABLE = 4 };
+enum { VTLB_WHY_CPL = 1, VTLB_WHY_SMAP_AC = 2, VTLB_WHY_MODE = 3, VTLB_WHY_TABLE = 4 };   /* 5: invlpg (native.py) */
 #define UC_CTL_TLB_FLUSH_WRITE ((11u) | (0u << 26) | (1u << 30))     /* UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0) */
 #define UC_CTL_TLB_TYPE_WRITE ((12u) | (1u << 26) | (1u << 30))      /* UC_CTL_WRITE(UC_CTL_TLB_TYPE, 1) */
 #define UC_TLB_CPU 0

@@ -361,6 +361,21 @@ class EngineState:
         ctypes.memmove(at, struct.pack("<I", hflags | HF_IOBPT), 4)
         self._uc.context_restore(ctx)
 
+    def replace_word(self, old: int, new: int) -> bool:
+        """Replace the one 64-bit field of the CPU state that holds ``old`` (4-byte aligned in the
+        context) with ``new``; False, changing nothing, unless exactly one field holds it.  For
+        state the engine has no register for and whose value hvsim wrote itself (svm.py: the
+        intercept bits VMRUN loaded)."""
+        ctx = self._uc.context_save()
+        raw = ctypes.string_at(ctx.context.value, ctx.size)
+        needle = struct.pack("<Q", old)
+        found = [at for at in range(0, len(raw) - 7, 4) if raw[at:at + 8] == needle]
+        if len(found) != 1:
+            return False
+        ctypes.memmove(ctx.context.value + found[0], struct.pack("<Q", new), 8)
+        self._uc.context_restore(ctx)
+        return True
+
     def pending_exception(self) -> tuple[int, bool]:
         """(error_code, raised_by_int_instruction) of the exception being reported to a hook."""
         ctx = self._uc.context_save()

@@ -8,7 +8,7 @@ from unicorn import x86_const
 from unicorn.unicorn_const import (
     UC_CTL_IO_READ_WRITE, UC_CTL_IO_WRITE, UC_CTL_TB_REMOVE_CACHE, UC_CTL_TB_REQUEST_CACHE, UC_CTL_TLB_FLUSH,
     UC_CTL_TLB_TYPE, UC_ERR_OK, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED, UC_HOOK_INSN, UC_HOOK_INTR,
-    UC_HOOK_TLB_FILL, UC_TLB_VIRTUAL,
+    UC_HOOK_TLB_FILL, UC_TLB_CPU, UC_TLB_VIRTUAL,
 )
 from unicorn.unicorn_py3.unicorn import UcError, uclib
 
@@ -38,7 +38,8 @@ VTLB_HANDOVER = _native.VTLB_HANDOVER
 VTLB_ON, VTLB_PAUSED = _native.VTLB_ON, _native.VTLB_PAUSED      # control.vtlb_on
 VTLB_HANDOVER_REASONS = {1: "code at CPL > 0", 2: "a user page under SMAP with RFLAGS.AC set",
                          3: "a paging mode it does not walk (protection keys, 5-level)",
-                         4: "a page table outside RAM"}
+                         4: "a page table outside RAM", 5: "invlpg (the guest manages its TLB itself)"}
+HANDOVER_INVLPG = 5
 MAX_RAM_RANGES = 8
 TB_CACHE_ENTRIES = 1 << 16
 
@@ -205,6 +206,14 @@ class NativeHooks:
         self._uc.ctl_flush_tb()
         self._uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         self._uc._Uc__ctl_w(UC_CTL_TLB_FLUSH)
+
+    def hand_over(self, why: int) -> None:
+        """Leave the TLB to the engine's own walker for the rest of the run (``why``: a key of
+        VTLB_HANDOVER_REASONS); its entries stay, they are the guest's translations too."""
+        if self.control.vtlb_on:
+            self.control.vtlb_on = 0
+            self.control.vtlb_handover = why
+            self._uc.ctl_set_tlb_mode(UC_TLB_CPU)
 
     @property
     def virtual_tlb(self) -> bool:

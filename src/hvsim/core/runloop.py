@@ -162,6 +162,8 @@ class RunLoop:
         if control.vtlb_event == VTLB_FAULT:
             self._native_tlb_at = control.blocks + 1
             m.clock.stop_after_block()
+        else:                            # handed over for good: invlpg needs no exit any more
+            m.guest_mode.stop_intercepting_invlpg(m.engine)
 
     def _classify_stop(self, rip: int) -> None:
         m = self.m

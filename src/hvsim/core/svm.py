@@ -18,7 +18,8 @@ entry state and two intercepts:
 - CR4 writes: ``mov %reg, %cr4`` exits as vector 0x114 with RIP at the instruction, so a bit the
   guest's CPUID does not offer can be #GP as on hardware (the engine takes any bit).
 - INVLPG (when ``intercept_invlpg`` is set, which the native TLB filler needs): ``invlpg`` exits as
-  vector 0x179 with RIP at the instruction, before the engine drops anything.
+  vector 0x179 with RIP at the instruction, before the engine drops anything; dropped again
+  (``stop_intercepting_invlpg``) once that filler has handed over.
 
 The VMCB, the host save area, the permission map and the ``vmrun`` stub live in a small region mapped
 at 2^40, just past the engine CPU's physical address width (MAXPHYADDR 40, Unicorn's
@@ -46,6 +47,7 @@ from .cpu import Segment
 
 if TYPE_CHECKING:
     from .cpu import EntryState
+    from .engine_state import EngineState
     from .memory import GuestMemory
 
 # The hidden region: the first address past the engine CPU's 40-bit physical address width
@@ -115,6 +117,7 @@ class GuestMode:
         uc.mem_write(STUB, VMRUN)
         self.entered = False
         self.intercept_invlpg = False
+        self._intercepts = 0
 
     def intercept_msr(self, index: int, *, read: bool = True, write: bool = True) -> None:
         """Make accesses to an MSR inside the permission map exit (those outside always do)."""
@@ -134,6 +137,19 @@ class GuestMode:
         bit += 1 if write else 0
         return bool(self.uc.mem_read(MSRPM + bit // 8, 1)[0] >> (bit % 8) & 1)
 
+    def stop_intercepting_invlpg(self, engine: "EngineState") -> bool:
+        """Let ``invlpg`` run in the engine again (the native TLB filler that needed the exit has
+        handed over for good).  The engine keeps the intercept bits VMRUN loaded in its CPU state
+        (QEMU's env->intercept, misc1 in the low half), read at every intercept check: the one
+        field holding this machine's bits is rewritten.  False when it cannot be found."""
+        if not self.intercept_invlpg:
+            return True
+        if not engine.replace_word(self._intercepts, self._intercepts & ~INTERCEPT_INVLPG):
+            return False
+        self._intercepts &= ~INTERCEPT_INVLPG
+        self.intercept_invlpg = False
+        return True
+
     def enter(self, state: "EntryState", memory: "GuestMemory") -> None:
         """Execute ``vmrun`` with ``state`` as the guest state; the caller makes the engine stop
         before the guest's first block (it runs until something stops it).
@@ -144,8 +160,9 @@ class GuestMode:
         uc = self.uc
         gdt_base, gdt_limit = state.gdt
         vmcb = bytearray(0x1000)
-        struct.pack_into("<I", vmcb, VMCB_INTERCEPT_MISC1, INTERCEPT_MSR_PROT | INTERCEPT_INTN | INTERCEPT_CPUID
-                         | (INTERCEPT_INVLPG if self.intercept_invlpg else 0))
+        self._intercepts = (INTERCEPT_MSR_PROT | INTERCEPT_INTN | INTERCEPT_CPUID
+                            | (INTERCEPT_INVLPG if self.intercept_invlpg else 0))
+        struct.pack_into("<I", vmcb, VMCB_INTERCEPT_MISC1, self._intercepts)
         struct.pack_into("<H", vmcb, VMCB_INTERCEPT_CR_WRITE, INTERCEPT_CR4_WRITE)
         struct.pack_into("<Q", vmcb, VMCB_MSRPM_BASE_PA, MSRPM)
         for offset, segment in ((VMCB_ES, state.es), (VMCB_CS, state.cs), (VMCB_SS, state.ss),

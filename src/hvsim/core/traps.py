@@ -89,6 +89,7 @@ from unicorn.x86_const import (
 )
 
 from .disasm import disassemble_one, instruction_length
+from .native import HANDOVER_INVLPG
 from .memop import segment_fault
 from .cpu import MSR_EFER
 from .errors import GuestMemoryError
@@ -565,7 +566,11 @@ class TrapDispatcher:
     def on_invlpg(self, rip: int) -> None:
         """``invlpg`` at ``rip`` (intercepted while the native walker may fill the TLB: its entries
         do not know the size of the page they came from, so one ``invlpg`` inside a large page must
-        drop them all).  The whole TLB is dropped, which hardware allows; RIP moves past it."""
+        drop them all).  The whole TLB is dropped, which hardware allows, the native walker hands
+        over to the engine's, whose ``invlpg`` needs no exit from now on; RIP moves past it."""
+        m = self.m
+        m.native.hand_over(HANDOVER_INVLPG)
+        m.guest_mode.stop_intercepting_invlpg(m.engine)
         self.m.flush_tlb()
         base, bits = self.m.code_segment()
         code = self._code_bytes(rip, base, bits)
