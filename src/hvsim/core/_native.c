@@ -237,7 +237,7 @@ static int walk(void *uc, struct hvsim_control *c, const struct paging *p, uint6
  *  - vtlb_walk walks the guest's page tables as the engine's handle_mmu_fault does (paging off,
  *    32-bit with PSE/PSE-36, PAE, 4-level; the same accessed/dirty updates, reserved-bit checks,
  *    R/W with CR0.WP, NX with EFER.NXE, SMEP/SMAP, and write access granted only once the dirty bit
- *    is set) and finds the same faults with the same error codes;
+ *    is set) and refuses exactly the accesses that walker faults;
  *  - the entry is granted exec only on a physical page that has been fetched from (vtlb_code).  A
  *    store through an entry without exec is fast after its first, which drops translated code in its
  *    range; an entry with exec keeps every store on the slow path, which drops translated code the
@@ -250,15 +250,16 @@ static int walk(void *uc, struct hvsim_control *c, const struct paging *p, uint6
  *    is given only the page, not the address the access used, so it cannot give CR2: the run loop
  *    runs the instruction again under the engine's walker, which raises the fault as usual, and
  *    turns this filler back on after one block (dropping the code translated meanwhile, so that
- *    every page with code is one this filler saw fetched);
- * It hands over for the rest of the run (VTLB_HANDOVER) wherever one walk cannot answer for every access the entry
- * will serve, or the hook cannot see the access's privilege: CPL > 0 (the entries at CPL 3 also serve
- * the CPU's implicit supervisor accesses, which the hook cannot tell apart), a user page under SMAP
- * with RFLAGS.AC set (same), protection keys, 5-level paging, page tables outside RAM.  The engine's
- * entries are 4 KiB; for a large page QEMU's walker also records the page size so that `invlpg`
- * anywhere in it drops all of it, which this hook cannot: the machine intercepts `invlpg` (SVM),
- * flushes the whole TLB and hands over (a guest that manages single TLB entries has its own
- * page tables, and the engine's walker serves it as well: Linux marks its data pages NX).  Not modelled, as in the engine: the A20 mask (always enabled).
+ *    every page with code is one this filler saw fetched).
+ * It hands over for the rest of the run (VTLB_HANDOVER) wherever one walk cannot answer for every
+ * access the entry will serve, or the hook cannot see the access's privilege: CPL > 0 (the entries
+ * at CPL 3 also serve the CPU's implicit supervisor accesses, which the hook cannot tell apart), a
+ * user page under SMAP with RFLAGS.AC set (same), protection keys, 5-level paging, page tables
+ * outside RAM.  The engine's entries are 4 KiB; for a large page QEMU's walker also records the
+ * page size so that `invlpg` anywhere in it drops all of it, which this hook cannot: the machine
+ * intercepts `invlpg` (SVM), flushes the whole TLB and hands over (a guest that manages single TLB
+ * entries has built its own page tables, and the engine's walker serves those as well: Linux marks
+ * its data pages NX).  Not modelled, as in the engine: the A20 mask (always enabled).
  */
 enum { VTLB_NONE = 0, VTLB_FAULT = 1, VTLB_HANDOVER = 2 };
 enum { VTLB_ON = 1, VTLB_PAUSED = 2 };
@@ -271,7 +272,6 @@ enum { VTLB_WHY_CPL = 1, VTLB_WHY_SMAP_AC = 2, VTLB_WHY_MODE = 3, VTLB_WHY_TABLE
 #define PROT_R 1u                                       /* uc_prot */
 #define PROT_W 2u
 #define PROT_X 4u
-#define CR0_PE (1ull << 0)
 #define CR4_PSE (1ull << 4)
 #define CR4_PKE (1ull << 22)
 #define RFLAGS_VM (1ull << 17)
