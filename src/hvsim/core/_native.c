@@ -485,7 +485,7 @@ static bool vtlb_fill(void *uc, uint64_t va, int type, struct uc_tlb_entry *e, v
     c->reg_read(uc, REG_CR0, &p.cr0);
     c->reg_read(uc, REG_MSR, &efer);
     p.efer = efer.value;
-    struct vtlb_walk w = {0, 0, 0, 0};
+    struct vtlb_walk w = {0, 0, 0};
     if (!(p.cr0 & CR0_PG)) {
         w.pa = (p.efer & EFER_LMA) ? va : (uint32_t)va;
         w.prot = PROT_R | PROT_W | PROT_X;
