@@ -26,8 +26,8 @@ are read through ``machine.regfile`` (registers.py, no binding work per read), t
 from the engine's hidden state in one context copy (for an invalid opcode, RIP with it:
 ``EngineState.code_position``), and a trapping instruction's length is decoded once per distinct
 byte sequence (``disasm.instruction_length``).  The invalid-opcode hook, which every ``vmcall``
-hypercall takes, is registered with libunicorn directly (``_invalid_entry``), without the binding's
-wrapper frames.
+hypercall takes, and the IN/OUT hooks, which every port access takes, are registered with libunicorn
+directly (``_invalid_entry``, ``_in_entry``, ``_out_entry``), without the binding's wrapper frames.
 
 Port policy (``set_port_policy``): an environment whose guest may be refused a port (Xen's PV
 guests: a virtual IOPL and I/O bitmap, not the CPU's) names a callable that the IN/OUT hooks ask
@@ -159,6 +159,12 @@ _VMEM_TRANSLATE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint6
 _MSR_ARGUMENTS = (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX)
 # UC_HOOK_INSN_INVALID's C signature (unicorn.h uc_cb_hookinsn_invalid_t): bool (uc_engine *, void *user_data)
 _INVALID_HOOK = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p)
+# UC_HOOK_INSN IN/OUT (unicorn.h uc_cb_insn_in_t, uc_cb_insn_out_t):
+# uint32_t (uc_engine *, uint32_t port, int size, void *user_data) and
+# void (uc_engine *, uint32_t port, int size, uint32_t value, void *user_data)
+_IN_HOOK = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_void_p)
+_OUT_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p)
+_SIZE_MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF}      # an in/out moves 1, 2 or 4 bytes
 _CPUID_ARGUMENTS = (UC_X86_REG_RAX, UC_X86_REG_RCX)
 
 
@@ -178,7 +184,7 @@ def _guarded(method):
 
 
 class TrapDispatcher:
-    _failure_value = {"on_in": 0, "on_unmapped": False}
+    _failure_value = {"on_unmapped": False}
 
     def __init__(self, machine: "Machine"):
         self.m = machine
@@ -186,19 +192,23 @@ class TrapDispatcher:
         self._handle = uc._uch.value
         self._physical = ctypes.c_uint64()          # uc_vmem_translate's answer (_code)
         self._physical_at = ctypes.addressof(self._physical)
-        uc.hook_add(UC_HOOK_INSN, self.on_in, None, 1, 0, UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self.on_out, None, 1, 0, UC_X86_INS_OUT)
+        # what every port access uses, looked up once (the table is filled as devices attach)
+        self._port_devices = machine.ports.devices
+        self._unclaimed_ports = machine.unclaimed_ports
+        self._port_io_hook = machine.pm.hook.hvsim_port_io
+        self._port_policy = None        # set_port_policy
+        # The port I/O hooks (a Linux boot makes ~80k exits, most to the PIT and the UART) and the
+        # invalid-opcode hook (every hypercall's path) are called by the engine through callbacks
+        # of their own (``_in_entry``, ``_out_entry``, ``_invalid_entry``) instead of the binding's
+        # two wrapper frames; the callback objects live as long as the dispatcher.
+        self._in_callback = _IN_HOOK(self._in_entry)
+        self._out_callback = _OUT_HOOK(self._out_entry)
+        self._invalid_callback = _INVALID_HOOK(self._invalid_entry)
+        self._hook_direct(UC_HOOK_INSN, self._in_callback, UC_X86_INS_IN)
+        self._hook_direct(UC_HOOK_INSN, self._out_callback, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_INSN, self.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
-        # The invalid-opcode hook is on every hypercall's path: the engine calls ``_invalid_entry``
-        # through a callback of its own instead of the binding's two wrapper frames.
-        self._invalid_callback = _INVALID_HOOK(self._invalid_entry)
-        handle = ctypes.c_size_t()
-        status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_INSN_INVALID,
-                                   ctypes.cast(self._invalid_callback, ctypes.c_void_p), None,
-                                   ctypes.c_uint64(1), ctypes.c_uint64(0))
-        if status != UC_ERR_OK:
-            raise UcError(status)
+        self._hook_direct(UC_HOOK_INSN_INVALID, self._invalid_callback)
         uc.hook_add(UC_HOOK_INTR, self.on_interrupt)
         self._opcode_handlers: dict[bytes, object] = {}     # add_opcode_handler
         self._opcode_lengths: tuple[int, ...] = ()
@@ -219,8 +229,31 @@ class TrapDispatcher:
         for start, size in DEVICE_WINDOWS:
             uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self.on_fetch_from_device, None, start, start + size - 1)
         self.bad_access: str | None = None
-        self._port_policy = None        # set_port_policy
         self._denied_io: tuple[GuestException, tuple[int, ...]] | None = None
+
+    def _hook_direct(self, hook_type: int, callback, *insn: int) -> None:
+        """Register a ctypes ``callback`` with libunicorn itself (no binding wrapper), for the whole
+        address range; ``insn``: the instruction of a UC_HOOK_INSN."""
+        handle = ctypes.c_size_t()
+        status = uclib.uc_hook_add(self.m.uc._uch, ctypes.byref(handle), hook_type,
+                                   ctypes.cast(callback, ctypes.c_void_p), None,
+                                   ctypes.c_uint64(1), ctypes.c_uint64(0), *(ctypes.c_int(i) for i in insn))
+        if status != UC_ERR_OK:
+            raise UcError(status)
+
+    def _hook_failed(self, exc: BaseException, where: str) -> None:
+        """What a direct hook does with an exception its body raised: an Exception is a
+        ``host-error`` stop keeping the traceback; a BaseException (Ctrl-C under the default SIGINT
+        handler) stops the engine and is raised again by ``emu_start``, as the binding does for
+        its own hooks."""
+        if isinstance(exc, Exception):
+            self.m.host_traceback = traceback.format_exc()
+            self.m.stop(StopReason("host-error", detail=f"{type(exc).__name__} in {where}: {exc}"))
+            return
+        uc = self.m.uc
+        if uc._hook_exception is None:
+            uc._hook_exception = exc
+        uc.emu_stop()
 
     def _holes(self) -> list[tuple[int, int]]:
         holes, cursor = [], 0
@@ -296,34 +329,56 @@ class TrapDispatcher:
             rip += length
         return start
 
-    @_guarded
-    def on_in(self, port: int, size: int, _ud=None) -> int:
-        if self._port_policy is not None and self._denied(PortAccess(port, size, False)):
-            return (1 << (8 * size)) - 1
-        device = self.m.ports.devices.get(port)
-        if device is not None:
-            stopped = self.m.stop_reason is not None
-            value = device.read(port, size) & ((1 << (8 * size)) - 1)
-            self._io_stop_state(stopped)
-            return value
-        answer = self.m.pm.hook.hvsim_port_io(machine=self.m, access=PortAccess(port, size, False))
-        if answer is None or answer is True:
-            self.m.unclaimed_ports[port] = self.m.unclaimed_ports.get(port, 0) + 1
-            return (1 << (8 * size)) - 1
-        return int(answer) & ((1 << (8 * size)) - 1)
+    def _in_entry(self, _engine, port: int, size: int, _user_data) -> int:
+        """The engine's UC_HOOK_INSN IN callback (unicorn.h uc_cb_insn_in_t): the value ``in``
+        reads from ``port`` (``size`` bytes).  A port policy's denial reads all ones (the access
+        is faulted before it completes); an attached device answers, else ``hvsim_port_io``, else
+        all ones (an empty ISA bus floats high) and the port is counted as unclaimed.  The body is
+        inline: this is the hottest exit of a Linux boot (the PIT's counter in its TSC
+        calibration and delays)."""
+        try:
+            mask = _SIZE_MASK[size]
+            if self._port_policy is not None and self._denied(PortAccess(port, size, False)):
+                return mask
+            device = self._port_devices.get(port)
+            if device is not None:
+                m = self.m
+                if m.stop_reason is not None:
+                    return device.read(port, size) & mask
+                value = device.read(port, size) & mask
+                if m.stop_reason is not None:
+                    self._io_stop_state(False)
+                return value
+            answer = self._port_io_hook(machine=self.m, access=PortAccess(port, size, False))
+            if answer is None or answer is True:
+                self._unclaimed_ports[port] = self._unclaimed_ports.get(port, 0) + 1
+                return mask
+            return int(answer) & mask
+        except BaseException as exc:  # noqa: BLE001 - the run must end with a result, not a traceback
+            self._hook_failed(exc, "on_in")
+            return 0
 
-    @_guarded
-    def on_out(self, port: int, size: int, value: int, _ud=None) -> None:
-        if self._port_policy is not None and self._denied(PortAccess(port, size, True, value)):
-            return
-        device = self.m.ports.devices.get(port)
-        if device is not None:
-            stopped = self.m.stop_reason is not None
-            device.write(port, size, value)
-            self._io_stop_state(stopped)
-            return
-        if self.m.pm.hook.hvsim_port_io(machine=self.m, access=PortAccess(port, size, True, value)) is None:
-            self.m.unclaimed_ports[port] = self.m.unclaimed_ports.get(port, 0) + 1
+    def _out_entry(self, _engine, port: int, size: int, value: int, _user_data) -> None:
+        """The engine's UC_HOOK_INSN OUT callback (unicorn.h uc_cb_insn_out_t): ``out`` of
+        ``value`` (``size`` bytes) to ``port``, to the attached device, else ``hvsim_port_io``,
+        else counted as unclaimed; nothing when the port policy denies it."""
+        try:
+            if self._port_policy is not None and self._denied(PortAccess(port, size, True, value)):
+                return
+            device = self._port_devices.get(port)
+            if device is not None:
+                m = self.m
+                if m.stop_reason is not None:
+                    device.write(port, size, value)
+                    return
+                device.write(port, size, value)
+                if m.stop_reason is not None:
+                    self._io_stop_state(False)
+                return
+            if self._port_io_hook(machine=self.m, access=PortAccess(port, size, True, value)) is None:
+                self._unclaimed_ports[port] = self._unclaimed_ports.get(port, 0) + 1
+        except BaseException as exc:  # noqa: BLE001 - the run must end with a result, not a traceback
+            self._hook_failed(exc, "on_out")
 
     # -- CPUID (#VMEXIT CPUID) -----------------------------------------------------------------
     def on_cpuid(self, rip: int) -> None:
@@ -483,20 +538,11 @@ class TrapDispatcher:
 
     def _invalid_entry(self, _engine, _user_data) -> bool:
         """The engine's UC_HOOK_INSN_INVALID callback: ``on_invalid`` with what the binding's
-        wrapper and ``_guarded`` do around a hook, in one frame.  A Python exception is a
-        ``host-error`` stop; a BaseException (Ctrl-C under the default SIGINT handler) stops the
-        engine and is raised again by ``emu_start``, as the binding does for its own hooks."""
+        wrapper and ``_guarded`` do around a hook (``_hook_failed``), in one frame."""
         try:
             return self.on_invalid()
-        except Exception as exc:  # noqa: BLE001 - the run must end with a result, not a traceback
-            self.m.host_traceback = traceback.format_exc()
-            self.m.stop(StopReason("host-error", detail=f"{type(exc).__name__} in on_invalid: {exc}"))
-            return True
-        except BaseException as exc:
-            uc = self.m.uc
-            if uc._hook_exception is None:
-                uc._hook_exception = exc
-            uc.emu_stop()
+        except BaseException as exc:  # noqa: BLE001 - the run must end with a result, not a traceback
+            self._hook_failed(exc, "on_invalid")
             return True
 
     def on_invalid(self) -> bool:
