@@ -171,3 +171,27 @@ def test_an_unclaimed_port_reads_all_ones_and_is_counted():
     assert result.stop.kind == "halt", result.stop
     assert m.memory.read(DATA, 8) == b"\xff\x00\xff\xff\xff\xff\xff\xff"
     assert result.extra["unclaimed_ports"] == {"0x1234": 3}
+
+
+def test_a_port_that_stops_the_run_freezes_the_rip_after_its_instruction_after_a_delivered_exception():
+    """Delivering the int3 writes RIP from a hook outside any block, which leaves the engine's "PC was
+    set" flag standing (engine.py sync_pc_flag); without the block hook clearing it, the exit port's
+    hook saw the RIP of the handler's first instruction and froze the stop state there."""
+    source = """
+.globl _start
+_start:
+    int3
+    hlt
+handler:
+    nop
+    mov $0x501, %dx
+    xor %eax, %eax
+    nop
+    out %al, %dx
+after_out:
+    nop
+    hlt
+"""
+    result, _, symbols = run_raw(source, gates={3: "handler"})
+    assert result.stop.kind == "poweroff", result.stop
+    assert result.state.registers["rip"] == symbols["after_out"]

@@ -7,7 +7,9 @@
  * block start with the PC in sync, so resuming is exact.  A Python block hook would cost ~200x; this
  * one costs one load and one compare per translation block.
  *
- *  - hvsim_block_hook: counts executed blocks (guest time, clock.py); stops the run before the block
+ *  - hvsim_block_hook: counts executed blocks (guest time, clock.py); clears the engine's "PC was
+ *    set" flag, which it leaves set after a hook wrote RIP outside a block (engine.py sync_pc_flag),
+ *    so that the hooks inside blocks see their instruction's RIP; stops the run before the block
  *    executes when `stop_request` is raised (by the watchdog thread or a signal handler), when the
  *    block count reaches `deadline_blocks` (the guest clock's next event), or, while `want_if` is set
  *    (an interrupt waits for the guest to enable interrupts), at the first block entered with
@@ -107,6 +109,7 @@ struct hvsim_control {
     uint64_t vtlb_faults;
     uint64_t vtlb_flushes;
     uint64_t vtlb_code_pages;
+    volatile uint8_t *pc_was_set;  /* the engine's skip_sync_pc_on_exit (engine.py), or a zero byte */
 };
 
 struct tb_count {
@@ -797,6 +800,7 @@ __attribute__((noinline)) static int budget_block(void *uc, struct hvsim_control
  * and return) needs no stack frame, which is most of its cost at one call per block. */
 __attribute__((noinline)) static void block_slow(void *uc, uint64_t address, uint32_t size, struct hvsim_control *c)
 {
+    *c->pc_was_set = 0;            /* at a block start the block's address is the RIP to sync to */
     if (c->stop_request) {
         c->stopped_by = STOPPED_BY_REQUEST;
         c->emu_stop(uc);
@@ -826,7 +830,8 @@ __attribute__((noinline)) static void block_slow(void *uc, uint64_t address, uin
 static void hvsim_block_hook(void *uc, uint64_t address, uint32_t size, void *user)
 {
     struct hvsim_control *c = user;
-    if (__builtin_expect((c->stop_request | c->want_if | c->count_blocks) != 0 || c->blocks >= c->deadline_blocks ||
+    if (__builtin_expect((c->stop_request | c->want_if | c->count_blocks | *c->pc_was_set) != 0 ||
+                         c->blocks >= c->deadline_blocks ||
                          (size - 2u < 2u && c->rep_fast), 0)) {
         block_slow(uc, address, size, c);
         return;

@@ -11,13 +11,14 @@ all agree.
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
 
 from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_EXEC, Uc
 from unicorn.unicorn_py3.unicorn import uclib
 
 uclib.uc_context_size.restype = ctypes.c_size_t
-from unicorn.x86_const import UC_CPU_X86_EPYC, UC_X86_REG_CR2
+from unicorn.x86_const import UC_CPU_X86_EPYC, UC_X86_REG_CR2, UC_X86_REG_RIP
 
 CPU_MODEL = UC_CPU_X86_EPYC
 
@@ -99,3 +100,50 @@ def set_access_exit_checks(uc: Uc, enabled: bool) -> bool:
         return False
     ctypes.memmove(field, b"\x00" if enabled else b"\x01", 1)
     return True
+
+
+# --- the "PC was set" flag -------------------------------------------------------------------------
+#
+# uc_reg_write of RIP sets the uc_struct field `skip_sync_pc_on_exit`, so that the exit it causes
+# keeps the new RIP instead of restoring one from the block.  The engine clears the field only in
+# helper_check_exit_request when an exit is taken; a RIP written from a hook outside a block (an
+# exception or #VMEXIT hook: the run resumes without such an exit) leaves it set, and from then on
+# the hooks called inside blocks (port I/O, memory, RDTSC) run without the engine syncing RIP to
+# their instruction: they read the RIP of some earlier block start.  The native block hook clears
+# it at block starts, where the block's own address is the right RIP either way.
+#
+# It is the struct's last field (uc_priv.h, 2.1.4, Linux x86-64): after no_exit_request come
+# init_done, sigjmp_buf jmp_bufs[UC_MAX_NESTED_LEVEL = 64] (200 bytes each), int nested_level,
+# last_tb, empty_view, u32 tcg_buffer_size, unmapped_regions, i32 snapshot_level, u64 nested, and
+# three bools, the third this one.  The offset is checked by writing RIP on a scratch engine.
+_JMP_BUFS = 64 * 200
+
+
+@functools.lru_cache(maxsize=1)
+def _sync_pc_offset() -> int | None:
+    uc = new_engine()
+    uc.mem_map(0, 0x1000)
+    exit_check = _exit_check_field(uc)
+    if exit_check is None:
+        return None
+    base = uc._uch.value
+    jmp_bufs = (exit_check - base + 2 + 7) & ~7
+    tail = jmp_bufs + _JMP_BUFS          # nested_level; last_tb +8, empty_view +16, tcg_buffer_size +24,
+    offset = tail + 58                   # unmapped_regions +32, snapshot_level +40, nested +48, bools +56
+    before = ctypes.string_at(base + tail, 64)
+    uc.reg_write(UC_X86_REG_RIP, 0x1000)
+    after = ctypes.string_at(base + tail, 64)
+    changed = [i for i in range(64) if before[i] != after[i]]
+    if changed != [58] or after[58] != 1:
+        return None
+    return offset
+
+
+def sync_pc_flag(uc: Uc) -> int | None:
+    """The address of ``uc``'s skip_sync_pc_on_exit field, or None when the engine's layout is not
+    the one expected (see above)."""
+    offset = _sync_pc_offset()
+    if offset is None:
+        return None
+    uc.ctl_get_page_size()                     # the struct is initialised
+    return uc._uch.value + offset

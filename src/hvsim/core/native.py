@@ -13,7 +13,7 @@ from unicorn.unicorn_const import (
 from unicorn.unicorn_py3.unicorn import UcError, uclib
 
 from . import _native
-from .engine import set_access_exit_checks
+from .engine import set_access_exit_checks, sync_pc_flag
 
 STOPPED_BY_REQUEST = _native.STOPPED_BY_REQUEST
 STOPPED_BY_INSN_LIMIT = _native.STOPPED_BY_INSN_LIMIT
@@ -105,6 +105,7 @@ class NativeControl(ctypes.Structure):
         ("vtlb_faults", ctypes.c_uint64),
         ("vtlb_flushes", ctypes.c_uint64),
         ("vtlb_code_pages", ctypes.c_uint64),
+        ("pc_was_set", ctypes.c_void_p),
     ]
 
 
@@ -158,6 +159,8 @@ class NativeHooks:
         # hvsim's stops happen at block starts (this hook): the engine's check after every guest
         # memory access is not needed, and costs a third of store-heavy code (engine.py)
         self.access_exit_checks = not set_access_exit_checks(uc, False)
+        self._zero = ctypes.c_uint8(0)      # stands in for the engine's flag when it cannot be found
+        self.control.pc_was_set = sync_pc_flag(uc) or ctypes.addressof(self._zero)
         self._add(UC_HOOK_BLOCK, _native.block_hook)
         self._add(UC_HOOK_INSN, _native.rdtsc_hook, x86_const.UC_X86_INS_RDTSC)
         self._add(UC_HOOK_INSN, _native.rdtscp_hook, x86_const.UC_X86_INS_RDTSCP)
