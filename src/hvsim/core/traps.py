@@ -349,7 +349,8 @@ class TrapDispatcher:
                 if m.stop_reason is not None:
                     self._io_stop_state(False)
                 return value
-            answer = self._port_io_hook(machine=self.m, access=PortAccess(port, size, False))
+            answer = (self._port_io_hook(machine=self.m, access=PortAccess(port, size, False))
+                      if self._port_io_hook.get_hookimpls() else None)     # none: no call through pluggy
             if answer is None or answer is True:
                 self._unclaimed_ports[port] = self._unclaimed_ports.get(port, 0) + 1
                 return mask
@@ -375,7 +376,8 @@ class TrapDispatcher:
                 if m.stop_reason is not None:
                     self._io_stop_state(False)
                 return
-            if self._port_io_hook(machine=self.m, access=PortAccess(port, size, True, value)) is None:
+            if (not self._port_io_hook.get_hookimpls()
+                    or self._port_io_hook(machine=self.m, access=PortAccess(port, size, True, value)) is None):
                 self._unclaimed_ports[port] = self._unclaimed_ports.get(port, 0) + 1
         except BaseException as exc:  # noqa: BLE001 - the run must end with a result, not a traceback
             self._hook_failed(exc, "on_out")
