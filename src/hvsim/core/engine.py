@@ -16,11 +16,10 @@ import struct
 
 from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_EXEC, Uc
 from unicorn.unicorn_py3.unicorn import uclib
-
-uclib.uc_context_size.restype = ctypes.c_size_t
 from unicorn.x86_const import UC_CPU_X86_EPYC, UC_X86_REG_CR2, UC_X86_REG_RIP
 
 CPU_MODEL = UC_CPU_X86_EPYC
+uclib.uc_context_size.restype = ctypes.c_size_t
 
 
 def new_engine() -> Uc:
