@@ -576,6 +576,8 @@ def _execute_interruptibly(prepared, lines=None):
     from .progress import sample
 
     started = __import__("time").monotonic()
+    if lines is not None:
+        lines.started = started          # shown after 2 s of the run, the wall its samples give
     outcome: list = []
     done = threading.Event()
 
