@@ -311,6 +311,15 @@ static void vtlb_set(void *uc, struct hvsim_control *c, uint64_t at, uint64_t en
     c->mem_write(uc, at, &low, 4);
 }
 
+/* The engine's walker sets an entry's accessed bit on the way down (and only then writes it). */
+static void vtlb_accessed(void *uc, struct hvsim_control *c, uint64_t at, uint64_t *entry)
+{
+    if (!(*entry & PTE_A)) {
+        *entry |= PTE_A;
+        vtlb_set(uc, c, at, *entry);
+    }
+}
+
 /* 0: mapped (w->pa, w->prot); 1: the access faults (#PF, or #GP(0) when non-canonical); -1: hand over
  * (w->handover).
  * `access`: 0 read, 1 write, 2 fetch; supervisor (CPL 0) only. */
@@ -330,27 +339,17 @@ static int vtlb_walk(void *uc, struct hvsim_control *c, const struct paging *p, 
             uint64_t pml4e, pml4e_at = (p->cr3 & PTE_ADDR) + (((va >> 39) & 511) << 3);
             if (vtlb_read(uc, c, pml4e_at, &pml4e, 8, w) < 0)
                 return -1;
-            if (!(pml4e & PTE_P))
+            if (!(pml4e & PTE_P) || (pml4e & (rsvd | PTE_PS)))
                 goto fault;
-            if (pml4e & (rsvd | PTE_PS))
-                goto fault;
-            if (!(pml4e & PTE_A)) {
-                pml4e |= PTE_A;
-                vtlb_set(uc, c, pml4e_at, pml4e);
-            }
+            vtlb_accessed(uc, c, pml4e_at, &pml4e);
             ptep = (PTE_NX | PTE_US | PTE_RW) & (pml4e ^ PTE_NX);
             pdpe_at = (pml4e & PTE_ADDR) + (((va >> 30) & 511) << 3);
             if (vtlb_read(uc, c, pdpe_at, &pdpe, 8, w) < 0)
                 return -1;
-            if (!(pdpe & PTE_P))
-                goto fault;
-            if (pdpe & rsvd)
+            if (!(pdpe & PTE_P) || (pdpe & rsvd))
                 goto fault;
             ptep &= pdpe ^ PTE_NX;
-            if (!(pdpe & PTE_A)) {
-                pdpe |= PTE_A;
-                vtlb_set(uc, c, pdpe_at, pdpe);
-            }
+            vtlb_accessed(uc, c, pdpe_at, &pdpe);
             if (pdpe & PTE_PS) {
                 page_size = 1ull << 30;
                 pte_at = pdpe_at;
@@ -371,9 +370,7 @@ static int vtlb_walk(void *uc, struct hvsim_control *c, const struct paging *p, 
         pde_at = (pdpe & PTE_ADDR) + (((va >> 21) & 511) << 3);
         if (vtlb_read(uc, c, pde_at, &pde, 8, w) < 0)
             return -1;
-        if (!(pde & PTE_P))
-            goto fault;
-        if (pde & rsvd)
+        if (!(pde & PTE_P) || (pde & rsvd))
             goto fault;
         ptep &= pde ^ PTE_NX;
         if (pde & PTE_PS) {
@@ -382,16 +379,11 @@ static int vtlb_walk(void *uc, struct hvsim_control *c, const struct paging *p, 
             pte = pde;
             goto check_protect;
         }
-        if (!(pde & PTE_A)) {
-            pde |= PTE_A;
-            vtlb_set(uc, c, pde_at, pde);
-        }
+        vtlb_accessed(uc, c, pde_at, &pde);
         pte_at = (pde & PTE_ADDR) + (((va >> 12) & 511) << 3);
         if (vtlb_read(uc, c, pte_at, &pte, 8, w) < 0)
             return -1;
-        if (!(pte & PTE_P))
-            goto fault;
-        if (pte & rsvd)
+        if (!(pte & PTE_P) || (pte & rsvd))
             goto fault;
         ptep &= pte ^ PTE_NX;
         page_size = 4096;
@@ -409,10 +401,7 @@ static int vtlb_walk(void *uc, struct hvsim_control *c, const struct paging *p, 
             rsvd = 0x200000;
             goto check_protect_pse36;
         }
-        if (!(pde & PTE_A)) {
-            pde |= PTE_A;
-            vtlb_set(uc, c, pde_at, pde);
-        }
+        vtlb_accessed(uc, c, pde_at, &pde);
         pte_at = (pde & ~0xFFFull) + ((va >> 10) & 0xFFC);
         if (vtlb_read(uc, c, pte_at, &pte, 4, w) < 0)
             return -1;
