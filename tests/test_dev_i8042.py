@@ -7,10 +7,7 @@ from hvsim.core.devices.i8042 import I8042
 from hvsim.core.devices.keyboard import Key, ScriptedTyping, parse_keys
 from hvsim.core.devices.line import IrqLine
 
-
-class FakeControl:
-    blocks = 0
-    deadline_blocks = 0
+from fakeclock import FakeControl
 
 
 class Rig:

@@ -10,6 +10,8 @@ from hvsim.core.clock import GuestClock
 from hvsim.core.devices.ioapic import IoApic
 from hvsim.core.devices.lapic import LocalApic
 
+from fakeclock import FakeControl
+
 IOREGSEL, IOWIN, EOI_REG = 0x00, 0x10, 0x40
 MASKED, LEVEL, ACTIVE_LOW, REMOTE_IRR, LOGICAL = 1 << 16, 1 << 15, 1 << 13, 1 << 14, 1 << 11
 NMI_MODE, EXTINT_MODE, INIT_MODE = 4 << 8, 7 << 8, 5 << 8
@@ -187,11 +189,6 @@ def test_narrow_iowin_writes_are_ignored(rig):
 
 
 # ---------------------------------------------------------------- wired to a local APIC
-
-class FakeControl:
-    blocks = 0
-    deadline_blocks = 0
-
 
 def test_level_interrupt_round_trip_through_a_local_apic():
     clock = GuestClock(FakeControl())

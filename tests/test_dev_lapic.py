@@ -8,17 +8,14 @@ import pytest
 from hvsim.core.clock import GuestClock
 from hvsim.core.devices.lapic import LocalApic
 
+from fakeclock import FakeControl
+
 ID, VERSION, TPR, APR, PPR, EOI, RRD, LDR, DFR, SVR = 0x20, 0x30, 0x80, 0x90, 0xA0, 0xB0, 0xC0, 0xD0, 0xE0, 0xF0
 ISR, TMR, IRR, ESR, ICR_LOW, ICR_HIGH = 0x100, 0x180, 0x200, 0x280, 0x300, 0x310
 LVT_TIMER, LVT_THERMAL, LVT_PMC, LINT0, LINT1, LVT_ERROR = 0x320, 0x330, 0x340, 0x350, 0x360, 0x370
 TIMER_INITIAL, TIMER_CURRENT, TIMER_DCR = 0x380, 0x390, 0x3E0
 MASKED = 1 << 16
 PERIODIC, TSC_DEADLINE = 1 << 17, 2 << 17
-
-
-class FakeControl:
-    blocks = 0
-    deadline_blocks = 0
 
 
 class Rig:

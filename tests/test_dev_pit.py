@@ -4,10 +4,7 @@ from hvsim.core.clock import GuestClock
 from hvsim.core.devices.line import IrqLine
 from hvsim.core.devices.pit import PIT_HZ, Pit8254
 
-
-class FakeControl:
-    blocks = 0
-    deadline_blocks = 0
+from fakeclock import FakeControl
 
 
 def ns_of_ticks(ticks):

@@ -6,12 +6,9 @@ from hvsim.core.clock import GuestClock
 from hvsim.core.devices.line import IrqLine
 from hvsim.core.devices.rtc import CmosRtc
 
+from fakeclock import FakeControl
+
 START = calendar.timegm((2024, 2, 29, 23, 59, 58))        # a Thursday
-
-
-class FakeControl:
-    blocks = 0
-    deadline_blocks = 0
 
 
 class Rig:

@@ -7,10 +7,7 @@ import zlib
 from hvsim.core.clock import GuestClock
 from hvsim.core.devices.vga_text import FRAME_NS, CrtcPorts, VgaText
 
-
-class FakeControl:
-    blocks = 0
-    deadline_blocks = 0
+from fakeclock import FakeControl
 
 
 class Rig:
