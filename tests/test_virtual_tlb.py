@@ -172,6 +172,26 @@ def test_it_hands_over_to_the_engine_in_user_mode():
     assert seen["native"] == seen["engine"]
 
 
+def test_page_tables_in_the_hypervisors_own_memory_are_walked_natively():
+    """Xen's M2P is mapped into every PV guest through page tables in Xen's frames, outside the
+    domain's RAM (Machine.add_private_memory): the filler walks them too, and a PV kernel reading
+    the M2P (as Linux does at boot) keeps it on."""
+    from test_xen_pv_bad_input import DONE, run_pv
+
+    from hvsim.abi import xen_pv as pv
+
+    source = f"""
+    mov (%r15), %rax               /* start_info's first word, through the kernel's own mapping */
+    movabs ${pv.MACH2PHYS_VIRT_START:#x}, %rbx
+    mov (%rbx), %rcx               /* the M2P entry of machine frame 0 */
+    mov %rcx, results(%rip)
+    {DONE}"""
+    result, machine, symbols = run_pv(source)
+    assert result.stop.kind == "poweroff", result.stop
+    assert machine.native.virtual_tlb, machine.native.handover_reason()
+    assert machine.native.control.vtlb_fills > 0
+
+
 def _random_case(rng):
     """Page-table entries with random flags (present, RW, US, A, D, PS, NX, reserved bits) in the
     4 KiB table and the page directory, CR0.WP/EFER.NXE/CR4.SMEP/SMAP chosen at random, and one

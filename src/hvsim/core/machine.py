@@ -336,6 +336,7 @@ class Machine:
             raise ValueError(f"private memory {start:#x}+{size:#x} overlaps guest RAM")
         self.uc.mem_map(start, size, UC_PROT_ALL)
         self.memory.add_region(start, size)
+        self.native.add_ram(start, size)
 
     # -- devices ---------------------------------------------------------------------------
     def attach_pc_devices(self, *, acpi_tables: bool | None = None, interrupts: str | None = "pc",

@@ -179,6 +179,17 @@ class NativeHooks:
                 # before the trap dispatcher's, which moves RIP to the handler
                 uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
 
+    def add_ram(self, start: int, size: int) -> None:
+        """Let the native page walker and rep fast path read ``[start, start+size)`` too: host RAM
+        outside the guest's memory map (a hypervisor's own frames, ``Machine.add_private_memory``),
+        where a guest's page tables may live.  Its pages are not tracked as code (the bitmaps cover
+        the guest's RAM only)."""
+        c = self.control
+        if c.ram_count >= MAX_RAM_RANGES:
+            raise ValueError(f"at most {MAX_RAM_RANGES} RAM ranges for the native walker")
+        c.ram[c.ram_count][0], c.ram[c.ram_count][1] = start, start + size
+        c.ram_count += 1
+
     def enable_virtual_tlb(self) -> None:
         """Fill the engine's TLB with the native walker (``_native.c``, vtlb_fill), which withholds
         exec from pages never fetched so that stores to identity-mapped data stay on the engine's
