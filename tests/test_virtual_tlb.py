@@ -168,7 +168,7 @@ def test_it_hands_over_to_the_engine_in_user_mode():
         seen[tlb] = [(e.name, e.error_code, e.cr2, e.rip) for e in result.events if e.kind == "Fault"]
         if tlb == "native":
             assert not m.native.virtual_tlb
-            assert m.native.handover_reason() == "code at CPL > 0"
+            assert m.native.handover_reason() == "code at CPL 3"
     assert seen["native"] == seen["engine"]
 
 

@@ -271,22 +271,27 @@ def test_iret_to_user_mode_without_a_user_page_table_crashes_the_domain():
 
 
 # -- the privilege model: what the guest observes ----------------------------------------------------
-def test_the_pv_kernel_runs_in_ring_0_on_xens_flat_selectors_with_rpl_0():
-    # Xen would show CS 0xe033 (ring 3); hvsim runs the kernel in ring 0 on the same descriptors
-    # with RPL 0 and a NULL SS (as a 64-bit CPU enters ring 0; Xen's 0xe02b is user space's SS).
-    # An iretq to itself (Linux's sync_core) keeps it there, and instructions Xen would
-    # trap and emulate (rdmsr, mov from CR4) execute on the CPU.
+def test_the_pv_kernel_runs_in_ring_1_and_xen_emulates_its_privileged_instructions():
+    # Xen would show CS 0xe033 (ring 3); hvsim runs the kernel in ring 1 on the same descriptors
+    # with RPL 1 and a NULL SS of RPL 1 (Xen's 0xe02b is user space's SS).  An iretq to itself
+    # (Linux's sync_core) keeps it there.  What ring 1 may not execute raises #GP, which Xen's
+    # emulator completes (rdmsr, mov from CR4) or leaves to the guest (cli at vIOPL 0: no trap
+    # handler here, so the domain crashes as on Xen).
     source = ("mov %cs, %ax\n    mov %ax, results(%rip)\n    mov %ss, %ax\n    mov %ax, results+8(%rip)\n    "
               "mov %ss, %eax\n    push %rax\n    push %rsp\n    addq $8, (%rsp)\n    pushf\n    mov %cs, %eax\n    "
               "push %rax\n    lea 1f(%rip), %rax\n    push %rax\n    iretq\n1:\n    mov %cs, %ax\n    "
               "mov %ax, results+16(%rip)\n    mov $0xc0000080, %ecx\n    rdmsr\n    mov %eax, results+24(%rip)\n    "
-              "mov %cr4, %rax\n    mov %rax, results+32(%rip)\n    " + DONE)
+              "mov %cr4, %rax\n    mov %rax, results+32(%rip)\nkernel_cli:\n    cli\n    " + DONE)
     result, m, symbols = run_pv(source)
-    assert_finished(result, m, symbols)
-    assert [result_at(m, symbols, i) & 0xFFFF for i in range(3)] == [0xE030, 0, 0xE030]
-    assert result_at(m, symbols, 3) == 0xD01                  # EFER: SCE LME LMA NXE, read natively
+    assert [result_at(m, symbols, i) & 0xFFFF for i in range(3)] == [0xE031, 1, 0xE031]
+    assert result_at(m, symbols, 3) == 0xD01                  # EFER: SCE LME LMA NXE
     assert result_at(m, symbols, 4) == 0x620                  # CR4 as Xen's builder leaves it
-    assert not [e for e in m.events if isinstance(e, Fault)]
+    faults = [e for e in m.events if isinstance(e, Fault)]
+    assert [f.name for f in faults] == ["#GP", "#GP", "#GP"]
+    assert faults[0].detail.startswith("emulated as Xen does: rdmsr") and "0xc0000080" in faults[0].detail
+    assert faults[1].detail.startswith("emulated as Xen does: mov rax, cr4")
+    assert faults[2].rip == symbols["kernel_cli"] and not faults[2].delivered
+    assert result.stop.kind == "crash" and "#GP" in result.stop.detail, result.stop
 
 
 # -- long calls are continued, as Xen continues them ------------------------------------------------

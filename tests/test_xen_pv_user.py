@@ -181,7 +181,7 @@ def test_a_ring_3_process_makes_a_syscall_returns_by_iret_and_faults_to_the_kern
     assert result_at(m, symbols, 9) == symbols["user_stack_top"]
     assert result_at(m, symbols, 10) == pv.FLAT_KERNEL_SS64
     assert result_at(m, symbols, 11) == 0x5678                             # kernel GS base active
-    assert result_at(m, symbols, 13) & 0xFFFF == 0xE030                    # ring 0 again
+    assert result_at(m, symbols, 13) & 0xFFFF == 0xE031                    # the kernel's ring 1 again
     # in user mode
     assert user_qword(m, symbols, 1) == 0x1234                             # user GS base active
     assert user_qword(m, symbols, 2) & 0xFFFF == pv.FLAT_USER_CS64
@@ -260,4 +260,4 @@ def test_segment_bases_are_checked_and_gs_user_sel_loads_from_the_gdt():
     assert result_at(m, symbols, 3) & 0xFFFF == 0xE02B
     assert result_at(m, symbols, 5) & 0xFFFF == 0
     assert result_at(m, symbols, 6) & 0xFFFF_FFFF == 0x5000             # the kernel's GS base stays active
-    assert result_at(m, symbols, 7) & 0xFFFF == 0xE02B                  # FLAT_RING3_DS32 loads in ring 0
+    assert result_at(m, symbols, 7) & 0xFFFF == 0xE02B                  # FLAT_RING3_DS32 loads in the kernel's ring 1

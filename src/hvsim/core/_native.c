@@ -255,8 +255,9 @@ static int walk(void *uc, struct hvsim_control *c, const struct paging *p, uint6
  *    turns this filler back on after one block (dropping the code translated meanwhile, so that
  *    every page with code is one this filler saw fetched).
  * It hands over for the rest of the run (VTLB_HANDOVER) wherever one walk cannot answer for every
- * access the entry will serve, or the hook cannot see the access's privilege: CPL > 0 (the entries
- * at CPL 3 also serve the CPU's implicit supervisor accesses, which the hook cannot tell apart), a
+ * access the entry will serve, or the hook cannot see the access's privilege: CPL 3 (the entries
+ * there also serve the CPU's implicit supervisor accesses, which the hook cannot tell apart; rings 1
+ * and 2 are a supervisor's, as ring 0), a
  * user page under SMAP with RFLAGS.AC set (same), protection keys, 5-level paging, page tables
  * outside RAM.  The engine's entries are 4 KiB; for a large page QEMU's walker also records the
  * page size so that `invlpg` anywhere in it drops all of it, which this hook cannot: the machine
@@ -486,7 +487,7 @@ static bool vtlb_fill(void *uc, uint64_t va, int type, struct uc_tlb_entry *e, v
         c->reg_read(uc, REG_CR4, &p.cr4);
         c->reg_read(uc, REG_EFLAGS, &p.rflags);
         c->reg_read(uc, REG_CS, &cs);
-        if ((cs & 3) || (p.rflags & RFLAGS_VM))
+        if ((cs & 3) == 3 || (p.rflags & RFLAGS_VM))   /* rings 1 and 2 are supervisor, as ring 0 */
             return vtlb_hand_over(uc, c, VTLB_WHY_CPL);
         if ((p.cr4 & (CR4_PKE | CR4_LA57)) && (p.efer & EFER_LMA))
             return vtlb_hand_over(uc, c, VTLB_WHY_MODE);

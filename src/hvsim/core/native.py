@@ -36,7 +36,7 @@ if (_native.CTL_TLB_FLUSH_WRITE != UC_CTL_TLB_FLUSH | UC_CTL_IO_WRITE << 30
 VTLB_FAULT = _native.VTLB_FAULT
 VTLB_HANDOVER = _native.VTLB_HANDOVER
 VTLB_ON, VTLB_PAUSED = _native.VTLB_ON, _native.VTLB_PAUSED      # control.vtlb_on
-VTLB_HANDOVER_REASONS = {1: "code at CPL > 0", 2: "a user page under SMAP with RFLAGS.AC set",
+VTLB_HANDOVER_REASONS = {1: "code at CPL 3", 2: "a user page under SMAP with RFLAGS.AC set",
                          3: "a paging mode it does not walk (protection keys, 5-level)",
                          4: "a page table outside RAM", 5: "invlpg (the guest manages its TLB itself)"}
 HANDOVER_INVLPG = 5

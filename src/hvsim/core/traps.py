@@ -398,11 +398,19 @@ class TrapDispatcher:
 
     # -- MSRs (#VMEXIT MSR) --------------------------------------------------------------------
     def on_msr(self, rip: int) -> None:
+        if not self.msr_access(rip):
+            self.exception(GP, 0, rip)
+
+    def msr_access(self, rip: int) -> bool:
+        """Carry out the intercepted ``rdmsr``/``wrmsr`` at ``rip`` (the environment's
+        ``hvsim_msr`` answers, else the core's own MSRs): False when it is #GP(0) instead, which
+        the caller raises; also for an environment that emulates the instruction itself (Xen's
+        privileged-op emulation of a PV kernel's)."""
         m, uc = self.m, self.m.regfile
         opcode = m.read_code(rip, 2)
         if opcode not in (RDMSR, WRMSR):
             m.stop(StopReason("host-error", detail=f"MSR exit at {rip:#x} on bytes {opcode.hex()}"))
-            return
+            return True
         write = opcode == WRMSR
         rax, rcx, rdx = uc.read_many(_MSR_ARGUMENTS)
         index = rcx & 0xFFFF_FFFF
@@ -420,8 +428,7 @@ class TrapDispatcher:
         if answer is None or answer is False or (not write and answer is True):
             if not core:
                 m.emit(Call(interface="msr", name=name, args=args, result="#GP", rip=rip))
-            self.exception(GP, 0, rip)
-            return
+            return False
         if not write:
             value = int(answer) & 0xFFFF_FFFF_FFFF_FFFF
             uc.write(UC_X86_REG_RAX, value & 0xFFFF_FFFF)
@@ -430,6 +437,7 @@ class TrapDispatcher:
             m.emit(Call(interface="msr", name=name, args=args, result=None if write else value, rip=rip))
         if m.reg("rip") == rip:          # a plugin may have redirected the guest; otherwise step over
             m.set_rip(rip + 2)
+        return True
 
     # -- trapping instructions -----------------------------------------------------------------
     def _trap(self, kind: str, rip: int, vector: int | None = None) -> Trap:

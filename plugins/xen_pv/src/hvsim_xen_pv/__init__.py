@@ -16,14 +16,15 @@ private memory, never in the domain's.
 
 The start-of-day layout (builder.py) is libxc's; the entry registers are xg_dom_x86.c's, except the
 privilege level.  **Privilege model**: Xen runs a 64-bit PV kernel in ring 3 and emulates what it
-may not execute; hvsim runs it in ring 0 on CS 0xe030 (the FLAT_KERNEL_CS64 descriptor with RPL 0,
-conforming DPL 0 in Xen's GDT page so user space loads it as 0xe033) and a NULL SS.  What the guest
-observes differently: ``mov %cs`` reads 0xe030 not 0xe033, ``mov %ss`` 0 not 0xe02b, and loading
-0xe02b into SS in kernel mode faults; ``rdmsr``/``wrmsr``, ``mov %cr4`` and ``in``/``out`` execute on
-the emulated CPU instead of trapping to Xen's emulator (no MSR/CR4 filtering; I/O ports are the
-machine's PC devices); ``cli``/``popf`` change the real IF, which no injected interrupt observes.
-The same things happen either way for what the kernel asks Xen to do (every hypercall), and
-exceptions are bounced to its trap table as Xen does.  User space runs in ring 3 as on Xen (cpu.py:
+may not execute; hvsim runs it in ring 1 with IOPL 0, on CS 0xe031 (the FLAT_KERNEL_CS64 descriptor,
+conforming DPL 0 in Xen's GDT page so user space loads it as 0xe033) and a NULL SS of RPL 1, so that
+its page tables are a supervisor's while what it may not execute (``cli``, ``rdmsr``, ``mov %cr4``...)
+raises #GP into Xen's privileged-op emulation (privop.py), which completes it or gives the guest the
+#GP Xen gives.  What the guest observes differently: ``mov %cs`` reads 0xe031 not 0xe033, ``mov
+%ss`` 1 not 0xe02b, and loading 0xe02b into SS in kernel mode faults; the MSRs hvsim does not
+intercept are the emulated CPU's (no MSR filtering beyond the environment's); ``popf`` cannot
+change IF (as at Xen's ring 3).  The same things happen either way for what the kernel asks Xen to
+do (every hypercall), and exceptions are bounced to its trap table as Xen does.  User space runs in ring 3 as on Xen (cpu.py:
 the iret hypercall, user syscalls, exceptions and events from user mode, the user page table).
 
 Hypercalls arrive by ``syscall`` (Linux inlines them) or through the hypercall page when the image
@@ -53,7 +54,7 @@ from hvsim.xen.grant_table import GrantTable
 from hvsim.xen.pvclock import vcpu_time_info
 
 from .builder import KERNEL_CS, build_domain, build_xen_area
-from .cpu import PvCpu
+from .cpu import KERNEL_CPL, PvCpu
 from .memory import PAGE, DomainMemory
 from .mmu import BATCH, PvMmu
 
@@ -62,8 +63,9 @@ DOMU_FEATURES = (1 << 5 | 1 << 6 | 1 << 7 | 1 << 13 | 1 << 17)  # preserve_ad hi
 CR0 = 0x8005_0033                          # PG AM WP NE ET MP PE
 CR4 = 0x620                                # OSXMMEXCPT OSFXSR PAE
 EFER = 0xD01                               # NXE LMA LME SCE
-CODE64 = Segment(KERNEL_CS, 0xA9F, 0xFFFF_FFFF, 0)
+CODE64 = Segment(KERNEL_CS | KERNEL_CPL, 0xA9F, 0xFFFF_FFFF, 0)
 NULL = Segment(0, 0, 0, 0)
+KERNEL_SS_ENTRY = Segment(KERNEL_CPL, KERNEL_CPL << 5, 0, 0)   # NULL, DPL 1: VMRUN takes the CPL from SS
 INT_N_OPCODE = b"\xcd"                     # int imm8 (SDM vol. 2A INT n)
 SHARED_INFO_WC_VERSION, SHARED_INFO_ARCH_MAX_PFN = 3072, 3088
 
@@ -222,7 +224,7 @@ def hvsim_setup(machine, image, config, options):
     for name in ("rax", "rbx", "rcx", "rdx", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"):
         machine.set_reg(name, 0)
     machine.set_reg("rsi", layout.start_info)
-    machine.start(EntryState(rip=entry, cr0=CR0, cs=CODE64, ds=NULL, ss=NULL, es=NULL,
+    machine.start(EntryState(rip=entry, cr0=CR0, cs=CODE64, ds=NULL, ss=KERNEL_SS_ENTRY, es=NULL,
                              gdt=(pv.PERDOMAIN_VIRT_START, pv.GDT_LIMIT), cr3=layout.l4, cr4=CR4, efer=EFER,
                              rsp=layout.stack_top, rflags=0x202))
     kind = "dom0" if dom0 else f"domU {domid}"

@@ -38,14 +38,14 @@ PERDOMAIN_SLOT = (pv.PERDOMAIN_VIRT_START >> 39) & 0x1FF
 XEN_SLOTS = (M2P_SLOT, PERDOMAIN_SLOT)
 GDT_AREA_PAGES = 16
 # The flat selectors in GDT page 14 (xen-x86_64.h FLAT_*), as hvsim's privilege model needs them:
-# the guest kernel runs at CPL 0 on FLAT_KERNEL_CS64 & ~3 with a NULL SS (what a 64-bit CPU loads on
-# entry to ring 0), its user space at CPL 3 on the FLAT_RING3 selectors or its own GDT's.  One
-# descriptor serves the kernel's 0xe030 and user space's 0xe033: a conforming DPL-0 64-bit code
-# segment, loadable with RPL 0 at CPL 0 and with RPL 3 at CPL 3 (SDM vol. 3, 5.8.1.2).  0xe028 is
+# the guest kernel runs at CPL 1 on FLAT_KERNEL_CS64 with RPL 1 and a NULL SS of RPL 1 (cpu.py), its
+# user space at CPL 3 on the FLAT_RING3 selectors or its own GDT's.  One descriptor serves the
+# kernel's 0xe031 and user space's 0xe033: a conforming DPL-0 64-bit code segment, loadable at any
+# CPL with RPL = CPL (SDM vol. 3, 5.8.1.2).  0xe028 is
 # Xen's DPL-3 flat data segment (FLAT_RING3_DS32/SS32/SS64 0xe02b), loadable into a data segment
 # register in either ring and into SS in ring 3.  (Xen's own descriptors are DPL 3 throughout: it
 # runs the kernel in ring 3.)
-KERNEL_CS = pv.FLAT_KERNEL_CS64 & ~3          # 0xe030
+KERNEL_CS = pv.FLAT_KERNEL_CS64 & ~3          # 0xe030: pushed as CS in kernel-mode bounce frames
 KERNEL_SS = pv.FLAT_KERNEL_SS64 & ~3          # 0xe028: pushed as SS in kernel-mode bounce frames
 XEN_GDT_ENTRIES = {
     0x08: flat_descriptor((0x9B, 0xA)),       # Xen's own code64 (__HYPERVISOR_CS 0xe008)

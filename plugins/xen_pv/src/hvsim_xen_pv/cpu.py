@@ -2,8 +2,11 @@
 GDT, debug registers, and the PV CPUID policy.
 
 Privilege model (decided for hvsim, documented in the plugin's docstring): the guest kernel runs at
-CPL 0 on FLAT_KERNEL_CS64 with RPL 0 (0xe030, a conforming DPL-0 descriptor) and a NULL SS, so
-the engine's own ``iretq``, ``mov %cr4``, ``rdmsr`` work as instructions.  Exceptions never go
+CPL 1 with IOPL 0 on FLAT_KERNEL_CS64 with RPL 1 (0xe031, a conforming DPL-0 descriptor) and a NULL
+SS of RPL 1: its paging is a supervisor's and its own ``iretq`` works, while what Xen's ring 3 may
+not execute raises #GP, which Xen's privileged-op emulation (privop.py) completes or leaves to the
+guest.  Kernel-mode bounce frames carry 0xe030/0xe028, as Xen's (RPL cleared: "kernel context").
+Exceptions never go
 through an IDT (a PV guest has none): each one is bounced to the handler ``set_trap_table`` named,
 with Xen's frame (xen-abi.md §3.5; xen/arch/x86/x86_64/entry.S create_bounce_frame), and the guest
 returns with the iret hypercall.  An exception with no handler crashes the domain, as on Xen.
@@ -26,12 +29,10 @@ policy (traps.py ``set_port_policy``): an ``in``/``out``/``ins``/``outs`` at a v
 virtual IOPL (3 in user mode; 1 in kernel mode, 0 with architectural_iopl) is #GP(0) at the
 instruction with nothing done on the port, unless the PHYSDEVOP_set_iobitmap bitmap covers the
 port (its nr_ports, then a clear bit for every byte of the access, read through the kernel's page
-table; a bitmap Xen cannot read is the #PF it gives).  User-mode ``cli``/``sti`` (#GP(0) at CPL 3)
-complete as Xen's no-op when iopl_ok allows them.  Not modelled: the #GP Xen gives the kernel's
-``cli``/``sti`` at vIOPL 0.  The kernel runs at CPL 0 (above), where ``cli``/``sti`` are never
-privileged and nothing traps them, so they change the engine's IF instead (Xen runs a 64-bit PV
-kernel in ring 3, where they fault into its emulator, which refuses them without vIOPL 1).  Ports
-are not: the policy sees every access, whatever the CPL.  The #GP's Fault is in the trace.
+table; a bitmap Xen cannot read is the #PF it gives).  ``cli``/``sti`` are #GP(0) in both modes
+(CPL 1 or 3, IOPL 0), which the privileged-op emulation completes as Xen's no-op when iopl_ok
+allows them and gives to the guest otherwise.  Ports do not fault in the engine, whatever the CPL
+(traps.py): the policy sees every access.  The #GP's Fault is in the trace.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from hvsim.core.result import StopReason
 from hvsim.xen import HypercallError
 
 from .builder import KERNEL_CS, KERNEL_SS, map_gdt_frames
+from .privop import PrivilegedOps
 
 if TYPE_CHECKING:
     from hvsim.core.machine import Machine
@@ -67,15 +69,16 @@ MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE = 0xC000_0100, 0xC000_0101, 0xC000_
 VCPU_INFO_CR2 = 16
 SYSCALL_INSN_LENGTH = 2
 GP_VECTOR, UD_VECTOR, PF_VECTOR = 13, 6, 14
-CLI, STI = 0xFA, 0xFB
 IDT_ERROR_FLAG = 2                 # #GP error code naming an IDT entry (SDM vol. 3, 6.13)
 # Segment descriptor high-dword bits (SDM vol. 3, 3.4.5); the selector's TI bit names the LDT.
 DESC_TYPE_CODE, DESC_TYPE_CONFORMING, DESC_TYPE_RW = 1 << 11, 1 << 10, 1 << 9
 DESC_S, DESC_P, DESC_L, DESC_B, DESC_G, DESC_ACCESSED = 1 << 12, 1 << 15, 1 << 21, 1 << 22, 1 << 23, 1 << 8
 SELECTOR_TI = 1 << 2
-# The SS a 64-bit CPU loads on entering ring 0 (NULL, RPL 0) and hvsim's kernel runs on.
-KERNEL_NULL_SS = SegmentCache(0, 0, 0, 0)
-KERNEL_CS_CACHE = SegmentCache(KERNEL_CS, 0, 0xFFFF_FFFF, 0x00AF_9F00)    # the GDT descriptor, accessed
+KERNEL_CPL = 1
+# The kernel's ring and its segments: a NULL SS of RPL 1 (allowed in long mode below ring 3) and
+# the FLAT_KERNEL_CS64 descriptor with RPL 1.
+KERNEL_NULL_SS = SegmentCache(KERNEL_CPL, 0, 0, KERNEL_CPL << 13)
+KERNEL_CS_CACHE = SegmentCache(KERNEL_CS | KERNEL_CPL, 0, 0xFFFF_FFFF, 0x00AF_9F00)    # the GDT descriptor, accessed
 
 # CPUID bits Xen's PV policy hides (cpufeatureset.h: not tagged for PV guests).  PSE matters most:
 # with it Linux builds 2 MiB mappings a PV guest may not have (linux-pv-on-unicorn.md §5).
@@ -112,6 +115,7 @@ class PvCpu:
         self.kernel_cr3 = 0                # the kernel page table while user mode runs
         self.user_entries = 0
         self.user_syscalls = 0
+        self.privops = PrivilegedOps(machine, self)
 
     # -- vcpu_info ---------------------------------------------------------------------------------
     def vcpu_info(self) -> int:
@@ -126,9 +130,9 @@ class PvCpu:
     # -- exceptions: bounce frames ------------------------------------------------------------------
     def bounce(self, exc: "GuestException") -> str:
         """Deliver ``exc`` to the guest's trap-table handler with Xen's frame, or crash the domain."""
-        emulated = self._emulate_cli_sti(exc)
+        emulated = self.privops.emulate(exc)
         if emulated:
-            return emulated
+            return "emulated as Xen does: " + emulated
         handler = self.traps.get(exc.vector)
         if handler is None or handler[2] == 0:
             why = f"{vector_name(exc.vector)} at {exc.rip:#x} with no handler in the trap table"
@@ -190,21 +194,6 @@ class PvCpu:
             return False
         return True
 
-    def _emulate_cli_sti(self, exc: "GuestException") -> str | None:
-        """User mode runs at CPL 3 with IOPL 0, so ``cli``/``sti`` there are #GP(0), which Xen's
-        privileged-op emulator completes as a no-op (the upcall mask is left alone) when iopl_ok
-        holds; else the #GP is the guest's.  In kernel mode hvsim's CPL 0 executes them itself."""
-        if exc.vector != GP_VECTOR or exc.error_code or self.kernel_mode or not self.iopl_ok():
-            return None
-        try:
-            opcode = self.m.vmem.read(self.m.code_address(exc.rip), 1)[0]
-        except GuestMemoryError:
-            return None
-        if opcode not in (CLI, STI):
-            return None
-        self.m.set_rip(exc.rip + 1)
-        return f"{'cli' if opcode == CLI else 'sti'} at vIOPL {self.iopl} emulated as a no-op, as Xen does"
-
     def _push_bounce_frame(self, address: int, rip: int, error_code: int | None, what: str, *,
                            syscall: bool = False) -> bool:
         """Xen's create_bounce_frame: push rcx, r11, [error code], ``rip``, cs with the saved upcall
@@ -241,7 +230,7 @@ class PvCpu:
             m.stop(StopReason("crash", detail=f"domain crash: cannot write the {what} bounce frame at {rsp:#x}: {err}"))
             return False
         if from_user:
-            m.engine.load_segments(cs=KERNEL_CS_CACHE, ss=KERNEL_NULL_SS, cpl=0)
+            m.engine.load_segments(cs=KERNEL_CS_CACHE, ss=KERNEL_NULL_SS, cpl=KERNEL_CPL)
         m.set_reg("rsp", rsp)
         m.set_reg("rflags", rflags & ~(RFLAGS_CLEARED_ON_BOUNCE | (RFLAGS_DF if syscall else 0)))
         m.set_rip(address)

@@ -261,6 +261,15 @@ class PvMmu:
                 self.m.vmem.write(done_ptr, struct.pack("<I", done))
         return 0
 
+    def new_baseptr(self, mfn: int) -> None:
+        """MMUEXT_NEW_BASEPTR, and a kernel's ``mov`` to CR3 (Xen's new_guest_cr3): the L4 at
+        machine frame ``mfn`` becomes the kernel's page table."""
+        if not self.dom.owns(mfn):
+            raise HypercallError(x.EINVAL, f"new base pointer {mfn:#x} is not the domain's")
+        self.install_xen_slots(mfn)
+        self.adopt(mfn, 4)
+        self.m.set_reg("cr3", mfn * PAGE)          # a CR3 load flushes the engine's TLB
+
     def _mmuext(self, cmd: int, arg1: int, arg2: int) -> None:
         if cmd in PIN_LEVEL:
             level = PIN_LEVEL[cmd]
@@ -276,11 +285,7 @@ class PvMmu:
             if self.pinned.pop(arg1, None) is None:
                 raise HypercallError(x.EINVAL, f"frame {arg1:#x} is not pinned")
         elif cmd == pv.MMUEXT_NEW_BASEPTR:
-            if not self.dom.owns(arg1):
-                raise HypercallError(x.EINVAL, f"new base pointer {arg1:#x} is not the domain's")
-            self.install_xen_slots(arg1)
-            self.adopt(arg1, 4)
-            self.m.set_reg("cr3", arg1 * PAGE)          # a CR3 load flushes the engine's TLB
+            self.new_baseptr(arg1)
         elif cmd == pv.MMUEXT_NEW_USER_BASEPTR:      # 0: no user table; else an L4 of the domain's
             if arg1:
                 self._own(arg1)
