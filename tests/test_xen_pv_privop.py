@@ -126,3 +126,72 @@ kernel_cli:
     result, m, symbols = run_pv(source)
     assert result.stop.kind == "poweroff", result.stop
     assert result_at(m, symbols, 14) == (0 if assist else 1)
+
+
+# A kernel whose #UD and #GP handlers count into results[12]/[14], record the RIP in
+# results[13]/[15] and skip 5 bytes (each probed instruction is padded to 5 with nops).
+UD_GP_KERNEL = GP_KERNEL.replace("""    .quad 0, 0
+iopl_1""", """    .byte 6, 0
+    .short 0xe033
+    .long 0
+    .quad ud_handler
+    .quad 0, 0
+iopl_1""").replace("addq $4, 24(%rsp)", "addq $5, 24(%rsp)").replace("""main:
+""", """ud_handler:                     /* frame: rcx r11 rip cs rflags rsp ss (no error code) */
+    incq results+96(%rip)
+    mov 16(%rsp), %rbx
+    mov %rbx, results+104(%rip)
+    addq $5, 16(%rsp)
+    pop %rcx
+    pop %r11
+    push $0                     /* flags */
+    push %rcx
+    push %r11
+    push %rax
+    mov $23, %eax
+    syscall
+main:
+""")
+
+
+def test_fsgsbase_is_xens_the_guests_cr4_bit_is_virtual_and_bases_are_checked():
+    """As XTF's pv-fsgsbase checks: CPUID shows FSGSBASE, CR4.FSGSBASE reads clear and the
+    instructions are #UD; once the kernel sets it they work in kernel mode, a non-canonical base is
+    #GP(0), and clearing it brings the #UD back.  A CR4 write to a bit the guest does not control
+    (PGE) is ignored, not a fault."""
+    source = UD_GP_KERNEL + f"""
+    mov $7, %eax
+    xor %ecx, %ecx
+    cpuid
+    mov %rbx, results+8(%rip)
+    mov %cr4, %rax
+    mov %rax, results+16(%rip)
+ud_first:
+    rdfsbase %rax; nop
+    mov %cr4, %rax
+    or $0x10080, %rax           /* FSGSBASE and PGE */
+    mov %rax, %cr4
+    mov %cr4, %rbx
+    mov %rbx, results+24(%rip)
+    movabs $0xffff800000001000, %rcx
+    wrfsbase %rcx; nop
+    rdfsbase %rdx; nop
+    mov %rdx, results+32(%rip)
+    movabs $0x0000800000000000, %rcx
+gp_wrfsbase:
+    wrfsbase %rcx; nop
+    and $~0x10080, %rax
+    mov %rax, %cr4
+ud_again:
+    rdgsbase %rax; nop
+    {DONE}"""
+    result, m, symbols = run_pv(source)
+    assert result.stop.kind == "poweroff", result.stop
+    assert result_at(m, symbols, 1) & 1                            # CPUID.7.0:EBX.FSGSBASE
+    assert not result_at(m, symbols, 2) & 0x10000                 # CR4.FSGSBASE clear at first
+    assert result_at(m, symbols, 3) & 0x10080 == 0x10000          # set; PGE ignored
+    assert result_at(m, symbols, 4) & 0xFFFF_FFFF_FFFF_FFFF == 0xFFFF_8000_0000_1000
+    assert m.msr_read(0xC000_0100) == 0xFFFF_8000_0000_1000       # the bad base changed nothing
+    assert result_at(m, symbols, 12) == 2 and result_at(m, symbols, 13) == symbols["ud_again"]
+    assert result_at(m, symbols, 14) == 1 and result_at(m, symbols, 15) == symbols["gp_wrfsbase"]
+    assert not m.reg("cr4") & 0x10000                              # the engine's bit stays clear

@@ -19,20 +19,6 @@ def test_pv_iret_hypercall_keeps_16_bits_of_cs_and_ss():
     assert result_at(m, symbols, 6) == 41                   # the user's syscall reached the kernel
 
 
-def test_pv_guests_are_shown_no_fsgsbase_whose_wrfsbase_the_engine_does_not_check():
-    # XTF pv-fsgsbase: WRFSBASE of a non-canonical value must #GP(0); the engine takes it, so the PV
-    # policy hides the feature, as Xen does on a CPU without it (the test then skips).
-    from test_xen_pv_bad_input import DONE, assert_finished
-    from test_xen_pv_bad_input import result_at as result_of
-    from test_xen_pv_bad_input import run_pv as run_kernel
-
-    source = "mov $7, %eax\n    xor %ecx, %ecx\n    cpuid\n    mov %ebx, results(%rip)\n    " + DONE
-    result, m, symbols = run_kernel(source)
-    assert_finished(result, m, symbols)
-    assert m.native_cpuid(7, 0)[1] & 1                   # the engine's CPU has it ...
-    assert not result_of(m, symbols, 0) & 1              # ... a PV guest does not see it
-
-
 @pytest.mark.parametrize("viopl", [0, 3])
 def test_user_mode_cli_and_sti_are_no_ops_at_viopl_3_and_gp_below(viopl):
     # XTF pv-iopl: Xen's iopl_ok compares the virtual IOPL (PHYSDEVOP_set_iopl) with the virtual

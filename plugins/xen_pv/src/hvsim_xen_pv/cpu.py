@@ -85,12 +85,9 @@ KERNEL_CS_CACHE = SegmentCache(KERNEL_CS | KERNEL_CPL, 0, 0xFFFF_FFFF, 0x00AF_9F
 LEAF1_EDX_HIDDEN = (1 << 3) | (1 << 12) | (1 << 13) | (1 << 17)          # PSE MTRR PGE PSE36
 LEAF1_ECX_HIDDEN = (1 << 3) | (1 << 5) | (1 << 17) | (1 << 21) | (1 << 24)  # MONITOR VMX PCID X2APIC TSC_DEADLINE
 LEAF1_ECX_HYPERVISOR = 1 << 31
-# FSGSBASE is Xen's for PV guests too, but the engine's WRFSBASE/WRGSBASE take a non-canonical base
-# without the #GP(0) the CPU raises, and nothing traps them: a PV guest is shown a CPU without the
-# feature, as Xen on such hardware does (XTF pv-fsgsbase then skips); the guest sets its bases with
-# set_segment_base (canonical checked) or the MSRs.
-LEAF7_EBX_FSGSBASE = 1 << 0
-LEAF7_EBX_HIDDEN = LEAF7_EBX_FSGSBASE | (1 << 7) | (1 << 10) | (1 << 20)  # FSGSBASE SMEP INVPCID SMAP
+# FSGSBASE is shown, as Xen shows it to PV guests ('A' in cpufeatureset.h); privop.py keeps the
+# guest's CR4.FSGSBASE virtual and completes the instructions.
+LEAF7_EBX_HIDDEN = (1 << 7) | (1 << 10) | (1 << 20)                       # SMEP INVPCID SMAP
 EXT1_EDX_HIDDEN = 1 << 26                                                 # 1 GiB pages
 
 
