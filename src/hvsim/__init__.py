@@ -3,8 +3,8 @@ what it observed.
 
 Public API: ``run``, ``inspect``, ``Run``, ``MachineConfig``, ``RunResult`` and ``StopReason`` (what a
 run returns), ``hookimpl`` (for plugins), the records plugins exchange with the core
-(``Environment``, ``Acceptance``, ``InherentDifference``, ``PortAccess``, ``MsrAccess``, ``Trap``,
-``GuestException``) and the events a run records (``Event``, ``Call``, ``ConsoleOutput``, ``Fault``,
+(``Environment``, ``Acceptance``, ``InherentDifference``, ``PortAccess``, ``PortAnswered``,
+``MsrAccess``, ``Trap``, ``GuestException``) and the events a run records (``Event``, ``Call``, ``ConsoleOutput``, ``Fault``,
 ``Shutdown``, ``Note``; a plugin records a call into its ABI with ``machine.emit(Call(...))``).
 """
 
@@ -12,7 +12,7 @@ from .core.config import MachineConfig
 from .core.errors import HvsimError
 from .core.events import Call, ConsoleOutput, Event, Fault, Note, Shutdown
 from .core.plugin_types import (
-    Acceptance, Environment, GuestException, InherentDifference, MsrAccess, PortAccess, Trap,
+    Acceptance, Environment, GuestException, InherentDifference, MsrAccess, PortAccess, PortAnswered, Trap,
 )
 from .core.plugins import get_plugin_manager, hookimpl
 from .core.result import RunResult, StopReason
@@ -31,7 +31,7 @@ def __getattr__(name):
 
 __all__ = [
     "Acceptance", "Call", "ConsoleOutput", "Environment", "Event", "Fault", "GuestException", "HvsimError",
-    "InherentDifference", "MachineConfig", "MsrAccess", "Note", "PortAccess", "Run", "RunResult", "Shutdown",
+    "InherentDifference", "MachineConfig", "MsrAccess", "Note", "PortAccess", "PortAnswered", "Run", "RunResult", "Shutdown",
     "StopReason", "Trap",
     "get_plugin_manager", "hookimpl", "inspect", "run",
 ]

@@ -52,6 +52,15 @@ class PortAccess:
 
 
 @attrs.frozen
+class PortAnswered:
+    """A port policy's answer that completes the access itself, no device reached: an ``in``
+    reads ``value`` (masked to its size), an ``out`` is done (a hypervisor that emulates or
+    withholds the port: Xen's reads of a port a PV domain may not reach are all ones)."""
+
+    value: int = 0xFFFF_FFFF
+
+
+@attrs.frozen
 class MsrAccess:
     index: int                 # ECX
     write: bool

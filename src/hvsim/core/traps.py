@@ -97,7 +97,7 @@ from .events import Fault
 from .engine_state import SegmentCache
 from .exceptions import GENERAL_PROTECTION, HAS_ERROR_CODE, DeliveryError, NotModelled, vector_name
 from .events import Call
-from .plugin_types import GuestException, MsrAccess, PortAccess, Trap
+from .plugin_types import GuestException, MsrAccess, PortAccess, PortAnswered, Trap
 from .result import StopReason
 from .cr4 import cr4_write
 from .svm import EXCP_VMEXIT, EXIT_CPUID, EXIT_CR4_WRITE, EXIT_INVLPG, EXIT_MSR, EXIT_SHUTDOWN, EXIT_SWINT
@@ -276,31 +276,37 @@ class TrapDispatcher:
 
     def set_port_policy(self, policy) -> None:
         """Ask ``policy(access: PortAccess, rip: int)`` before every port access completes:
-        ``None`` lets it proceed; a ``GuestException`` is raised instead, at the I/O instruction
-        ``rip``, with nothing done on the port and the guest's registers as before it.  For an
-        environment that decides I/O privilege itself (see the module docstring).  One policy."""
+        ``None`` lets it proceed to the machine's device; a ``PortAnswered`` completes it with no
+        device reached (``in`` reads its value); a ``GuestException`` is raised instead, at the I/O
+        instruction ``rip``, with nothing done on the port and the guest's registers as before it.
+        For an environment that decides I/O privilege itself (see the module docstring).  One
+        policy."""
         if self._port_policy is not None:
             raise ValueError("a port policy is already set")
         self._port_policy = policy
         self.m.engine.enable_io_breakpoint_checks()
 
-    def _denied(self, access: PortAccess) -> bool:
-        """Ask the port policy; on a denial arm the one-shot #DB that ends the instruction."""
+    def _denied(self, access: PortAccess) -> int | None:
+        """Ask the port policy: None lets the access reach the device; else what an ``in`` reads
+        (a ``PortAnswered``'s value, or all ones for a denial, which arms the one-shot #DB that
+        ends the instruction)."""
         regs = self.m.regfile
         rip = regs.read(UC_X86_REG_RIP)
         fault = self._port_policy(access, rip)
         if fault is None:
-            return False
+            return None
+        if isinstance(fault, PortAnswered):
+            return fault.value
         if not self.m.engine.io_breakpoint_checks():
             self.m.stop(StopReason("unhandled-trap", detail=(
                 f"{vector_name(fault.vector)} for port {access.port:#x} at {rip:#x} cannot be raised: "
                 "the guest loaded DR7 itself, which turned off the engine's I/O check")))
-            return True
+            return 0xFFFF_FFFF
         saved = regs.read_many(_IO_REGISTERS)
         self._denied_io = (GuestException(fault.vector, rip, fault.error_code, fault.cr2), saved)
         regs.write(UC_X86_REG_DR3, access.port)
         regs.write(UC_X86_REG_DR7, (saved[-1] & ~DR7_BP3_FIELDS) | DR7_BP3_IO)
-        return True
+        return 0xFFFF_FFFF
 
     def _fault_denied_io(self) -> None:
         """The #DB a denied access armed: undo what the instruction did, deliver the policy's fault."""
@@ -332,14 +338,16 @@ class TrapDispatcher:
     def _in_entry(self, _engine, port: int, size: int, _user_data) -> int:
         """The engine's UC_HOOK_INSN IN callback (unicorn.h uc_cb_insn_in_t): the value ``in``
         reads from ``port`` (``size`` bytes).  A port policy's denial reads all ones (the access
-        is faulted before it completes); an attached device answers, else ``hvsim_port_io``, else
+        is faulted before it completes), its ``PortAnswered`` its value; an attached device answers, else ``hvsim_port_io``, else
         all ones (an empty ISA bus floats high) and the port is counted as unclaimed.  The body is
         inline: this is the hottest exit of a Linux boot (the PIT's counter in its TSC
         calibration and delays)."""
         try:
             mask = _SIZE_MASK[size]
-            if self._port_policy is not None and self._denied(PortAccess(port, size, False)):
-                return mask
+            if self._port_policy is not None:
+                answer = self._denied(PortAccess(port, size, False))
+                if answer is not None:
+                    return answer & mask
             device = self._port_devices.get(port)
             if device is not None:
                 m = self.m
@@ -364,7 +372,7 @@ class TrapDispatcher:
         ``value`` (``size`` bytes) to ``port``, to the attached device, else ``hvsim_port_io``,
         else counted as unclaimed; nothing when the port policy denies it."""
         try:
-            if self._port_policy is not None and self._denied(PortAccess(port, size, True, value)):
+            if self._port_policy is not None and self._denied(PortAccess(port, size, True, value)) is not None:
                 return
             device = self._port_devices.get(port)
             if device is not None:

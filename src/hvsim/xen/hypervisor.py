@@ -87,6 +87,10 @@ SCHED_POLL_FORMAT = "<QIIQ"                       # {XEN_GUEST_HANDLE(port) port
 SCHED_POLL_COMPAT_FORMAT = "<IIQ"                 # 32-bit caller: a 32-bit handle
 
 
+# Leaves Xen shows every guest empty (cpu-policy.c recalculate_misc): MONITOR (5), thermal and power
+# (6, with ARAT), 8, 0xC, and the extended topology (0xB, "TODO: Rework topology logic").
+GUEST_EMPTY_LEAVES = frozenset({0x5, 0x6, 0x8, 0xB, 0xC})
+
 class HypercallError(Exception):
     def __init__(self, errno: int, why: str = ""):
         super().__init__(why)
@@ -775,12 +779,19 @@ class XenHypervisor:
 
     # -- CPUID and the hypercall page ------------------------------------------------------------
     def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int] | None:
-        """The hypervisor leaves at 0x40000000 (arch-x86/cpuid.h) and leaf 1 with the hypervisor bit
-        set, as Xen shows every guest; ``None`` for any other leaf."""
+        """The hypervisor leaves at 0x40000000 (arch-x86/cpuid.h), leaf 1 with the hypervisor bit
+        set, and the leaves Xen empties or trims for every guest (cpu-policy.c recalculate_misc:
+        MONITOR, thermal/power (ARAT), leaves 8 and 0xC, the extended topology, most of
+        0x80000007 and 0x80000008's EDX), as Xen shows them; ``None`` for any other leaf."""
         base = x.CPUID_BASE
         if leaf == 1:
             eax, ebx, ecx, edx = self.m.native_cpuid(leaf, subleaf)
             return eax, ebx, ecx | LEAF1_ECX_HYPERVISOR, edx
+        if leaf in GUEST_EMPTY_LEAVES:
+            return 0, 0, 0, 0
+        if leaf in (0x8000_0007, 0x8000_0008):
+            eax, ebx, ecx, edx = self.m.native_cpuid(leaf, subleaf)
+            return (0, 0, 0, edx) if leaf == 0x8000_0007 else (eax, ebx, ecx, 0)
         if not base <= leaf <= base + 0xFF:
             return None
         if leaf == base:

@@ -55,6 +55,7 @@ from hvsim.xen.pvclock import vcpu_time_info
 
 from .builder import KERNEL_CS, build_domain, build_xen_area
 from .cpu import KERNEL_CPL, PvCpu
+from .ioports import XenPorts
 from .memory import PAGE, DomainMemory
 from .mmu import BATCH, PvMmu
 
@@ -211,6 +212,8 @@ def hvsim_setup(machine, image, config, options):
     mmu.adopt(layout.l4 // PAGE, 4)
     cpu = PvCpu(machine, dom, area, xen)
     cpu.mmu = mmu
+    pm = {type(d).__name__: d for d in machine.ports.devices.values()}.get("AcpiPm")
+    cpu.ports = XenPorts(dom0=dom0, pm_timer=pm.tmr_port if pm is not None else None)
     xen.deliver_upcall = cpu.upcall_raised          # events reach the guest's event callback
     machine.interrupt_source = cpu
     machine.traps.set_port_policy(cpu.port_access)     # virtual IOPL and I/O bitmap (cpu.py)
@@ -426,4 +429,6 @@ def hvsim_finish(machine, result):
         return None
     return {"hypercalls": d.xen.calls, "pinned_tables": len(d.mmu.pinned), "tlb_flushes": d.mmu.flushes,
             "bounced_exceptions": d.cpu.bounces, "event_upcalls": d.cpu.upcalls,
-            "user_entries": d.cpu.user_entries, "user_syscalls": d.cpu.user_syscalls, "nr_pages": d.dom.nr_pages, "dom0": d.dom0}
+            "user_entries": d.cpu.user_entries, "user_syscalls": d.cpu.user_syscalls, "nr_pages": d.dom.nr_pages, "dom0": d.dom0,
+            "privileged_ops_emulated": d.cpu.privops.emulated,
+            "ports_answered_by_xen": {f"{port:#x}": n for port, n in sorted(d.cpu.ports.answered.items())}}

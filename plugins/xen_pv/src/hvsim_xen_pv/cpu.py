@@ -32,7 +32,9 @@ port (its nr_ports, then a clear bit for every byte of the access, read through 
 table; a bitmap Xen cannot read is the #PF it gives).  ``cli``/``sti`` are #GP(0) in both modes
 (CPL 1 or 3, IOPL 0), which the privileged-op emulation completes as Xen's no-op when iopl_ok
 allows them and gives to the guest otherwise.  Ports do not fault in the engine, whatever the CPL
-(traps.py): the policy sees every access.  The #GP's Fault is in the trace.
+(traps.py): the policy sees every access, and one it allows goes where Xen's emulator sends it
+(ioports.py: the hardware only for a port the domain is permitted, else Xen's answer, mostly all
+ones).  The #GP's Fault is in the trace.
 """
 
 from __future__ import annotations
@@ -46,11 +48,12 @@ from hvsim.core.engine_state import SegmentCache
 from hvsim.core.errors import GuestMemoryError
 from hvsim.core.memory import is_canonical
 from hvsim.core.exceptions import HAS_ERROR_CODE, vector_name
-from hvsim.core.plugin_types import GuestException
+from hvsim.core.plugin_types import GuestException, PortAnswered
 from hvsim.core.result import StopReason
 from hvsim.xen import HypercallError
 
 from .builder import KERNEL_CS, KERNEL_SS, map_gdt_frames
+from .ioports import XenPorts
 from .privop import PrivilegedOps
 
 if TYPE_CHECKING:
@@ -113,6 +116,7 @@ class PvCpu:
         self.user_entries = 0
         self.user_syscalls = 0
         self.privops = PrivilegedOps(machine, self)
+        self.ports = XenPorts(dom0=False, pm_timer=None)      # the plugin sets the domain's (ioports.py)
 
     # -- vcpu_info ---------------------------------------------------------------------------------
     def vcpu_info(self) -> int:
@@ -156,10 +160,12 @@ class PvCpu:
             cpl = 0 if pv.VMASST_ARCHITECTURAL_IOPL in self.vm_assists else 1
         return cpl <= self.iopl
 
-    def port_access(self, access: "PortAccess", rip: int) -> "GuestException | None":
-        """Xen's guest_io_okay: None lets the access proceed, else the fault it raises instead."""
+    def port_access(self, access: "PortAccess", rip: int) -> "GuestException | PortAnswered | None":
+        """Xen's guest_io_okay, then what its emulator does with an allowed access (ioports.py):
+        None lets the access reach the machine's device, a ``PortAnswered`` is Xen's answer, a
+        ``GuestException`` the fault raised instead."""
         if self.iopl_ok():
-            return None
+            return self.ports.route(access)
         bitmap, nr_ports = self.iobitmap
         if access.port + access.size <= nr_ports:
             address = bitmap + (access.port >> 3)     # Xen reads two bytes, as the TSS bitmap is read
@@ -169,7 +175,7 @@ class PvCpu:
                 unreadable = address if not self._kernel_readable(address) else address + 1
                 return GuestException(PF_VECTOR, rip, 0, unreadable)
             if not mask & (((1 << access.size) - 1) << (access.port & 7)):
-                return None
+                return self.ports.route(access)
         return GuestException(GP_VECTOR, rip, 0)
 
     def _kernel_read(self, address: int, size: int) -> bytes:
@@ -587,8 +593,8 @@ class PvCpu:
     # -- CPUID ---------------------------------------------------------------------------------------
     def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
         """What a PV guest sees: Xen's leaves, else the CPU masked with Xen's PV featureset."""
-        hyper = self.xen.cpuid(leaf, subleaf) if x.CPUID_BASE <= leaf <= x.CPUID_BASE + 0xFF else None
-        if hyper is not None:
+        hyper = self.xen.cpuid(leaf, subleaf)
+        if hyper is not None and x.CPUID_BASE <= leaf <= x.CPUID_BASE + 0xFF:
             if leaf == x.CPUID_BASE + 2:
                 return hyper[0], hyper[1], 1, 0                  # MMU_PT_UPDATE_PRESERVE_AD (PV only)
             if leaf == x.CPUID_BASE + 4:
@@ -596,7 +602,7 @@ class PvCpu:
             if leaf == x.CPUID_BASE + 5:
                 return 0, 40, 0, 0                               # machine address width
             return hyper
-        eax, ebx, ecx, edx = self.m.native_cpuid(leaf, subleaf)
+        eax, ebx, ecx, edx = hyper if hyper is not None else self.m.native_cpuid(leaf, subleaf)
         if leaf == 1:
             edx &= ~LEAF1_EDX_HIDDEN
             ecx = (ecx & ~LEAF1_ECX_HIDDEN) | LEAF1_ECX_HYPERVISOR
