@@ -18,9 +18,11 @@
    without it, as a ratio, on the probe's compute loop (one block per 4 instructions: the worst
    case) and on the Linux vmlinux's boot under ``bare_metal`` up to the local-APIC stop.
 6. Linux to /init: Debian's ELF vmlinux with hvsim's own /init (``init.cpio``) booted to its poweroff
-   under ``bare_metal`` and ``kvm_pvh``, and by QEMU TCG on the same files when ``qemu-system-x86_64``
-   is installed, as wall seconds and hvsim/QEMU ratios, with the wall and guest time at which each
-   boot reached the banner, /init and the poweroff.
+   under ``bare_metal``, ``kvm_pvh``, ``xen_pv`` (domU) and ``xen_pv --dom0``, and by QEMU TCG on the
+   same files when ``qemu-system-x86_64`` is installed, as wall seconds and hvsim/QEMU ratios, with the
+   wall and guest time at which each boot reached the banner, /init and the poweroff.  The dom0 is
+   compared with its own reference: QEMU TCG booting Debian's Xen (scripts/fetch-xen) with the same
+   vmlinux as its dom0 (``hvsim.reference_xen``).
 
 ``--only compute,init`` runs only the named sections (compute, hypercall, banner, matrix, coverage,
 init).
@@ -525,9 +527,14 @@ INIT_MEMORY = "512M"
 INIT_TIMEOUT = 300
 # Console lines that mark the stages of a boot to hvsim's /init, first occurrence each (the last two
 # come from /init itself, userspace/init.c, and from Linux's kernel_power_off()).
-# hvsim's configurations, each compared with QEMU's bare-metal boot, and each one's goal (x QEMU)
-INIT_ENVS = ("bare_metal", "kvm_pvh", "xen_pv")
-INIT_GOALS = {"bare_metal": 1.0, "xen_pv": 1.5}
+# hvsim's configurations, each compared with QEMU's bare-metal boot, and each one's goal (x QEMU);
+# xen_pv_dom0 (hvsim's xen_pv --dom0) is compared with its own reference instead: QEMU TCG booting
+# Debian's Xen with the same vmlinux as its dom0 ("qemu_xen", hvsim.reference_xen).
+INIT_ENVS = ("bare_metal", "kvm_pvh", "xen_pv", "xen_pv_dom0")
+INIT_GOALS = {"bare_metal": 1.0, "xen_pv": 1.5, "xen_pv_dom0": 1.5}
+REFERENCE_OF = {"xen_pv_dom0": "qemu_xen"}          # default: "qemu"
+LABELS = {"qemu": "QEMU TCG", "qemu_xen": "QEMU TCG + Xen dom0", "xen_pv_dom0": "hvsim xen_pv dom0"}
+DOM0_MEMORY = "512M"                                # Xen's dom0_mem, hvsim's --memory
 MILESTONES = (("banner", "Linux version"), ("init", "Run /init as init process"),
               ("userspace_end", "hvsim-userspace: end"), ("power_down", "reboot: Power down"))
 
@@ -550,8 +557,10 @@ class Milestones:
                                   "blocks": machine.native.control.blocks}
 
 
-# A PV domU has no serial port: its console is hvc0 on the Xen console ring.
-CMDLINE_UNDER = {"xen_pv": "console=hvc0"}
+# A PV domU has no serial port: its console is hvc0 on the Xen console ring; dom0's hvc0 is Xen's
+# console (console_io), and earlyprintk=xen writes there from the start (tests/test_xen_reference.py).
+CMDLINE_UNDER = {"xen_pv": "console=hvc0", "xen_pv_dom0": "console=hvc0 earlyprintk=xen",
+                 "qemu_xen": "console=hvc0 earlyprintk=xen"}
 
 
 def hvsim_to_init(env: str, vmlinux: Path, initrd: Path) -> dict:
@@ -559,9 +568,12 @@ def hvsim_to_init(env: str, vmlinux: Path, initrd: Path) -> dict:
     included) to the poweroff stop, the emulation's share, guest time, blocks, emu_start calls,
     interrupts, and the milestones; exits if /init's report did not end or the run did not power off."""
     observer = Milestones()
-    config = MachineConfig(memory=INIT_MEMORY, cmdline=CMDLINE_UNDER.get(env, INIT_CMDLINE), initrd=initrd,
-                           timeout=INIT_TIMEOUT)
-    prepared = Run(env, vmlinux, config, observers=[observer])
+    config = MachineConfig(memory=DOM0_MEMORY if env == "xen_pv_dom0" else INIT_MEMORY,
+                           cmdline=CMDLINE_UNDER.get(env, INIT_CMDLINE), initrd=initrd, timeout=INIT_TIMEOUT)
+    if env == "xen_pv_dom0":
+        prepared = Run("xen_pv", vmlinux, config, options={"dom0": True}, observers=[observer])
+    else:
+        prepared = Run(env, vmlinux, config, observers=[observer])
     setup = time.perf_counter() - observer.t0
     result = prepared.execute()
     wall = time.perf_counter() - observer.t0
@@ -608,6 +620,40 @@ def qemu_to_init(qemu: str, vmlinux: Path, initrd: Path) -> dict:
     return {"wall_s": wall, "milestones": seen}
 
 
+def qemu_xen_to_init(qemu: str, xen: Path, vmlinux: Path, initrd: Path) -> dict:
+    """One boot of the same vmlinux and initramfs as the dom0 of real Xen under QEMU TCG
+    (``hvsim.reference_xen.boot_dom0``: Xen's own boot included): wall seconds from process start to
+    exit, and the milestones as ``qemu_to_init`` gives them; exits unless /init's report ended and
+    Linux powered off."""
+    from hvsim.reference_xen import ReferenceFailed, boot_dom0
+
+    try:
+        boot = boot_dom0(xen, vmlinux, initrd, CMDLINE_UNDER["qemu_xen"], timeout=INIT_TIMEOUT,
+                         dom0_memory=DOM0_MEMORY, qemu=qemu)
+    except ReferenceFailed as failed:
+        sys.exit(f"QEMU + Xen to /init: {failed}")
+    seen = {}
+    for at, line in boot.lines:
+        for key, text in MILESTONES:
+            if key not in seen and text in line:
+                stamp = PRINTK_TIME.match(line)
+                seen[key] = {"wall_s": at, "guest_s": float(stamp[1]) if stamp else None}
+    if "power_down" not in seen:
+        sys.exit(f"QEMU + Xen to /init: no power-down line\n{boot.console()[-2000:]}")
+    return {"wall_s": boot.wall_s, "milestones": seen, "xen": boot.xen_version()}
+
+
+def fetch_xen() -> tuple[Path | None, str]:
+    """Xen's multiboot image from scripts/fetch-xen, or None and why not."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "fetch-xen"
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        return None, f"scripts/fetch-xen failed ({done.returncode}): {done.stderr.strip()[-300:]}"
+    xen = Path(done.stdout.strip().splitlines()[-1])
+    package = xen.parent / "package"
+    return xen, package.read_text().strip() if package.is_file() else "unknown package version"
+
+
 def qemu_version(qemu: str) -> str:
     out = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=30).stdout
     return out.splitlines()[0] if out else "unknown version"
@@ -625,26 +671,38 @@ def bench_init(vmlinux: Path, reps: int) -> dict | None:
     from hvsim.core.plugins import environments
 
     installed = set(environments(get_plugin_manager()))
-    configs = [e for e in INIT_ENVS if e in installed] + (["qemu"] if qemu else [])
-    print(f"{title}\n  {vmlinux}, cmdline {INIT_CMDLINE!r} (xen_pv: {CMDLINE_UNDER['xen_pv']!r}), {INIT_MEMORY},"
-          f" {reps} runs")
+    xen, xen_package = fetch_xen() if qemu else (None, "no QEMU")
+    envs = [e for e in INIT_ENVS if (e if e != "xen_pv_dom0" else "xen_pv") in installed]
+    configs = envs + (["qemu"] if qemu else []) + (["qemu_xen"] if qemu and xen and "xen_pv_dom0" in envs else [])
+    print(f"{title}\n  {vmlinux}, cmdline {INIT_CMDLINE!r} (xen_pv: {CMDLINE_UNDER['xen_pv']!r}, dom0 and Xen's dom0:"
+          f" {CMDLINE_UNDER['xen_pv_dom0']!r}), {INIT_MEMORY} (dom0: {DOM0_MEMORY}), {reps} runs")
     runs: dict[str, list[dict]] = {c: [] for c in configs}
     for _ in range(reps):                       # the configurations take turns, as everywhere here
         for c in configs:
-            runs[c].append(qemu_to_init(qemu, vmlinux, initrd) if c == "qemu" else hvsim_to_init(c, vmlinux, initrd))
-    out = {"kernel": str(vmlinux), "initrd": str(initrd), "cmdline": INIT_CMDLINE, "reps": reps, "runs": runs}
+            runs[c].append(qemu_to_init(qemu, vmlinux, initrd) if c == "qemu" else
+                           qemu_xen_to_init(qemu, xen, vmlinux, initrd) if c == "qemu_xen" else
+                           hvsim_to_init(c, vmlinux, initrd))
+    out = {"kernel": str(vmlinux), "initrd": str(initrd), "cmdline": INIT_CMDLINE, "reps": reps, "runs": runs,
+           "xen": {"binary": str(xen), "package": xen_package} if xen else None}
     if qemu:
         out["qemu"] = {"binary": qemu, "version": qemu_version(qemu)}
         print(f"  QEMU: {out['qemu']['version']} (-M pc -accel tcg)")
+        if xen:
+            from hvsim.reference_xen import MACHINE_MEMORY
+
+            print(f"  Xen: {xen_package} ({xen}; QEMU -cpu max,-smap -m {MACHINE_MEMORY},"
+                  f" dom0_mem={DOM0_MEMORY})")
+        else:
+            print(f"  QEMU TCG + Xen dom0: skipped ({xen_package})")
     else:
         out["qemu"] = None
         print(f"  QEMU TCG: skipped ({QEMU} is not on PATH; apt-get install qemu-system-x86 provides it)")
     for c in configs:
         walls = [r["wall_s"] for r in runs[c]]
         med = statistics.median(walls)
-        label = "QEMU TCG" if c == "qemu" else f"hvsim {c}"
+        label = LABELS.get(c, f"hvsim {c}")
         extra = ""
-        if c != "qemu":
+        if not c.startswith("qemu"):
             r = runs[c][0]
             varying = sorted({x["blocks"] for x in runs[c]})
             if len(varying) > 1:                 # a deterministic boot counts the same blocks every time
@@ -652,11 +710,13 @@ def bench_init(vmlinux: Path, reps: int) -> dict | None:
             extra = (f"; setup {statistics.median(x['setup_s'] for x in runs[c]):.2f} s, guest {r['guest_s']:.2f} s"
                      f" ({r['idle_guest_s']:.2f} idle), {r['blocks'] / 1e6:.0f}M blocks, {r['emu_starts']} emu_start,"
                      f" {r['interrupts']} interrupts")
-        if qemu and c != "qemu":
-            ratios = [h["wall_s"] / q["wall_s"] for h, q in zip(runs[c], runs["qemu"])]
+        reference = REFERENCE_OF.get(c, "qemu")
+        if not c.startswith("qemu") and reference in runs:
+            ratios = [h["wall_s"] / q["wall_s"] for h, q in zip(runs[c], runs[reference])]
             out.setdefault("ratio", {})[c] = {"ratio": statistics.median(ratios), "runs": ratios,
-                                              "goal": INIT_GOALS.get(c)}
-            extra += f"; {statistics.median(ratios):.2f}x QEMU (per run: {fmt_runs(ratios, digits=2)})"
+                                              "goal": INIT_GOALS.get(c), "reference": reference}
+            extra += (f"; {statistics.median(ratios):.2f}x {LABELS[reference]} (per run:"
+                      f" {fmt_runs(ratios, digits=2)})")
         out.setdefault("wall_s", {})[c] = med
         print(f"  {label:<22}{med:7.2f} s  (runs: {fmt_runs(walls, digits=2)}{extra})")
     heads = ("Linux version", "Run /init", "/init's end", "Power down", "stop")
@@ -664,15 +724,17 @@ def bench_init(vmlinux: Path, reps: int) -> dict | None:
           " line's printk time), at the first console line holding each")
     print(f"  {'':<22}" + "".join(f"{h:>17}" for h in heads))
     for c in configs:
-        label = "QEMU TCG" if c == "qemu" else f"hvsim {c}"
+        label = LABELS.get(c, f"hvsim {c}")
         cells = []
         for key, _ in MILESTONES:
             marks = [r["milestones"][key] for r in runs[c] if key in r["milestones"]]
             guest = marks[0]["guest_s"] if marks else None
             cells.append(f"{'-':>17}" if not marks else
                          f"{statistics.median(m['wall_s'] for m in marks):>9.2f} / " + (f"{guest:5.2f}" if guest is not None else "    -"))
-        stop_guest = runs[c][0]["guest_s"] if c != "qemu" else runs[c][0]["milestones"]["power_down"]["guest_s"]
-        cells.append(f"{statistics.median(r['wall_s'] for r in runs[c]):>9.2f} / {stop_guest:5.2f}")
+        stop_guest = (runs[c][0]["milestones"]["power_down"]["guest_s"] if c.startswith("qemu")
+                      else runs[c][0]["guest_s"])
+        cells.append(f"{statistics.median(r['wall_s'] for r in runs[c]):>9.2f} / "
+                     + (f"{stop_guest:5.2f}" if stop_guest is not None else "    -"))
         print(f"  {label:<22}" + "".join(cells))
     return out
 
@@ -700,6 +762,7 @@ def goal_rows(report: dict) -> list[tuple[str, float | None, float, str]]:
         ("bzImage to banner, efi (EFI stub) / QEMU TCG bzImage", ratio("linux", "efi", "x_qemu", "ratio"), 2.0),
         ("vmlinux to /init + poweroff, bare_metal / QEMU TCG", ratio("init", "ratio", "bare_metal", "ratio"), 1.0),
         ("xen_pv domU to /init / QEMU TCG bare-metal /init", ratio("init", "ratio", "xen_pv", "ratio"), 1.5),
+        ("xen_pv dom0 to /init / QEMU TCG + Xen, same dom0", ratio("init", "ratio", "xen_pv_dom0", "ratio"), 1.5),
         ("hypercall round trip / empty Python invalid hook", ratio("hypercall", "ratio", "ratio"), 3.0),
         ("compute loop, bare Unicorn / hvsim", ratio("compute", "overhead", "ratio"), 1.10),
         ("exact instruction budget slowdown", ratio("compute", "budget_slowdown"), 3.0),
