@@ -111,3 +111,28 @@ def test_dom0_reads_the_physical_cpus_with_get_cpuinfo_and_a_domu_is_refused():
         else:
             assert [result_at(m, symbols, i) for i in range(2)] == [EPERM, EPERM]
             assert fields[0] == (1, 0xAAAA, 0xBBBB, 0xCCCC, 0xDDDD)
+
+
+def test_dom0_sets_the_wallclock_with_settime64_and_settime32():
+    """XENPF_settime64 (and the older settime32): the wallclock was secs.nsecs at the given system
+    time, so shared_info's wallclock (its value at system time 0) moves to secs.nsecs - system_time;
+    a nonzero mbz is -EINVAL (platform_hypercall.c, common/time.c do_settime)."""
+    v = pv.XENPF_INTERFACE_VERSION
+    data = (f"    .balign 8\nset64: .long {pv.XENPF_settime64}, {v}\n    .quad 2000000000\n"
+            f"    .long 250000000, 0\n    .quad 3500000000\n    .skip 104\n"
+            f"bad64: .long {pv.XENPF_settime64}, {v}\n    .quad 1\n    .long 0, 1\n    .quad 0\n    .skip 104\n"
+            f"set32: .long {pv.XENPF_settime32}, {v}\n    .long 1700000000, 7\n    .quad 0\n    .skip 112\n")
+
+    def wallclock(m) -> tuple[int, ...]:            # wc_version, wc_sec, wc_nsec, wc_sec_hi
+        return struct.unpack("<IIII", m.memory.read(m.plugin_state["xen_pv"].xen.shared_info + 3072, 16))
+
+    result, m, symbols = run_pv(hypercall(7, "set64", store=0) + hypercall(7, "bad64", store=1) + DONE + data,
+                                dom0=True)
+    assert_finished(result, m, symbols)
+    assert [result_at(m, symbols, i) for i in range(2)] == [0, -x.EINVAL]
+    version, sec, nsec, sec_hi = wallclock(m)
+    assert (sec, nsec, sec_hi) == (1999999996, 750000000, 0) and version % 2 == 0     # 3.5 s earlier
+    result, m, symbols = run_pv(hypercall(7, "set32", store=0) + DONE + data, dom0=True)
+    assert_finished(result, m, symbols)
+    assert result_at(m, symbols, 0) == 0 and wallclock(m)[1:] == (1700000000, 7, 0)
+    assert [c.name for c in calls(m, None) if c.name.startswith("platform_op")] == ["platform_op.settime32"]

@@ -122,15 +122,14 @@ XENVER_NAMES = {0: "version", 1: "extraversion", 2: "compile_info", 3: "capabili
                 5: "platform_parameters", 6: "get_features", 7: "pagesize", 8: "guest_handle",
                 9: "commandline", 10: "build_id", 11: "extraversion2", 12: "capabilities2",
                 13: "changeset2", 14: "commandline2"}
-XENMEM_NAMES = {
+XENMEM_NAMES = {     # memory.h (8, translate_gpfn_list, is retired)
     0: "increase_reservation", 1: "decrease_reservation", 2: "maximum_ram_page", 3: "current_reservation",
     4: "maximum_reservation", 5: "machphys_mfn_list", 6: "populate_physmap", 7: "add_to_physmap",
-    8: "exchange", 9: "memory_map", 10: "machine_memory_map", 11: "set_memory_map",
-    12: "machphys_mapping", 13: "set_pod_target", 14: "maximum_gpfn", 15: "remove_from_physmap",
-    16: "get_pod_target", 17: "get_sharing_freed_pages", 18: "get_sharing_shared_pages",
-    19: "access_op", 20: "claim_pages", 21: "sharing_op", 22: "paging_op", 23: "add_to_physmap_batch",
-    24: "machphys_compat_mfn_list", 25: "get_vnumainfo", 26: "reserved_device_memory_map",
-    27: "acquire_resource", 28: "get_mem_access_op", 29: "get_paging_op",
+    9: "memory_map", 10: "machine_memory_map", 11: "exchange", 12: "machphys_mapping", 13: "set_memory_map",
+    14: "maximum_gpfn", 15: "remove_from_physmap", 16: "set_pod_target", 17: "get_pod_target",
+    18: "get_sharing_freed_pages", 19: "get_sharing_shared_pages", 20: "paging_op", 21: "access_op",
+    22: "sharing_op", 23: "add_to_physmap_batch", 24: "claim_pages", 25: "machphys_compat_mfn_list",
+    26: "get_vnumainfo", 27: "reserved_device_memory_map", 28: "acquire_resource",
 }
 MEMOP_CMD_MASK = (1 << 6) - 1                   # memory.h: MEMOP_EXTENT_SHIFT; bits above: a start extent
 HVMOP_NAMES = {0: "set_param", 1: "get_param", 4: "set_pci_intx_level", 5: "flush_tlbs",

@@ -101,6 +101,9 @@ PHYSDEV_SET_IOBITMAP_FORMAT = "<QI"                 # {handle bitmap; u32 nr_por
 
 # --- platform.h (dom0) --------------------------------------------------------------------------------
 XENPF_INTERFACE_VERSION = 0x0300_0001
+XENPF_settime32, XENPF_settime64 = 17, 62
+SETTIME32_FORMAT = "<IIQ"                           # {u32 secs; u32 nsecs; u64 system_time}
+SETTIME64_FORMAT = "<QIIQ"                          # {u64 secs; u32 nsecs; u32 mbz; u64 system_time}
 XENPF_firmware_info = 50
 XEN_FW_DISK_INFO, XEN_FW_DISK_MBR_SIGNATURE, XEN_FW_VBEDDC_INFO = 1, 2, 3
 XEN_FW_EFI_INFO, XEN_FW_KBD_SHIFT_FLAGS = 4, 5

@@ -154,6 +154,7 @@ class XenHypervisor:
             self.params[x.HVM_PARAM_CONSOLE_PFN] = console_page // PAGE
             self.params[x.HVM_PARAM_CONSOLE_EVTCHN] = self.events.bind_backend("console", self._drain)
         self.shared_info: int | None = None          # guest-physical address, once placed
+        self.wallclock = (WALLCLOCK_EPOCH_S, 0)       # (s, ns) at system time 0 (common/time.c wc_sec/wc_nsec)
         self.vcpu_info: dict[int, int] = {}          # vcpu -> guest-physical address
         self.upcall_vectors: dict[int, int] = {}
         self.shutdown_code: int | None = None
@@ -427,6 +428,14 @@ class XenHypervisor:
         self.m.add_private_memory(address, PAGE)
         self.max_gpfn = max(self.max_gpfn, gpfn)
 
+    def set_wallclock(self, secs: int, nsecs: int, system_time: int) -> None:
+        """common/time.c do_settime: the wallclock was ``secs``.``nsecs`` at system time
+        ``system_time`` (ns); shared_info's wallclock (its time at system time 0) follows."""
+        at_zero = secs * 10**9 + nsecs - system_time
+        self.wallclock = (at_zero // 10**9 & 0xFFFF_FFFF_FFFF_FFFF, at_zero % 10**9)
+        if self.shared_info is not None:
+            publish_wallclock(self.m.memory, self.shared_info, *self.wallclock)
+
     def place_shared_info(self, address: int) -> None:
         """shared_info now lives at guest-physical ``address``: zeroed (no event pending or
         masked), with each vCPU's upcall mask set until the guest clears it."""
@@ -434,7 +443,7 @@ class XenHypervisor:
         self.m.memory.fill(address, PAGE)
         for vcpu in range(min(self.m.config.smp, x.SHARED_INFO_VCPUS)):
             self.m.memory.write_u8(address + vcpu * x.VCPU_INFO_SIZE + x.VCPU_INFO_UPCALL_MASK, 1)
-        publish_wallclock(self.m.memory, address, WALLCLOCK_EPOCH_S)
+        publish_wallclock(self.m.memory, address, *self.wallclock)
         self.events.place_shared_info(address)
         self.publish_time()
 

@@ -351,6 +351,18 @@ def _platform_op(d: PvDomain, a, info) -> int:
         if kind in (pv.XEN_FW_DISK_INFO, pv.XEN_FW_DISK_MBR_SIGNATURE, pv.XEN_FW_VBEDDC_INFO):
             raise HypercallError(x.ESRCH, "no such firmware record (no disks, no VBE)")
         raise HypercallError(x.EINVAL, f"firmware info type {kind}")
+    if cmd in (pv.XENPF_settime32, pv.XENPF_settime64):
+        if cmd == pv.XENPF_settime32:
+            secs, nsecs, system_time = struct.unpack(pv.SETTIME32_FORMAT, mem.read(a[0] + 8, 16))
+            mbz = 0
+        else:
+            secs, nsecs, mbz, system_time = struct.unpack(pv.SETTIME64_FORMAT, mem.read(a[0] + 8, 24))
+        info.update(op="settime32" if cmd == pv.XENPF_settime32 else "settime64", secs=secs, nsecs=nsecs,
+                    system_time=system_time)
+        if mbz:
+            raise HypercallError(x.EINVAL, "settime64's mbz field is not zero")
+        d.xen.set_wallclock(secs, nsecs, system_time)
+        return 0
     if cmd == pv.XENPF_get_cpuinfo:
         # platform_hypercall.c: the physical CPUs are the machine's (the MADT's processor UID = APIC
         # ID = index, all online); a CPU that is not present is flagged invalid, the rest left as given.
