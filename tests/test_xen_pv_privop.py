@@ -195,3 +195,49 @@ ud_again:
     assert result_at(m, symbols, 12) == 2 and result_at(m, symbols, 13) == symbols["ud_again"]
     assert result_at(m, symbols, 14) == 1 and result_at(m, symbols, 15) == symbols["gp_wrfsbase"]
     assert not m.reg("cr4") & 0x10000                              # the engine's bit stays clear
+
+
+def test_xsave_as_xen_offers_it_to_a_pv_kernel():
+    """The kernel's enlightened CPUID (Xen's forced-emulation prefix) shows OSXSAVE while its CR4 has
+    none (Xen's own leaks there, as Linux expects) and the native one does not; xsetbv is #GP until
+    the kernel sets CR4.OSXSAVE, then loads XCR0 (xgetbv reads it back), refusing a value without
+    x87 or with AVX but not SSE."""
+    source = GP_KERNEL + f"""
+    mov $1, %eax
+    xor %ecx, %ecx
+    .byte 0x0f, 0x0b, 0x78, 0x65, 0x6e  /* ud2; .ascii "xen" */
+    cpuid
+    mov %rcx, results+8(%rip)
+    mov $1, %eax
+    xor %ecx, %ecx
+    cpuid
+    mov %rcx, results+16(%rip)
+    xor %ecx, %ecx
+    xor %edx, %edx
+    mov $3, %eax
+no_osxsave:
+    xsetbv; nop
+    mov %cr4, %rax
+    or $0x40000, %rax
+    mov %rax, %cr4
+    xor %ecx, %ecx
+    mov $3, %eax
+    xsetbv; nop
+    xgetbv
+    mov %rax, results+24(%rip)
+    mov $2, %eax
+no_x87:
+    xsetbv; nop
+    mov $5, %eax
+avx_without_sse:
+    xsetbv; nop
+    xgetbv
+    mov %rax, results+32(%rip)
+    {DONE}"""
+    result, m, symbols = run_pv(source)
+    assert result.stop.kind == "poweroff", result.stop
+    assert result_at(m, symbols, 1) & (3 << 26) == 3 << 26            # XSAVE and OSXSAVE, enlightened
+    assert result_at(m, symbols, 2) & (3 << 26) == 1 << 26            # XSAVE only, native
+    assert result_at(m, symbols, 3) == 3 and result_at(m, symbols, 4) == 3
+    refused = [f.rip for f in gp_faults(m) if not f.detail.startswith("emulated")]
+    assert refused == [symbols["no_osxsave"], symbols["no_x87"], symbols["avx_without_sse"]]

@@ -74,6 +74,7 @@ SEGS_FROM_REGS = 184
 SEGMENT_CACHE_SIZE = 24
 EFLAGS_VM = 1 << 17
 CR0_PE = 1 << 0
+CR4_OSXSAVE = 1 << 18
 MSR_FS_BASE, MSR_GS_BASE = 0xC000_0100, 0xC000_0101
 # uc_context_save into an existing context (what the binding's context_update calls), unprototyped.
 _CONTEXT_SAVE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(
@@ -233,6 +234,28 @@ def _calibrate_cpu_state() -> tuple[int, int, int]:
     return r, hflags, segs
 
 
+@functools.lru_cache(maxsize=1)
+def xcr0_offset() -> int | None:
+    """The offset of XCR0 (CPUX86State.xcr0, which the register API does not reach) in the context:
+    the one 8-byte field that follows ``xsetbv`` on a scratch engine through 3, 1 and 3 again
+    (RAX, which holds each value too, excluded).  None when it is not found."""
+    uc = new_engine()
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(_ENTRY, bytes.fromhex("0f01d1 f4"))            # xsetbv; hlt
+    uc.reg_write(UC_X86_REG_CR4, uc.reg_read(UC_X86_REG_CR4) | CR4_OSXSAVE)
+    candidates: set[int] | None = None
+    for value in (3, 1, 3):
+        for name, v in (("RCX", 0), ("RDX", 0), ("RAX", value)):
+            uc.reg_write(getattr(x86_const, f"UC_X86_REG_{name}"), v)
+        uc.emu_start(_ENTRY, 0, count=1)
+        blob = _blob(uc)
+        holding = {o for o in range(0, len(blob) - 8, 8) if struct.unpack_from("<Q", blob, o)[0] == value}
+        candidates = holding if candidates is None else candidates & holding
+    rax = _calibrate_cpu_state()[0]
+    found = sorted((candidates or set()) - {rax})
+    return found[0] if len(found) == 1 else None
+
+
 def _i32(blob: bytes, offset: int) -> int:
     return struct.unpack_from("<i", blob, offset)[0]
 
@@ -360,6 +383,17 @@ class EngineState:
         hflags = struct.unpack("<I", ctypes.string_at(at, 4))[0]
         ctypes.memmove(at, struct.pack("<I", hflags | HF_IOBPT), 4)
         self._uc.context_restore(ctx)
+
+    def write_xcr0(self, value: int) -> bool:
+        """Load XCR0 as ``xsetbv`` would (for an environment that emulates the instruction: a PV
+        kernel's, which is not in ring 0); False, changing nothing, when its field is not found."""
+        offset = xcr0_offset()
+        if offset is None:
+            return False
+        ctx = self._uc.context_save()
+        ctypes.memmove(ctx.context.value + offset, struct.pack("<Q", value), 8)
+        self._uc.context_restore(ctx)
+        return True
 
     def replace_word(self, old: int, new: int) -> bool:
         """Replace the one 64-bit field of the CPU state that holds ``old`` (4-byte aligned in the

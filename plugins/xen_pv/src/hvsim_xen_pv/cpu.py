@@ -88,6 +88,7 @@ KERNEL_CS_CACHE = SegmentCache(KERNEL_CS | KERNEL_CPL, 0, 0xFFFF_FFFF, 0x00AF_9F
 LEAF1_EDX_HIDDEN = (1 << 3) | (1 << 12) | (1 << 13) | (1 << 17)          # PSE MTRR PGE PSE36
 LEAF1_ECX_HIDDEN = (1 << 3) | (1 << 5) | (1 << 17) | (1 << 21) | (1 << 24)  # MONITOR VMX PCID X2APIC TSC_DEADLINE
 LEAF1_ECX_HYPERVISOR = 1 << 31
+LEAF1_ECX_XSAVE, LEAF1_ECX_OSXSAVE = 1 << 26, 1 << 27
 # FSGSBASE is shown, as Xen shows it to PV guests ('A' in cpufeatureset.h); privop.py keeps the
 # guest's CR4.FSGSBASE virtual and completes the instructions.
 LEAF7_EBX_HIDDEN = (1 << 7) | (1 << 10) | (1 << 20)                       # SMEP INVPCID SMAP
@@ -613,9 +614,15 @@ class PvCpu:
         return eax, ebx, ecx, edx
 
     def emulated_cpuid(self, rip: int) -> None:
-        """Xen's forced-emulation prefix (``ud2; .ascii "xen"; cpuid``): answer and step over it."""
+        """Xen's forced-emulation prefix (``ud2; .ascii "xen"; cpuid``): answer and step over it.
+        The kernel's enlightened view of leaf 1 shows OSXSAVE whenever XSAVE is offered, whatever its
+        CR4 says: Xen's own OSXSAVE leaks there, a de-facto part of the PV ABI Linux relies on
+        (cpuid.c guest_cpuid, "OSXSAVE handling for PV guests is non-architectural")."""
         m = self.m
-        answer = self.cpuid(m.reg("rax") & 0xFFFF_FFFF, m.reg("rcx") & 0xFFFF_FFFF)
+        leaf = m.reg("rax") & 0xFFFF_FFFF
+        answer = self.cpuid(leaf, m.reg("rcx") & 0xFFFF_FFFF)
+        if leaf == 1 and self.kernel_mode and answer[2] & LEAF1_ECX_XSAVE:
+            answer = (answer[0], answer[1], answer[2] | LEAF1_ECX_OSXSAVE, answer[3])
         for reg, value in zip(("rax", "rbx", "rcx", "rdx"), answer):
             m.set_reg(reg, value & 0xFFFF_FFFF)
         m.set_rip(rip + len(pv.XEN_EMULATE_PREFIX) + len(pv.CPUID_INSN))

@@ -18,6 +18,8 @@ completes on the guest's behalf is completed; anything else is the guest's #GP.
     CR4 is Xen's pv_fixup_guest_cr4: the guest controls TSD, DE, FSGSBASE and OSXSAVE (each when
     its CPUID feature is shown), the rest of its view is Xen's choice, and nothing faults.
   - ``rdtsc``/``rdtscp`` (#GP only under CR4.TSD): the guest's TSC.
+  - ``xsetbv`` (handle_xsetbv): XCR0 may take x87 with any set of the states CPUID leaf 0xD offers
+    (AVX only with SSE), once the guest has set CR4.OSXSAVE; anything else is #GP.
 - FSGSBASE, as Xen exposes it to a 64-bit PV guest (pv/domain.c pv_make_cr4): the guest's CR4.FSGSBASE
   is virtual and the engine's stays clear, so ``rdfsbase``/``rdgsbase``/``wrfsbase``/``wrgsbase``
   raise #UD, which is the guest's while its bit is clear and otherwise completes here in either
@@ -26,9 +28,8 @@ completes on the guest's behalf is completed; anything else is the guest's #GP.
     alias DR6/DR7 as with CR4.DE clear).
   - ``clts``: fpu_taskswitch(0).  ``wbinvd``/``invd``: nothing to flush here.
 Not emulated (the guest's #GP, as Xen): ``hlt``, ``lgdt``/``lidt``/``ltr``/``lldt``, ``invlpg``,
-``swapgs``, ``sysret``, CR8, and every privileged instruction in user mode.  Not modelled:
-``xsetbv`` (Xen emulates it; the engine's XCR0 cannot be written from the host, so the guest gets
-#GP), the single-step #DB Xen raises after an emulated instruction when the guest had TF set, and
+``swapgs``, ``sysret``, CR8, and every privileged instruction in user mode.  Not modelled: the
+single-step #DB Xen raises after an emulated instruction when the guest had TF set, and
 CR4.DE's effect on DR4/DR5.  ``in``/``out`` never
 fault here (the engine makes no IOPL check; cpu.py's port policy decides them, with the outcome
 Xen's emulation gives).
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 
 CR0_TS = 1 << 3
 CR4_TSD, CR4_DE, CR4_FSGSBASE, CR4_OSXSAVE = 1 << 2, 1 << 3, 1 << 16, 1 << 18
+XSTATE_X87, XSTATE_SSE, XSTATE_AVX = 1, 2, 4
 # The CR4 bits a PV guest controls (Xen's PV_CR4_GUEST_MASK), each with the CPUID feature it needs
 # as (leaf, register index in eax..edx, bit): TSC, DE, FSGSBASE, XSAVE.
 CR4_GUEST_CONTROLLED = {CR4_TSD: (1, 3, 4), CR4_DE: (1, 3, 2), CR4_FSGSBASE: (7, 1, 0), CR4_OSXSAVE: (1, 2, 26)}
@@ -131,7 +133,22 @@ class PrivilegedOps:
             return f"TSC {tsc:#x}"
         if name == "mov":
             return self._mov(insn)
+        if name == "xsetbv":
+            return self._xsetbv()
         return None
+
+    def _xsetbv(self) -> str | None:
+        m = self.m
+        value = (m.reg("rdx") & 0xFFFF_FFFF) << 32 | m.reg("rax") & 0xFFFF_FFFF
+        eax, _, _, edx = self.cpu.cpuid(0xD, 0)
+        offered = edx << 32 | eax
+        if (m.reg("rcx") & 0xFFFF_FFFF or not self.cr4_view() & CR4_OSXSAVE or not value & XSTATE_X87
+                or value & ~offered or (value & XSTATE_AVX and not value & XSTATE_SSE)):
+            return None
+        if not m.engine.write_xcr0(value):
+            m.note("xen_pv: xsetbv: the engine's XCR0 cannot be found; the guest gets #GP")
+            return None
+        return f"XCR0 = {value:#x}"
 
     def _msr(self, insn, write: bool) -> str | None:
         m = self.m
