@@ -43,6 +43,20 @@ typedef int (*uc_reg_write_fn)(void *uc, int regid, const void *value);
 typedef int (*uc_mem_read_fn)(void *uc, uint64_t address, void *bytes, uint64_t size);
 typedef int (*uc_mem_write_fn)(void *uc, uint64_t address, const void *bytes, uint64_t size);
 typedef int (*uc_ctl_fn)(void *uc, uint32_t control, ...);
+struct uc_mem_region {             /* unicorn/unicorn.h */
+    uint64_t begin;                /* inclusive */
+    uint64_t end;                  /* inclusive */
+    uint32_t perms;
+};
+typedef int (*uc_mem_regions_fn)(void *uc, struct uc_mem_region **regions, uint32_t *count);
+typedef int (*uc_free_fn)(void *mem);
+/* libunicorn's internal functions (exported by the x86_64 build, qemu/unicorn_common.h,
+ * qemu/softmmu/memory.c, qemu/accel/tcg/translate-all.c): a guest-physical address's region, the
+ * region's offset in the engine's RAM address space (ram_addr_t; ~0 for MMIO), and dropping the
+ * translations of code in [start, end) of that space. */
+typedef void *(*memory_mapping_fn)(void *uc, uint64_t address);
+typedef uint64_t (*ram_addr_fn)(void *memory_region);
+typedef void (*invalidate_phys_fn)(void *uc, uint64_t start, uint64_t end);
 
 /* Unicorn 2.1.4's register ids (unicorn/x86.h); native.py checks them against the binding. */
 enum { REG_CS = 11, REG_EFLAGS = 25, REG_RAX = 35, REG_RCX = 38, REG_RDI = 39, REG_RDX = 40, REG_RSI = 43,
@@ -110,6 +124,13 @@ struct hvsim_control {
     uint64_t vtlb_flushes;
     uint64_t vtlb_code_pages;
     volatile uint8_t *pc_was_set;  /* the engine's skip_sync_pc_on_exit (engine.py), or a zero byte */
+    /* dropping translated code by physical address (hvsim_forget_code below): libunicorn's */
+    uc_mem_regions_fn mem_regions; /* uc_mem_regions, uc_free, and three of its internal */
+    uc_free_fn uc_free;            /* functions (x86_64 build): find_memory_mapping, */
+    memory_mapping_fn memory_mapping;    /* memory_region_get_ram_addr, tb_invalidate_phys_range */
+    ram_addr_fn ram_addr;
+    invalidate_phys_fn invalidate_phys;
+    uint64_t code_forgets;         /* ranges given to hvsim_forget_code */
 };
 
 struct tb_count {
@@ -859,6 +880,44 @@ static uint32_t hvsim_rdtscp_hook(void *uc, void *user)
     return 1;
 }
 
+/* --- host writes to guest memory ----------------------------------------------------------------
+ *
+ * The engine does not see the host's stores to guest memory (uc_mem_write: Unicorn's
+ * invalidate_and_set_dirty is empty), so code it translated there would run again as it was.
+ * hvsim_forget_code drops the translations of code in guest-physical [start, end), whatever linear
+ * address they were fetched through: the engine keys its translations by RAM address (ram_addr_t),
+ * which for a mapped region is the region's offset plus the distance from its start.  Ranges of no
+ * region, and MMIO regions, have no translations.  0, or -1 when the region list is unavailable.
+ */
+#define RAM_ADDR_INVALID (~(uint64_t)0)
+
+static int hvsim_forget_code(void *uc, struct hvsim_control *c, uint64_t start, uint64_t end)
+{
+    struct uc_mem_region *regions = NULL;
+    uint32_t count = 0;
+    if (start >= end)
+        return 0;
+    if (c->mem_regions(uc, &regions, &count) != 0)
+        return -1;
+    c->code_forgets++;
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t begin = regions[i].begin, last = regions[i].end;
+        if (last < start || begin >= end)
+            continue;
+        void *mr = c->memory_mapping(uc, begin);
+        if (mr == NULL)
+            continue;
+        uint64_t base = c->ram_addr(mr);
+        if (base == RAM_ADDR_INVALID)
+            continue;
+        uint64_t lo = start > begin ? start : begin;
+        uint64_t hi = end - 1 < last ? end - 1 : last;
+        c->invalidate_phys(uc, base + (lo - begin), base + (hi - begin) + 1);
+    }
+    c->uc_free(regions);
+    return 0;
+}
+
 static void hvsim_insn_hook(void *uc, uint64_t address, uint32_t size, void *user)
 {
     struct hvsim_control *c = user;
@@ -960,6 +1019,7 @@ PyMODINIT_FUNC PyInit__native(void)
         PyModule_AddIntConstant(m, "STOPPED_BY_SMC", STOPPED_BY_SMC) < 0 ||
         PyModule_AddObject(m, "rdtsc_hook", PyLong_FromVoidPtr((void *)hvsim_rdtsc_hook)) < 0 ||
         PyModule_AddObject(m, "rdtscp_hook", PyLong_FromVoidPtr((void *)hvsim_rdtscp_hook)) < 0 ||
+        PyModule_AddObject(m, "forget_code", PyLong_FromVoidPtr((void *)hvsim_forget_code)) < 0 ||
         PyModule_AddIntConstant(m, "REG_EFLAGS", REG_EFLAGS) < 0 ||
         PyModule_AddIntConstant(m, "REG_RAX", REG_RAX) < 0 ||
         PyModule_AddIntConstant(m, "REG_RCX", REG_RCX) < 0 ||

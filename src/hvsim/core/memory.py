@@ -223,25 +223,16 @@ class VirtualMemory:
         pa = self.translate(vaddr)
         regs = self._regs
         if regs.read(UC_X86_REG_CR0) & (1 << 31) and regs.msr_read(MSR_EFER) & (1 << 10):
-            found = self.fetch_translation(vaddr, 0, permissions=False)
+            found = self._leaf(vaddr)
             if found is not None and found[0] == pa:
                 return pa, found[1]
         return pa, PAGE_SIZE - vaddr % PAGE_SIZE
 
-    def fetch_translation(self, vaddr: int, cpl: int, permissions: bool = True) -> tuple[int, int] | None:
-        """Where a code fetch at ``vaddr`` from privilege level ``cpl`` would read, as (physical
-        address, bytes left in that translation's page), or None if the fetch would fault: not
-        present, non-canonical, execute-disabled (NX with EFER.NXE), a supervisor page from ring
-        3, or a user page from rings 0-2 under CR4.SMEP.  Long mode and paging off only (None
-        for legacy paging)."""
-        cr0, cr3, cr4 = self._regs.read_many(_PAGING_REGISTERS)
-        efer = self._regs.msr_read(MSR_EFER)
-        if not cr0 & (1 << 31):
-            return vaddr, PAGE_SIZE - vaddr % PAGE_SIZE
-        if not efer & (1 << 10) or not is_canonical(vaddr):
-            return None
+    def _leaf(self, vaddr: int) -> tuple[int, int] | None:
+        """Long mode: where ``vaddr`` translates, as (physical address, bytes left in its page: 4 KiB,
+        2 MiB or 1 GiB), or None when the walk ends at a non-present entry or outside RAM."""
+        cr3 = self._regs.read(UC_X86_REG_CR3)
         table = cr3 & _ADDR_MASK
-        user, nx = True, False
         for shift in (39, 30, 21, 12):
             try:
                 entry = self._phys.read_u64(table + ((vaddr >> shift) & 0x1FF) * 8)
@@ -249,14 +240,9 @@ class VirtualMemory:
                 return None
             if not entry & 1:
                 return None
-            user = user and bool(entry & 4)
-            nx = nx or bool(entry >> 63)
             if shift == 12 or (shift in (30, 21) and entry & 0x80):
                 break
             table = entry & _ADDR_MASK
-        if permissions and ((nx and efer & (1 << 11)) or (cpl == 3 and not user)
-                            or (cpl < 3 and user and cr4 & (1 << 20))):
-            return None
         mask = (1 << shift) - 1
         return (entry & _ADDR_MASK & ~mask) | (vaddr & mask), (1 << shift) - (vaddr & mask)
 

@@ -106,6 +106,12 @@ class NativeControl(ctypes.Structure):
         ("vtlb_flushes", ctypes.c_uint64),
         ("vtlb_code_pages", ctypes.c_uint64),
         ("pc_was_set", ctypes.c_void_p),
+        ("mem_regions", ctypes.c_void_p),
+        ("uc_free", ctypes.c_void_p),
+        ("memory_mapping", ctypes.c_void_p),
+        ("ram_addr", ctypes.c_void_p),
+        ("invalidate_phys", ctypes.c_void_p),
+        ("code_forgets", ctypes.c_uint64),
     ]
 
 
@@ -118,6 +124,15 @@ _REG_WRITE = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
 _MEM_READ = ctypes.cast(uclib.uc_mem_read, ctypes.c_void_p).value
 _MEM_WRITE = ctypes.cast(uclib.uc_mem_write, ctypes.c_void_p).value
 _CTL = ctypes.cast(uclib.uc_ctl, ctypes.c_void_p).value
+_MEM_REGIONS = ctypes.cast(uclib.uc_mem_regions, ctypes.c_void_p).value
+_UC_FREE = ctypes.cast(uclib.uc_free, ctypes.c_void_p).value
+# libunicorn's own functions behind UC_CTL_TB_REMOVE_CACHE, exported by its x86_64 build (_native.c,
+# hvsim_forget_code): the control takes a linear address, these a guest-physical one.
+_MEMORY_MAPPING = ctypes.cast(uclib.find_memory_mapping_x86_64, ctypes.c_void_p).value
+_RAM_ADDR = ctypes.cast(uclib.memory_region_get_ram_addr_x86_64, ctypes.c_void_p).value
+_INVALIDATE_PHYS = ctypes.cast(uclib.tb_invalidate_phys_range_x86_64, ctypes.c_void_p).value
+_FORGET_CODE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64)(
+    _native.forget_code)
 
 
 class NativeHooks:
@@ -146,6 +161,11 @@ class NativeHooks:
         self.control.mem_read = _MEM_READ
         self.control.mem_write = _MEM_WRITE
         self.control.ctl = _CTL
+        self.control.mem_regions = _MEM_REGIONS
+        self.control.uc_free = _UC_FREE
+        self.control.memory_mapping = _MEMORY_MAPPING
+        self.control.ram_addr = _RAM_ADDR
+        self.control.invalidate_phys = _INVALIDATE_PHYS
         if len(ram) > MAX_RAM_RANGES:
             raise ValueError(f"at most {MAX_RAM_RANGES} RAM ranges for the rep fast path, got {len(ram)}")
         for i, (start, size) in enumerate(ram):
@@ -156,6 +176,8 @@ class NativeHooks:
         self.control.deadline_blocks = NO_DEADLINE
         self.control.ns_per_block = ns_per_block
         self._uc = uc
+        self._handle = uc._uch.value
+        self._control_at = ctypes.addressof(self.control)
         # hvsim's stops happen at block starts (this hook): the engine's check after every guest
         # memory access is not needed, and costs a third of store-heavy code (engine.py)
         self.access_exit_checks = not set_access_exit_checks(uc, False)
@@ -316,6 +338,13 @@ class NativeHooks:
         )
         if status != UC_ERR_OK:
             raise UcError(status)
+
+    def forget_code(self, start: int, end: int) -> None:
+        """Drop the engine's translations of code in guest-physical ``[start, end)``, through
+        whatever linear address it was fetched (``_native.c``, hvsim_forget_code): after a host
+        write there, the guest runs what is in memory now."""
+        if _FORGET_CODE(self._handle, self._control_at, start, end):  # pragma: no cover - out of memory
+            raise UcError(1)
 
     def request_stop(self) -> None:
         """Thread- and signal-safe: the run stops at the next block start."""
