@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 from unicorn import UC_PROT_ALL
-from unicorn.unicorn_const import UC_CTL_TLB_FLUSH
 from unicorn import x86_const
 
 from . import acpi
@@ -305,7 +304,7 @@ class Machine:
     def flush_tlb(self) -> None:
         """Drop the engine's cached translations, as ``invlpg``/a CR3 reload would: needed after the
         host changed guest page tables (a PV MMU hypercall), or the guest runs on stale mappings."""
-        self.uc._Uc__ctl_w(UC_CTL_TLB_FLUSH)    # the 2.1.4 binding has no wrapper for this control
+        self.native.flush_tlb()
 
     def add_private_memory(self, start: int, size: int) -> None:
         """Back ``[start, start+size)`` with host RAM that belongs to the environment, not to the

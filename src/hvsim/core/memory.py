@@ -38,6 +38,9 @@ _PAGING_REGISTERS = (UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_CR4)
 # through one buffer allocated per accessor.
 _MEM_READ = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t)(
     ctypes.cast(uclib.uc_mem_read, ctypes.c_void_p).value)
+# uc_mem_write the same way, from a bytes object (ctypes passes its buffer as the pointer)
+_MEM_WRITE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t)(
+    ctypes.cast(uclib.uc_mem_write, ctypes.c_void_p).value)
 _SCRATCH = PAGE_SIZE
 
 
@@ -109,11 +112,16 @@ class GuestMemory:
         return self._scratch_view[:size].tobytes()
 
     def write(self, address: int, data: bytes) -> None:
-        self.check(address, len(data))
-        if data:
-            self._uc.mem_write(address, bytes(data))
+        size = len(data)
+        i = bisect.bisect_right(self._starts, address) - 1      # ``check`` inline (page-table updates)
+        if i < 0 or address < 0 or address + size > self._ends[i]:
+            raise GuestMemoryError(address, size)
+        if size:
+            status = _MEM_WRITE(self._handle, address, bytes(data), size)
+            if status:
+                raise UcError(status)
             if self.after_write is not None:
-                self.after_write(address, len(data))
+                self.after_write(address, size)
 
     def fill(self, address: int, size: int, byte: int = 0) -> None:
         self.check(address, size)
@@ -205,7 +213,7 @@ class VirtualMemory:
         if efer & (1 << 10):                      # long mode: 4-level
             if not is_canonical(vaddr):
                 raise GuestMemoryError(vaddr, 1, "non-canonical address (#GP in long mode)")
-            return self._walk(vaddr, cr3 & _ADDR_MASK, ((39, 8), (30, 8), (21, 8), (12, 8)), (30, 21))
+            return self._walk4(vaddr, cr3 & _ADDR_MASK)
         if cr4 & (1 << 5):                        # PAE: PDPT of 4 entries
             vaddr &= 0xFFFF_FFFF
             pdpte = self._read_entry((cr3 & 0xFFFF_FFE0) + ((vaddr >> 30) & 3) * 8, vaddr, 8)
@@ -254,6 +262,28 @@ class VirtualMemory:
         if not entry & 1:
             raise GuestMemoryError(vaddr, 1, "not mapped in the guest page tables")
         return entry
+
+    def _walk4(self, vaddr: int, table: int) -> int:
+        """``_walk`` for 4-level paging, its reads inline (every hypercall argument comes this way):
+        the same entries read, the same errors."""
+        phys = self._phys
+        starts, ends, handle, word, word_at = phys._starts, phys._ends, phys._handle, phys._word, phys._word_at
+        for shift in (39, 30, 21, 12):
+            at = table + ((vaddr >> shift) & 0x1FF) * 8
+            i = bisect.bisect_right(starts, at) - 1
+            if i < 0 or at + 8 > ends[i]:
+                raise GuestMemoryError(vaddr, 1, f"page-table entry at {at:#x} is outside guest RAM")
+            status = _MEM_READ(handle, at, word_at, 8)
+            if status:
+                raise UcError(status)
+            entry = word.value
+            if not entry & 1:
+                raise GuestMemoryError(vaddr, 1, "not mapped in the guest page tables")
+            if entry & 0x80 and shift in (30, 21):
+                mask = (1 << shift) - 1
+                return (entry & _ADDR_MASK & ~mask) | (vaddr & mask)
+            table = entry & _ADDR_MASK
+        return table | (vaddr & 0xFFF)
 
     def _walk(self, vaddr: int, table: int, levels, large_shifts) -> int:
         for shift, _ in levels:

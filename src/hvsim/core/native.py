@@ -131,6 +131,8 @@ _UC_FREE = ctypes.cast(uclib.uc_free, ctypes.c_void_p).value
 _MEMORY_MAPPING = ctypes.cast(uclib.find_memory_mapping_x86_64, ctypes.c_void_p).value
 _RAM_ADDR = ctypes.cast(uclib.memory_region_get_ram_addr_x86_64, ctypes.c_void_p).value
 _INVALIDATE_PHYS = ctypes.cast(uclib.tb_invalidate_phys_range_x86_64, ctypes.c_void_p).value
+# uc_ctl(uc, UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0)): the binding's ctl wrapper costs more than the flush
+_CTL_NO_ARGS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)(_CTL)
 _FORGET_CODE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64)(
     _native.forget_code)
 
@@ -345,6 +347,12 @@ class NativeHooks:
         write there, the guest runs what is in memory now."""
         if _FORGET_CODE(self._handle, self._control_at, start, end):  # pragma: no cover - out of memory
             raise UcError(1)
+
+    def flush_tlb(self) -> None:
+        """Drop the engine's TLB (``UC_CTL_TLB_FLUSH``)."""
+        status = _CTL_NO_ARGS(self._handle, _native.CTL_TLB_FLUSH_WRITE)
+        if status:  # pragma: no cover - the engine refuses the control only when closed
+            raise UcError(status)
 
     def request_stop(self) -> None:
         """Thread- and signal-safe: the run stops at the next block start."""
