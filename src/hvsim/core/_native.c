@@ -918,6 +918,60 @@ static int hvsim_forget_code(void *uc, struct hvsim_control *c, uint64_t start, 
     return 0;
 }
 
+/* --- the host's reads of guest-virtual memory ----------------------------------------------------
+ *
+ * hvsim_translate is VirtualMemory.translate (memory.py) for 4-level paging, the mode of every
+ * hypercall argument a 64-bit guest passes: with CR0.PG and EFER.LMA set and `va` canonical, the
+ * four levels from CR3 (a PS bit ends the walk at levels 3 and 2), every entry present and read
+ * from inside `w->ranges` (the bounds-checked accessor's, so never a device's MMIO).  No accessed
+ * bit is set and no permission checked, as there.  0 and *pa on success; nonzero for anything else
+ * (another paging mode, a fault), and Python walks again to give the same answer or error.
+ */
+#define WALK_RANGES 16
+
+struct hvsim_walker {
+    uc_reg_read_fn reg_read;
+    uc_mem_read_fn mem_read;
+    int32_t count;                 /* ranges used */
+    int32_t reserved;
+    uint64_t ranges[WALK_RANGES][2];   /* [start, end), the accessor's regions */
+};
+
+static int walker_read(void *uc, const struct hvsim_walker *w, uint64_t at, uint64_t *entry)
+{
+    for (int i = 0; i < w->count; i++)
+        if (at >= w->ranges[i][0] && at < w->ranges[i][1] && w->ranges[i][1] - at >= 8)
+            return w->mem_read(uc, at, entry, 8);
+    return -1;
+}
+
+static int hvsim_translate(void *uc, const struct hvsim_walker *w, uint64_t va, uint64_t *pa)
+{
+    uint64_t cr0 = 0, cr3 = 0, entry = 0;
+    struct uc_x86_msr efer = {MSR_EFER, 0};
+    if (w->reg_read(uc, REG_CR0, &cr0) != 0 || !(cr0 & CR0_PG))
+        return 1;
+    if (w->reg_read(uc, REG_MSR, &efer) != 0 || !(efer.value & EFER_LMA))
+        return 1;
+    if ((uint64_t)((int64_t)(va << 16) >> 16) != va)
+        return 1;
+    if (w->reg_read(uc, REG_CR3, &cr3) != 0)
+        return 1;
+    uint64_t table = cr3 & PTE_ADDR;
+    for (int shift = 39; shift >= 12; shift -= 9) {
+        if (walker_read(uc, w, table + ((va >> shift) & 511) * 8, &entry) != 0 || !(entry & PTE_P))
+            return 1;
+        if ((shift == 30 || shift == 21) && (entry & PTE_PS)) {
+            uint64_t mask = (1ull << shift) - 1;
+            *pa = (entry & PTE_ADDR & ~mask) | (va & mask);
+            return 0;
+        }
+        table = entry & PTE_ADDR;
+    }
+    *pa = table | (va & 0xFFF);
+    return 0;
+}
+
 static void hvsim_insn_hook(void *uc, uint64_t address, uint32_t size, void *user)
 {
     struct hvsim_control *c = user;
@@ -1020,6 +1074,9 @@ PyMODINIT_FUNC PyInit__native(void)
         PyModule_AddObject(m, "rdtsc_hook", PyLong_FromVoidPtr((void *)hvsim_rdtsc_hook)) < 0 ||
         PyModule_AddObject(m, "rdtscp_hook", PyLong_FromVoidPtr((void *)hvsim_rdtscp_hook)) < 0 ||
         PyModule_AddObject(m, "forget_code", PyLong_FromVoidPtr((void *)hvsim_forget_code)) < 0 ||
+        PyModule_AddObject(m, "translate", PyLong_FromVoidPtr((void *)hvsim_translate)) < 0 ||
+        PyModule_AddIntConstant(m, "walker_size", (long)sizeof(struct hvsim_walker)) < 0 ||
+        PyModule_AddIntConstant(m, "WALK_RANGES", WALK_RANGES) < 0 ||
         PyModule_AddIntConstant(m, "REG_EFLAGS", REG_EFLAGS) < 0 ||
         PyModule_AddIntConstant(m, "REG_RAX", REG_RAX) < 0 ||
         PyModule_AddIntConstant(m, "REG_RCX", REG_RCX) < 0 ||

@@ -23,6 +23,7 @@ from unicorn.x86_const import (
 
 from .cpu import MSR_EFER
 from .errors import GuestMemoryError
+from .native import Walker
 from .registers import RegisterFile
 
 if TYPE_CHECKING:
@@ -55,18 +56,15 @@ class GuestMemory:
         self._scratch_view = memoryview(self._scratch).cast("B")
         self._word = ctypes.c_uint64()
         self._word_at = ctypes.addressof(self._word)
-        self._regions = sorted(regions)
-        self._starts = [start for start, _ in self._regions]
-        self._ends = [start + size for start, size in self._regions]
+        self.walker = Walker()          # the native page walk (VirtualMemory.translate) reads only these
+        self._set_regions(sorted(regions))
         # Called as ``after_write(address, size)`` after every write: the machine drops the
         # engine's translations of code in the range (the engine does not see host stores).
         self.after_write: Callable[[int, int], None] | None = None
 
     def add_region(self, start: int, size: int) -> None:
         """Make an engine-mapped range (``Machine.add_private_memory``) reachable through this accessor."""
-        self._regions = sorted(self._regions + [(start, size)])
-        self._starts = [s for s, _ in self._regions]
-        self._ends = [s + n for s, n in self._regions]
+        self._set_regions(sorted(self._regions + [(start, size)]))
 
     def remove_region(self, start: int, size: int) -> None:
         """Take ``[start, start+size)`` out of this accessor (the engine maps a device there instead)."""
@@ -76,9 +74,13 @@ class GuestMemory:
                 kept += [(a, b - a) for a, b in ((s, start), (end, s + n)) if b > a]
             else:
                 kept.append((s, n))
-        self._regions = sorted(kept)
-        self._starts = [s for s, _ in self._regions]
-        self._ends = [s + n for s, n in self._regions]
+        self._set_regions(sorted(kept))
+
+    def _set_regions(self, regions: list[tuple[int, int]]) -> None:
+        self._regions = regions
+        self._starts = [s for s, _ in regions]
+        self._ends = [s + n for s, n in regions]
+        self.walker.set_ranges(list(zip(self._starts, self._ends)))
 
     @property
     def regions(self) -> tuple[tuple[int, int], ...]:
@@ -199,10 +201,14 @@ class VirtualMemory:
 
     def __init__(self, uc: "Uc", physical: GuestMemory):
         self._uc = uc
+        self._handle = uc._uch.value
         self._regs = RegisterFile(uc)
         self._phys = physical
 
     def translate(self, vaddr: int) -> int:
+        pa = self._phys.walker.translate(self._handle, vaddr)      # 4-level paging, no fault: natively
+        if pa is not None:
+            return pa
         try:
             cr0, cr3, cr4 = self._regs.read_many(_PAGING_REGISTERS)
             efer = self._regs.msr_read(MSR_EFER)

@@ -131,10 +131,50 @@ _UC_FREE = ctypes.cast(uclib.uc_free, ctypes.c_void_p).value
 _MEMORY_MAPPING = ctypes.cast(uclib.find_memory_mapping_x86_64, ctypes.c_void_p).value
 _RAM_ADDR = ctypes.cast(uclib.memory_region_get_ram_addr_x86_64, ctypes.c_void_p).value
 _INVALIDATE_PHYS = ctypes.cast(uclib.tb_invalidate_phys_range_x86_64, ctypes.c_void_p).value
+_TRANSLATE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p)(
+    _native.translate)
 # uc_ctl(uc, UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0)): the binding's ctl wrapper costs more than the flush
 _CTL_NO_ARGS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)(_CTL)
 _FORGET_CODE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64)(
     _native.forget_code)
+
+
+class Walker(ctypes.Structure):
+    """Mirror of ``struct hvsim_walker`` in _native.c: what ``translate`` needs, the ranges of
+    guest-physical memory its page-table reads may touch (``set_ranges``)."""
+
+    _fields_ = [
+        ("reg_read", ctypes.c_void_p),
+        ("mem_read", ctypes.c_void_p),
+        ("count", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+        ("ranges", (ctypes.c_uint64 * 2) * _native.WALK_RANGES),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reg_read, self.mem_read = _REG_READ, _MEM_READ
+        self._at = ctypes.addressof(self)
+        self._pa = ctypes.c_uint64()
+        self._pa_at = ctypes.addressof(self._pa)
+
+    def set_ranges(self, ranges: list[tuple[int, int]]) -> None:
+        """``[start, end)`` ranges; more than fit leave the native walk off (``translate`` None)."""
+        fits = len(ranges) <= _native.WALK_RANGES
+        for i, (start, end) in enumerate(ranges if fits else ()):
+            self.ranges[i][0], self.ranges[i][1] = start, end
+        self.count = len(ranges) if fits else 0
+
+    def translate(self, handle: int, vaddr: int) -> int | None:
+        """The guest-physical address of ``vaddr`` through the live 4-level tables, or None when
+        paging is not 4-level or the walk would fail (the caller walks again, for the error)."""
+        if not self.count or _TRANSLATE(handle, self._at, vaddr, self._pa_at):
+            return None
+        return self._pa.value
+
+
+if ctypes.sizeof(Walker) != _native.walker_size:  # pragma: no cover - build mismatch
+    raise ImportError("hvsim native helper: walker layout differs from _native.c; rebuild")
 
 
 class NativeHooks:
