@@ -17,7 +17,10 @@
  *    With `rep_fast` set it also runs `rep stos`/`rep movs` host-side, a page at a time (rep_string
  *    below).
  *  - hvsim_rdtsc_hook / hvsim_rdtscp_hook: answer RDTSC / RDTSCP with guest time in nanoseconds (a
- *    1 GHz TSC) instead of the engine's host-clock TSC, so the guest's time is deterministic.
+ *    1 GHz TSC) instead of the engine's host-clock TSC, so the guest's time is deterministic; RDTSCP's
+ *    ECX is read from the engine's own TSC_AUX field when native.py found its address.
+ *  - hvsim_forget_code / hvsim_translate: called by Python, not the engine: drop translated code by
+ *    guest-physical address after a host write, and walk 4-level page tables for a host read.
  *  - instruction budget: the block hook charges each block's instruction count (budget_block, with
  *    hvsim_tb_hook recording the counts as blocks are translated); hvsim_insn_hook counts executed
  *    instructions one at a time and stops before the one that would exceed `insn_limit` (installed
@@ -131,6 +134,7 @@ struct hvsim_control {
     ram_addr_fn ram_addr;
     invalidate_phys_fn invalidate_phys;
     uint64_t code_forgets;         /* ranges given to hvsim_forget_code */
+    const volatile uint64_t *tsc_aux_at;   /* the engine's own IA32_TSC_AUX field (native.py), or NULL */
 };
 
 struct tb_count {
@@ -873,7 +877,10 @@ static uint32_t hvsim_rdtscp_hook(void *uc, void *user)
 {
     struct hvsim_control *c = user;
     struct uc_x86_msr aux = {MSR_TSC_AUX, 0};
-    c->reg_read(uc, REG_MSR, &aux);
+    if (c->tsc_aux_at != NULL)
+        aux.value = *c->tsc_aux_at;    /* what the read below returns, without helper_rdmsr */
+    else
+        c->reg_read(uc, REG_MSR, &aux);
     uint64_t rcx = aux.value & 0xFFFFFFFFu;
     put_tsc(uc, c, guest_tsc(c));
     c->reg_write(uc, REG_RCX, &rcx);

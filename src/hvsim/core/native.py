@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import struct
 
 from unicorn import x86_const
 from unicorn.unicorn_const import (
@@ -112,6 +113,7 @@ class NativeControl(ctypes.Structure):
         ("ram_addr", ctypes.c_void_p),
         ("invalidate_phys", ctypes.c_void_p),
         ("code_forgets", ctypes.c_uint64),
+        ("tsc_aux_at", ctypes.c_void_p),
     ]
 
 
@@ -137,6 +139,121 @@ _TRANSLATE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ct
 _CTL_NO_ARGS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)(_CTL)
 _FORGET_CODE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64)(
     _native.forget_code)
+
+
+# --- where the engine keeps IA32_TSC_AUX -------------------------------------------------------------
+#
+# RDTSCP returns TSC_AUX in ECX; the native hook would read it with uc_reg_read (helper_rdmsr and its
+# SVM intercept check) on every RDTSCP, millions in a Linux boot.  The engine keeps it in its CPU
+# state (CPUX86State.tsc_aux, which uc_context_save copies from the start of the state): the field is
+# found by writing two marks through the MSR and looking for the one qword that follows them in the
+# context, then in the engine's heap reached from its uc_struct (only addresses /proc/self/maps shows
+# readable are read).  It is used only when the whole state found there equals the context and a
+# third mark written through the MSR shows up there and in no other copy; otherwise the hook reads
+# the MSR as before.
+_MSR_TSC_AUX = 0xC0000103
+_AUX_MARKS = (0x5AD1_C0DE_0000_0001, 0x5AD1_C0DE_0000_0002, 0x5AD1_C0DE_0000_0003)
+_UC_STRUCT_SCAN = 8192          # bytes of uc_struct whose qwords are tried as pointers
+_HEAP_SCAN = 1 << 18            # bytes searched after each such pointer
+
+
+def _readable_ranges() -> list[tuple[int, int]]:
+    ranges = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                span, perms = line.split()[:2]
+                if perms.startswith("r"):
+                    start, end = (int(x, 16) for x in span.split("-"))
+                    ranges.append((start, end))
+    except OSError:
+        return []
+    return ranges
+
+
+def _cpu_state(uc) -> bytes:
+    """The engine's CPU state as uc_context_save copies it: the context after its header, whose
+    first field (size_t context_size) is the state's size."""
+    ctx = uc.context_save()
+    raw = ctypes.string_at(ctx.context.value, ctx.size)
+    size = struct.unpack_from("<Q", raw)[0]
+    return raw[len(raw) - size:] if 0 < size <= len(raw) else b""
+
+
+def _follows_writes(uc, address: int, readable: list[tuple[int, int]]) -> bool:
+    """``address`` is readable and holds what the next two writes of TSC_AUX write."""
+    if not any(start <= address and address + 8 <= end for start, end in readable):
+        return False
+    for mark in _AUX_MARKS[1:]:
+        uc.msr_write(_MSR_TSC_AUX, mark)
+        if ctypes.c_uint64.from_address(address).value != mark:
+            return False
+    return True
+
+
+_aux_layout: list[tuple[int, int]] = []      # (qword of uc_struct, distance from its pointer): found once
+
+
+def tsc_aux_address(uc) -> int | None:
+    """The address of ``uc``'s CPUX86State.tsc_aux, or None when it cannot be found for sure."""
+    original = uc.msr_read(_MSR_TSC_AUX)
+    try:
+        base, readable = uc._uch.value, _readable_ranges()
+        if not any(start <= base and base + _UC_STRUCT_SCAN <= end for start, end in readable):
+            return None
+        words = struct.unpack(f"<{_UC_STRUCT_SCAN // 8}Q", ctypes.string_at(base, _UC_STRUCT_SCAN))
+        for index, distance in _aux_layout:          # where it was in the first engine searched
+            if _follows_writes(uc, words[index] + distance, readable):
+                return words[index] + distance
+        found = _search_tsc_aux(uc, words, readable)
+        if found is None or not _follows_writes(uc, found, readable):
+            return None
+        pointers = [(found - word, index) for index, word in enumerate(words) if 0 <= found - word < _HEAP_SCAN]
+        if pointers:
+            distance, index = min(pointers)
+            _aux_layout[:] = [(index, distance)]
+        return found
+    finally:
+        uc.msr_write(_MSR_TSC_AUX, original)
+
+
+def _search_tsc_aux(uc, words, readable) -> int | None:
+    offsets = []
+    for mark in _AUX_MARKS[:2]:
+        uc.msr_write(_MSR_TSC_AUX, mark)
+        raw = _cpu_state(uc)
+        needle = struct.pack("<Q", mark)
+        offsets.append([at for at in range(0, len(raw) - 7, 8) if raw[at:at + 8] == needle])
+    if len(offsets[0]) != 1 or offsets[0] != offsets[1]:
+        return None
+    offset, state = offsets[0][0], _cpu_state(uc)
+
+    def span(address: int) -> int:
+        """Readable bytes from ``address`` (0: none)."""
+        for start, end in readable:
+            if start <= address < end:
+                return end - address
+        return 0
+
+    mark = struct.pack("<Q", _AUX_MARKS[1])
+    candidates = set()
+    for pointer in set(words):
+        size = min(span(pointer), _HEAP_SCAN) if pointer % 8 == 0 else 0
+        if size < len(state):
+            continue
+        heap = ctypes.string_at(pointer, size)
+        at = heap.find(mark)
+        while at >= 0:
+            start = at - offset
+            if start >= 0 and heap[start:start + len(state)] == state:
+                candidates.add(pointer + start + offset)
+            at = heap.find(mark, at + 1)
+    # copies of the state (the contexts saved above) match too; only the engine's own field
+    # follows a new write
+    uc.msr_write(_MSR_TSC_AUX, _AUX_MARKS[2])
+    live = [address for address in candidates
+            if span(address) >= 8 and ctypes.c_uint64.from_address(address).value == _AUX_MARKS[2]]
+    return live[0] if len(live) == 1 else None
 
 
 class Walker(ctypes.Structure):
@@ -227,6 +344,7 @@ class NativeHooks:
         self.control.pc_was_set = sync_pc_flag(uc) or ctypes.addressof(self._zero)
         self._add(UC_HOOK_BLOCK, _native.block_hook)
         self._add(UC_HOOK_INSN, _native.rdtsc_hook, x86_const.UC_X86_INS_RDTSC)
+        self.control.tsc_aux_at = tsc_aux_address(uc)
         self._add(UC_HOOK_INSN, _native.rdtscp_hook, x86_const.UC_X86_INS_RDTSCP)
         self._per_instruction = False
         self._code = None
