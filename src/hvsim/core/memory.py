@@ -137,18 +137,25 @@ class GuestMemory:
             self.after_write(address, size)
 
     def read_u8(self, address: int) -> int:
-        return self.read(address, 1)[0]
+        return self._read_word(address, 1) & 0xFF
 
     def read_u16(self, address: int) -> int:
-        return struct.unpack("<H", self.read(address, 2))[0]
+        return self._read_word(address, 2) & 0xFFFF
 
     def read_u32(self, address: int) -> int:
-        return struct.unpack("<I", self.read(address, 4))[0]
+        return self._read_word(address, 4) & 0xFFFF_FFFF
 
     def read_u64(self, address: int) -> int:
-        # The page-table walks' read: straight into one 8-byte buffer, no bytes object in between.
-        self.check(address, 8)
-        status = _MEM_READ(self._handle, address, self._word_at, 8)
+        return self._read_word(address, 8)
+
+    def _read_word(self, address: int, size: int) -> int:
+        """``size`` bytes (at most 8) as a little-endian integer, with bytes above them left over
+        from the last read (the callers mask them): straight into one 8-byte buffer, no bytes
+        object in between (page-table walks, event-channel bits)."""
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i < 0 or address < 0 or address + size > self._ends[i]:
+            raise GuestMemoryError(address, size)
+        status = _MEM_READ(self._handle, address, self._word_at, size)
         if status:
             raise UcError(status)
         return self._word.value
@@ -301,6 +308,8 @@ class VirtualMemory:
         return table | (vaddr & 0xFFF)
 
     def read(self, vaddr: int, size: int) -> bytes:
+        if 0 < size <= PAGE_SIZE - vaddr % PAGE_SIZE and 0 <= vaddr <= 0xFFFF_FFFF_FFFF_FFFF:   # one page
+            return self._phys.read(self.translate(vaddr), size)
         out = bytearray()
         while len(out) < size:
             va = (vaddr + len(out)) & 0xFFFF_FFFF_FFFF_FFFF
