@@ -158,13 +158,15 @@ _HEAP_SCAN = 1 << 18            # bytes searched after each such pointer
 
 
 def _readable_ranges() -> list[tuple[int, int]]:
+    """The process's anonymous read-write mappings (the C heap among them): never a file's, where a
+    read past the file's end would fault."""
     ranges = []
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
-                span, perms = line.split()[:2]
-                if perms.startswith("r"):
-                    start, end = (int(x, 16) for x in span.split("-"))
+                fields = line.split()
+                if fields[1].startswith("rw") and (len(fields) < 6 or fields[5] == "[heap]"):
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
                     ranges.append((start, end))
     except OSError:
         return []
