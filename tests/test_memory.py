@@ -66,3 +66,35 @@ def test_layout_splits_ram_around_the_pci_hole():
     assert (low.end, high.start, high.size) == (PCI_HOLE_START, FOUR_GIB, (6 << 30) - PCI_HOLE_START)
     assert all(r.type == MemoryType.RESERVED for r in big.memory_map if r.start in (0x9FC00, 0xE0000))
     assert not big.is_ram(0xFEE00000)
+
+
+def test_the_native_walk_answers_as_the_python_walk_and_reads_only_the_accessors_memory(memory):
+    uc, mem = memory
+    tables = PageTableBuilder(mem, 0x100000, 0x140000)
+    tables.identity(0, 4 << 20)
+    tables.map(0xFFFFFFFF80000000, 0x200000, 0x200000)       # 2 MiB page
+    tables.map(0xFFFF888000003000, 0x5000, 0x1000)           # 4 KiB page
+    pdpt = 0x141000                                          # a 1 GiB page at 512 GiB, by hand
+    mem.write_u64(tables.pml4 + 8, pdpt | 3)
+    mem.write_u64(pdpt + 8, 0x4000_0000 | 0x83)
+    uc.reg_write(UC_X86_REG_CR3, tables.pml4)
+    uc.reg_write(UC_X86_REG_CR4, CR4_PAE)
+    uc.msr_write(MSR_EFER, EFER_LME | EFER_LMA)
+    uc.reg_write(UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_PG)
+    vmem = VirtualMemory(uc, mem)
+    cases = {0x1234: 0x1234, 0xFFFFFFFF80012345: 0x212345, 0xFFFF888000003ABC: 0x5ABC,
+             (1 << 39) + (1 << 30) + 0x12345678: 0x5234_5678}
+    for va, pa in cases.items():
+        assert mem.walker.translate(uc._uch.value, va) == pa          # the native walk itself
+        assert vmem._walk4(va, tables.pml4) == pa == vmem.translate(va)
+    for va in (0xFFFF888000004000, 0x0000_8000_0000_0000):           # not present; not canonical
+        assert mem.walker.translate(uc._uch.value, va) is None
+        with pytest.raises(GuestMemoryError):
+            vmem.translate(va)
+    # the page directory mapping 0 leaves the accessor (a device takes its range): the engine still
+    # maps it, but the walk must not read it, natively or not
+    directory = mem.read_u64(mem.read_u64(tables.pml4) & ~0xFFF) & 0x000F_FFFF_FFFF_F000
+    mem.remove_region(directory, 0x1000)
+    assert mem.walker.translate(uc._uch.value, 0x1234) is None
+    with pytest.raises(GuestMemoryError, match="outside guest RAM"):
+        vmem.translate(0x1234)

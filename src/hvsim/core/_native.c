@@ -17,7 +17,10 @@
  *    With `rep_fast` set it also runs `rep stos`/`rep movs` host-side, a page at a time (rep_string
  *    below).
  *  - hvsim_rdtsc_hook / hvsim_rdtscp_hook: answer RDTSC / RDTSCP with guest time in nanoseconds (a
- *    1 GHz TSC) instead of the engine's host-clock TSC, so the guest's time is deterministic.
+ *    1 GHz TSC) instead of the engine's host-clock TSC, so the guest's time is deterministic; RDTSCP's
+ *    ECX is read from the engine's own TSC_AUX field when native.py found its address.
+ *  - hvsim_forget_code / hvsim_translate: called by Python, not the engine: drop translated code by
+ *    guest-physical address after a host write, and walk 4-level page tables for a host read.
  *  - instruction budget: the block hook charges each block's instruction count (budget_block, with
  *    hvsim_tb_hook recording the counts as blocks are translated); hvsim_insn_hook counts executed
  *    instructions one at a time and stops before the one that would exceed `insn_limit` (installed
@@ -43,6 +46,20 @@ typedef int (*uc_reg_write_fn)(void *uc, int regid, const void *value);
 typedef int (*uc_mem_read_fn)(void *uc, uint64_t address, void *bytes, uint64_t size);
 typedef int (*uc_mem_write_fn)(void *uc, uint64_t address, const void *bytes, uint64_t size);
 typedef int (*uc_ctl_fn)(void *uc, uint32_t control, ...);
+struct uc_mem_region {             /* unicorn/unicorn.h */
+    uint64_t begin;                /* inclusive */
+    uint64_t end;                  /* inclusive */
+    uint32_t perms;
+};
+typedef int (*uc_mem_regions_fn)(void *uc, struct uc_mem_region **regions, uint32_t *count);
+typedef int (*uc_free_fn)(void *mem);
+/* libunicorn's internal functions (exported by the x86_64 build, qemu/unicorn_common.h,
+ * qemu/softmmu/memory.c, qemu/accel/tcg/translate-all.c): a guest-physical address's region, the
+ * region's offset in the engine's RAM address space (ram_addr_t; ~0 for MMIO), and dropping the
+ * translations of code in [start, end) of that space. */
+typedef void *(*memory_mapping_fn)(void *uc, uint64_t address);
+typedef uint64_t (*ram_addr_fn)(void *memory_region);
+typedef void (*invalidate_phys_fn)(void *uc, uint64_t start, uint64_t end);
 
 /* Unicorn 2.1.4's register ids (unicorn/x86.h); native.py checks them against the binding. */
 enum { REG_CS = 11, REG_EFLAGS = 25, REG_RAX = 35, REG_RCX = 38, REG_RDI = 39, REG_RDX = 40, REG_RSI = 43,
@@ -110,6 +127,14 @@ struct hvsim_control {
     uint64_t vtlb_flushes;
     uint64_t vtlb_code_pages;
     volatile uint8_t *pc_was_set;  /* the engine's skip_sync_pc_on_exit (engine.py), or a zero byte */
+    /* dropping translated code by physical address (hvsim_forget_code below): libunicorn's */
+    uc_mem_regions_fn mem_regions; /* uc_mem_regions, uc_free, and three of its internal */
+    uc_free_fn uc_free;            /* functions (x86_64 build): find_memory_mapping, */
+    memory_mapping_fn memory_mapping;    /* memory_region_get_ram_addr, tb_invalidate_phys_range */
+    ram_addr_fn ram_addr;
+    invalidate_phys_fn invalidate_phys;
+    uint64_t code_forgets;         /* ranges given to hvsim_forget_code */
+    const volatile uint64_t *tsc_aux_at;   /* the engine's own IA32_TSC_AUX field (native.py), or NULL */
 };
 
 struct tb_count {
@@ -853,11 +878,106 @@ static uint32_t hvsim_rdtscp_hook(void *uc, void *user)
 {
     struct hvsim_control *c = user;
     struct uc_x86_msr aux = {MSR_TSC_AUX, 0};
-    c->reg_read(uc, REG_MSR, &aux);
+    if (c->tsc_aux_at != NULL)
+        aux.value = *c->tsc_aux_at;    /* what the read below returns, without helper_rdmsr */
+    else
+        c->reg_read(uc, REG_MSR, &aux);
     uint64_t rcx = aux.value & 0xFFFFFFFFu;
     put_tsc(uc, c, guest_tsc(c));
     c->reg_write(uc, REG_RCX, &rcx);
     return 1;
+}
+
+/* --- host writes to guest memory ----------------------------------------------------------------
+ *
+ * The engine does not see the host's stores to guest memory (uc_mem_write: Unicorn's
+ * invalidate_and_set_dirty is empty), so code it translated there would run again as it was.
+ * hvsim_forget_code drops the translations of code in guest-physical [start, end), whatever linear
+ * address they were fetched through: the engine keys its translations by RAM address (ram_addr_t),
+ * which for a mapped region is the region's offset plus the distance from its start.  Ranges of no
+ * region, and MMIO regions, have no translations.  0, or -1 when the region list is unavailable.
+ */
+#define RAM_ADDR_INVALID (~(uint64_t)0)
+
+static int hvsim_forget_code(void *uc, struct hvsim_control *c, uint64_t start, uint64_t end)
+{
+    struct uc_mem_region *regions = NULL;
+    uint32_t count = 0;
+    if (start >= end)
+        return 0;
+    if (c->mem_regions(uc, &regions, &count) != 0)
+        return -1;
+    c->code_forgets++;
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t begin = regions[i].begin, last = regions[i].end;
+        if (last < start || begin >= end)
+            continue;
+        void *mr = c->memory_mapping(uc, begin);
+        if (mr == NULL)
+            continue;
+        uint64_t base = c->ram_addr(mr);
+        if (base == RAM_ADDR_INVALID)
+            continue;
+        uint64_t lo = start > begin ? start : begin;
+        uint64_t hi = end - 1 < last ? end - 1 : last;
+        c->invalidate_phys(uc, base + (lo - begin), base + (hi - begin) + 1);
+    }
+    c->uc_free(regions);
+    return 0;
+}
+
+/* --- the host's reads of guest-virtual memory ----------------------------------------------------
+ *
+ * hvsim_translate is VirtualMemory.translate (memory.py) for 4-level paging, the mode of every
+ * hypercall argument a 64-bit guest passes: with CR0.PG and EFER.LMA set and `va` canonical, the
+ * four levels from CR3 (a PS bit ends the walk at levels 3 and 2), every entry present and read
+ * from inside `w->ranges` (the bounds-checked accessor's, so never a device's MMIO).  No accessed
+ * bit is set and no permission checked, as there.  0 and *pa on success; nonzero for anything else
+ * (another paging mode, a fault), and Python walks again to give the same answer or error.
+ */
+#define WALK_RANGES 16
+
+struct hvsim_walker {
+    uc_reg_read_fn reg_read;
+    uc_mem_read_fn mem_read;
+    int32_t count;                 /* ranges used */
+    int32_t reserved;
+    uint64_t ranges[WALK_RANGES][2];   /* [start, end), the accessor's regions */
+};
+
+static int walker_read(void *uc, const struct hvsim_walker *w, uint64_t at, uint64_t *entry)
+{
+    for (int i = 0; i < w->count; i++)
+        if (at >= w->ranges[i][0] && at < w->ranges[i][1] && w->ranges[i][1] - at >= 8)
+            return w->mem_read(uc, at, entry, 8);
+    return -1;
+}
+
+static int hvsim_translate(void *uc, const struct hvsim_walker *w, uint64_t va, uint64_t *pa)
+{
+    uint64_t cr0 = 0, cr3 = 0, entry = 0;
+    struct uc_x86_msr efer = {MSR_EFER, 0};
+    if (w->reg_read(uc, REG_CR0, &cr0) != 0 || !(cr0 & CR0_PG))
+        return 1;
+    if (w->reg_read(uc, REG_MSR, &efer) != 0 || !(efer.value & EFER_LMA))
+        return 1;
+    if ((uint64_t)((int64_t)(va << 16) >> 16) != va)
+        return 1;
+    if (w->reg_read(uc, REG_CR3, &cr3) != 0)
+        return 1;
+    uint64_t table = cr3 & PTE_ADDR;
+    for (int shift = 39; shift >= 12; shift -= 9) {
+        if (walker_read(uc, w, table + ((va >> shift) & 511) * 8, &entry) != 0 || !(entry & PTE_P))
+            return 1;
+        if ((shift == 30 || shift == 21) && (entry & PTE_PS)) {
+            uint64_t mask = (1ull << shift) - 1;
+            *pa = (entry & PTE_ADDR & ~mask) | (va & mask);
+            return 0;
+        }
+        table = entry & PTE_ADDR;
+    }
+    *pa = table | (va & 0xFFF);
+    return 0;
 }
 
 static void hvsim_insn_hook(void *uc, uint64_t address, uint32_t size, void *user)
@@ -961,6 +1081,10 @@ PyMODINIT_FUNC PyInit__native(void)
         PyModule_AddIntConstant(m, "STOPPED_BY_SMC", STOPPED_BY_SMC) < 0 ||
         PyModule_AddObject(m, "rdtsc_hook", PyLong_FromVoidPtr((void *)hvsim_rdtsc_hook)) < 0 ||
         PyModule_AddObject(m, "rdtscp_hook", PyLong_FromVoidPtr((void *)hvsim_rdtscp_hook)) < 0 ||
+        PyModule_AddObject(m, "forget_code", PyLong_FromVoidPtr((void *)hvsim_forget_code)) < 0 ||
+        PyModule_AddObject(m, "translate", PyLong_FromVoidPtr((void *)hvsim_translate)) < 0 ||
+        PyModule_AddIntConstant(m, "walker_size", (long)sizeof(struct hvsim_walker)) < 0 ||
+        PyModule_AddIntConstant(m, "WALK_RANGES", WALK_RANGES) < 0 ||
         PyModule_AddIntConstant(m, "REG_EFLAGS", REG_EFLAGS) < 0 ||
         PyModule_AddIntConstant(m, "REG_RAX", REG_RAX) < 0 ||
         PyModule_AddIntConstant(m, "REG_RCX", REG_RCX) < 0 ||

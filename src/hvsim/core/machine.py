@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 from unicorn import UC_PROT_ALL
-from unicorn.unicorn_const import UC_CTL_TLB_FLUSH
 from unicorn import x86_const
 
 from . import acpi
@@ -296,37 +295,16 @@ class Machine:
 
     def _forget_code(self, address: int, size: int) -> None:
         """After a host write to guest-physical ``[address, address+size)``: drop the engine's
-        translations of code there, so the guest runs what is in memory now.
-
-        The engine's control (``ctl_remove_cache``) takes a linear address that it translates as a
-        code fetch (a fetch that faults would leave a phantom exception behind), so only ranges a
-        fetch reaches are given: every range while paging is off, and with paging on the pages
-        identity-mapped (linear = physical) and executable at the current privilege level, which
-        is how firmware (efi, bare_metal) maps memory.  Not covered: a page whose code runs
-        through another mapping only (a kernel's high text mapping written through a physical
-        pointer), which needs ``write_code``.  Nothing is done before the guest first ran.
-        """
-        if not self.native.control.blocks:
-            return
-        uc = self.uc
-        cr0, rflags, cs = self.regs("cr0", "rflags", "cs")
-        if not cr0 & (1 << 31):
-            uc.ctl_remove_cache(address, address + size)
-            return
-        cpl = 3 if rflags & RFLAGS_VM else cs & 3          # as cpl(), from the registers read above
-        at, end = address, address + size
-        while at < end:
-            found = self.vmem.fetch_translation(at, cpl)
-            step = found[1] if found else PAGE_SIZE - at % PAGE_SIZE
-            step = min(step, end - at)
-            if found and found[0] == at:
-                uc.ctl_remove_cache(at, at + step)
-            at += step
+        translations of code there, through whatever linear address the guest fetched it (the
+        engine keys translated code by physical address), so the guest runs what is in memory now.
+        Before the guest first ran there is no translated code of its own to drop."""
+        if self.native.control.blocks:
+            self.native.forget_code(address, address + size)
 
     def flush_tlb(self) -> None:
         """Drop the engine's cached translations, as ``invlpg``/a CR3 reload would: needed after the
         host changed guest page tables (a PV MMU hypercall), or the guest runs on stale mappings."""
-        self.uc._Uc__ctl_w(UC_CTL_TLB_FLUSH)    # the 2.1.4 binding has no wrapper for this control
+        self.native.flush_tlb()
 
     def add_private_memory(self, start: int, size: int) -> None:
         """Back ``[start, start+size)`` with host RAM that belongs to the environment, not to the

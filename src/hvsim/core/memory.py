@@ -23,6 +23,7 @@ from unicorn.x86_const import (
 
 from .cpu import MSR_EFER
 from .errors import GuestMemoryError
+from .native import Walker
 from .registers import RegisterFile
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ _PAGING_REGISTERS = (UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_CR4)
 # through one buffer allocated per accessor.
 _MEM_READ = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t)(
     ctypes.cast(uclib.uc_mem_read, ctypes.c_void_p).value)
+# uc_mem_write the same way, from a bytes object (ctypes passes its buffer as the pointer)
+_MEM_WRITE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t)(
+    ctypes.cast(uclib.uc_mem_write, ctypes.c_void_p).value)
 _SCRATCH = PAGE_SIZE
 
 
@@ -52,18 +56,15 @@ class GuestMemory:
         self._scratch_view = memoryview(self._scratch).cast("B")
         self._word = ctypes.c_uint64()
         self._word_at = ctypes.addressof(self._word)
-        self._regions = sorted(regions)
-        self._starts = [start for start, _ in self._regions]
-        self._ends = [start + size for start, size in self._regions]
+        self.walker = Walker()          # the native page walk (VirtualMemory.translate) reads only these
+        self._set_regions(sorted(regions))
         # Called as ``after_write(address, size)`` after every write: the machine drops the
         # engine's translations of code in the range (the engine does not see host stores).
         self.after_write: Callable[[int, int], None] | None = None
 
     def add_region(self, start: int, size: int) -> None:
         """Make an engine-mapped range (``Machine.add_private_memory``) reachable through this accessor."""
-        self._regions = sorted(self._regions + [(start, size)])
-        self._starts = [s for s, _ in self._regions]
-        self._ends = [s + n for s, n in self._regions]
+        self._set_regions(sorted(self._regions + [(start, size)]))
 
     def remove_region(self, start: int, size: int) -> None:
         """Take ``[start, start+size)`` out of this accessor (the engine maps a device there instead)."""
@@ -73,9 +74,13 @@ class GuestMemory:
                 kept += [(a, b - a) for a, b in ((s, start), (end, s + n)) if b > a]
             else:
                 kept.append((s, n))
-        self._regions = sorted(kept)
-        self._starts = [s for s, _ in self._regions]
-        self._ends = [s + n for s, n in self._regions]
+        self._set_regions(sorted(kept))
+
+    def _set_regions(self, regions: list[tuple[int, int]]) -> None:
+        self._regions = regions
+        self._starts = [s for s, _ in regions]
+        self._ends = [s + n for s, n in regions]
+        self.walker.set_ranges(list(zip(self._starts, self._ends)))
 
     @property
     def regions(self) -> tuple[tuple[int, int], ...]:
@@ -109,11 +114,16 @@ class GuestMemory:
         return self._scratch_view[:size].tobytes()
 
     def write(self, address: int, data: bytes) -> None:
-        self.check(address, len(data))
-        if data:
-            self._uc.mem_write(address, bytes(data))
+        size = len(data)
+        i = bisect.bisect_right(self._starts, address) - 1      # ``check`` inline (page-table updates)
+        if i < 0 or address < 0 or address + size > self._ends[i]:
+            raise GuestMemoryError(address, size)
+        if size:
+            status = _MEM_WRITE(self._handle, address, bytes(data), size)
+            if status:
+                raise UcError(status)
             if self.after_write is not None:
-                self.after_write(address, len(data))
+                self.after_write(address, size)
 
     def fill(self, address: int, size: int, byte: int = 0) -> None:
         self.check(address, size)
@@ -127,18 +137,25 @@ class GuestMemory:
             self.after_write(address, size)
 
     def read_u8(self, address: int) -> int:
-        return self.read(address, 1)[0]
+        return self._read_word(address, 1) & 0xFF
 
     def read_u16(self, address: int) -> int:
-        return struct.unpack("<H", self.read(address, 2))[0]
+        return self._read_word(address, 2) & 0xFFFF
 
     def read_u32(self, address: int) -> int:
-        return struct.unpack("<I", self.read(address, 4))[0]
+        return self._read_word(address, 4) & 0xFFFF_FFFF
 
     def read_u64(self, address: int) -> int:
-        # The page-table walks' read: straight into one 8-byte buffer, no bytes object in between.
-        self.check(address, 8)
-        status = _MEM_READ(self._handle, address, self._word_at, 8)
+        return self._read_word(address, 8)
+
+    def _read_word(self, address: int, size: int) -> int:
+        """``size`` bytes (at most 8) as a little-endian integer, with bytes above them left over
+        from the last read (the callers mask them): straight into one 8-byte buffer, no bytes
+        object in between (page-table walks, event-channel bits)."""
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i < 0 or address < 0 or address + size > self._ends[i]:
+            raise GuestMemoryError(address, size)
+        status = _MEM_READ(self._handle, address, self._word_at, size)
         if status:
             raise UcError(status)
         return self._word.value
@@ -191,10 +208,14 @@ class VirtualMemory:
 
     def __init__(self, uc: "Uc", physical: GuestMemory):
         self._uc = uc
+        self._handle = uc._uch.value
         self._regs = RegisterFile(uc)
         self._phys = physical
 
     def translate(self, vaddr: int) -> int:
+        pa = self._phys.walker.translate(self._handle, vaddr)      # 4-level paging, no fault: natively
+        if pa is not None:
+            return pa
         try:
             cr0, cr3, cr4 = self._regs.read_many(_PAGING_REGISTERS)
             efer = self._regs.msr_read(MSR_EFER)
@@ -205,7 +226,7 @@ class VirtualMemory:
         if efer & (1 << 10):                      # long mode: 4-level
             if not is_canonical(vaddr):
                 raise GuestMemoryError(vaddr, 1, "non-canonical address (#GP in long mode)")
-            return self._walk(vaddr, cr3 & _ADDR_MASK, ((39, 8), (30, 8), (21, 8), (12, 8)), (30, 21))
+            return self._walk4(vaddr, cr3 & _ADDR_MASK)
         if cr4 & (1 << 5):                        # PAE: PDPT of 4 entries
             vaddr &= 0xFFFF_FFFF
             pdpte = self._read_entry((cr3 & 0xFFFF_FFE0) + ((vaddr >> 30) & 3) * 8, vaddr, 8)
@@ -223,25 +244,16 @@ class VirtualMemory:
         pa = self.translate(vaddr)
         regs = self._regs
         if regs.read(UC_X86_REG_CR0) & (1 << 31) and regs.msr_read(MSR_EFER) & (1 << 10):
-            found = self.fetch_translation(vaddr, 0, permissions=False)
+            found = self._leaf(vaddr)
             if found is not None and found[0] == pa:
                 return pa, found[1]
         return pa, PAGE_SIZE - vaddr % PAGE_SIZE
 
-    def fetch_translation(self, vaddr: int, cpl: int, permissions: bool = True) -> tuple[int, int] | None:
-        """Where a code fetch at ``vaddr`` from privilege level ``cpl`` would read, as (physical
-        address, bytes left in that translation's page), or None if the fetch would fault: not
-        present, non-canonical, execute-disabled (NX with EFER.NXE), a supervisor page from ring
-        3, or a user page from rings 0-2 under CR4.SMEP.  Long mode and paging off only (None
-        for legacy paging)."""
-        cr0, cr3, cr4 = self._regs.read_many(_PAGING_REGISTERS)
-        efer = self._regs.msr_read(MSR_EFER)
-        if not cr0 & (1 << 31):
-            return vaddr, PAGE_SIZE - vaddr % PAGE_SIZE
-        if not efer & (1 << 10) or not is_canonical(vaddr):
-            return None
+    def _leaf(self, vaddr: int) -> tuple[int, int] | None:
+        """Long mode: where ``vaddr`` translates, as (physical address, bytes left in its page: 4 KiB,
+        2 MiB or 1 GiB), or None when the walk ends at a non-present entry or outside RAM."""
+        cr3 = self._regs.read(UC_X86_REG_CR3)
         table = cr3 & _ADDR_MASK
-        user, nx = True, False
         for shift in (39, 30, 21, 12):
             try:
                 entry = self._phys.read_u64(table + ((vaddr >> shift) & 0x1FF) * 8)
@@ -249,14 +261,9 @@ class VirtualMemory:
                 return None
             if not entry & 1:
                 return None
-            user = user and bool(entry & 4)
-            nx = nx or bool(entry >> 63)
             if shift == 12 or (shift in (30, 21) and entry & 0x80):
                 break
             table = entry & _ADDR_MASK
-        if permissions and ((nx and efer & (1 << 11)) or (cpl == 3 and not user)
-                            or (cpl < 3 and user and cr4 & (1 << 20))):
-            return None
         mask = (1 << shift) - 1
         return (entry & _ADDR_MASK & ~mask) | (vaddr & mask), (1 << shift) - (vaddr & mask)
 
@@ -269,6 +276,28 @@ class VirtualMemory:
             raise GuestMemoryError(vaddr, 1, "not mapped in the guest page tables")
         return entry
 
+    def _walk4(self, vaddr: int, table: int) -> int:
+        """``_walk`` for 4-level paging, its reads inline (every hypercall argument comes this way):
+        the same entries read, the same errors."""
+        phys = self._phys
+        starts, ends, handle, word, word_at = phys._starts, phys._ends, phys._handle, phys._word, phys._word_at
+        for shift in (39, 30, 21, 12):
+            at = table + ((vaddr >> shift) & 0x1FF) * 8
+            i = bisect.bisect_right(starts, at) - 1
+            if i < 0 or at + 8 > ends[i]:
+                raise GuestMemoryError(vaddr, 1, f"page-table entry at {at:#x} is outside guest RAM")
+            status = _MEM_READ(handle, at, word_at, 8)
+            if status:
+                raise UcError(status)
+            entry = word.value
+            if not entry & 1:
+                raise GuestMemoryError(vaddr, 1, "not mapped in the guest page tables")
+            if entry & 0x80 and shift in (30, 21):
+                mask = (1 << shift) - 1
+                return (entry & _ADDR_MASK & ~mask) | (vaddr & mask)
+            table = entry & _ADDR_MASK
+        return table | (vaddr & 0xFFF)
+
     def _walk(self, vaddr: int, table: int, levels, large_shifts) -> int:
         for shift, _ in levels:
             entry = self._read_entry(table + ((vaddr >> shift) & 0x1FF) * 8, vaddr, 8)
@@ -279,6 +308,8 @@ class VirtualMemory:
         return table | (vaddr & 0xFFF)
 
     def read(self, vaddr: int, size: int) -> bytes:
+        if 0 < size <= PAGE_SIZE - vaddr % PAGE_SIZE and 0 <= vaddr <= 0xFFFF_FFFF_FFFF_FFFF:   # one page
+            return self._phys.read(self.translate(vaddr), size)
         out = bytearray()
         while len(out) < size:
             va = (vaddr + len(out)) & 0xFFFF_FFFF_FFFF_FFFF

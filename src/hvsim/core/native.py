@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import struct
 
 from unicorn import x86_const
 from unicorn.unicorn_const import (
@@ -106,6 +107,13 @@ class NativeControl(ctypes.Structure):
         ("vtlb_flushes", ctypes.c_uint64),
         ("vtlb_code_pages", ctypes.c_uint64),
         ("pc_was_set", ctypes.c_void_p),
+        ("mem_regions", ctypes.c_void_p),
+        ("uc_free", ctypes.c_void_p),
+        ("memory_mapping", ctypes.c_void_p),
+        ("ram_addr", ctypes.c_void_p),
+        ("invalidate_phys", ctypes.c_void_p),
+        ("code_forgets", ctypes.c_uint64),
+        ("tsc_aux_at", ctypes.c_void_p),
     ]
 
 
@@ -118,6 +126,174 @@ _REG_WRITE = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
 _MEM_READ = ctypes.cast(uclib.uc_mem_read, ctypes.c_void_p).value
 _MEM_WRITE = ctypes.cast(uclib.uc_mem_write, ctypes.c_void_p).value
 _CTL = ctypes.cast(uclib.uc_ctl, ctypes.c_void_p).value
+_MEM_REGIONS = ctypes.cast(uclib.uc_mem_regions, ctypes.c_void_p).value
+_UC_FREE = ctypes.cast(uclib.uc_free, ctypes.c_void_p).value
+# libunicorn's own functions behind UC_CTL_TB_REMOVE_CACHE, exported by its x86_64 build (_native.c,
+# hvsim_forget_code): the control takes a linear address, these a guest-physical one.
+_MEMORY_MAPPING = ctypes.cast(uclib.find_memory_mapping_x86_64, ctypes.c_void_p).value
+_RAM_ADDR = ctypes.cast(uclib.memory_region_get_ram_addr_x86_64, ctypes.c_void_p).value
+_INVALIDATE_PHYS = ctypes.cast(uclib.tb_invalidate_phys_range_x86_64, ctypes.c_void_p).value
+_TRANSLATE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p)(
+    _native.translate)
+# uc_ctl(uc, UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0)): the binding's ctl wrapper costs more than the flush
+_CTL_NO_ARGS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)(_CTL)
+_FORGET_CODE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64)(
+    _native.forget_code)
+
+
+# --- where the engine keeps IA32_TSC_AUX -------------------------------------------------------------
+#
+# RDTSCP returns TSC_AUX in ECX; the native hook would read it with uc_reg_read (helper_rdmsr and its
+# SVM intercept check) on every RDTSCP, millions in a Linux boot.  The engine keeps it in its CPU
+# state (CPUX86State.tsc_aux, which uc_context_save copies from the start of the state): the field is
+# found by writing two marks through the MSR and looking for the one qword that follows them in the
+# context, then in the engine's heap reached from its uc_struct (only addresses /proc/self/maps shows
+# readable are read).  It is used only when the whole state found there equals the context and a
+# third mark written through the MSR shows up there and in no other copy; otherwise the hook reads
+# the MSR as before.
+_MSR_TSC_AUX = 0xC0000103
+_AUX_MARKS = (0x5AD1_C0DE_0000_0001, 0x5AD1_C0DE_0000_0002, 0x5AD1_C0DE_0000_0003)
+_UC_STRUCT_SCAN = 8192          # bytes of uc_struct whose qwords are tried as pointers
+_HEAP_SCAN = 1 << 18            # bytes searched after each such pointer
+
+
+def _readable_ranges() -> list[tuple[int, int]]:
+    """The process's anonymous read-write mappings (the C heap among them): never a file's, where a
+    read past the file's end would fault."""
+    ranges = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split()
+                if fields[1].startswith("rw") and (len(fields) < 6 or fields[5] == "[heap]"):
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    ranges.append((start, end))
+    except OSError:
+        return []
+    return ranges
+
+
+def _cpu_state(uc) -> bytes:
+    """The engine's CPU state as uc_context_save copies it: the context after its header, whose
+    first field (size_t context_size) is the state's size."""
+    ctx = uc.context_save()
+    raw = ctypes.string_at(ctx.context.value, ctx.size)
+    size = struct.unpack_from("<Q", raw)[0]
+    return raw[len(raw) - size:] if 0 < size <= len(raw) else b""
+
+
+def _follows_writes(uc, address: int, readable: list[tuple[int, int]]) -> bool:
+    """``address`` is readable and holds what the next two writes of TSC_AUX write."""
+    if not any(start <= address and address + 8 <= end for start, end in readable):
+        return False
+    for mark in _AUX_MARKS[1:]:
+        uc.msr_write(_MSR_TSC_AUX, mark)
+        if ctypes.c_uint64.from_address(address).value != mark:
+            return False
+    return True
+
+
+_aux_layout: list[tuple[int, int]] = []      # (qword of uc_struct, distance from its pointer): found once
+
+
+def tsc_aux_address(uc) -> int | None:
+    """The address of ``uc``'s CPUX86State.tsc_aux, or None when it cannot be found for sure."""
+    original = uc.msr_read(_MSR_TSC_AUX)
+    try:
+        base, readable = uc._uch.value, _readable_ranges()
+        if not any(start <= base and base + _UC_STRUCT_SCAN <= end for start, end in readable):
+            return None
+        words = struct.unpack(f"<{_UC_STRUCT_SCAN // 8}Q", ctypes.string_at(base, _UC_STRUCT_SCAN))
+        for index, distance in _aux_layout:          # where it was in the first engine searched
+            if _follows_writes(uc, words[index] + distance, readable):
+                return words[index] + distance
+        found = _search_tsc_aux(uc, words, readable)
+        if found is None or not _follows_writes(uc, found, readable):
+            return None
+        pointers = [(found - word, index) for index, word in enumerate(words) if 0 <= found - word < _HEAP_SCAN]
+        if pointers:
+            distance, index = min(pointers)
+            _aux_layout[:] = [(index, distance)]
+        return found
+    finally:
+        uc.msr_write(_MSR_TSC_AUX, original)
+
+
+def _search_tsc_aux(uc, words, readable) -> int | None:
+    offsets = []
+    for mark in _AUX_MARKS[:2]:
+        uc.msr_write(_MSR_TSC_AUX, mark)
+        raw = _cpu_state(uc)
+        needle = struct.pack("<Q", mark)
+        offsets.append([at for at in range(0, len(raw) - 7, 8) if raw[at:at + 8] == needle])
+    if len(offsets[0]) != 1 or offsets[0] != offsets[1]:
+        return None
+    offset, state = offsets[0][0], _cpu_state(uc)
+
+    def span(address: int) -> int:
+        """Readable bytes from ``address`` (0: none)."""
+        for start, end in readable:
+            if start <= address < end:
+                return end - address
+        return 0
+
+    mark = struct.pack("<Q", _AUX_MARKS[1])
+    candidates = set()
+    for pointer in set(words):
+        size = min(span(pointer), _HEAP_SCAN) if pointer % 8 == 0 else 0
+        if size < len(state):
+            continue
+        heap = ctypes.string_at(pointer, size)
+        at = heap.find(mark)
+        while at >= 0:
+            start = at - offset
+            if start >= 0 and heap[start:start + len(state)] == state:
+                candidates.add(pointer + start + offset)
+            at = heap.find(mark, at + 1)
+    # copies of the state (the contexts saved above) match too; only the engine's own field
+    # follows a new write
+    uc.msr_write(_MSR_TSC_AUX, _AUX_MARKS[2])
+    live = [address for address in candidates
+            if span(address) >= 8 and ctypes.c_uint64.from_address(address).value == _AUX_MARKS[2]]
+    return live[0] if len(live) == 1 else None
+
+
+class Walker(ctypes.Structure):
+    """Mirror of ``struct hvsim_walker`` in _native.c: what ``translate`` needs, the ranges of
+    guest-physical memory its page-table reads may touch (``set_ranges``)."""
+
+    _fields_ = [
+        ("reg_read", ctypes.c_void_p),
+        ("mem_read", ctypes.c_void_p),
+        ("count", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+        ("ranges", (ctypes.c_uint64 * 2) * _native.WALK_RANGES),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reg_read, self.mem_read = _REG_READ, _MEM_READ
+        self._at = ctypes.addressof(self)
+        self._pa = ctypes.c_uint64()
+        self._pa_at = ctypes.addressof(self._pa)
+
+    def set_ranges(self, ranges: list[tuple[int, int]]) -> None:
+        """``[start, end)`` ranges; more than fit leave the native walk off (``translate`` None)."""
+        fits = len(ranges) <= _native.WALK_RANGES
+        for i, (start, end) in enumerate(ranges if fits else ()):
+            self.ranges[i][0], self.ranges[i][1] = start, end
+        self.count = len(ranges) if fits else 0
+
+    def translate(self, handle: int, vaddr: int) -> int | None:
+        """The guest-physical address of ``vaddr`` through the live 4-level tables, or None when
+        paging is not 4-level or the walk would fail (the caller walks again, for the error)."""
+        if not self.count or _TRANSLATE(handle, self._at, vaddr, self._pa_at):
+            return None
+        return self._pa.value
+
+
+if ctypes.sizeof(Walker) != _native.walker_size:  # pragma: no cover - build mismatch
+    raise ImportError("hvsim native helper: walker layout differs from _native.c; rebuild")
 
 
 class NativeHooks:
@@ -146,6 +322,11 @@ class NativeHooks:
         self.control.mem_read = _MEM_READ
         self.control.mem_write = _MEM_WRITE
         self.control.ctl = _CTL
+        self.control.mem_regions = _MEM_REGIONS
+        self.control.uc_free = _UC_FREE
+        self.control.memory_mapping = _MEMORY_MAPPING
+        self.control.ram_addr = _RAM_ADDR
+        self.control.invalidate_phys = _INVALIDATE_PHYS
         if len(ram) > MAX_RAM_RANGES:
             raise ValueError(f"at most {MAX_RAM_RANGES} RAM ranges for the rep fast path, got {len(ram)}")
         for i, (start, size) in enumerate(ram):
@@ -156,6 +337,8 @@ class NativeHooks:
         self.control.deadline_blocks = NO_DEADLINE
         self.control.ns_per_block = ns_per_block
         self._uc = uc
+        self._handle = uc._uch.value
+        self._control_at = ctypes.addressof(self.control)
         # hvsim's stops happen at block starts (this hook): the engine's check after every guest
         # memory access is not needed, and costs a third of store-heavy code (engine.py)
         self.access_exit_checks = not set_access_exit_checks(uc, False)
@@ -163,6 +346,7 @@ class NativeHooks:
         self.control.pc_was_set = sync_pc_flag(uc) or ctypes.addressof(self._zero)
         self._add(UC_HOOK_BLOCK, _native.block_hook)
         self._add(UC_HOOK_INSN, _native.rdtsc_hook, x86_const.UC_X86_INS_RDTSC)
+        self.control.tsc_aux_at = tsc_aux_address(uc)
         self._add(UC_HOOK_INSN, _native.rdtscp_hook, x86_const.UC_X86_INS_RDTSCP)
         self._per_instruction = False
         self._code = None
@@ -315,6 +499,19 @@ class NativeHooks:
             ctypes.c_uint64(1), ctypes.c_uint64(0), *(ctypes.c_int(i) for i in insn),
         )
         if status != UC_ERR_OK:
+            raise UcError(status)
+
+    def forget_code(self, start: int, end: int) -> None:
+        """Drop the engine's translations of code in guest-physical ``[start, end)``, through
+        whatever linear address it was fetched (``_native.c``, hvsim_forget_code): after a host
+        write there, the guest runs what is in memory now."""
+        if _FORGET_CODE(self._handle, self._control_at, start, end):  # pragma: no cover - out of memory
+            raise UcError(1)
+
+    def flush_tlb(self) -> None:
+        """Drop the engine's TLB (``UC_CTL_TLB_FLUSH``)."""
+        status = _CTL_NO_ARGS(self._handle, _native.CTL_TLB_FLUSH_WRITE)
+        if status:  # pragma: no cover - the engine refuses the control only when closed
             raise UcError(status)
 
     def request_stop(self) -> None:

@@ -102,13 +102,13 @@ class PvMmu:
         return value | pv.PTE_USER | (pv.PTE_ACCESSED if level == 4 else 0)
 
     def _adjust_table(self, frame: int, level: int, entries) -> None:
-        """Validating a new page table adjusts its present entries in place (Xen's alloc_l*_table)."""
-        for slot, entry in enumerate(entries):
-            if level == 4 and slot in XEN_RESERVED_L4:
-                continue
-            adjusted = self.adjust(level, entry)
-            if adjusted != entry:
-                self.m.memory.write_u64(frame * PAGE + slot * 8, adjusted)
+        """Validating a new page table adjusts its present entries in place (Xen's alloc_l*_table);
+        a table with any entry to adjust is written back whole, in one write."""
+        adjust = self.adjust
+        adjusted = [entry if level == 4 and slot in XEN_RESERVED_L4 else adjust(level, entry)
+                    for slot, entry in enumerate(entries)]
+        if adjusted != list(entries):
+            self.m.memory.write(frame * PAGE, struct.pack("<512Q", *adjusted))
 
     def install_xen_slots(self, l4_mfn: int) -> None:
         memory = self.m.memory
