@@ -20,19 +20,18 @@ completes on the guest's behalf is completed; anything else is the guest's #GP.
   - ``rdtsc``/``rdtscp`` (#GP only under CR4.TSD): the guest's TSC.
   - ``xsetbv`` (handle_xsetbv): XCR0 may take x87 with any set of the states CPUID leaf 0xD offers
     (AVX only with SSE), once the guest has set CR4.OSXSAVE; anything else is #GP.
+  - ``mov`` to or from DR0-3, DR6, DR7: the virtual debug registers set_debugreg keeps (DR4/DR5
+    alias DR6/DR7 as with CR4.DE clear).
+  - ``clts``: fpu_taskswitch(0).  ``wbinvd``/``invd``: nothing to flush here.
 - FSGSBASE, as Xen exposes it to a 64-bit PV guest (pv/domain.c pv_make_cr4): the guest's CR4.FSGSBASE
   is virtual and the engine's stays clear, so ``rdfsbase``/``rdgsbase``/``wrfsbase``/``wrgsbase``
   raise #UD, which is the guest's while its bit is clear and otherwise completes here in either
   mode (the engine's own WR*BASE would take a non-canonical base, which is #GP(0) on a CPU).
-  - ``mov`` to or from DR0-3, DR6, DR7: the virtual debug registers set_debugreg keeps (DR4/DR5
-    alias DR6/DR7 as with CR4.DE clear).
-  - ``clts``: fpu_taskswitch(0).  ``wbinvd``/``invd``: nothing to flush here.
 Not emulated (the guest's #GP, as Xen): ``hlt``, ``lgdt``/``lidt``/``ltr``/``lldt``, ``invlpg``,
 ``swapgs``, ``sysret``, CR8, and every privileged instruction in user mode.  Not modelled: the
-single-step #DB Xen raises after an emulated instruction when the guest had TF set, and
-CR4.DE's effect on DR4/DR5.  ``in``/``out`` never
-fault here (the engine makes no IOPL check; cpu.py's port policy decides them, with the outcome
-Xen's emulation gives).
+single-step #DB Xen raises after an emulated instruction when the guest had TF set, and CR4.DE's
+effect on DR4/DR5.  ``in``/``out`` never fault here (the engine makes no IOPL check; cpu.py's port
+policy decides them, with the outcome Xen's emulation gives).
 """
 
 from __future__ import annotations
@@ -61,7 +60,7 @@ CR4_GUEST_CONTROLLED = {CR4_TSD: (1, 3, 4), CR4_DE: (1, 3, 2), CR4_FSGSBASE: (7,
 MSR_FS_BASE, MSR_GS_BASE, MSR_TSC_AUX = 0xC000_0100, 0xC000_0101, 0xC000_0103
 FSGSBASE_INSNS = {"rdfsbase": MSR_FS_BASE, "rdgsbase": MSR_GS_BASE, "wrfsbase": MSR_FS_BASE,
                   "wrgsbase": MSR_GS_BASE}
-SEGMENT_BASES = (0xC000_0100, 0xC000_0101, 0xC000_0102)     # FS_BASE, GS_BASE, SHADOW_GS_BASE
+SEGMENT_BASES = (MSR_FS_BASE, MSR_GS_BASE, 0xC000_0102)       # and SHADOW_GS_BASE: canonical only
 DEBUG_REGISTERS = {"dr0": 0, "dr1": 1, "dr2": 2, "dr3": 3, "dr4": 6, "dr5": 7, "dr6": 6, "dr7": 7}
 CONTROL_REGISTERS = ("cr0", "cr2", "cr3", "cr4")
 CACHE_FLUSHES = ("wbinvd", "invd")
