@@ -136,3 +136,25 @@ def test_dom0_sets_the_wallclock_with_settime64_and_settime32():
     assert_finished(result, m, symbols)
     assert result_at(m, symbols, 0) == 0 and wallclock(m)[1:] == (1700000000, 7, 0)
     assert [c.name for c in calls(m, None) if c.name.startswith("platform_op")] == ["platform_op.settime32"]
+
+
+def test_sysctl_and_domctl_check_the_interface_version_then_the_callers_privilege():
+    """do_sysctl/do_domctl: another interface version is -EACCES (XTF probes the version that way),
+    then the dummy XSM's XSM_PRIV refuses a domU (-EPERM); a domctl naming a domain that does not
+    exist is -ESRCH first.  dom0 passes the checks and finds nothing implemented (-ENOSYS)."""
+    version = x.XEN_SYSCTL_INTERFACE_VERSION
+    data = (f"    .balign 8\nold: .long 1, {version - 1}\n    .skip 128\n"
+            f"sys: .long 1, {version}\n    .skip 128\n"
+            f"dom: .long 5, {x.XEN_DOMCTL_INTERFACE_VERSION}\n    .short 0x7ff0\n    .skip 128\n"
+            f"nodom: .long 5, {x.XEN_DOMCTL_INTERFACE_VERSION}\n    .short 42\n    .skip 128\n")
+    source = (hypercall(35, "old", store=0) + hypercall(35, "sys", store=1) + hypercall(36, "dom", store=2)
+              + hypercall(36, "nodom", store=3) + DONE + data)
+    result, m, symbols = run_pv(source)
+    assert_finished(result, m, symbols)
+    assert [result_at(m, symbols, i) for i in range(4)] == [-x.EACCES, -x.EPERM, -x.ESRCH, -x.ESRCH]
+    result, m, symbols = run_pv(source.replace(".short 0x7ff0", ".short 0"), dom0=False)
+    assert result_at(m, symbols, 2) == -x.EPERM                  # dom0 exists: XSM refuses the domU
+    result, m, symbols = run_pv(source.replace(".short 0x7ff0", ".short 0"), dom0=True)
+    assert_finished(result, m, symbols)
+    assert [result_at(m, symbols, i) for i in range(4)] == [-x.EACCES, -x.ENOSYS, -x.ENOSYS, -x.ESRCH]
+    assert calls(m, "sysctl.cmd_1")[0].args["why"].startswith("interface version")

@@ -169,7 +169,7 @@ class XenHypervisor:
         self.handlers: dict[int, Handler] = {
             18: self.console_io, 29: self.sched_op, 17: self.xen_version, 12: self.memory_op,
             34: self.hvm_op, 24: self.vcpu_op, 32: self.event_channel_op, 20: self.grant_table_op,
-            15: self.set_timer_op,
+            15: self.set_timer_op, 35: self.sysctl, 36: self.domctl,
         }
 
     @property
@@ -237,6 +237,39 @@ class XenHypervisor:
             after, self._after_call = self._after_call, None
             after()
         return result
+
+    # -- sysctl and domctl: the toolstack's ---------------------------------------------------------
+    def sysctl(self, a, info) -> int:
+        """common/sysctl.c do_sysctl: a struct of another interface version is -EACCES (how a
+        caller finds the version), then the dummy XSM's XSM_PRIV: -EPERM unless the caller is the
+        control domain; hvsim implements no sysctl for it (-ENOSYS)."""
+        cmd, version = self.unpack("<II", a[0])
+        info.update(op=f"cmd_{cmd}", interface_version=version)
+        if version != x.XEN_SYSCTL_INTERFACE_VERSION:
+            raise HypercallError(x.EACCES, f"interface version {version:#x} (this Xen's is "
+                                           f"{x.XEN_SYSCTL_INTERFACE_VERSION:#x})")
+        if not self.control_domain:
+            raise HypercallError(x.EPERM, "sysctl is the control domain's (XSM_PRIV)")
+        raise HypercallError(x.ENOSYS, "not implemented")
+
+    def domctl(self, a, info) -> int:
+        """common/domctl.c do_domctl: the interface version (-EACCES), the target domain (-ESRCH
+        for one that does not exist: this domain or dom0 do), then XSM_PRIV (-EPERM unless the
+        caller is the control domain); hvsim implements no domctl for it (-ENOSYS)."""
+        cmd, version, domain = self.unpack("<IIH", a[0])
+        info.update(op=f"cmd_{cmd}", interface_version=version, domain=domain)
+        if version != x.XEN_DOMCTL_INTERFACE_VERSION:
+            raise HypercallError(x.EACCES, f"interface version {version:#x} (this Xen's is "
+                                           f"{x.XEN_DOMCTL_INTERFACE_VERSION:#x})")
+        if domain not in (self.domid, 0):
+            raise HypercallError(x.ESRCH, f"no domain {domain}")
+        if not self.control_domain:
+            raise HypercallError(x.EPERM, "domctl is the control domain's (XSM_PRIV)")
+        raise HypercallError(x.ENOSYS, "not implemented")
+
+    @property
+    def control_domain(self) -> bool:
+        return self.domid == 0
 
     # -- guest memory ------------------------------------------------------------------------
     def read(self, address: int, size: int) -> bytes:

@@ -341,7 +341,7 @@ def _platform_op(d: PvDomain, a, info) -> int:
     cmd, version = struct.unpack(pv.PLATFORM_OP_HEADER_FORMAT, mem.read(a[0], 8))
     if version != pv.XENPF_INTERFACE_VERSION:
         info["op"] = f"cmd_{cmd}"
-        raise HypercallError(13, f"interface version {version:#x}")          # -EACCES
+        raise HypercallError(x.EACCES, f"interface version {version:#x}")
     if cmd == pv.XENPF_firmware_info:
         kind, index = struct.unpack(pv.FIRMWARE_INFO_FORMAT, mem.read(a[0] + 8, 8))
         info.update(op="firmware_info", type=kind, index=index)
