@@ -158,3 +158,39 @@ def test_sysctl_and_domctl_check_the_interface_version_then_the_callers_privileg
     assert_finished(result, m, symbols)
     assert [result_at(m, symbols, i) for i in range(4)] == [-x.EACCES, -x.ENOSYS, -x.ENOSYS, -x.ESRCH]
     assert calls(m, "sysctl.cmd_1")[0].args["why"].startswith("interface version")
+
+
+def _exchange_args(name: str, nr_in: int, in_order: int, nr_out: int, out_order: int, bits: int = 0) -> str:
+    """A struct xen_memory_exchange whose lists are ``NAME_in`` and ``NAME_out``."""
+    return (f"    .balign 8\n{name}: .quad {name}_in, {nr_in}\n    .long {in_order}, 0\n    .short 0x7ff0, 0, 0, 0\n"
+            f"    .quad {name}_out, {nr_out}\n    .long {out_order}, {bits}\n    .short 0x7ff0, 0, 0, 0\n"
+            f"    .quad 0\n{name}_in: .skip 64\n{name}_out: .skip 64\n")
+
+
+def test_memory_exchange_gives_contiguous_frames_back_or_enomem():
+    """XENMEM_exchange as xen_create_contiguous_region uses it: four order-0 frames of consecutive
+    pfns (machine-contiguous here) for one order-2 extent below 4 GiB: the MFN comes back over the
+    pfn listed, the M2P names the pfns, nr_exchanged counts the inputs.  Frames 2 apart are no block
+    (-ENOMEM, nothing exchanged); mismatched sizes are -EINVAL."""
+    lookups = "".join(
+        f"    mov {8 * pfn}(%rcx), %rax\n    mov %rax, {name}_in+{8 * i}(%rip)\n"
+        for name, pfns in (("good", (16, 17, 18, 19)), ("gap", (16, 18))) for i, pfn in enumerate(pfns))
+    source = ("    mov 104(%r15), %rcx                /* start_info.mfn_list: the p2m */\n" + lookups
+              + "    movq $16, good_out(%rip)\n    movq $16, gap_out(%rip)\n    "
+              + hypercall(12, pv.XENMEM_exchange, "good", store=0) + hypercall(12, pv.XENMEM_exchange, "gap", store=1)
+              + hypercall(12, pv.XENMEM_exchange, "sizes", store=2) + DONE
+              + _exchange_args("good", 4, 0, 1, 2, 32) + _exchange_args("gap", 2, 0, 1, 1, 32)
+              + _exchange_args("sizes", 4, 0, 1, 1))
+    result, m, symbols = run_pv(source)
+    assert_finished(result, m, symbols)
+    assert [result_at(m, symbols, i) for i in range(3)] == [0, -x.ENOMEM, -x.EINVAL]
+    d = m.plugin_state["xen_pv"]
+
+    def field(name: str, offset: int) -> int:
+        return struct.unpack("<Q", m.vmem.read(symbols[name] + offset, 8))[0]
+
+    first = d.dom.mfn(16)
+    assert field("good_out", 0) == first and field("good", 64) == 4          # the MFN, nr_exchanged
+    assert [m.memory.read_u64(d.dom.m2p_base + 8 * (first + k)) for k in range(4)] == [16, 17, 18, 19]
+    assert field("gap_out", 0) == 16 and field("gap", 64) == 0
+    assert "contiguous" in calls(m, "memory_op.exchange")[1].args["why"]

@@ -61,9 +61,8 @@ DIFFERENT = {
     "iomem": "(a) as memmap, plus QEMU's PCI bus windows and HPET and the 'RAM buffer' Linux pads RAM with up "
              "to the next reserved range; (b) without the reserved local-APIC MiB Linux's 'Local APIC' "
              "resource is a top-level range under hvsim",
-    "memtotal_kb": "(b) hvsim answers XENMEM_exchange (memory_op 11) with -ENOSYS, so swiotlb-xen cannot make "
-                   "its 64 MiB bounce buffer machine-contiguous ('swiotlb_memblock_alloc: Failed to remap') and "
-                   "that memory stays free; under Xen it is taken.  (a) the RAM each gives dom0 (see memmap)",
+    "memtotal_kb": "(a) the RAM each gives dom0 (see memmap); both take swiotlb-xen's 64 MiB bounce buffer "
+                   "(XENMEM_exchange)",
 }
 
 # cpu_flags that differ by machine (a): QEMU 7.2's TCG implements AVX (Unicorn's QEMU 5 engine does not,

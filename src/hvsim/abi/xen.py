@@ -24,7 +24,7 @@ DOMID_SELF = 0x7FF0
 
 # --- errno.h (returned negated) ----------------------------------------------------------------
 EPERM, ENOENT, ESRCH, EFAULT, EINVAL, ENOSPC, ENOSYS = 1, 2, 3, 14, 22, 28, 38
-EACCES = 13
+EACCES, ENOMEM = 13, 12
 # sysctl.h / domctl.h of Xen 4.17 (the version hvsim reports): a struct of another version is -EACCES
 XEN_SYSCTL_INTERFACE_VERSION = XEN_DOMCTL_INTERFACE_VERSION = 0x15
 

@@ -116,6 +116,10 @@ XEN_PCPU_FLAGS_ONLINE, XEN_PCPU_FLAGS_INVALID = 1, 2
 # --- memory.h: PV-only memory_op commands -------------------------------------------------------------
 XENMEM_machphys_mfn_list = 5
 XENMEM_machphys_mapping = 12
+XENMEM_exchange = 11                                # PV only: struct xen_memory_exchange {in; out; nr_exchanged}
+MEMORY_RESERVATION_FORMAT = "<QQIIH6x"              # {handle extent_start; nr_extents; u32 extent_order;
+MEMORY_EXCHANGE_SIZE = 72                           #  u32 mem_flags (address_bits: bits 0-7); domid_t}
+MAX_EXCHANGE_ORDER = 18                             # memory.c: orders above MAX_ORDER are -EFAULT/-EINVAL
 MACHPHYS_MAPPING_FORMAT = "<QQQ"                    # {v_start; v_end; max_mfn}
 MACHPHYS_MFN_LIST_FORMAT = "<I4xQI"                 # {u32 max_extents; handle extent_start; u32 nr_extents}
 

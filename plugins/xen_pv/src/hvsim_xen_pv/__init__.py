@@ -326,7 +326,60 @@ def _memory_op(d: PvDomain, a, info) -> int:
     if cmd == x.XENMEM_add_to_physmap:
         info["op"] = "add_to_physmap"
         raise HypercallError(x.ENOSYS, "auto-translated physmap is not a PV interface")
+    if cmd == pv.XENMEM_exchange:
+        info["op"] = "exchange"
+        return _exchange(d, arg, info)
     return d.xen.memory_op(a, info)
+
+
+def _exchange(d: PvDomain, arg: int, info) -> int:
+    """XENMEM_exchange (common/memory.c memory_exchange), as Linux's xen_create_contiguous_region
+    uses it: the domain gives extents of its frames (their MFNs) and receives extents of
+    ``out.extent_order`` machine-contiguous frames below ``2**address_bits``, whose MFNs are written
+    over the pfns it listed, the M2P pointing them at those pfns.  hvsim's domain owns fixed frames
+    and Xen keeps no free pool here: an output extent is the input frames themselves when they are
+    already contiguous and below the limit, else -ENOMEM, Xen's answer when it finds no block.  (Xen's
+    buddy allocator would also align the block to its size; a domain's pfn-aligned frames are not
+    machine-aligned past the first memory-map hole, so that is not required.)  ``nr_exchanged``
+    counts the input extents done, as on Xen."""
+    mem = d.xen.m.vmem
+    raw = mem.read(arg, pv.MEMORY_EXCHANGE_SIZE)
+    in_start, in_nr, in_order, _in_flags, in_dom = struct.unpack_from(pv.MEMORY_RESERVATION_FORMAT, raw, 0)
+    out_start, out_nr, out_order, out_flags, out_dom = struct.unpack_from(pv.MEMORY_RESERVATION_FORMAT, raw, 32)
+    (done,) = struct.unpack_from("<Q", raw, 64)
+    info.update(nr_in=in_nr, in_order=in_order, nr_out=out_nr, out_order=out_order, address_bits=out_flags & 0xFF)
+    if x.DOMID_SELF not in (in_dom, out_dom) or in_dom != out_dom:
+        raise HypercallError(x.EPERM, "only a domain's own memory is exchanged here")
+    if max(in_order, out_order) > pv.MAX_EXCHANGE_ORDER or in_nr << in_order != out_nr << out_order:
+        raise HypercallError(x.EINVAL, "the input and output sizes differ, or an order is too large")
+    block = 1 << max(in_order, out_order)          # pages handled together: whole extents on both sides
+    ins, outs, out_pages = block >> in_order, block >> out_order, 1 << out_order
+    limit = 1 << max((out_flags & 0xFF) - 12, 0) if out_flags & 0xFF else None
+    try:
+        while done + ins <= in_nr:
+            frames = []
+            for k in range(ins):
+                (mfn,) = struct.unpack("<Q", mem.read(in_start + 8 * (done + k), 8))
+                frames.extend(range(mfn, mfn + (1 << in_order)))
+            if not all(d.dom.owns(f) for f in frames):
+                raise HypercallError(x.EINVAL, "an input frame is not the domain's")
+            first_out = (done << in_order) >> out_order
+            extents = [frames[k * out_pages:(k + 1) * out_pages] for k in range(outs)]
+            for extent in extents:
+                first = extent[0]
+                if extent != list(range(first, first + out_pages)) or (limit is not None and first + out_pages > limit):
+                    raise HypercallError(x.ENOMEM, f"no {out_pages}-frame block below the address limit "
+                                                   "(hvsim's Xen returns only contiguous input frames)")
+            for k, extent in enumerate(extents):
+                (pfn,) = struct.unpack("<Q", mem.read(out_start + 8 * (first_out + k), 8))
+                for n, frame in enumerate(extent):
+                    d.dom.set_m2p(frame, pfn + n)
+                mem.write(out_start + 8 * (first_out + k), struct.pack("<Q", extent[0]))
+            done += ins
+    finally:
+        mem.write(arg + 64, struct.pack("<Q", done))
+        info["nr_exchanged"] = done
+    return 0
 
 
 def _vcpu_op(d: PvDomain, a, info) -> int:
