@@ -31,7 +31,8 @@ directly (``_invalid_entry``, ``_in_entry``, ``_out_entry``), without the bindin
 
 Port policy (``set_port_policy``): an environment whose guest may be refused a port (Xen's PV
 guests: a virtual IOPL and I/O bitmap, not the CPU's) names a callable that the IN/OUT hooks ask
-before the access completes.  The engine cannot fault there itself (Unicorn 2.1.4's gen_check_io
+before the access completes; it may also answer the access itself (``PortAnswered``: a port the
+hypervisor keeps from the guest reads all ones, no device reached).  The engine cannot fault there itself (Unicorn 2.1.4's gen_check_io
 returns before its IOPL/TSS-bitmap checks), and a fault cannot be delivered from the hook: it runs
 inside the translation block (RIP synced to the I/O instruction by ``cpu_restore_state``), a RIP
 written there is lost and the rest of the block still runs.  So a denied access borrows the
@@ -338,8 +339,9 @@ class TrapDispatcher:
     def _in_entry(self, _engine, port: int, size: int, _user_data) -> int:
         """The engine's UC_HOOK_INSN IN callback (unicorn.h uc_cb_insn_in_t): the value ``in``
         reads from ``port`` (``size`` bytes).  A port policy's denial reads all ones (the access
-        is faulted before it completes), its ``PortAnswered`` its value; an attached device answers, else ``hvsim_port_io``, else
-        all ones (an empty ISA bus floats high) and the port is counted as unclaimed.  The body is
+        is faulted before it completes), its ``PortAnswered`` that answer's value; else an attached
+        device answers, else ``hvsim_port_io``, else all ones (an empty ISA bus floats high) and
+        the port is counted as unclaimed.  The body is
         inline: this is the hottest exit of a Linux boot (the PIT's counter in its TSC
         calibration and delays)."""
         try:
