@@ -51,6 +51,8 @@ INEVITABLE = {
         "rsdp": "dom0's ACPI tables lie in machine memory outside the PV bootstrap region; the probe "
                 "keeps Xen's page tables and does not map them (it counts vCPUs with VCPUOP_is_up)",
         "acpi_tables": "as rsdp: the tables are not mapped for a PV guest at entry",
+        "memmap": "XENMEM_machine_memory_map is the machine's E820 with the I/O memory Xen keeps from "
+                  "dom0 in its holes (the I/O APIC page, the MSI range) marked reserved",
     },
     "efi": {
         "entry": "the boot entry itself: the 64-bit boot protocol vs the PE entry point",

@@ -40,9 +40,19 @@ def boot_pv(kernel, config: MachineConfig, domain: str):
     return boot(kernel, config, "xen_pv", **DOMAINS[domain])
 
 
+RESERVED = 2
+XEN_IOMEM = ((0xFEC0_0000, 0x1000), (0xFEE0_0000, 0x10_0000))    # the I/O APIC page, the MSI range
+
+
 def pv_memmap(config: MachineConfig, domain: str):
-    """dom0 reads the machine's map (XENMEM_machine_memory_map); a domU its own pseudo-physical one."""
-    return expected_memmap(config) if domain == "dom0" else ((0, config.memory, RAM),)
+    """dom0 reads the machine's map (XENMEM_machine_memory_map) with the I/O memory Xen keeps from
+    it reserved where it lies in a hole; a domU its own pseudo-physical one."""
+    if domain != "dom0":
+        return ((0, config.memory, RAM),)
+    machine = expected_memmap(config)
+    extra = [(start, size, RESERVED) for start, size in XEN_IOMEM
+             if not any(s < start + size and start < s + n for s, n, _ in machine)]
+    return tuple(sorted((*machine, *extra)))
 
 
 def probe_symbols() -> dict:

@@ -238,6 +238,16 @@ class XenHypervisor:
             after()
         return result
 
+    def write_memory_map(self, arg: int, entries: "list[tuple[int, int, int]]", info) -> int:
+        """Answer a struct xen_memory_map at ``arg`` with E820 ``entries`` (start, size, type), as
+        many as its capacity takes."""
+        capacity, buffer = self.unpack(x.MEMORY_MAP_COMPAT_FORMAT if self.compat else x.MEMORY_MAP_FORMAT, arg)
+        n = min(capacity, len(entries))
+        info.update(capacity=capacity, entries=n)
+        self.write(buffer, b"".join(struct.pack(x.E820_ENTRY_FORMAT, *e) for e in entries[:n]))
+        self.write(arg, struct.pack("<I", n))
+        return 0
+
     # -- sysctl and domctl: the toolstack's ---------------------------------------------------------
     def sysctl(self, a, info) -> int:
         """common/sysctl.c do_sysctl: a struct of another interface version is -EACCES (how a
@@ -402,14 +412,7 @@ class XenHypervisor:
         cmd, arg = a[0] & x.MEMOP_CMD_MASK, a[1]     # the bits above carry a continuation start extent
         if cmd == x.XENMEM_memory_map:
             info["op"] = "memory_map"
-            capacity, buffer = self.unpack(x.MEMORY_MAP_COMPAT_FORMAT if self.compat else x.MEMORY_MAP_FORMAT, arg)
-            n = min(capacity, len(self.memory_map))
-            info.update(capacity=capacity, entries=n)
-            entries = b"".join(struct.pack(x.E820_ENTRY_FORMAT, r.start, r.size, int(r.type))
-                               for r in self.memory_map[:n])
-            self.write(buffer, entries)
-            self.write(arg, struct.pack("<I", n))
-            return 0
+            return self.write_memory_map(arg, [(r.start, r.size, int(r.type)) for r in self.memory_map], info)
         if cmd in (x.XENMEM_current_reservation, x.XENMEM_maximum_reservation):
             info["op"] = "current_reservation" if cmd == x.XENMEM_current_reservation else "maximum_reservation"
             (domid,) = self.unpack("<H", arg)

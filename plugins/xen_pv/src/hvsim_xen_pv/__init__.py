@@ -68,6 +68,9 @@ CODE64 = Segment(KERNEL_CS | KERNEL_CPL, 0xA9F, 0xFFFF_FFFF, 0)
 NULL = Segment(0, 0, 0, 0)
 KERNEL_SS_ENTRY = Segment(KERNEL_CPL, KERNEL_CPL << 5, 0, 0)   # NULL, DPL 1: VMRUN takes the CPL from SS
 INT_N_OPCODE = b"\xcd"                     # int imm8 (SDM vol. 2A INT n)
+# I/O memory Xen denies dom0 (dom0_setup_permissions): the I/O APIC's page (the MADT's, here the
+# default) and the MSI address range (MSI_ADDR_BASE_LO and its destination-ID bits).
+XEN_IOMEM = ((0xFEC0_0000, 0x1000), (0xFEE0_0000, 0x10_0000))
 SHARED_INFO_WC_VERSION, SHARED_INFO_ARCH_MAX_PFN = 3072, 3088
 
 
@@ -84,7 +87,8 @@ def hvsim_inherent_differences(env):
     return [
         InherentDifference("entry", "a PV kernel is entered at XEN_ELFNOTE_ENTRY, not the boot protocol's entry"),
         InherentDifference("memmap", "a PV domU's map is pseudo-physical: one RAM range of the configured "
-                                     "size, as libxl gives it (dom0 alone reads the machine map)"),
+                                     "size, as libxl gives it; dom0 reads the machine map, with the I/O "
+                                     "memory Xen keeps from it (I/O APIC page, MSI range) reserved"),
         InherentDifference("module_addresses", "Xen's domain builder maps the initrd right after the kernel, "
                                                "at a virtual address"),
         InherentDifference("rsdp", "a PV domU has no ACPI (and dom0 finds it only by mapping machine memory)"),
@@ -317,12 +321,10 @@ def _memory_op(d: PvDomain, a, info) -> int:
         info["extents"] = len(chunks)
         return 0
     if cmd == x.XENMEM_machine_memory_map:
-        if not d.dom0:
-            info["op"] = "machine_memory_map"
-            raise HypercallError(x.EPERM, "the machine memory map is for the initial domain")
-        result = d.xen.memory_op((x.XENMEM_memory_map, arg), info)
         info["op"] = "machine_memory_map"
-        return result
+        if not d.dom0:
+            raise HypercallError(x.EPERM, "the machine memory map is for the initial domain")
+        return d.xen.write_memory_map(arg, machine_memory_map(d.xen.memory_map), info)
     if cmd == x.XENMEM_add_to_physmap:
         info["op"] = "add_to_physmap"
         raise HypercallError(x.ENOSYS, "auto-translated physmap is not a PV interface")
@@ -330,6 +332,18 @@ def _memory_op(d: PvDomain, a, info) -> int:
         info["op"] = "exchange"
         return _exchange(d, arg, info)
     return d.xen.memory_op(a, info)
+
+
+def machine_memory_map(memory_map) -> list[tuple[int, int, int]]:
+    """XENMEM_machine_memory_map (arch/x86/mm.c): the machine's E820 with, as reserved, the I/O
+    memory Xen keeps from dom0 that lies in its holes (handle_iomem_range over dom0's iomem_caps):
+    the I/O APIC's page and the MSI range where local APICs answer (dom0_build.c
+    dom0_setup_permissions)."""
+    entries = [(r.start, r.size, int(r.type)) for r in memory_map]
+    for start, size in XEN_IOMEM:
+        if not any(s < start + size and start < s + n for s, n, _ in entries):
+            entries.append((start, size, int(MemoryType.RESERVED)))
+    return sorted(entries)
 
 
 def _exchange(d: PvDomain, arg: int, info) -> int:
