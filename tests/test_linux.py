@@ -118,11 +118,14 @@ PAGE = 0x1000
 
 
 def linux_pv_view(config: MachineConfig, dom0: bool) -> list[tuple[int, int, int]]:
-    """The map a PV Linux prints: what Xen handed it (dom0: the configured machine map; a domU: one
-    RAM range of the configured size, as libxl gives it -- the pseudo-physical map), with RAM ranges
-    shrunk to whole pages (xen_align_and_add_e820_region) and the ISA range added as reserved."""
+    """The map a PV Linux prints: what Xen handed it (dom0: the configured machine map with the I/O
+    memory Xen keeps from dom0 reserved in its holes; a domU: one RAM range of the configured size, as
+    libxl gives it -- the pseudo-physical map), with RAM ranges shrunk to whole pages
+    (xen_align_and_add_e820_region) and the ISA range added as reserved."""
     if dom0:
-        ranges = [r.to_tuple() for r in PhysicalLayout.for_config(config).memory_map]
+        from hvsim_xen_pv import machine_memory_map
+
+        ranges = machine_memory_map(PhysicalLayout.for_config(config).memory_map)
     else:
         ranges = [(0, config.memory, 1)]
     aligned = []
