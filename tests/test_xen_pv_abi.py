@@ -194,3 +194,23 @@ def test_memory_exchange_gives_contiguous_frames_back_or_enomem():
     assert [m.memory.read_u64(d.dom.m2p_base + 8 * (first + k)) for k in range(4)] == [16, 17, 18, 19]
     assert field("gap_out", 0) == 16 and field("gap", 64) == 0
     assert "contiguous" in calls(m, "memory_op.exchange")[1].args["why"]
+
+
+def test_a_long_memory_exchange_is_continued():
+    """1500 order-0 extents for 1500 order-0 extents: Xen checks for preemption between batches, so
+    the call is re-entered with nr_exchanged saying where it stopped, and ends with all 1500 done."""
+    source = ("    mov 104(%r15), %rcx\n    lea 16*8(%rcx), %rsi\n    lea big_in(%rip), %rdi\n"
+              "    mov $1500, %ecx\n    rep movsq\n"              # the MFNs of pfns 16..1515
+              "    lea big_out(%rip), %rdi\n    mov $16, %eax\n    mov $1500, %ecx\n"
+              "1:  stosq\n    inc %rax\n    loop 1b\n    "       # and the pfns they go back to
+              + hypercall(12, pv.XENMEM_exchange, "big", store=0) + DONE
+              + "    .balign 8\nbig: .quad big_in, 1500\n    .long 0, 0\n    .short 0x7ff0, 0, 0, 0\n"
+              "    .quad big_out, 1500\n    .long 0, 0\n    .short 0x7ff0, 0, 0, 0\n    .quad 0\n"
+              "big_in: .skip 1500 * 8\nbig_out: .skip 1500 * 8\n")
+    result, m, symbols = run_pv(source)
+    assert_finished(result, m, symbols)
+    assert result_at(m, symbols, 0) == 0
+    assert struct.unpack("<Q", m.vmem.read(symbols["big"] + 64, 8))[0] == 1500
+    parts = calls(m, "memory_op.exchange")
+    assert [p.args.get("continued", False) for p in parts] == [True, False]
+    assert [p.args["nr_exchanged"] for p in parts] == [1024, 1500]

@@ -71,6 +71,14 @@ def hypercall(nr: int, *args, store: int | None = None) -> str:
     return "\n    ".join(lines) + "\n    "
 
 
+def trap_table(**handlers: int) -> str:
+    """A set_trap_table array at ``traps:`` (then 16-byte aligned code follows): one trap_info per
+    ``handler_label=vector``, DPL 0, on FLAT_KERNEL_CS64, with the terminating null entry."""
+    entries = "".join(f"    .byte {vector}, 0\n    .short 0xe033\n    .long 0\n    .quad {label}\n"
+                      for label, vector in handlers.items())
+    return f"    .balign 16\ntraps:\n{entries}    .quad 0, 0\n"
+
+
 def result_at(machine, symbols, index: int) -> int:
     return struct.unpack("<q", machine.vmem.read(symbols["results"] + 8 * index, 8))[0]
 

@@ -6,7 +6,7 @@ permitted (none for a domU: port 0x80 is answered by Xen, counted in ``ports.ans
 
 from __future__ import annotations
 
-from test_xen_pv_bad_input import DONE, hypercall, result_at, run_pv
+from test_xen_pv_bad_input import DONE, hypercall, result_at, run_pv, trap_table
 from test_xen_pv_user import SETUP, run_user
 
 from hvsim.abi import xen_pv as pv
@@ -26,14 +26,7 @@ def set_iopl(level: int) -> str:
 
 KERNEL = f"""
     jmp main
-    .balign 16
-traps:
-    .byte 13, 0
-    .short 0xe033
-    .long 0
-    .quad gp_handler
-    .quad 0, 0
-iopl_1: .long 1
+{trap_table(gp_handler=13)}iopl_1: .long 1
 gp_handler:                     /* frame: rcx r11 err rip ...: record, then carry on */
     mov 16(%rsp), %rbx
     mov %rbx, results+8(%rip)

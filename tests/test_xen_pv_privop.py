@@ -5,38 +5,38 @@
 from __future__ import annotations
 
 import pytest
-from test_xen_pv_bad_input import DONE, hypercall, result_at, run_pv
+from test_xen_pv_bad_input import DONE, hypercall, result_at, run_pv, trap_table
 
 from hvsim.abi import xen_pv as pv
 from hvsim.core.events import Fault
 
-# A kernel with a #GP handler that records the faulting RIP in results[15] and skips
-# ``skip_len`` bytes (every probed instruction below is padded to 4 bytes with nops).
-GP_KERNEL = """
-    jmp main
-    .balign 16
-traps:
-    .byte 13, 0
-    .short 0xe033
-    .long 0
-    .quad gp_handler
-    .quad 0, 0
-iopl_1: .long 1
-gp_handler:                     /* frame: rcx r11 err rip cs rflags rsp ss */
-    incq results+112(%rip)
-    mov 24(%rsp), %rbx
-    mov %rbx, results+120(%rip)
-    addq $4, 24(%rsp)
-    pop %rcx                    /* make it the iret hypercall's: rax r11 rcx flags rip ... */
-    pop %r11
-    movq $0, (%rsp)
-    push %rcx
-    push %r11
-    push %rax
-    mov $23, %eax
-    syscall
-main:
-    """ + hypercall(0, "traps", store=0)
+
+
+def counting_handler(name: str, *, error_code: bool, count_at: int, rip_at: int, skip: int) -> str:
+    """A trap handler that counts into results[count_at], records the faulting RIP in
+    results[rip_at] and resumes ``skip`` bytes on (each probed instruction is padded to ``skip``
+    bytes with nops), returning with the iret hypercall.  Xen's frame: rcx r11 [err] rip cs rflags
+    rsp ss; the hypercall pops rax r11 rcx flags rip cs rflags rsp ss."""
+    rip = 24 if error_code else 16
+    flags = "    movq $0, (%rsp)\n" if error_code else "    push $0\n"     # the error code's slot, or a new one
+    return (f"{name}:\n    incq results+{8 * count_at}(%rip)\n    mov {rip}(%rsp), %rbx\n"
+            f"    mov %rbx, results+{8 * rip_at}(%rip)\n    addq ${skip}, {rip}(%rsp)\n"
+            f"    pop %rcx\n    pop %r11\n{flags}    push %rcx\n    push %r11\n    push %rax\n"
+            "    mov $23, %eax\n    syscall\n")
+
+
+def kernel(*, skip: int, ud: bool = False) -> str:
+    """A PV kernel whose #GP (and, with ``ud``, #UD) handler counts into results[14] (#UD: [12]) and
+    records the RIP in results[15] ([13]), then skips ``skip`` bytes."""
+    handlers = counting_handler("gp_handler", error_code=True, count_at=14, rip_at=15, skip=skip)
+    if ud:
+        handlers += counting_handler("ud_handler", error_code=False, count_at=12, rip_at=13, skip=skip)
+    table = trap_table(gp_handler=13, ud_handler=6) if ud else trap_table(gp_handler=13)
+    return (f"    jmp main\n{table}iopl_1: .long 1\n{handlers}main:\n    "
+            + hypercall(0, "traps", store=0))
+
+
+GP_KERNEL = kernel(skip=4)
 
 
 def gp_faults(machine) -> list[Fault]:
@@ -128,30 +128,7 @@ kernel_cli:
     assert result_at(m, symbols, 14) == (0 if assist else 1)
 
 
-# A kernel whose #UD and #GP handlers count into results[12]/[14], record the RIP in
-# results[13]/[15] and skip 5 bytes (each probed instruction is padded to 5 with nops).
-UD_GP_KERNEL = GP_KERNEL.replace("""    .quad 0, 0
-iopl_1""", """    .byte 6, 0
-    .short 0xe033
-    .long 0
-    .quad ud_handler
-    .quad 0, 0
-iopl_1""").replace("addq $4, 24(%rsp)", "addq $5, 24(%rsp)").replace("""main:
-""", """ud_handler:                     /* frame: rcx r11 rip cs rflags rsp ss (no error code) */
-    incq results+96(%rip)
-    mov 16(%rsp), %rbx
-    mov %rbx, results+104(%rip)
-    addq $5, 16(%rsp)
-    pop %rcx
-    pop %r11
-    push $0                     /* flags */
-    push %rcx
-    push %r11
-    push %rax
-    mov $23, %eax
-    syscall
-main:
-""")
+UD_GP_KERNEL = kernel(skip=5, ud=True)
 
 
 def test_fsgsbase_is_xens_the_guests_cr4_bit_is_virtual_and_bases_are_checked():

@@ -83,6 +83,8 @@ XEN_ONLY_IRQS = {"xen-dyn -virq mce"}
 HVSIM_ONLY_IRQS = {"xen-percpu -virq debug0"}
 
 def need(condition: bool, why: str) -> None:
+    """Skip saying ``why`` when a reference tool is missing (QEMU, apt-get); under CI, where .ci/run
+    installs them, that is a failure instead."""
     if not condition:
         if os.environ.get("CI"):
             pytest.fail(why + " — CI installs it (.ci/run)", pytrace=False)

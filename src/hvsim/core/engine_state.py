@@ -251,8 +251,7 @@ def xcr0_offset() -> int | None:
         blob = _blob(uc)
         holding = {o for o in range(0, len(blob) - 8, 8) if struct.unpack_from("<Q", blob, o)[0] == value}
         candidates = holding if candidates is None else candidates & holding
-    rax = _calibrate_cpu_state()[0]
-    found = sorted((candidates or set()) - {rax})
+    found = sorted((candidates or set()) - {calibrate().regs})      # regs[0] is RAX
     return found[0] if len(found) == 1 else None
 
 

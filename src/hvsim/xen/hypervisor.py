@@ -88,7 +88,7 @@ SCHED_POLL_COMPAT_FORMAT = "<IIQ"                 # 32-bit caller: a 32-bit hand
 
 
 # Leaves Xen shows every guest empty (cpu-policy.c recalculate_misc): MONITOR (5), thermal and power
-# (6, with ARAT), 8, 0xC, and the extended topology (0xB, "TODO: Rework topology logic").
+# (6, with ARAT), 8, 0xC, and the extended topology (0xB: Xen 4.17 clears its topology leaves).
 GUEST_EMPTY_LEAVES = frozenset({0x5, 0x6, 0x8, 0xB, 0xC})
 
 class HypercallError(Exception):

@@ -303,6 +303,9 @@ def _multicall(d: PvDomain, a, info) -> int:
     return 0
 
 
+EXCHANGE_BATCH = 1024     # input extents per entry into XENMEM_exchange before a continuation
+
+
 def _memory_op(d: PvDomain, a, info) -> int:
     cmd, arg = a[0] & x.MEMOP_CMD_MASK, a[1]
     mem = d.xen.m.vmem
@@ -330,7 +333,9 @@ def _memory_op(d: PvDomain, a, info) -> int:
         raise HypercallError(x.ENOSYS, "auto-translated physmap is not a PV interface")
     if cmd == pv.XENMEM_exchange:
         info["op"] = "exchange"
-        return _exchange(d, arg, info)
+        if _exchange(d, arg, info):
+            raise Continuation(a)          # nr_exchanged in the struct says where to go on
+        return 0
     return d.xen.memory_op(a, info)
 
 
@@ -346,7 +351,7 @@ def machine_memory_map(memory_map) -> list[tuple[int, int, int]]:
     return sorted(entries)
 
 
-def _exchange(d: PvDomain, arg: int, info) -> int:
+def _exchange(d: PvDomain, arg: int, info) -> bool:
     """XENMEM_exchange (common/memory.c memory_exchange), as Linux's xen_create_contiguous_region
     uses it: the domain gives extents of its frames (their MFNs) and receives extents of
     ``out.extent_order`` machine-contiguous frames below ``2**address_bits``, whose MFNs are written
@@ -355,7 +360,8 @@ def _exchange(d: PvDomain, arg: int, info) -> int:
     already contiguous and below the limit, else -ENOMEM, Xen's answer when it finds no block.  (Xen's
     buddy allocator would also align the block to its size; a domain's pfn-aligned frames are not
     machine-aligned past the first memory-map hole, so that is not required.)  ``nr_exchanged``
-    counts the input extents done, as on Xen."""
+    counts the input extents done, as on Xen, and says where a continued call goes on (True: a
+    batch is done and more remains, as Xen's hypercall_preempt_check)."""
     mem = d.xen.m.vmem
     raw = mem.read(arg, pv.MEMORY_EXCHANGE_SIZE)
     in_start, in_nr, in_order, _in_flags, in_dom = struct.unpack_from(pv.MEMORY_RESERVATION_FORMAT, raw, 0)
@@ -369,8 +375,11 @@ def _exchange(d: PvDomain, arg: int, info) -> int:
     block = 1 << max(in_order, out_order)          # pages handled together: whole extents on both sides
     ins, outs, out_pages = block >> in_order, block >> out_order, 1 << out_order
     limit = 1 << max((out_flags & 0xFF) - 12, 0) if out_flags & 0xFF else None
+    batch_end = done + EXCHANGE_BATCH
     try:
         while done + ins <= in_nr:
+            if done >= batch_end and d.xen.preemptible:
+                return True
             frames = []
             for k in range(ins):
                 (mfn,) = struct.unpack("<Q", mem.read(in_start + 8 * (done + k), 8))
@@ -393,7 +402,7 @@ def _exchange(d: PvDomain, arg: int, info) -> int:
     finally:
         mem.write(arg + 64, struct.pack("<Q", done))
         info["nr_exchanged"] = done
-    return 0
+    return False
 
 
 def _vcpu_op(d: PvDomain, a, info) -> int:
